@@ -1,0 +1,220 @@
+"""Opening, creating and migrating atlas files.
+
+An atlas is one SQLite file. It is opened read-only unless a write is asked
+for; an older schema is migrated only by :func:`migrate` (``sae-atlas
+migrate``), never as a side effect of opening it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from atlas.errors import NeedsMigration, NotAnAtlas, ReadOnlyAtlas, SchemaTooNew
+from atlas.migrations import MIGRATIONS, SCHEMA_VERSION, schema_sql
+from atlas.read import AtlasReader
+from atlas.write import AtlasWriter
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _version() -> str:
+    from atlas import __version__
+
+    return __version__
+
+
+def _deny_attach(action: int, *args: object) -> int:
+    # ATTACH could create files or reach other databases; ad-hoc SQL never needs it.
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def connect(path: str | os.PathLike, *, readonly: bool = True) -> sqlite3.Connection:
+    """A raw connection: ``mode=ro`` plus ``query_only`` when read-only."""
+    p = Path(path)
+    uri = f"file:{p.resolve().as_posix()}?mode={'ro' if readonly else 'rw'}"
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
+        conn.set_authorizer(_deny_attach)
+    return conn
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise NotAnAtlas(f"{path}: no such file")
+    if path.is_dir():
+        raise NotAnAtlas(f"{path}: is a directory, not an atlas file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as e:
+        raise NotAnAtlas(f"{path}: cannot read ({e.strerror})") from None
+    if head != SQLITE_MAGIC:
+        raise NotAnAtlas(f"{path}: not an SQLite database, so not an atlas")
+
+
+def schema_version_of(conn: sqlite3.Connection, path: Path) -> int:
+    """user_version of an atlas connection, after checking it is one."""
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        has_info = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'atlas_info'"
+        ).fetchone()
+    except sqlite3.DatabaseError as e:
+        raise NotAnAtlas(f"{path}: corrupt or unreadable SQLite file ({e})") from None
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"{path}: atlas schema version {version} is newer than this sae-atlas "
+            f"supports ({SCHEMA_VERSION}): upgrade sae-atlas"
+        )
+    if not has_info or version < 1:
+        raise NotAnAtlas(f"{path}: SQLite database without the atlas tables, not an atlas")
+    return version
+
+
+class Atlas(AtlasReader, AtlasWriter):
+    """An open atlas file: the read API (AtlasReader) and, if writable, the write API."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, readonly: bool, schema_version: int):
+        self.conn = conn
+        self.path = path
+        self.readonly = readonly
+        self.schema_version = schema_version
+
+    def __enter__(self) -> "Atlas":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def require_writable(self) -> None:
+        if self.readonly:
+            raise ReadOnlyAtlas(f"{self.path}: atlas is open read-only")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN ... COMMIT, or ROLLBACK on error. Nested use joins the outer one."""
+        self.require_writable()
+        if self.conn.in_transaction:
+            yield self.conn
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+
+def open_atlas(path: str | os.PathLike, *, readonly: bool = True) -> Atlas:
+    """Open an existing atlas. Raises NotAnAtlas, SchemaTooNew, NeedsMigration, ReadOnlyAtlas."""
+    p = Path(path)
+    _check_file(p)
+    if not readonly and not os.access(p, os.W_OK):
+        raise ReadOnlyAtlas(f"{p}: file is not writable")
+    try:
+        conn = connect(p, readonly=readonly)
+    except sqlite3.Error as e:
+        raise NotAnAtlas(f"{p}: cannot open ({e})") from None
+    try:
+        version = schema_version_of(conn, p)
+        if version < SCHEMA_VERSION and not readonly:
+            raise NeedsMigration(
+                f"{p}: atlas schema version {version} is older than {SCHEMA_VERSION}; "
+                "run `sae-atlas migrate` to upgrade it before writing"
+            )
+    except Exception:
+        conn.close()
+        raise
+    return Atlas(conn, p, readonly=readonly, schema_version=version)
+
+
+def create_atlas(path: str | os.PathLike, *, provenance: dict | None = None, overwrite: bool = False) -> Atlas:
+    """Create a new, empty atlas at the current schema version and open it writable."""
+    p = Path(path)
+    if p.exists():
+        if not overwrite:
+            raise FileExistsError(f"{p}: already exists")
+        p.unlink()
+    conn = sqlite3.connect(p, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA journal_mode = DELETE")  # one self-contained file to send around
+    conn.executescript("BEGIN;\n" + schema_sql() + "\nCOMMIT;")
+    now = utc_now()
+    conn.execute(
+        "INSERT INTO atlas_info (id, schema_version, sae_atlas_version, created_at, provenance) "
+        "VALUES (1, ?, ?, ?, ?)",
+        (SCHEMA_VERSION, _version(), now, json.dumps(provenance or {}, sort_keys=True)),
+    )
+    conn.executemany(
+        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+        [(v, name, now) for v, name, _ in MIGRATIONS],
+    )
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return Atlas(conn, p, readonly=False, schema_version=SCHEMA_VERSION)
+
+
+def migrate(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """Bring an older atlas up to SCHEMA_VERSION, in one transaction. Returns what was applied."""
+    p = Path(path)
+    _check_file(p)
+    if not os.access(p, os.W_OK):
+        raise ReadOnlyAtlas(f"{p}: file is not writable, cannot migrate")
+    conn = connect(p, readonly=False)
+    try:
+        version = schema_version_of(conn, p)
+        todo = [(v, name, sql) for v, name, sql in MIGRATIONS if v > version]
+        if not todo:
+            return []
+        now = utc_now()
+        conn.execute("BEGIN")
+        try:
+            for v, name, sql in todo:
+                if sql:
+                    for statement in _split_sql(sql):
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT OR REPLACE INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (v, name, now),
+                )
+            conn.execute("UPDATE atlas_info SET schema_version = ?", (SCHEMA_VERSION,))
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return [(v, name) for v, name, _ in todo]
+    finally:
+        conn.close()
+
+
+def _split_sql(sql: str) -> list[str]:
+    """Split a migration script into complete statements (executescript would COMMIT)."""
+    out, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out

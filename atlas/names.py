@@ -1,0 +1,56 @@
+"""Readable names: feature names like ``L12.res/1234`` and printable token text."""
+
+from __future__ import annotations
+
+import re
+
+# Sites get a short suffix in default SAE names: L12.res, L5.attn_z, L3.mlp ...
+SITE_SHORT = {
+    "resid_pre": "res_pre",
+    "resid_mid": "res_mid",
+    "resid_post": "res",
+    "attn_z": "z",
+    "attn_out": "attn",
+    "mlp_out": "mlp",
+}
+
+_FEATURE_RE = re.compile(r"^(?P<sae>.+)/(?P<idx>\d+)$")
+
+_VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+def default_sae_name(layer: int, site: str) -> str:
+    """``L12.res`` for a resid_post SAE at layer 12."""
+    return f"L{layer}.{SITE_SHORT.get(site, site)}"
+
+
+def split_feature_name(name: str) -> tuple[str, int] | None:
+    """``'L12.res/1234'`` -> ``('L12.res', 1234)``; None if it has no ``/index`` tail."""
+    m = _FEATURE_RE.match(name.strip())
+    if not m:
+        return None
+    return m.group("sae"), int(m.group("idx"))
+
+
+def display_token(raw: str) -> str:
+    """A printable, unambiguous form of a token string.
+
+    Whitespace becomes visible (space -> ␣, newline -> ↵, tab -> ⇥) and other
+    control characters become ``\\xNN`` escapes, so ``' Paris'`` shows as
+    ``'␣Paris'`` and a bare newline token is still visible in a table.
+    """
+    out = []
+    for ch in raw:
+        if ch in _VISIBLE:
+            out.append(_VISIBLE[ch])
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out) if out else "∅"
+
+
+def token_key(raw: str) -> str:
+    """Key for exact token search: case-folded, surrounding whitespace stripped."""
+    key = raw.strip().casefold()
+    return key if key else raw

@@ -1,0 +1,349 @@
+"""The read API: typed objects out of an atlas, using only ``?`` parameters.
+
+Column names cannot be parameters, so any metric a user names is checked
+against :data:`METRIC_COLUMNS` before it reaches SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from atlas.errors import BadQuery, FeatureNotFound, SAENotFound
+from atlas.names import split_feature_name, token_key
+from atlas.types import SAE, Edge, Feature, FeatureCard, HeadScore, Label, Model, TokenHit, TokenScore
+
+# Columns of `features` that can be ranked, filtered and shown.
+METRIC_COLUMNS: tuple[str, ...] = (
+    "dec_norm", "enc_norm", "b_enc", "threshold",
+    "du_max", "du_min", "du_mean", "du_std", "du_skew", "du_kurtosis", "du_entropy", "du_top1_z",
+    "ee_max", "ee_min", "ee_mean", "ee_std", "ee_skew", "ee_kurtosis", "ee_entropy", "ee_top1_z",
+    "predicts_tokens", "reads_tokens",
+    "attn_q_mean", "attn_k_mean", "attn_v_mean", "attn_q_max", "attn_k_max", "attn_v_max",
+    "top_head", "top_head_share",
+)  # fmt: skip
+
+PHASES = ("du", "ee")
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRIC_COLUMNS:
+        raise BadQuery(f"unknown metric {metric!r}; choose from: {', '.join(METRIC_COLUMNS)}")
+    return metric
+
+
+def _feature_from_row(row: sqlite3.Row) -> Feature:
+    d = dict(row)
+    metrics = {k: d[k] for k in METRIC_COLUMNS if k in d}
+    return Feature(
+        feature_id=d["feature_id"], name=f"{d['sae']}/{d['idx']}", sae=d["sae"], sae_id=d["sae_id"],
+        idx=d["idx"], layer=d["layer"], site=d["site"], metrics=metrics,
+    )  # fmt: skip
+
+
+_FEATURE_SELECT = (
+    "SELECT f.*, s.name AS sae, s.layer AS layer, s.site AS site "
+    "FROM features f JOIN saes s ON s.sae_id = f.sae_id "
+)
+
+
+class AtlasReader:
+    """Mixin over ``self.conn``; see atlas.db.Atlas."""
+
+    conn: sqlite3.Connection
+
+    # ------------------------------------------------------------ catalogue
+    def models(self) -> list[Model]:
+        rows = self.conn.execute("SELECT * FROM models ORDER BY model_id").fetchall()
+        return [Model(**{**dict(r), "tied_embeddings": bool(r["tied_embeddings"])}) for r in rows]
+
+    def saes(self) -> list[SAE]:
+        rows = self.conn.execute("SELECT * FROM saes ORDER BY layer, site, name").fetchall()
+        return [SAE(**dict(r)) for r in rows]
+
+    def sae(self, name: str) -> SAE:
+        """By readable name (L12.res), by sae_ref, or by release/sae_ref."""
+        row = self.conn.execute(
+            "SELECT * FROM saes WHERE name = ? OR sae_ref = ? OR release || '/' || sae_ref = ? "
+            "ORDER BY name = ? DESC LIMIT 1",
+            (name, name, name, name),
+        ).fetchone()
+        if row is None:
+            known = ", ".join(r[0] for r in self.conn.execute("SELECT name FROM saes ORDER BY layer"))
+            raise SAENotFound(f"no SAE named {name!r}; known: {known or '(none)'}")
+        return SAE(**dict(row))
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of the main tables (cheap: count(*) on indexes)."""
+        tables = ("models", "saes", "features", "vocab", "token_scores", "heads", "head_scores", "edges", "labels")
+        return {t: self.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
+
+    def info_row(self) -> dict[str, Any]:
+        row = self.conn.execute("SELECT * FROM atlas_info WHERE id = 1").fetchone()
+        d = dict(row)
+        d["provenance"] = json.loads(d["provenance"])
+        return d
+
+    # ------------------------------------------------------------ features
+    def resolve_feature(self, spec: str | int) -> int:
+        """Feature id for ``L12.res/1234``, ``<sae_ref>/1234``, ``#987`` or an int id."""
+        if isinstance(spec, int):
+            fid = spec
+        else:
+            s = spec.strip()
+            if s.startswith("#") and s[1:].isdigit():
+                fid = int(s[1:])
+            else:
+                parts = split_feature_name(s)
+                if parts is None:
+                    raise FeatureNotFound(
+                        f"cannot read feature name {spec!r}: expected SAE/INDEX, e.g. L12.res/1234, or #ID"
+                    )
+                sae_name, idx = parts
+                try:
+                    sae = self.sae(sae_name)
+                except SAENotFound as e:
+                    raise FeatureNotFound(str(e)) from None
+                row = self.conn.execute(
+                    "SELECT feature_id FROM features WHERE sae_id = ? AND idx = ?", (sae.sae_id, idx)
+                ).fetchone()
+                if row is None:
+                    raise FeatureNotFound(f"{sae.name} has no feature {idx} (d_sae = {sae.d_sae})")
+                return int(row[0])
+        row = self.conn.execute("SELECT 1 FROM features WHERE feature_id = ?", (fid,)).fetchone()
+        if row is None:
+            raise FeatureNotFound(f"no feature with id {fid}")
+        return fid
+
+    def feature(self, spec: str | int) -> Feature:
+        fid = self.resolve_feature(spec)
+        row = self.conn.execute(_FEATURE_SELECT + "WHERE f.feature_id = ?", (fid,)).fetchone()
+        return _feature_from_row(row)
+
+    def feature_name(self, feature_id: int) -> str:
+        row = self.conn.execute(
+            "SELECT s.name || '/' || f.idx FROM features f JOIN saes s USING (sae_id) WHERE f.feature_id = ?",
+            (feature_id,),
+        ).fetchone()
+        if row is None:
+            raise FeatureNotFound(f"no feature with id {feature_id}")
+        return row[0]
+
+    def token_scores(
+        self, feature_id: int, phase: str | None = None, sign: int | None = None, limit: int | None = None
+    ) -> list[TokenScore]:
+        sql = (
+            "SELECT ts.feature_id, ts.phase, ts.sign, ts.rank, ts.token_id, COALESCE(v.display, '#' || ts.token_id) AS token, "
+            "ts.value FROM token_scores ts "
+            "JOIN features f ON f.feature_id = ts.feature_id JOIN saes s ON s.sae_id = f.sae_id "
+            "LEFT JOIN vocab v ON v.model_id = s.model_id AND v.token_id = ts.token_id "
+            "WHERE ts.feature_id = ?"
+        )
+        params: list[Any] = [feature_id]
+        if phase is not None:
+            sql += " AND ts.phase = ?"
+            params.append(phase)
+        if sign is not None:
+            sql += " AND ts.sign = ?"
+            params.append(sign)
+        sql += " ORDER BY ts.phase, ts.sign DESC, ts.rank"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [TokenScore(**dict(r)) for r in self.conn.execute(sql, params)]
+
+    def head_scores(self, feature_id: int, role: str | None = None) -> list[HeadScore]:
+        sql = (
+            "SELECT hs.feature_id, h.layer, h.head, h.kv_group, hs.role, hs.score, hs.percentile "
+            "FROM head_scores hs JOIN heads h ON h.head_pk = hs.head_pk WHERE hs.feature_id = ?"
+        )
+        params: list[Any] = [feature_id]
+        if role is not None:
+            sql += " AND hs.role = ?"
+            params.append(role)
+        sql += " ORDER BY hs.role, hs.score DESC"
+        return [HeadScore(**dict(r)) for r in self.conn.execute(sql, params)]
+
+    def edges(
+        self, feature_id: int, direction: str = "out", kind: str | None = None, limit: int | None = None
+    ) -> list[Edge]:
+        """Edges leaving (``out``) or entering (``in``) a feature, strongest first within each kind."""
+        col = {"out": "src_feature", "in": "dst_feature"}[direction]
+        sql = (
+            "SELECT e.kind, ss.name || '/' || fs.idx AS src, sd.name || '/' || fd.idx AS dst, "
+            "e.src_feature, e.dst_feature, h.layer AS head_layer, h.head, e.score, e.rank "
+            "FROM edges e "
+            "JOIN features fs ON fs.feature_id = e.src_feature JOIN saes ss ON ss.sae_id = fs.sae_id "
+            "JOIN features fd ON fd.feature_id = e.dst_feature JOIN saes sd ON sd.sae_id = fd.sae_id "
+            f"LEFT JOIN heads h ON h.head_pk = e.head_pk WHERE e.{col} = ?"
+        )
+        params: list[Any] = [feature_id]
+        if kind is not None:
+            sql += " AND e.kind = ?"
+            params.append(kind)
+        sql += " ORDER BY e.kind, ABS(e.score) DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [Edge(**dict(r)) for r in self.conn.execute(sql, params)]
+
+    def labels(self, feature_id: int) -> list[Label]:
+        rows = self.conn.execute(
+            "SELECT * FROM labels WHERE feature_id = ? ORDER BY source = 'user' DESC, label_id DESC", (feature_id,)
+        ).fetchall()
+        return [
+            Label(**{**dict(r), "evidence": json.loads(r["evidence"]) if r["evidence"] else None}) for r in rows
+        ]
+
+    def card(self, spec: str | int, *, k: int = 20, edge_limit: int = 50) -> FeatureCard:
+        f = self.feature(spec)
+        scores = self.token_scores(f.feature_id)
+
+        def pick(phase: str, sign: int) -> list[TokenScore]:
+            return [t for t in scores if t.phase == phase and t.sign == sign][:k]
+
+        return FeatureCard(
+            feature=f,
+            promoted=pick("du", 1),
+            suppressed=pick("du", -1),
+            inputs=pick("ee", 1),
+            inputs_negative=pick("ee", -1),
+            heads=self.head_scores(f.feature_id),
+            edges_out=self.edges(f.feature_id, "out", limit=edge_limit),
+            edges_in=self.edges(f.feature_id, "in", limit=edge_limit),
+            labels=self.labels(f.feature_id),
+        )
+
+    # ------------------------------------------------------------ search
+    def find_tokens(self, text: str, *, exact: bool = True, limit: int = 50) -> list[tuple[int, int, str]]:
+        """(model_id, token_id, display) of tokens matching ``text``.
+
+        Exact mode compares case-folded, whitespace-stripped text (``paris``
+        finds `` Paris`` and ``Paris``); otherwise a substring match through
+        the trigram FTS index (3+ characters) or a LIKE scan (shorter).
+        """
+        key = token_key(text)
+        if exact:
+            sql = (
+                "SELECT v.model_id, v.token_id, v.display FROM vocab v WHERE v.key = ? "
+                "ORDER BY v.model_id, v.token_id LIMIT ?"
+            )
+            params: list[Any] = [key, limit]
+        elif len(key) >= 3:
+            sql = (
+                "SELECT v.model_id, v.token_id, v.display FROM vocab_fts f "
+                "JOIN vocab v ON v.model_id = f.model_id AND v.token_id = f.token_id "
+                "WHERE vocab_fts MATCH ? ORDER BY length(v.key), v.token_id LIMIT ?"
+            )
+            params = ['"' + key.replace('"', '""') + '"', limit]
+        else:
+            sql = (
+                "SELECT model_id, token_id, display FROM vocab WHERE instr(key, ?) > 0 "
+                "ORDER BY length(key), token_id LIMIT ?"
+            )
+            params = [key, limit]
+        return [(r[0], r[1], r[2]) for r in self.conn.execute(sql, params)]
+
+    def search_token(
+        self,
+        text: str,
+        *,
+        phase: str = "du",
+        sign: int = 1,
+        sae: str | None = None,
+        max_rank: int | None = None,
+        exact: bool = True,
+        limit: int = 50,
+    ) -> list[TokenHit]:
+        """Features whose top-k list for (phase, sign) contains a token matching ``text``.
+
+        ``phase='du', sign=1``: features that promote the token; ``sign=-1``:
+        that suppress it; ``phase='ee'``: features driven by it. Best rank first.
+        """
+        if phase not in PHASES:
+            raise BadQuery(f"phase must be one of {PHASES}")
+        tokens = self.find_tokens(text, exact=exact, limit=64)
+        if not tokens:
+            return []
+        ids = sorted({t[1] for t in tokens})
+        sql = (
+            "SELECT s.name || '/' || f.idx AS feature, ts.feature_id, ts.token_id, "
+            "COALESCE(v.display, '#' || ts.token_id) AS token, ts.phase, ts.sign, ts.rank, ts.value "
+            "FROM token_scores ts JOIN features f ON f.feature_id = ts.feature_id "
+            "JOIN saes s ON s.sae_id = f.sae_id "
+            "LEFT JOIN vocab v ON v.model_id = s.model_id AND v.token_id = ts.token_id "
+            f"WHERE ts.token_id IN ({', '.join('?' * len(ids))}) AND ts.phase = ? AND ts.sign = ?"
+        )
+        params: list[Any] = [*ids, phase, sign]
+        if sae is not None:
+            sql += " AND f.sae_id = ?"
+            params.append(self.sae(sae).sae_id)
+        if max_rank is not None:
+            sql += " AND ts.rank <= ?"
+            params.append(max_rank)
+        sql += " ORDER BY ts.rank, ABS(ts.value) DESC LIMIT ?"
+        params.append(limit)
+        return [TokenHit(**dict(r)) for r in self.conn.execute(sql, params)]
+
+    def search_labels(self, query: str, *, limit: int = 50) -> list[tuple[str, Label]]:
+        """Full-text search over labels (FTS5 syntax; plain words are AND-ed)."""
+        sql = (
+            "SELECT s.name || '/' || f.idx AS feature, l.* FROM labels_fts "
+            "JOIN labels l ON l.label_id = labels_fts.rowid "
+            "JOIN features f ON f.feature_id = l.feature_id JOIN saes s ON s.sae_id = f.sae_id "
+            "WHERE labels_fts MATCH ? ORDER BY rank LIMIT ?"
+        )
+        try:
+            rows = self.conn.execute(sql, (query, limit)).fetchall()
+        except sqlite3.OperationalError:
+            # Not valid FTS5 syntax: search for the words as a phrase instead.
+            rows = self.conn.execute(sql, ('"' + query.replace('"', '""') + '"', limit)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            name = d.pop("feature")
+            d["evidence"] = json.loads(d["evidence"]) if d["evidence"] else None
+            out.append((name, Label(**d)))
+        return out
+
+    def top(
+        self,
+        metric: str,
+        *,
+        sae: str | None = None,
+        layer: int | None = None,
+        lo: float | None = None,
+        hi: float | None = None,
+        ascending: bool = False,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> list[Feature]:
+        """Features ranked by a metric column, optionally within an SAE / layer / value range."""
+        check_metric(metric)
+        where, params = [f"f.{metric} IS NOT NULL"], []
+        if sae is not None:
+            where.append("f.sae_id = ?")
+            params.append(self.sae(sae).sae_id)
+        if layer is not None:
+            where.append("s.layer = ?")
+            params.append(layer)
+        if lo is not None:
+            where.append(f"f.{metric} >= ?")
+            params.append(lo)
+        if hi is not None:
+            where.append(f"f.{metric} <= ?")
+            params.append(hi)
+        order = "ASC" if ascending else "DESC"
+        sql = (
+            _FEATURE_SELECT
+            + "WHERE "
+            + " AND ".join(where)
+            + f" ORDER BY f.{metric} {order}, f.feature_id LIMIT ? OFFSET ?"
+        )
+        params += [limit, offset]
+        return [_feature_from_row(r) for r in self.conn.execute(sql, params)]
+
+    def search_metric(self, metric: str, lo: float | None, hi: float | None, **kw: Any) -> list[Feature]:
+        """Features with ``lo <= metric <= hi``, strongest first."""
+        return self.top(metric, lo=lo, hi=hi, **kw)

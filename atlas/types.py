@@ -1,0 +1,141 @@
+"""Frozen dataclasses returned by the read API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Model:
+    model_id: int
+    name: str
+    source: str
+    source_kind: str
+    architecture: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_vocab: int
+    tied_embeddings: bool
+    norm_kind: str
+    embed_scale: float
+    attn_softcap: float | None
+    final_softcap: float | None
+    dtype: str | None
+    sha256: str | None
+    notes: str | None
+
+
+@dataclass(frozen=True)
+class SAE:
+    sae_id: int
+    name: str
+    model_id: int
+    release: str | None
+    sae_ref: str | None
+    hook_name: str
+    site: str
+    layer: int
+    d_in: int
+    d_sae: int
+    architecture: str
+    k: int | None
+    source: str
+    source_format: str | None
+    sha256: str | None
+    neuronpedia_id: str | None
+    fve: float | None
+    l0: float | None
+    dead_fraction: float | None
+    notes: str | None
+
+
+@dataclass(frozen=True)
+class Feature:
+    feature_id: int
+    name: str  # e.g. L12.res/1234
+    sae: str
+    sae_id: int
+    idx: int
+    layer: int
+    site: str
+    metrics: dict[str, Any] = field(default_factory=dict)  # every scalar column of `features`
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    feature_id: int
+    phase: str  # du | ee
+    sign: int  # +1 promoted, -1 suppressed
+    rank: int
+    token_id: int
+    token: str  # printable display form
+    value: float
+
+
+@dataclass(frozen=True)
+class TokenHit:
+    """One answer to "which features promote / suppress / are driven by this token"."""
+
+    feature: str
+    feature_id: int
+    token_id: int
+    token: str
+    phase: str
+    sign: int
+    rank: int
+    value: float
+
+
+@dataclass(frozen=True)
+class HeadScore:
+    feature_id: int
+    layer: int
+    head: int
+    kv_group: int
+    role: str  # q | k | v | o | attribution
+    score: float
+    percentile: float | None
+
+
+@dataclass(frozen=True)
+class Edge:
+    kind: str  # qk | ov | cosine | flow
+    src: str
+    dst: str
+    src_feature: int
+    dst_feature: int
+    head_layer: int | None
+    head: int | None
+    score: float
+    rank: int
+
+
+@dataclass(frozen=True)
+class Label:
+    label_id: int
+    feature_id: int
+    text: str
+    kind: str  # semantic | non_semantic | free
+    source: str  # heuristic | user | import:<name>
+    score: float | None
+    evidence: Any
+    created_at: str
+
+
+@dataclass(frozen=True)
+class FeatureCard:
+    """Everything the atlas knows about one feature."""
+
+    feature: Feature
+    promoted: list[TokenScore]
+    suppressed: list[TokenScore]
+    inputs: list[TokenScore]  # ee phase, sign +1
+    inputs_negative: list[TokenScore]  # ee phase, sign -1
+    heads: list[HeadScore]
+    edges_out: list[Edge]
+    edges_in: list[Edge]
+    labels: list[Label]

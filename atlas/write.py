@@ -1,0 +1,298 @@
+"""The write API used by the builders: bulk inserts inside transactions.
+
+Arrays come in as numpy and go out through ``executemany`` over plain tuples,
+which keeps writing far from being the bottleneck of a build (see
+``benchmarks/bench_atlas.py``). Every method needs a writable atlas.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from atlas.names import default_sae_name, display_token, token_key
+
+# Columns of `features` a builder may fill with update_features().
+FEATURE_METRIC_COLUMNS: tuple[str, ...] = (
+    "dec_norm", "enc_norm", "b_enc", "threshold",
+    "du_max", "du_min", "du_mean", "du_std", "du_skew", "du_kurtosis", "du_entropy", "du_top1_z",
+    "ee_max", "ee_min", "ee_mean", "ee_std", "ee_skew", "ee_kurtosis", "ee_entropy", "ee_top1_z",
+    "predicts_tokens", "reads_tokens",
+    "attn_q_mean", "attn_k_mean", "attn_v_mean", "attn_q_max", "attn_k_max", "attn_v_max",
+    "top_head", "top_head_share",
+)  # fmt: skip
+
+MODEL_COLUMNS = (
+    "name", "source", "source_kind", "architecture", "n_layers", "d_model", "n_heads",
+    "n_kv_heads", "d_head", "d_vocab", "tied_embeddings", "norm_kind", "embed_scale",
+    "attn_softcap", "final_softcap", "dtype", "sha256", "notes",
+)  # fmt: skip
+
+SAE_COLUMNS = (
+    "name", "model_id", "release", "sae_ref", "hook_name", "site", "layer", "d_in", "d_sae",
+    "architecture", "k", "source", "source_format", "sha256", "neuronpedia_id", "fve", "l0",
+    "dead_fraction", "notes",
+)  # fmt: skip
+
+
+def _py(x: Any) -> Any:
+    """numpy scalar -> python scalar; NaN -> NULL."""
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and x != x:
+        return None
+    return x
+
+
+def _now() -> str:
+    from atlas.db import utc_now
+
+    return utc_now()
+
+
+class AtlasWriter:
+    """Mixin over ``self.conn``; see atlas.db.Atlas."""
+
+    conn: Any
+
+    def require_writable(self) -> None:  # overridden by Atlas
+        pass
+
+    # ------------------------------------------------------------ provenance
+    def provenance(self) -> dict:
+        row = self.conn.execute("SELECT provenance FROM atlas_info WHERE id = 1").fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def set_provenance(self, provenance: dict) -> None:
+        self.require_writable()
+        self.conn.execute(
+            "UPDATE atlas_info SET provenance = ? WHERE id = 1", (json.dumps(provenance, sort_keys=True),)
+        )
+
+    def update_provenance(self, **entries: Any) -> None:
+        p = self.provenance()
+        p.update(entries)
+        self.set_provenance(p)
+
+    # ------------------------------------------------------------ models, vocab, heads
+    def add_model(self, **fields: Any) -> int:
+        """Insert a model row; returns model_id. Unknown fields are an error."""
+        self.require_writable()
+        unknown = set(fields) - set(MODEL_COLUMNS)
+        if unknown:
+            raise TypeError(f"unknown model fields: {sorted(unknown)}")
+        fields.setdefault("name", fields.get("source"))
+        fields["tied_embeddings"] = int(bool(fields.get("tied_embeddings", 0)))
+        cols = [c for c in MODEL_COLUMNS if c in fields]
+        cur = self.conn.execute(
+            f"INSERT INTO models ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [_py(fields[c]) for c in cols],
+        )
+        return int(cur.lastrowid)
+
+    def add_vocab(self, model_id: int, tokens: Sequence[str]) -> None:
+        """Token strings indexed by token id (decoded, whitespace kept)."""
+        self.require_writable()
+        rows = [(model_id, i, t, display_token(t), token_key(t)) for i, t in enumerate(tokens)]
+        self.conn.executemany(
+            "INSERT INTO vocab (model_id, token_id, raw, display, key) VALUES (?, ?, ?, ?, ?)", rows
+        )
+        self.conn.executemany(
+            "INSERT INTO vocab_fts (key, model_id, token_id) VALUES (?, ?, ?)",
+            [(r[4], model_id, r[1]) for r in rows],
+        )
+
+    def add_heads(self, model_id: int, n_layers: int, n_heads: int, n_kv_heads: int) -> None:
+        """One row per query head; kv_group maps a query head to its key/value head (GQA)."""
+        self.require_writable()
+        group = n_heads // n_kv_heads
+        self.conn.executemany(
+            "INSERT INTO heads (model_id, layer, head, kv_group) VALUES (?, ?, ?, ?)",
+            [(model_id, layer, h, h // group) for layer in range(n_layers) for h in range(n_heads)],
+        )
+
+    def head_pks(self, model_id: int) -> np.ndarray:
+        """(n_layers, n_heads) array of head_pk, for vectorised writes."""
+        rows = self.conn.execute(
+            "SELECT layer, head, head_pk FROM heads WHERE model_id = ? ORDER BY layer, head", (model_id,)
+        ).fetchall()
+        if not rows:
+            return np.zeros((0, 0), dtype=np.int64)
+        n_layers = max(r[0] for r in rows) + 1
+        n_heads = max(r[1] for r in rows) + 1
+        out = np.full((n_layers, n_heads), -1, dtype=np.int64)
+        for layer, head, pk in rows:
+            out[layer, head] = pk
+        return out
+
+    # ------------------------------------------------------------ SAEs and features
+    def add_sae(self, **fields: Any) -> int:
+        """Insert an SAE and its d_sae feature rows (contiguous feature ids). Returns sae_id."""
+        self.require_writable()
+        unknown = set(fields) - set(SAE_COLUMNS)
+        if unknown:
+            raise TypeError(f"unknown SAE fields: {sorted(unknown)}")
+        fields.setdefault("name", default_sae_name(fields["layer"], fields["site"]))
+        cols = [c for c in SAE_COLUMNS if c in fields]
+        with self.transaction():  # type: ignore[attr-defined]
+            cur = self.conn.execute(
+                f"INSERT INTO saes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                [_py(fields[c]) for c in cols],
+            )
+            sae_id = int(cur.lastrowid)
+            base = self.conn.execute("SELECT COALESCE(MAX(feature_id), -1) + 1 FROM features").fetchone()[0]
+            d_sae = int(fields["d_sae"])
+            self.conn.executemany(
+                "INSERT INTO features (feature_id, sae_id, idx) VALUES (?, ?, ?)",
+                ((base + i, sae_id, i) for i in range(d_sae)),
+            )
+        return sae_id
+
+    def feature_id_base(self, sae_id: int) -> int:
+        """feature_id of latent 0; latent i is base + i (ids are contiguous per SAE)."""
+        lo, hi, n = self.conn.execute(
+            "SELECT MIN(feature_id), MAX(feature_id), COUNT(*) FROM features WHERE sae_id = ?", (sae_id,)
+        ).fetchone()
+        if n == 0:
+            raise ValueError(f"SAE {sae_id} has no features")
+        if hi - lo + 1 != n:
+            raise ValueError(f"SAE {sae_id}: feature ids are not contiguous")
+        return int(lo)
+
+    def update_features(self, sae_id: int, idx: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+        """Set metric columns for latents ``idx`` of one SAE."""
+        self.require_writable()
+        bad = set(columns) - set(FEATURE_METRIC_COLUMNS)
+        if bad:
+            raise ValueError(f"not feature metric columns: {sorted(bad)}")
+        if not columns:
+            return
+        names = list(columns)
+        base = self.feature_id_base(sae_id)
+        fids = (np.asarray(idx, dtype=np.int64) + base).tolist()
+        cols = [np.asarray(columns[n]).tolist() for n in names]
+        cols = [[None if (isinstance(v, float) and v != v) else v for v in c] for c in cols]
+        sets = ", ".join(f"{n} = ?" for n in names)
+        self.conn.executemany(
+            f"UPDATE features SET {sets} WHERE feature_id = ?", zip(*cols, fids)
+        )
+
+    # ------------------------------------------------------------ per-feature rows
+    def add_token_scores(
+        self, feature_ids: np.ndarray, phase: str, sign: int, token_ids: np.ndarray, values: np.ndarray
+    ) -> None:
+        """Top-k tokens: ``token_ids`` and ``values`` are (n_features, k), best first."""
+        self.require_writable()
+        token_ids = np.asarray(token_ids)
+        values = np.asarray(values, dtype=np.float64)
+        n, k = token_ids.shape
+        fids = np.repeat(np.asarray(feature_ids, dtype=np.int64), k).tolist()
+        ranks = np.tile(np.arange(k), n).tolist()
+        self.conn.executemany(
+            f"INSERT INTO token_scores (feature_id, phase, sign, rank, token_id, value) "
+            f"VALUES (?, '{phase}', {int(sign)}, ?, ?, ?)",
+            zip(fids, ranks, token_ids.reshape(-1).tolist(), values.reshape(-1).tolist()),
+        )
+
+    def add_head_scores(
+        self,
+        feature_ids: np.ndarray,
+        head_pks: np.ndarray,
+        role: str,
+        scores: np.ndarray,
+        percentiles: np.ndarray | None = None,
+    ) -> None:
+        """Flat, equal-length arrays: one row per (feature, head)."""
+        self.require_writable()
+        pct = [None] * len(scores) if percentiles is None else np.asarray(percentiles, dtype=np.float64).tolist()
+        self.conn.executemany(
+            f"INSERT INTO head_scores (feature_id, head_pk, role, score, percentile) VALUES (?, ?, '{role}', ?, ?)",
+            zip(
+                np.asarray(feature_ids, dtype=np.int64).tolist(),
+                np.asarray(head_pks, dtype=np.int64).tolist(),
+                np.asarray(scores, dtype=np.float64).tolist(),
+                pct,
+            ),
+        )
+
+    def add_edges(
+        self,
+        kind: str,
+        src: np.ndarray,
+        dst: np.ndarray,
+        scores: np.ndarray,
+        ranks: np.ndarray,
+        head_pks: np.ndarray | None = None,
+    ) -> None:
+        """Flat, equal-length arrays of feature ids (atlas-wide), scores and ranks."""
+        self.require_writable()
+        n = len(src)
+        heads = [None] * n if head_pks is None else np.asarray(head_pks, dtype=np.int64).tolist()
+        self.conn.executemany(
+            f"INSERT INTO edges (src_feature, dst_feature, head_pk, kind, score, rank) VALUES (?, ?, ?, '{kind}', ?, ?)",
+            zip(
+                np.asarray(src, dtype=np.int64).tolist(),
+                np.asarray(dst, dtype=np.int64).tolist(),
+                heads,
+                np.asarray(scores, dtype=np.float64).tolist(),
+                np.asarray(ranks, dtype=np.int64).tolist(),
+            ),
+        )
+
+    def add_depth_profile(self, sae_id: int, layer: int, role: str, **stats: float) -> None:
+        self.require_writable()
+        self.conn.execute(
+            "INSERT OR REPLACE INTO depth_profiles (sae_id, layer, role, n, mean, median, p75, frac_above) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (sae_id, layer, role, *(_py(stats.get(k)) for k in ("n", "mean", "median", "p75", "frac_above"))),
+        )
+
+    # ------------------------------------------------------------ labels
+    def add_label(
+        self,
+        feature_id: int,
+        text: str,
+        *,
+        kind: str = "free",
+        source: str = "user",
+        score: float | None = None,
+        evidence: Any = None,
+    ) -> int:
+        self.require_writable()
+        cur = self.conn.execute(
+            "INSERT INTO labels (feature_id, text, kind, source, score, evidence, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (feature_id, text, kind, source, _py(score), None if evidence is None else json.dumps(evidence), _now()),
+        )
+        return int(cur.lastrowid)
+
+    def add_labels(self, rows: Iterable[tuple[int, str, str, str, float | None, Any]]) -> None:
+        """Bulk: (feature_id, text, kind, source, score, evidence) tuples."""
+        self.require_writable()
+        now = _now()
+        self.conn.executemany(
+            "INSERT INTO labels (feature_id, text, kind, source, score, evidence, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                (int(f), t, k, s, _py(sc), None if ev is None else json.dumps(ev), now)
+                for f, t, k, s, sc, ev in rows
+            ),
+        )
+
+    # ------------------------------------------------------------ resumable builds
+    def mark_unit_done(self, sae_id: int, pass_name: str, chunk_start: int, chunk_end: int) -> None:
+        self.require_writable()
+        self.conn.execute(
+            "INSERT OR REPLACE INTO build_units (sae_id, pass, chunk_start, chunk_end, finished_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (sae_id, pass_name, chunk_start, chunk_end, _now()),
+        )
+
+    def units_done(self, sae_id: int, pass_name: str) -> set[int]:
+        """chunk_start of every finished unit of one pass on one SAE."""
+        rows = self.conn.execute(
+            "SELECT chunk_start FROM build_units WHERE sae_id = ? AND pass = ?", (sae_id, pass_name)
+        ).fetchall()
+        return {r[0] for r in rows}

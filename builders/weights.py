@@ -1,0 +1,208 @@
+"""Architecture-neutral weight containers: what every pass reads.
+
+Shapes follow TransformerLens / SAELens conventions so that a vector ``x`` in
+the residual stream (after the layer's input norm) gives head ``h``'s query as
+``x @ W_Q[h] + b_Q[h]`` and a head output ``z`` goes back to the residual as
+``z @ W_O[h]``. Grouped key/value heads are already expanded: ``W_K[h]`` is the
+weight of the key/value head that query head ``h`` reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+NORM_KINDS = ("layernorm", "rmsnorm", "gemma_rmsnorm")
+SITES = ("resid_pre", "resid_mid", "resid_post", "attn_z", "attn_out", "mlp_out")
+SAE_ARCHITECTURES = ("relu", "jumprelu", "topk", "gated")
+
+
+@dataclass
+class Norm:
+    """A LayerNorm or RMSNorm as the model applies it.
+
+    ``weight`` is stored as the checkpoint has it; for Gemma (``one_plus=True``)
+    the effective gain is ``1 + weight``. Use :attr:`gain`, never ``weight``,
+    when folding a norm into a direction.
+    """
+
+    kind: str  # layernorm | rmsnorm | gemma_rmsnorm
+    weight: torch.Tensor  # (d_model,)
+    bias: torch.Tensor | None  # (d_model,) LayerNorm only
+    eps: float
+    one_plus: bool = False  # Gemma's (1 + w) RMSNorm
+
+    @property
+    def gain(self) -> torch.Tensor:
+        """Effective elementwise gain g, so that norm(x) = g * normalise(x) (+ bias)."""
+        return self.weight + 1.0 if self.one_plus else self.weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the norm exactly as the model does (data-dependent scale included)."""
+        xf = x.float()
+        if self.kind == "layernorm":
+            xf = xf - xf.mean(-1, keepdim=True)
+            xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        else:
+            xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        out = xf * self.gain.float()
+        if self.bias is not None:
+            out = out + self.bias.float()
+        return out
+
+
+@dataclass
+class LayerWeights:
+    """One transformer block's attention weights, per head."""
+
+    ln1: Norm  # norm that reads the residual stream into attention
+    W_Q: torch.Tensor  # (n_heads, d_model, d_head)
+    W_K: torch.Tensor  # (n_heads, d_model, d_head), kv heads expanded to query heads
+    W_V: torch.Tensor  # (n_heads, d_model, d_head), kv heads expanded to query heads
+    W_O: torch.Tensor  # (n_heads, d_head, d_model)
+    b_Q: torch.Tensor | None = None  # (n_heads, d_head)
+    b_K: torch.Tensor | None = None  # (n_heads, d_head)
+    b_V: torch.Tensor | None = None  # (n_heads, d_head)
+    b_O: torch.Tensor | None = None  # (d_model,)
+    ln_attn_out: Norm | None = None  # Gemma-2's post-attention norm on the attention output
+    ln2: Norm | None = None  # norm that reads the residual stream into the MLP (pre-feedforward)
+
+
+@dataclass
+class ModelWeights:
+    """Everything the passes need from a language model, on one device and dtype."""
+
+    source: str  # hub id, local folder or GGUF path
+    source_kind: str  # hub | path | gguf
+    architecture: str  # transformers class name, e.g. LlamaForCausalLM
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_vocab: int
+    W_E: torch.Tensor  # (d_vocab, d_model)
+    W_U: torch.Tensor  # (d_model, d_vocab)
+    ln_final: Norm
+    layers: list[LayerWeights]
+    tokens: list[str]  # decoded string of every token id, len d_vocab
+    b_U: torch.Tensor | None = None  # (d_vocab,)
+    embed_scale: float = 1.0  # Gemma multiplies embeddings by sqrt(d_model)
+    attn_scale: float | None = None  # multiplier on q.k; None = 1/sqrt(d_head)
+    attn_softcap: float | None = None  # Gemma-2 attention logit softcap
+    final_softcap: float | None = None  # Gemma-2 final logit softcap
+    tied_embeddings: bool = False
+    norm_kind: str = "layernorm"
+    dtype: str = "float32"
+    sha256: str | None = None
+    notes: str | None = None
+    hook_names: set[str] = field(default_factory=set)  # hook points this model has (TransformerLens names)
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_U.device
+
+    @property
+    def kv_group(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def qk_scale(self) -> float:
+        return self.attn_scale if self.attn_scale is not None else self.d_head**-0.5
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Model logits for a final residual state h: final norm, W_U, bias, softcap."""
+        out = self.ln_final(h) @ self.W_U.float()
+        if self.b_U is not None:
+            out = out + self.b_U.float()
+        if self.final_softcap:
+            out = torch.tanh(out / self.final_softcap) * self.final_softcap
+        return out
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """The residual stream's first value for these tokens (embedding scale included)."""
+        return self.W_E[token_ids].float() * self.embed_scale
+
+    def atlas_model_fields(self) -> dict[str, Any]:
+        """Row for atlas.add_model()."""
+        return dict(
+            name=self.source.rstrip("/").split("/")[-1], source=self.source, source_kind=self.source_kind,
+            architecture=self.architecture, n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads, d_head=self.d_head, d_vocab=self.d_vocab,
+            tied_embeddings=self.tied_embeddings, norm_kind=self.norm_kind, embed_scale=self.embed_scale,
+            attn_softcap=self.attn_softcap, final_softcap=self.final_softcap, dtype=self.dtype,
+            sha256=self.sha256, notes=self.notes,
+        )  # fmt: skip
+
+
+@dataclass
+class SAEWeights:
+    """One sparse autoencoder, in SAELens conventions.
+
+    ``encode(x) = act(x' @ W_enc + b_enc)`` with ``x' = x - b_dec`` when
+    ``apply_b_dec_to_input``, and ``decode(a) = a @ W_dec + b_dec``. For
+    ``hook_z`` SAEs, ``x`` is all heads' z concatenated: ``(n_heads * d_head,)``.
+    """
+
+    W_enc: torch.Tensor  # (d_in, d_sae)
+    W_dec: torch.Tensor  # (d_sae, d_in)
+    b_enc: torch.Tensor  # (d_sae,)
+    b_dec: torch.Tensor  # (d_in,)
+    architecture: str  # relu | jumprelu | topk | gated
+    hook_name: str  # TransformerLens-style, e.g. blocks.12.hook_resid_post
+    site: str  # resid_pre | resid_mid | resid_post | attn_z | attn_out | mlp_out
+    layer: int
+    source: str  # path or hub reference
+    source_format: str  # saelens | gemma_scope | llama_scope | kissane | dictionary_learning
+    threshold: torch.Tensor | None = None  # (d_sae,) JumpReLU
+    k: int | None = None  # TopK
+    r_mag: torch.Tensor | None = None  # (d_sae,) gated SAEs
+    b_mag: torch.Tensor | None = None  # (d_sae,) gated SAEs
+    b_gate: torch.Tensor | None = None  # (d_sae,) gated SAEs
+    apply_b_dec_to_input: bool = False
+    input_scale: float = 1.0  # activations are multiplied by this before encoding (e.g. Llama Scope norm scaling)
+    normalization: str | None = None  # what the format declares, recorded in provenance
+    release: str | None = None
+    sae_ref: str | None = None
+    neuronpedia_id: str | None = None
+    sha256: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # anything else the config said
+
+    @property
+    def d_in(self) -> int:
+        return self.W_enc.shape[0]
+
+    @property
+    def d_sae(self) -> int:
+        return self.W_enc.shape[1]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() * self.input_scale
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec.float()
+        pre = x @ self.W_enc.float()  # (..., d_sae)
+        if self.architecture == "gated":
+            gate = (pre + self.b_gate.float()) > 0
+            mag = torch.relu(pre * torch.exp(self.r_mag.float()) + self.b_mag.float())
+            return gate * mag
+        pre = pre + self.b_enc.float()
+        if self.architecture == "jumprelu":
+            return pre * (pre > self.threshold.float())
+        if self.architecture == "topk":
+            vals, idx = torch.relu(pre).topk(self.k, dim=-1)
+            return torch.zeros_like(pre).scatter(-1, idx, vals)
+        return torch.relu(pre)
+
+    def decode(self, a: torch.Tensor) -> torch.Tensor:
+        return (a.float() @ self.W_dec.float() + self.b_dec.float()) / self.input_scale
+
+    def atlas_sae_fields(self, model_id: int) -> dict[str, Any]:
+        """Row for atlas.add_sae()."""
+        return dict(
+            model_id=model_id, release=self.release, sae_ref=self.sae_ref, hook_name=self.hook_name,
+            site=self.site, layer=self.layer, d_in=self.d_in, d_sae=self.d_sae,
+            architecture=self.architecture, k=self.k, source=self.source, source_format=self.source_format,
+            sha256=self.sha256, neuronpedia_id=self.neuronpedia_id,
+        )  # fmt: skip
