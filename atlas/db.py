@@ -11,9 +11,9 @@ import datetime as _dt
 import json
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from atlas.errors import NeedsMigration, NotAnAtlas, ReadOnlyAtlas, SchemaTooNew
 from atlas.migrations import MIGRATIONS, SCHEMA_VERSION, schema_sql
@@ -71,9 +71,7 @@ def schema_version_of(conn: sqlite3.Connection, path: Path) -> int:
     """user_version of an atlas connection, after checking it is one."""
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        has_info = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'atlas_info'"
-        ).fetchone()
+        has_info = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'atlas_info'").fetchone()
     except sqlite3.DatabaseError as e:
         raise NotAnAtlas(f"{path}: corrupt or unreadable SQLite file ({e})") from None
     if version > SCHEMA_VERSION:
@@ -95,7 +93,7 @@ class Atlas(AtlasReader, AtlasWriter):
         self.readonly = readonly
         self.schema_version = schema_version
 
-    def __enter__(self) -> "Atlas":
+    def __enter__(self) -> Atlas:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -161,8 +159,7 @@ def create_atlas(path: str | os.PathLike, *, provenance: dict | None = None, ove
     conn.executescript("BEGIN;\n" + schema_sql() + "\nCOMMIT;")
     now = utc_now()
     conn.execute(
-        "INSERT INTO atlas_info (id, schema_version, sae_atlas_version, created_at, provenance) "
-        "VALUES (1, ?, ?, ?, ?)",
+        "INSERT INTO atlas_info (id, schema_version, sae_atlas_version, created_at, provenance) VALUES (1, ?, ?, ?, ?)",
         (SCHEMA_VERSION, _version(), now, json.dumps(provenance or {}, sort_keys=True)),
     )
     conn.executemany(

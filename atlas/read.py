@@ -43,8 +43,7 @@ def _feature_from_row(row: sqlite3.Row) -> Feature:
 
 
 _FEATURE_SELECT = (
-    "SELECT f.*, s.name AS sae, s.layer AS layer, s.site AS site "
-    "FROM features f JOIN saes s ON s.sae_id = f.sae_id "
+    "SELECT f.*, s.name AS sae, s.layer AS layer, s.site AS site FROM features f JOIN saes s ON s.sae_id = f.sae_id "
 )
 
 
@@ -192,9 +191,7 @@ class AtlasReader:
         rows = self.conn.execute(
             "SELECT * FROM labels WHERE feature_id = ? ORDER BY source = 'user' DESC, label_id DESC", (feature_id,)
         ).fetchall()
-        return [
-            Label(**{**dict(r), "evidence": json.loads(r["evidence"]) if r["evidence"] else None}) for r in rows
-        ]
+        return [Label(**{**dict(r), "evidence": json.loads(r["evidence"]) if r["evidence"] else None}) for r in rows]
 
     def card(self, spec: str | int, *, k: int = 20, edge_limit: int = 50) -> FeatureCard:
         f = self.feature(spec)

@@ -98,6 +98,8 @@ CREATE INDEX IF NOT EXISTS features_du_max ON features (sae_id, du_max);
 CREATE INDEX IF NOT EXISTS features_ee_top1_z ON features (sae_id, ee_top1_z);
 CREATE INDEX IF NOT EXISTS features_attn_q ON features (sae_id, attn_q_mean);
 CREATE INDEX IF NOT EXISTS features_attn_k ON features (sae_id, attn_k_mean);
+CREATE INDEX IF NOT EXISTS features_attn_v ON features (sae_id, attn_v_mean);
+CREATE INDEX IF NOT EXISTS features_ee_max ON features (sae_id, ee_max);
 
 CREATE TABLE IF NOT EXISTS vocab (
     model_id  INTEGER NOT NULL REFERENCES models (model_id) ON DELETE CASCADE,

@@ -10,6 +10,8 @@ label.
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +58,24 @@ def build_synthetic_atlas(
     chunk: int = 20_000,
     overwrite: bool = True,
     progress: bool = False,
+    unique_heads: bool = False,
+    token_skew: float = 0.0,
+    throwaway: bool = False,
 ) -> Path:
-    """Write a synthetic atlas with ``n_features`` split evenly over one SAE per layer."""
+    """Write a synthetic atlas with ``n_features`` split evenly over one SAE per layer.
+
+    ``unique_heads=True`` gives every feature exactly ``n_head_scores`` head
+    scores on distinct (role, head) pairs (the default draws with replacement
+    and drops repeats, so slightly fewer). ``token_skew`` is the fraction of
+    token draws that land on the 1,000 lowest ids, as common tokens do in a
+    real vocabulary. ``throwaway=True`` builds without journal or fsync
+    (benchmarks only: a crash leaves a corrupt file).
+    """
     rng = np.random.default_rng(seed)
     atlas = create_atlas(path, overwrite=overwrite, provenance={"synthetic": {"seed": seed}})
     atlas.conn.execute("PRAGMA synchronous = OFF")
-    with atlas:
+    t0 = time.perf_counter()
+    with atlas, atlas.bulk_load(throwaway=throwaway):
         with atlas.transaction():
             model_id = atlas.add_model(
                 name="synthetic", source="synthetic", source_kind="synthetic", architecture="Synthetic",
@@ -74,37 +88,108 @@ def build_synthetic_atlas(
         per_sae = n_features // len(layers)
         sae_ids = [
             atlas.add_sae(
-                model_id=model_id, hook_name=f"blocks.{layer}.hook_resid_post", site="resid_post", layer=layer,
-                d_in=d_model, d_sae=per_sae, architecture="topk", k=32, source="synthetic",
+                model_id=model_id,
+                hook_name=f"blocks.{layer}.hook_resid_post",
+                site="resid_post",
+                layer=layer,
+                d_in=d_model,
+                d_sae=per_sae,
+                architecture="topk",
+                k=32,
+                source="synthetic",
                 source_format="synthetic",
             )  # fmt: skip
             for layer in layers
         ]
-        n_total = per_sae * len(sae_ids)
-        all_heads = head_pk.reshape(-1)
-        for sae_id, layer in zip(sae_ids, layers):
+        shape = _Shape(
+            n_total=per_sae * len(sae_ids), d_vocab=d_vocab, k=k, head_pk=head_pk, n_head_scores=n_head_scores,
+            n_edges=n_edges, label_every=label_every, n_layers=n_layers, unique_heads=unique_heads,
+            token_skew=token_skew,
+        )  # fmt: skip
+        done = 0
+        for sae_id, layer in zip(sae_ids, layers, strict=True):
             base = atlas.feature_id_base(sae_id)
             for start in range(0, per_sae, chunk):
-                _write_chunk(
-                    atlas, rng, sae_id, layer, base, start, min(per_sae, start + chunk), n_total,
-                    d_vocab, k, head_pk, all_heads, n_head_scores, n_edges, label_every, n_layers,
-                )  # fmt: skip
+                end = min(per_sae, start + chunk)
+                _write_chunk(atlas, rng, sae_id, layer, base, start, end, shape)
+                done += end - start
                 if progress:
-                    print(f"  L{layer}: {min(per_sae, start + chunk):,}/{per_sae:,} features", flush=True)
-        atlas.conn.execute("ANALYZE")
+                    rate = done / max(time.perf_counter() - t0, 1e-9)
+                    print(
+                        f"  L{layer}: {end:,}/{per_sae:,} features "
+                        f"({done:,}/{shape.n_total:,} total, {rate:,.0f} features/s)",
+                        flush=True,
+                    )
+        if progress:
+            print("  rebuilding indexes and running ANALYZE ...", flush=True)
     return Path(path)
 
 
+@dataclass(frozen=True)
+class _Shape:
+    n_total: int
+    d_vocab: int
+    k: int
+    head_pk: np.ndarray  # (n_layers, n_heads)
+    n_head_scores: int
+    n_edges: int
+    label_every: int
+    n_layers: int
+    unique_heads: bool
+    token_skew: float
+
+
+def _draw_tokens(rng: np.random.Generator, n: int, shape: _Shape) -> np.ndarray:
+    k, d_vocab = shape.k, shape.d_vocab
+    if shape.token_skew > 0:
+        common = rng.integers(0, min(1000, d_vocab), (n, k))
+        anywhere = rng.integers(0, d_vocab, (n, k))
+        return np.where(rng.random((n, k)) < shape.token_skew, common, anywhere)  # (n, k)
+    if d_vocab <= 4096:
+        return np.argsort(rng.random((n, d_vocab)), axis=1)[:, :k]  # (n, k) distinct tokens
+    return rng.integers(0, d_vocab, (n, k))  # (n, k)
+
+
+def _draw_heads(rng: np.random.Generator, fids: np.ndarray, shape: _Shape) -> tuple[np.ndarray, ...]:
+    """Flat (feature_ids, head_pks, roles, scores, percentiles) of the head scores of one chunk."""
+    n = len(fids)
+    all_heads = shape.head_pk.reshape(-1)
+    roles = ("q", "k", "v")
+    f_all, h_all, r_all, s_all, p_all = [], [], [], [], []
+    for i, role in enumerate(roles):
+        if shape.unique_heads:
+            m = min(len(all_heads), shape.n_head_scores // len(roles) + (i < shape.n_head_scores % len(roles)))
+            heads = all_heads[np.argsort(rng.random((n, len(all_heads))), axis=1)[:, :m]]  # (n, m) distinct
+            keep = np.ones(heads.size, dtype=bool)
+        else:
+            per_role = max(1, shape.n_head_scores // len(roles))
+            heads = np.sort(rng.choice(all_heads, (n, min(per_role, len(all_heads))), replace=True), axis=1)
+            # drop repeated heads within a feature (the primary key is feature, role, head)
+            keep2d = np.ones_like(heads, dtype=bool)
+            keep2d[:, 1:] = heads[:, 1:] != heads[:, :-1]
+            keep = keep2d.reshape(-1)
+        f_rep = np.repeat(fids, heads.shape[1])[keep]
+        h_rep = heads.reshape(-1)[keep]
+        f_all.append(f_rep)
+        h_all.append(h_rep)
+        r_all.append(np.full(len(f_rep), role))
+        s_all.append(rng.gamma(2.0, 1.0, len(f_rep)))
+        p_all.append(rng.uniform(75, 100, len(f_rep)))
+    f, h, r, s, p = (np.concatenate(a) for a in (f_all, h_all, r_all, s_all, p_all))
+    order = np.lexsort((h, r, f))  # primary-key order: feature, role, head
+    return f[order], h[order], r[order], s[order], p[order]
+
+
 def _write_chunk(
-    atlas: Atlas, rng, sae_id, layer, base, lo, hi, n_total, d_vocab, k, head_pk, all_heads,
-    n_head_scores, n_edges, label_every, n_layers,
-) -> None:  # fmt: skip
+    atlas: Atlas, rng: np.random.Generator, sae_id: int, layer: int, base: int, lo: int, hi: int, shape: _Shape
+) -> None:
     n = hi - lo
     idx = np.arange(lo, hi)
     fids = base + idx
+    d_vocab = shape.d_vocab
     with atlas.transaction():
         z = rng.gamma(2.0, 2.0, n)
-        q, kk, v = rng.gamma(2.0, 0.5, (3, n)) * (1 + layer / n_layers)
+        q, kk, v = rng.gamma(2.0, 0.5, (3, n)) * (1 + layer / shape.n_layers)
         atlas.update_features(
             sae_id,
             idx,
@@ -123,36 +208,28 @@ def _write_chunk(
                 "attn_q_max": q * 2, "attn_k_max": kk * 2, "attn_v_max": v * 2,
             },
         )  # fmt: skip
+        blocks = {}
         for phase in ("du", "ee"):
             for sign in (1, -1):
-                toks = np.argsort(rng.random((n, d_vocab)), axis=1)[:, :k] if d_vocab <= 4096 else (
-                    rng.integers(0, d_vocab, (n, k))
-                )
-                vals = np.sort(rng.gamma(2.0, 1.0, (n, k)), axis=1)[:, ::-1] * sign
-                atlas.add_token_scores(fids, phase, sign, toks, vals)
-        roles = ("q", "k", "v")
-        per_role = max(1, n_head_scores // len(roles))
-        for role in roles:
-            heads = rng.choice(all_heads, (n, min(per_role, len(all_heads))), replace=True)
-            heads = np.sort(heads, axis=1)
-            # unique heads per feature: drop duplicates by masking
-            keep = np.ones_like(heads, dtype=bool)
-            keep[:, 1:] = heads[:, 1:] != heads[:, :-1]
-            f_rep = np.repeat(fids, heads.shape[1])[keep.reshape(-1)]
-            h_rep = heads.reshape(-1)[keep.reshape(-1)]
-            atlas.add_head_scores(f_rep, h_rep, role, rng.gamma(2.0, 1.0, len(f_rep)), rng.uniform(75, 100, len(f_rep)))
+                toks = _draw_tokens(rng, n, shape)
+                vals = np.sort(rng.gamma(2.0, 1.0, (n, shape.k)), axis=1)[:, ::-1] * sign  # (n, k) best first
+                blocks[(phase, sign)] = (toks, vals)
+        atlas.add_token_score_block(fids, blocks)
+        f_h, h_h, r_h, s_h, p_h = _draw_heads(rng, fids, shape)
+        atlas.add_head_scores(f_h, h_h, r_h, s_h, p_h)
         kinds = ("qk", "ov", "cosine", "flow")
-        per_kind = max(1, n_edges // len(kinds))
+        per_kind = max(1, shape.n_edges // len(kinds))
+        head_pk = shape.head_pk
         for kind in kinds:
-            dst = rng.integers(0, n_total, (n, per_kind))
+            dst = rng.integers(0, shape.n_total, (n, per_kind))
             scores = np.sort(rng.gamma(2.0, 1.0, (n, per_kind)), axis=1)[:, ::-1]
             ranks = np.tile(np.arange(per_kind), n)
             hp = None
             if kind in ("qk", "ov"):
                 hp = rng.choice(head_pk[min(layer + 1, head_pk.shape[0] - 1)], n * per_kind)
             atlas.add_edges(kind, np.repeat(fids, per_kind), dst.reshape(-1), scores.reshape(-1), ranks, hp)
-        if label_every:
-            lab = idx[idx % label_every == 0]
+        if shape.label_every:
+            lab = idx[idx % shape.label_every == 0]
             atlas.add_labels(
                 (
                     int(base + i),

@@ -8,7 +8,10 @@ which keeps writing far from being the bottleneck of a build (see
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +38,19 @@ SAE_COLUMNS = (
     "architecture", "k", "source", "source_format", "sha256", "neuronpedia_id", "fve", "l0",
     "dead_fraction", "notes",
 )  # fmt: skip
+
+
+# Secondary indexes dropped during a bulk load and rebuilt from schema.sql afterwards:
+# one sort per index at the end is far cheaper than keeping them ordered row by row.
+_CREATE_INDEX_RE = re.compile(r"CREATE\s+INDEX\s+IF\s+NOT\s+EXISTS\s+(\w+)\s+ON\s+(\w+)[^;]*;", re.I)
+BULK_TABLES = ("features", "token_scores", "head_scores", "edges", "labels")
+
+
+def schema_indexes(tables: Sequence[str] = BULK_TABLES) -> list[tuple[str, str]]:
+    """(index name, CREATE INDEX statement) of every schema.sql index on ``tables``."""
+    from atlas.migrations import schema_sql
+
+    return [(m.group(1), m.group(0)) for m in _CREATE_INDEX_RE.finditer(schema_sql()) if m.group(2) in tables]
 
 
 def _py(x: Any) -> Any:
@@ -76,6 +92,44 @@ class AtlasWriter:
         p.update(entries)
         self.set_provenance(p)
 
+    # ------------------------------------------------------------ bulk loading
+    @contextmanager
+    def bulk_load(self, *, throwaway: bool = False, cache_mb: int = 512) -> Iterator[None]:
+        """Drop secondary indexes, load, rebuild them and ANALYZE.
+
+        ``throwaway=True`` also turns off the journal and fsync: a crash then
+        corrupts the file, which is fine for a benchmark or scratch build only.
+        Callers still wrap their writes in ``transaction()`` (big ones).
+        """
+        self.require_writable()
+        conn = self.conn
+        conn.execute(f"PRAGMA cache_size = {-1024 * int(cache_mb)}")
+        # A foreign-key lookup per inserted row halves the load rate; the builder
+        # writes ids it just created, and `sae-atlas validate` checks them after.
+        conn.execute("PRAGMA foreign_keys = OFF")
+        if throwaway:
+            conn.execute("PRAGMA synchronous = OFF")
+            conn.execute("PRAGMA journal_mode = OFF")
+        indexes = schema_indexes()
+        for name, _ in indexes:
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
+        try:
+            yield
+        finally:
+            # Rebuild even on error so that the file never lacks its indexes.
+            for _, create in indexes:
+                conn.execute(create)
+            conn.execute("PRAGMA foreign_keys = ON")
+            if throwaway:
+                conn.execute("PRAGMA journal_mode = DELETE")
+                conn.execute("PRAGMA synchronous = FULL")
+        self.analyze()
+
+    def analyze(self) -> None:
+        """Refresh sqlite_stat1: the query planner and `sae-atlas info` row counts read it."""
+        self.require_writable()
+        self.conn.execute("ANALYZE")
+
     # ------------------------------------------------------------ models, vocab, heads
     def add_model(self, **fields: Any) -> int:
         """Insert a model row; returns model_id. Unknown fields are an error."""
@@ -96,9 +150,7 @@ class AtlasWriter:
         """Token strings indexed by token id (decoded, whitespace kept)."""
         self.require_writable()
         rows = [(model_id, i, t, display_token(t), token_key(t)) for i, t in enumerate(tokens)]
-        self.conn.executemany(
-            "INSERT INTO vocab (model_id, token_id, raw, display, key) VALUES (?, ?, ?, ?, ?)", rows
-        )
+        self.conn.executemany("INSERT INTO vocab (model_id, token_id, raw, display, key) VALUES (?, ?, ?, ?, ?)", rows)
         self.conn.executemany(
             "INSERT INTO vocab_fts (key, model_id, token_id) VALUES (?, ?, ?)",
             [(r[4], model_id, r[1]) for r in rows],
@@ -175,9 +227,7 @@ class AtlasWriter:
         cols = [np.asarray(columns[n]).tolist() for n in names]
         cols = [[None if (isinstance(v, float) and v != v) else v for v in c] for c in cols]
         sets = ", ".join(f"{n} = ?" for n in names)
-        self.conn.executemany(
-            f"UPDATE features SET {sets} WHERE feature_id = ?", zip(*cols, fids)
-        )
+        self.conn.executemany(f"UPDATE features SET {sets} WHERE feature_id = ?", zip(*cols, fids, strict=True))
 
     # ------------------------------------------------------------ per-feature rows
     def add_token_scores(
@@ -193,27 +243,65 @@ class AtlasWriter:
         self.conn.executemany(
             f"INSERT INTO token_scores (feature_id, phase, sign, rank, token_id, value) "
             f"VALUES (?, '{phase}', {int(sign)}, ?, ?, ?)",
-            zip(fids, ranks, token_ids.reshape(-1).tolist(), values.reshape(-1).tolist()),
+            zip(fids, ranks, token_ids.reshape(-1).tolist(), values.reshape(-1).tolist(), strict=True),
+        )
+
+    def add_token_score_block(
+        self, feature_ids: np.ndarray, blocks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]
+    ) -> None:
+        """Several (phase, sign) top-k lists at once, written in primary-key order.
+
+        ``blocks[(phase, sign)] = (token_ids, values)``, each (n_features, k).
+        Rows arrive sorted by (feature_id, phase, sign, rank), so SQLite appends
+        to the end of the table's B-tree instead of splitting pages all over it.
+        """
+        self.require_writable()
+        fids = np.asarray(feature_ids, dtype=np.int64)
+        n = len(fids)
+        keys = sorted(blocks)  # ('du', -1) < ('du', 1) < ('ee', -1) < ('ee', 1): the primary-key order
+        toks = np.stack([np.asarray(blocks[key][0], dtype=np.int64).reshape(n, -1) for key in keys], 1)  # (n, B, k)
+        vals = np.stack([np.asarray(blocks[key][1], dtype=np.float64).reshape(n, -1) for key in keys], 1)  # (n, B, k)
+        _, n_blocks, k = toks.shape
+        phase = np.array([p for p, _ in keys], dtype=object)
+        sign = np.array([int(s) for _, s in keys], dtype=np.int64)
+        self.conn.executemany(
+            "INSERT INTO token_scores (feature_id, phase, sign, rank, token_id, value) VALUES (?, ?, ?, ?, ?, ?)",
+            zip(
+                np.repeat(fids, n_blocks * k).tolist(),
+                np.tile(np.repeat(phase, k), n).tolist(),
+                np.tile(np.repeat(sign, k), n).tolist(),
+                np.tile(np.arange(k), n * n_blocks).tolist(),
+                toks.reshape(-1).tolist(),
+                vals.reshape(-1).tolist(),
+                strict=True,
+            ),
         )
 
     def add_head_scores(
         self,
         feature_ids: np.ndarray,
         head_pks: np.ndarray,
-        role: str,
+        role: str | np.ndarray,
         scores: np.ndarray,
         percentiles: np.ndarray | None = None,
     ) -> None:
-        """Flat, equal-length arrays: one row per (feature, head)."""
+        """Flat, equal-length arrays: one row per (feature, head).
+
+        ``role`` is one role for every row, or an array of roles (one per row).
+        """
         self.require_writable()
-        pct = [None] * len(scores) if percentiles is None else np.asarray(percentiles, dtype=np.float64).tolist()
+        n = len(scores)
+        pct = [None] * n if percentiles is None else np.asarray(percentiles, dtype=np.float64).tolist()
+        roles = [role] * n if isinstance(role, str) else np.asarray(role).astype(str).tolist()
         self.conn.executemany(
-            f"INSERT INTO head_scores (feature_id, head_pk, role, score, percentile) VALUES (?, ?, '{role}', ?, ?)",
+            "INSERT INTO head_scores (feature_id, head_pk, role, score, percentile) VALUES (?, ?, ?, ?, ?)",
             zip(
                 np.asarray(feature_ids, dtype=np.int64).tolist(),
                 np.asarray(head_pks, dtype=np.int64).tolist(),
+                roles,
                 np.asarray(scores, dtype=np.float64).tolist(),
                 pct,
+                strict=True,
             ),
         )
 
@@ -238,6 +326,7 @@ class AtlasWriter:
                 heads,
                 np.asarray(scores, dtype=np.float64).tolist(),
                 np.asarray(ranks, dtype=np.int64).tolist(),
+                strict=True,
             ),
         )
 
@@ -275,10 +364,7 @@ class AtlasWriter:
         self.conn.executemany(
             "INSERT INTO labels (feature_id, text, kind, source, score, evidence, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                (int(f), t, k, s, _py(sc), None if ev is None else json.dumps(ev), now)
-                for f, t, k, s, sc, ev in rows
-            ),
+            ((int(f), t, k, s, _py(sc), None if ev is None else json.dumps(ev), now) for f, t, k, s, sc, ev in rows),
         )
 
     # ------------------------------------------------------------ resumable builds
