@@ -1,0 +1,785 @@
+"""The statistics of Liu & Deng (2026), computed from an atlas alone.
+
+Three experiments, each a pure function of an open atlas (or its sqlite3
+connection) that returns a dataclass of numpy arrays. ``sae-atlas report``
+(atlas/report.py) and the TUI overview both call these; neither recomputes.
+
+1. :func:`predicts_by_layer` -- fraction of features that directly predict
+   output tokens (``features.predicts_tokens``, the ``du`` criterion) and that
+   read input tokens (``features.reads_tokens``, the ``ee`` mirror), per SAE
+   and overall; :func:`token_overlap` -- features whose input and output
+   tokens agree (shared tokens between the ``du`` promoted and ``ee`` top-k).
+2. :func:`depth_profiles` -- query/key/value participation by layer (mean,
+   median, P75 of ``features.attn_{q,k,v}_mean``; fraction above the baseline
+   percentile from the builder's ``depth_profiles`` table);
+   :func:`qk_variability` -- does the key side vary more across layers than
+   the query side (paired sign-flip permutation test over layers).
+3. :func:`semantic_split` -- participation of heuristically labelled semantic
+   against non-semantic features, per SAE: mean, median, P75, Cliff's delta,
+   Cohen's d and a Mann-Whitney U test (:func:`mann_whitney_u`, numpy only).
+
+Only numpy and the standard library: the report must run where scipy does not.
+Every aggregation that SQL can do (counts, sums) is done in SQL; medians and
+percentiles are done in numpy on arrays fetched once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from atlas.errors import AtlasError
+
+ROLES = ("q", "k", "v")
+# Order of sites within one layer, as the residual stream meets them.
+SITE_ORDER = {"resid_pre": 0, "attn_z": 1, "attn_out": 2, "resid_mid": 3, "mlp_out": 4, "resid_post": 5}
+PAPER_PREDICTS_FRACTION = 0.25  # Liu & Deng: "about 1/4 of SAE features directly predict output tokens"
+
+
+class MissingPass(AtlasError):
+    """The atlas lacks the rows a statistic needs (a build pass was not run)."""
+
+
+def _conn(atlas: Any) -> sqlite3.Connection:
+    """Accept an Atlas (anything with ``.conn``) or a raw sqlite3 connection."""
+    return atlas.conn if hasattr(atlas, "conn") else atlas
+
+
+# ---------------------------------------------------------------------- SAE rows
+
+
+@dataclass(frozen=True)
+class SAERows:
+    """One row per SAE, in depth order (layer, then site). Every per-SAE array aligns with these."""
+
+    sae_id: np.ndarray  # (n_saes,) int
+    name: list[str]
+    layer: np.ndarray  # (n_saes,) int
+    site: list[str]
+    d_sae: np.ndarray  # (n_saes,) int
+    d_vocab: np.ndarray  # (n_saes,) int, of the SAE's model
+
+    def __len__(self) -> int:
+        return len(self.name)
+
+    def series(self) -> list[str]:
+        """Which depth curve each SAE belongs to: its site, plus its width when one site has several."""
+        widths: dict[str, set[int]] = {}
+        for s, d in zip(self.site, self.d_sae.tolist(), strict=True):
+            widths.setdefault(s, set()).add(d)
+        return [
+            s if len(widths[s]) == 1 else f"{s} d_sae={d}" for s, d in zip(self.site, self.d_sae.tolist(), strict=True)
+        ]
+
+    def index(self) -> dict[int, int]:
+        return {int(s): i for i, s in enumerate(self.sae_id.tolist())}
+
+
+def sae_rows(atlas: Any) -> SAERows:
+    rows = (
+        _conn(atlas)
+        .execute(
+            "SELECT s.sae_id, s.name, s.layer, s.site, s.d_sae, m.d_vocab FROM saes s JOIN models m USING (model_id)"
+        )
+        .fetchall()
+    )
+    rows = sorted(rows, key=lambda r: (r[2], SITE_ORDER.get(r[3], 9), r[1]))
+    if not rows:
+        raise MissingPass("the atlas has no SAEs: nothing to report")
+    return SAERows(
+        sae_id=np.array([r[0] for r in rows], dtype=np.int64),
+        name=[r[1] for r in rows],
+        layer=np.array([r[2] for r in rows], dtype=np.int64),
+        site=[r[3] for r in rows],
+        d_sae=np.array([r[4] for r in rows], dtype=np.int64),
+        d_vocab=np.array([r[5] for r in rows], dtype=np.int64),
+    )
+
+
+def _fetch_floats(conn: sqlite3.Connection, sql: str, params: Any = ()) -> np.ndarray:
+    """All rows of a numeric query as one (n, n_cols) float64 array; NULL -> NaN."""
+    cur = conn.execute(sql, params)
+    n_cols = len(cur.description)
+    rows = cur.fetchall()
+    if not rows:
+        return np.zeros((0, n_cols))
+    return np.array(rows, dtype=np.float64).reshape(len(rows), n_cols)
+
+
+def _dicts(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+    """Rows as dicts, whatever the connection's row_factory."""
+    cur = conn.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, tuple(r), strict=True)) for r in cur.fetchall()]
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    out = np.full(np.broadcast(a, b).shape, np.nan)
+    np.divide(a, b, out=out, where=b > 0)
+    return out
+
+
+# ---------------------------------------------------------------------- experiment 1
+
+
+@dataclass(frozen=True)
+class PredictsTable:
+    """Experiment 1: who directly predicts (du) and reads (ee) tokens, per SAE.
+
+    Counts are over features whose pass has run (the flag is not NULL);
+    ``frac_*`` = count / that denominator. ``*_both`` counts only features
+    with both flags set. ``overall`` pools every SAE.
+    """
+
+    saes: SAERows
+    n_features: np.ndarray  # (n_saes,)
+    n_du: np.ndarray  # features with predicts_tokens not NULL
+    n_predicts: np.ndarray
+    frac_predicts: np.ndarray
+    n_ee: np.ndarray  # features with reads_tokens not NULL
+    n_reads: np.ndarray
+    frac_reads: np.ndarray
+    n_both_passes: np.ndarray  # features with both flags set
+    n_both: np.ndarray  # predicts AND reads
+    n_either: np.ndarray  # predicts OR reads (among n_both_passes)
+    frac_both: np.ndarray  # n_both / n_both_passes
+    jaccard: np.ndarray  # n_both / n_either: overlap of the two feature sets
+    overall: dict[str, float]
+    criteria: dict[str, Any] = field(default_factory=dict)  # provenance.criteria, when the builder recorded it
+
+
+def predicts_by_layer(atlas: Any) -> PredictsTable:
+    """Fractions of features that predict / read tokens, per SAE in depth order, and overall."""
+    conn = _conn(atlas)
+    saes = sae_rows(conn)
+    agg = _fetch_floats(
+        conn,
+        "SELECT sae_id, COUNT(*), COUNT(predicts_tokens), TOTAL(predicts_tokens), "
+        "COUNT(reads_tokens), TOTAL(reads_tokens), "
+        "TOTAL(predicts_tokens IS NOT NULL AND reads_tokens IS NOT NULL), "
+        "TOTAL(predicts_tokens = 1 AND reads_tokens = 1), "
+        "TOTAL(predicts_tokens IS NOT NULL AND reads_tokens IS NOT NULL AND (predicts_tokens = 1 OR reads_tokens = 1)) "
+        "FROM features GROUP BY sae_id",
+    )
+    table = np.zeros((len(saes), 8))
+    where = saes.index()
+    for row in agg:
+        if int(row[0]) in where:
+            table[where[int(row[0])]] = row[1:]
+    n, n_du, n_pred, n_ee, n_reads, n_bp, n_both, n_either = table.T
+    if n_du.sum() == 0 and n_ee.sum() == 0:
+        raise MissingPass(
+            "experiment 1 needs the du/ee passes: features.predicts_tokens and reads_tokens are empty "
+            "(run `sae-atlas build --passes du,ee`)"
+        )
+    tot = {k: float(v.sum()) for k, v in dict(n=n, n_du=n_du, n_pred=n_pred, n_ee=n_ee, n_reads=n_reads).items()}
+    overall = {
+        "n_features": tot["n"],
+        "n_du": tot["n_du"],
+        "n_predicts": tot["n_pred"],
+        "frac_predicts": float(_safe_div(n_pred.sum(), n_du.sum())),
+        "n_ee": tot["n_ee"],
+        "n_reads": tot["n_reads"],
+        "frac_reads": float(_safe_div(n_reads.sum(), n_ee.sum())),
+        "n_both_passes": float(n_bp.sum()),
+        "n_both": float(n_both.sum()),
+        "frac_both": float(_safe_div(n_both.sum(), n_bp.sum())),
+        "jaccard": float(_safe_div(n_both.sum(), n_either.sum())),
+    }
+    return PredictsTable(
+        saes=saes,
+        n_features=n.astype(np.int64),
+        n_du=n_du.astype(np.int64),
+        n_predicts=n_pred.astype(np.int64),
+        frac_predicts=_safe_div(n_pred, n_du),
+        n_ee=n_ee.astype(np.int64),
+        n_reads=n_reads.astype(np.int64),
+        frac_reads=_safe_div(n_reads, n_ee),
+        n_both_passes=n_bp.astype(np.int64),
+        n_both=n_both.astype(np.int64),
+        n_either=n_either.astype(np.int64),
+        frac_both=_safe_div(n_both, n_bp),
+        jaccard=_safe_div(n_both, n_either),
+        overall=overall,
+        criteria=_provenance(conn).get("criteria", {}) or {},
+    )
+
+
+def _provenance(conn: sqlite3.Connection) -> dict:
+    row = conn.execute("SELECT provenance FROM atlas_info WHERE id = 1").fetchone()
+    try:
+        return json.loads(row[0]) if row else {}
+    except (TypeError, ValueError):
+        return {}
+
+
+@dataclass(frozen=True)
+class TokenOverlap:
+    """Experiment 1, second half: do a feature's input tokens agree with its output tokens?
+
+    For each feature, ``shared`` = |top-``top`` du promoted tokens ∩
+    top-``top`` ee tokens (sign +1)|, as distinct token ids. A feature
+    *agrees* when ``shared >= min_shared``. ``chance_shared`` is what two
+    independent random top-k lists would share on average (k_du·k_ee/d_vocab),
+    the yardstick for ``mean_shared``. Above ``max_features`` features a seeded
+    uniform sample of each SAE is used (``sampled``), with the standard error
+    of the fraction in ``se_agree``.
+    """
+
+    saes: SAERows
+    top: int | None
+    min_shared: int
+    n_checked: np.ndarray  # (n_saes,) features with both token lists
+    n_agree: np.ndarray
+    frac_agree: np.ndarray
+    se_agree: np.ndarray
+    mean_shared: np.ndarray
+    mean_jaccard: np.ndarray
+    chance_shared: np.ndarray
+    n_predicting_checked: np.ndarray  # of the checked, how many predict tokens
+    frac_agree_predicting: np.ndarray  # agreement among features that predict tokens
+    sampled: bool
+    sample_fraction: float
+    overall: dict[str, float]
+
+
+def token_overlap(
+    atlas: Any, *, top: int | None = None, min_shared: int = 1, max_features: int = 200_000, seed: int = 0
+) -> TokenOverlap:
+    """Shared tokens between each feature's du (promoted) and ee (sign +1) top-k lists."""
+    conn = _conn(atlas)
+    saes = sae_rows(conn)
+    has = {
+        p: conn.execute("SELECT 1 FROM token_scores WHERE phase = ? AND sign = 1 LIMIT 1", (p,)).fetchone()
+        for p in ("du", "ee")
+    }
+    missing = [p for p in ("du", "ee") if not has[p]]
+    if missing:
+        raise MissingPass(f"the token overlap needs the {' and '.join(missing)} pass: token_scores has no such rows")
+    rank_cut = "" if top is None else " AND ts.rank < :top"
+    select = (
+        "SELECT f.sae_id, f.predicts_tokens, "
+        "COUNT(DISTINCT CASE WHEN ts.phase = 'du' THEN ts.token_id END), "
+        "COUNT(DISTINCT CASE WHEN ts.phase = 'ee' THEN ts.token_id END), "
+        "COUNT(DISTINCT ts.token_id) "
+        "FROM token_scores ts JOIN features f ON f.feature_id = ts.feature_id "
+    )
+    n_total = conn.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+    frac = 1.0 if n_total <= max_features else max_features / n_total
+    if frac >= 1.0:
+        # One pass over token_scores in primary-key order: no sort, no temp table.
+        sql = select + f"WHERE ts.sign = 1{rank_cut} GROUP BY ts.feature_id"
+        rows = _fetch_floats(conn, sql, {"top": top})
+    else:
+        rng = np.random.default_rng(seed)
+        parts = []
+        for sid in saes.sae_id.tolist():
+            ids = np.array([r[0] for r in conn.execute("SELECT feature_id FROM features WHERE sae_id = ?", (sid,))])
+            if len(ids) == 0:
+                continue
+            take = np.sort(rng.choice(ids, max(1, int(round(frac * len(ids)))), replace=False))
+            sql = (
+                select + "WHERE ts.feature_id IN (SELECT value FROM json_each(:ids)) "
+                f"AND ts.sign = 1{rank_cut} GROUP BY ts.feature_id"
+            )
+            parts.append(_fetch_floats(conn, sql, {"ids": json.dumps(take.tolist()), "top": top}))
+        rows = np.concatenate(parts) if parts else np.zeros((0, 5))
+    sae_col, pred, k_du, k_ee, k_union = rows.T if len(rows) else np.zeros((5, 0))
+    ok = (k_du > 0) & (k_ee > 0)  # features with both lists
+    shared = k_du + k_ee - k_union
+    jacc = _safe_div(shared, k_union)
+    agree = ok & (shared >= min_shared)
+    where = saes.index()
+    pos = np.array([where.get(int(s), -1) for s in sae_col], dtype=np.int64)
+    m = len(saes)
+
+    def per_sae(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return np.bincount(pos[mask], weights=values[mask], minlength=m) if mask.any() else np.zeros(m)
+
+    valid = ok & (pos >= 0)
+    n_checked = per_sae(np.ones(len(pos)), valid)
+    n_agree = per_sae(np.ones(len(pos)), valid & agree)
+    is_pred = valid & (pred == 1)
+    n_pred_checked = per_sae(np.ones(len(pos)), is_pred)
+    n_pred_agree = per_sae(np.ones(len(pos)), is_pred & agree)
+    frac_agree = _safe_div(n_agree, n_checked)
+    mean_k_du = _safe_div(per_sae(k_du, valid), n_checked)
+    mean_k_ee = _safe_div(per_sae(k_ee, valid), n_checked)
+    chance = mean_k_du * mean_k_ee / saes.d_vocab
+    n_all = float(n_checked.sum())
+    p_all = float(_safe_div(n_agree.sum(), n_all))
+    overall = {
+        "n_checked": n_all,
+        "n_agree": float(n_agree.sum()),
+        "frac_agree": p_all,
+        "se_agree": float(math.sqrt(p_all * (1 - p_all) / n_all)) if n_all > 0 else math.nan,
+        "mean_shared": float(_safe_div(shared[valid].sum(), n_all)),
+        "mean_jaccard": float(np.mean(jacc[valid])) if valid.any() else math.nan,
+        "chance_shared": float(np.sum(chance * n_checked) / n_all) if n_all > 0 else math.nan,
+        "n_predicting_checked": float(n_pred_checked.sum()),
+        "frac_agree_predicting": float(_safe_div(n_pred_agree.sum(), n_pred_checked.sum())),
+    }
+    return TokenOverlap(
+        saes=saes,
+        top=top,
+        min_shared=min_shared,
+        n_checked=n_checked.astype(np.int64),
+        n_agree=n_agree.astype(np.int64),
+        frac_agree=frac_agree,
+        se_agree=np.sqrt(_safe_div(frac_agree * (1 - frac_agree), n_checked)),
+        mean_shared=_safe_div(per_sae(shared, valid), n_checked),
+        mean_jaccard=_safe_div(per_sae(np.nan_to_num(jacc), valid), n_checked),
+        chance_shared=chance,
+        n_predicting_checked=n_pred_checked.astype(np.int64),
+        frac_agree_predicting=_safe_div(n_pred_agree, n_pred_checked),
+        sampled=frac < 1.0,
+        sample_fraction=min(1.0, frac),
+        overall=overall,
+    )
+
+
+# ---------------------------------------------------------------------- experiment 2
+
+
+@dataclass(frozen=True)
+class RoleProfile:
+    """Per-SAE summaries of one role's participation score (arrays align with SAERows)."""
+
+    n: np.ndarray  # features with a score
+    mean: np.ndarray
+    median: np.ndarray
+    p75: np.ndarray
+    se: np.ndarray  # standard error of the mean
+    frac_above: np.ndarray  # from the builder's depth_profiles table; NaN where absent
+
+
+@dataclass(frozen=True)
+class DepthProfiles:
+    """Experiment 2: query/key/value participation by depth.
+
+    ``roles[r]`` summarises ``features.attn_{r}_mean`` (each feature's mean
+    normalised score over the heads of the attention layer that reads its
+    site) over each SAE's features. ``frac_above`` is the fraction of
+    (feature, head) pairs above the baseline percentile, as the attention pass
+    wrote it to ``depth_profiles`` for the first attention layer the SAE
+    reaches. ``builder`` holds that table's rows unchanged (every layer the
+    pass reached). ``shapes[(series, role)]`` names each curve's shape
+    (:func:`profile_shape`).
+    """
+
+    saes: SAERows
+    roles: dict[str, RoleProfile]
+    builder: list[dict[str, Any]]
+    shapes: dict[tuple[str, str], str]
+
+
+def depth_profiles(atlas: Any) -> DepthProfiles:
+    conn = _conn(atlas)
+    saes = sae_rows(conn)
+    data = _fetch_floats(
+        conn,
+        "SELECT sae_id, attn_q_mean, attn_k_mean, attn_v_mean FROM features "
+        "WHERE attn_q_mean IS NOT NULL OR attn_k_mean IS NOT NULL OR attn_v_mean IS NOT NULL",
+    )
+    builder = _dicts(
+        conn,
+        "SELECT d.sae_id, s.name AS sae, s.layer AS sae_layer, d.layer, d.role, d.n, d.mean, d.median, "
+        "d.p75, d.frac_above FROM depth_profiles d JOIN saes s USING (sae_id) "
+        "ORDER BY s.layer, s.name, d.layer, d.role",
+    )
+    if len(data) == 0 and not builder:
+        raise MissingPass(
+            "experiment 2 needs the attention pass: features.attn_q_mean/attn_k_mean/attn_v_mean "
+            "and the depth_profiles table are empty (run `sae-atlas build --passes attention`)"
+        )
+    where = saes.index()
+    m = len(saes)
+    pos = np.array([where.get(int(s), -1) for s in data[:, 0]], dtype=np.int64) if len(data) else np.zeros(0, int)
+    # First attention layer each SAE reaches: the layer attn_*_mean summarises.
+    first: dict[tuple[int, str], dict[str, Any]] = {}
+    for row in builder:
+        key = (int(row["sae_id"]), row["role"])
+        if key not in first or row["layer"] < first[key]["layer"]:
+            first[key] = row
+    roles: dict[str, RoleProfile] = {}
+    order = np.argsort(pos, kind="stable")
+    for j, role in enumerate(ROLES):
+        vals = data[order, 1 + j] if len(data) else np.zeros(0)
+        grp = pos[order]
+        stats = np.full((5, m), np.nan)
+        n = np.zeros(m, dtype=np.int64)
+        for i in range(m):
+            lo, hi = np.searchsorted(grp, [i, i + 1])
+            v = vals[lo:hi]
+            v = v[~np.isnan(v)]
+            n[i] = len(v)
+            if len(v):
+                stats[:, i] = _summary(v)
+        frac = np.array([_get(first.get((int(s), role)), "frac_above") for s in saes.sae_id.tolist()])
+        if n.sum() == 0:
+            # No per-feature scores: fall back to the builder's (feature, head) summaries.
+            for i, s in enumerate(saes.sae_id.tolist()):
+                row = first.get((int(s), role))
+                if row is not None:
+                    n[i] = int(row["n"] or 0)
+                    stats[0, i], stats[1, i], stats[2, i] = (_get(row, c) for c in ("mean", "median", "p75"))
+        roles[role] = RoleProfile(
+            n=n, mean=stats[0], median=stats[1], p75=stats[2], se=stats[3], frac_above=frac.astype(np.float64)
+        )
+    shapes = {}
+    series = saes.series()
+    for s in dict.fromkeys(series):
+        idx = [i for i, x in enumerate(series) if x == s]
+        for role in ROLES:
+            shapes[(s, role)] = profile_shape(saes.layer[idx], roles[role].mean[idx])
+    return DepthProfiles(saes=saes, roles=roles, builder=builder, shapes=shapes)
+
+
+def _get(row: dict | None, key: str) -> float:
+    if row is None or row.get(key) is None:
+        return math.nan
+    return float(row[key])
+
+
+def _summary(v: np.ndarray) -> np.ndarray:
+    """mean, median, P75, standard error of the mean, and the count, of a non-empty 1-D array."""
+    mean = float(v.mean())
+    med, p75 = np.percentile(v, [50, 75])
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+    return np.array([mean, med, p75, se, len(v)], dtype=np.float64)
+
+
+def profile_shape(layers: np.ndarray, values: np.ndarray, *, tol: float = 0.05) -> str:
+    """Name a depth curve: 'U-shaped', 'inverted-U', 'increasing', 'decreasing', 'flat' or 'n/a'.
+
+    The curve is divided by its mean and depth is rescaled to [0, 1]. With
+    three or more layers a quadratic is fitted; if its vertex lies inside
+    (0.1, 0.9) and the fitted ends rise (U) or fall (inverted U) by more than
+    ``tol`` (5% of the mean) from the vertex, that names it. Otherwise the
+    linear trend across the whole depth decides, with the same tolerance.
+    """
+    ok = ~np.isnan(values)
+    x = np.asarray(layers, dtype=np.float64)[ok]
+    y = np.asarray(values, dtype=np.float64)[ok]
+    if len(y) < 2 or np.ptp(x) == 0 or y.mean() == 0:
+        return "n/a"
+    x = (x - x.min()) / np.ptp(x)
+    y = y / y.mean()
+    if len(np.unique(x)) >= 3:
+        a, b, c = np.polyfit(x, y, 2)
+        if a != 0:
+            xv = -b / (2 * a)
+            if 0.1 < xv < 0.9:
+                fv, f0, f1 = (a * t * t + b * t + c for t in (xv, 0.0, 1.0))
+                if a > 0 and min(f0, f1) - fv > tol:
+                    return "U-shaped"
+                if a < 0 and fv - max(f0, f1) > tol:
+                    return "inverted-U"
+    slope = np.polyfit(x, y, 1)[0]
+    if slope > tol:
+        return "increasing"
+    if slope < -tol:
+        return "decreasing"
+    return "flat"
+
+
+@dataclass(frozen=True)
+class VariabilityTest:
+    """Does the key side vary more across layers than the query side?
+
+    Statistic: ``diff = cv_k - cv_q``, where ``cv_r`` is the coefficient of
+    variation (population std / mean) across layers of the per-layer mean
+    score of role ``r``. The coefficient of variation is scale-free, so a
+    side that is merely larger everywhere does not count as more variable.
+
+    ``p_value``: paired sign-flip permutation test with layers as the units.
+    Each role's layer means are divided by their average over layers; under
+    the null hypothesis that query and key profiles are exchangeable, swapping
+    the q and k values of any set of layers gives an equally likely profile
+    pair. All 2^L swaps are enumerated when L <= 14 (``exact``), otherwise
+    20,000 random swaps (seeded). Two-sided: P(|diff*| >= |diff|). With L
+    layers the smallest attainable p is 2 / 2^L, so 5 or fewer layers can never
+    give p < 0.05.
+
+    ``ci95``: feature-sampling uncertainty of ``diff``: a parametric bootstrap
+    that redraws each layer mean from N(mean, se²) (2,000 draws). It ignores
+    the correlation between a feature's q and k scores, which makes it wider
+    (conservative) when that correlation is positive.
+    """
+
+    series: str
+    layers: np.ndarray
+    cv_q: float
+    cv_k: float
+    diff: float
+    p_value: float
+    n_permutations: int
+    exact: bool
+    ci95: tuple[float, float]
+
+
+def qk_variability(
+    profiles: DepthProfiles, *, n_permutations: int = 20_000, n_bootstrap: int = 2_000, seed: int = 0
+) -> list[VariabilityTest]:
+    """One test per depth series (site) that has query and key means at two or more layers."""
+    out = []
+    series = profiles.saes.series()
+    q, k = profiles.roles["q"], profiles.roles["k"]
+    for s in dict.fromkeys(series):
+        idx = np.array([i for i, x in enumerate(series) if x == s])
+        ok = idx[~np.isnan(q.mean[idx]) & ~np.isnan(k.mean[idx])]
+        if len(ok) < 2:
+            continue
+        layers = profiles.saes.layer[ok]
+        out.append(
+            _variability(s, layers, q.mean[ok], k.mean[ok], q.se[ok], k.se[ok], n_permutations, n_bootstrap, seed)
+        )
+    return out
+
+
+def _cv(m: np.ndarray) -> np.ndarray:
+    """Coefficient of variation along the last axis."""
+    return m.std(axis=-1) / m.mean(axis=-1)
+
+
+def _variability(
+    series: str,
+    layers: np.ndarray,
+    mq: np.ndarray,
+    mk: np.ndarray,
+    se_q: np.ndarray,
+    se_k: np.ndarray,
+    n_permutations: int,
+    n_bootstrap: int,
+    seed: int,
+) -> VariabilityTest:
+    rng = np.random.default_rng(seed)
+    n_layers = len(layers)
+    zq, zk = mq / mq.mean(), mk / mk.mean()
+    diff = float(_cv(zk) - _cv(zq))
+    exact = n_layers <= 14
+    if exact:
+        codes = np.arange(2**n_layers)[:, None]
+        swap = ((codes >> np.arange(n_layers)) & 1).astype(bool)  # (2^L, L): every subset of layers
+    else:
+        swap = rng.random((n_permutations, n_layers)) < 0.5  # (P, L)
+    pq = np.where(swap, zk, zq)  # (P, L)
+    pk = np.where(swap, zq, zk)  # (P, L)
+    null = _cv(pk) - _cv(pq)  # (P,)
+    p = float(np.mean(np.abs(null) >= abs(diff) - 1e-12))
+    # Feature-sampling uncertainty of the layer means (NaN se: a single feature; use 0).
+    bq = mq + rng.standard_normal((n_bootstrap, n_layers)) * np.nan_to_num(se_q)  # (B, L)
+    bk = mk + rng.standard_normal((n_bootstrap, n_layers)) * np.nan_to_num(se_k)  # (B, L)
+    boot = _cv(bk) - _cv(bq)  # (B,)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return VariabilityTest(
+        series=series,
+        layers=np.asarray(layers),
+        cv_q=float(_cv(zq)),
+        cv_k=float(_cv(zk)),
+        diff=diff,
+        p_value=p,
+        n_permutations=len(null),
+        exact=exact,
+        ci95=(float(lo), float(hi)),
+    )
+
+
+# ---------------------------------------------------------------------- experiment 3
+
+
+@dataclass(frozen=True)
+class MannWhitney:
+    u: float  # U of the first sample: pairs (x, y) with x > y, ties counting one half
+    z: float  # normal approximation, tie-corrected, with continuity correction
+    p_value: float  # two-sided
+    n1: int
+    n2: int
+
+
+def rank_average(v: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ranks 1..n with ties given their average rank, and the tie term sum(t^3 - t)."""
+    order = np.argsort(v, kind="mergesort")
+    sv = v[order]
+    starts = np.flatnonzero(np.r_[True, sv[1:] != sv[:-1]])
+    counts = np.diff(np.r_[starts, len(v)])
+    ranks = np.empty(len(v), dtype=np.float64)
+    ranks[order] = np.repeat(starts + (counts + 1) / 2.0, counts)
+    counts = counts.astype(np.float64)
+    return ranks, float(np.sum(counts**3 - counts))
+
+
+def mann_whitney_u(x: np.ndarray, y: np.ndarray, *, continuity: bool = True) -> MannWhitney:
+    """Two-sided Mann-Whitney U test, normal approximation with tie correction.
+
+    Matches ``scipy.stats.mannwhitneyu(x, y, method='asymptotic')`` (tested).
+    NaNs are dropped. When every value is tied the variance is zero and the
+    test has nothing to say: z = 0, p = 1.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+    n1, n2 = len(x), len(y)
+    if n1 == 0 or n2 == 0:
+        return MannWhitney(math.nan, math.nan, math.nan, n1, n2)
+    ranks, ties = rank_average(np.concatenate([x, y]))
+    n = n1 + n2
+    u1 = float(ranks[:n1].sum() - n1 * (n1 + 1) / 2)
+    mu = n1 * n2 / 2
+    var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
+    if var <= 0:
+        return MannWhitney(u1, 0.0, 1.0, n1, n2)
+    u = max(u1, n1 * n2 - u1)  # the two-sided statistic is the larger U
+    z = (u - mu - (0.5 if continuity else 0.0)) / math.sqrt(var)
+    p = min(1.0, math.erfc(z / math.sqrt(2)))  # = 2 * P(Z > z)
+    return MannWhitney(u1, z, p, n1, n2)
+
+
+def cliffs_delta(u1: float, n1: int, n2: int) -> float:
+    """P(x > y) - P(x < y) from U of x; equals the rank-biserial correlation. In [-1, 1]."""
+    return 2 * u1 / (n1 * n2) - 1 if n1 and n2 else math.nan
+
+
+def cohens_d(x: np.ndarray, y: np.ndarray) -> float:
+    """(mean x - mean y) / pooled standard deviation (ddof 1)."""
+    n1, n2 = len(x), len(y)
+    if n1 < 2 or n2 < 2:
+        return math.nan
+    pooled = ((n1 - 1) * x.var(ddof=1) + (n2 - 1) * y.var(ddof=1)) / (n1 + n2 - 2)
+    return float((x.mean() - y.mean()) / math.sqrt(pooled)) if pooled > 0 else math.nan
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaNs left out of the family and kept as NaN)."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    out[order] = adj
+    return out
+
+
+@dataclass(frozen=True)
+class SemanticComparison:
+    """Semantic (group 1) against non-semantic (group 0) participation for one role and one SAE (or all)."""
+
+    role: str
+    sae: str  # SAE name, or "all" for the pooled row
+    layer: int  # -1 for the pooled row
+    site: str
+    n_sem: int
+    n_non: int
+    mean_sem: float
+    mean_non: float
+    median_sem: float
+    median_non: float
+    p75_sem: float
+    p75_non: float
+    cliffs_delta: float  # > 0: semantic features score higher
+    cohens_d: float
+    u: float
+    z: float
+    p_value: float
+    p_holm: float  # Holm-adjusted over every per-SAE row of every role; the pooled rows are not adjusted
+
+
+@dataclass(frozen=True)
+class SemanticSplit:
+    """Experiment 3. ``values[(sae, role)] = (semantic, non_semantic)`` arrays, for plots."""
+
+    saes: SAERows
+    rows: list[SemanticComparison]
+    pooled: list[SemanticComparison]
+    values: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
+    n_labelled: int
+
+
+def semantic_split(atlas: Any) -> SemanticSplit:
+    """Participation of semantic vs non-semantic features (latest heuristic label of each feature)."""
+    conn = _conn(atlas)
+    saes = sae_rows(conn)
+    data = _fetch_floats(
+        conn,
+        "SELECT l.feature_id, l.label_id, l.kind = 'semantic', f.sae_id, "
+        "f.attn_q_mean, f.attn_k_mean, f.attn_v_mean "
+        "FROM labels l JOIN features f ON f.feature_id = l.feature_id "
+        "WHERE l.source = 'heuristic' AND l.kind IN ('semantic', 'non_semantic')",
+    )
+    if len(data) == 0:
+        raise MissingPass(
+            "experiment 3 needs the semantic-label pass: no labels with source 'heuristic' and kind "
+            "semantic/non_semantic (run `sae-atlas build --passes labels`)"
+        )
+    # The latest heuristic label of each feature wins (highest label_id), as in features_view.
+    data = data[np.lexsort((-data[:, 1], data[:, 0]))]
+    data = data[np.unique(data[:, 0], return_index=True)[1]]
+    if np.all(np.isnan(data[:, 4:7])):
+        raise MissingPass(
+            "experiment 3 needs the attention pass: the labelled features have no attn_q/k/v_mean "
+            "(run `sae-atlas build --passes attention`)"
+        )
+    is_sem = data[:, 2] == 1
+    where = saes.index()
+    pos = np.array([where.get(int(s), -1) for s in data[:, 3]], dtype=np.int64)
+    rows: list[SemanticComparison] = []
+    pooled: list[SemanticComparison] = []
+    values: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    for j, role in enumerate(ROLES):
+        v = data[:, 4 + j]
+        for i, name in enumerate(saes.name):
+            sel = (pos == i) & ~np.isnan(v)
+            sem, non = v[sel & is_sem], v[sel & ~is_sem]
+            if len(sem) + len(non) == 0:
+                continue
+            values[(name, role)] = (sem, non)
+            rows.append(_compare(role, name, int(saes.layer[i]), saes.site[i], sem, non))
+        ok = ~np.isnan(v)
+        if ok.any():
+            pooled.append(_compare(role, "all", -1, "all", v[ok & is_sem], v[ok & ~is_sem]))
+    adjusted = holm(np.array([r.p_value for r in rows]))
+    rows = [_with_holm(r, float(a)) for r, a in zip(rows, adjusted, strict=True)]
+    return SemanticSplit(saes=saes, rows=rows, pooled=pooled, values=values, n_labelled=len(data))
+
+
+def _with_holm(r: SemanticComparison, p_holm: float) -> SemanticComparison:
+    from dataclasses import replace
+
+    return replace(r, p_holm=p_holm)
+
+
+def _compare(role: str, sae: str, layer: int, site: str, sem: np.ndarray, non: np.ndarray) -> SemanticComparison:
+    def q(v: np.ndarray, pct: float) -> float:
+        return float(np.percentile(v, pct)) if len(v) else math.nan
+
+    mw = mann_whitney_u(sem, non)
+    return SemanticComparison(
+        role=role,
+        sae=sae,
+        layer=layer,
+        site=site,
+        n_sem=len(sem),
+        n_non=len(non),
+        mean_sem=float(sem.mean()) if len(sem) else math.nan,
+        mean_non=float(non.mean()) if len(non) else math.nan,
+        median_sem=q(sem, 50),
+        median_non=q(non, 50),
+        p75_sem=q(sem, 75),
+        p75_non=q(non, 75),
+        cliffs_delta=cliffs_delta(mw.u, mw.n1, mw.n2),
+        cohens_d=cohens_d(sem, non),
+        u=mw.u,
+        z=mw.z,
+        p_value=mw.p_value,
+        p_holm=math.nan,
+    )
