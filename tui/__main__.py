@@ -1,0 +1,3 @@
+from tui.cli import browse
+
+browse(prog_name="sae-atlas browse")

@@ -1,0 +1,109 @@
+"""Messages posted by worker threads back to the UI thread.
+
+Each is a small dataclass. Workers build them off the UI thread and call
+``post_message``, which is thread-safe; screens handle them with ``@on``.
+A ``generation`` field lets a screen drop answers to a question it has
+since replaced (a newer filter, a newer search).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from textual.message import Message
+
+from atlas.listing import FeatureFilter, LayerSummary, Page
+from atlas.types import FeatureCard, Label
+
+
+@dataclass
+class _Msg(Message):
+    """Textual's Message initialises itself in __post_init__, so dataclass messages just work."""
+
+
+@dataclass
+class WorkFailed(_Msg):
+    """A worker hit an error; the app shows it with notify(severity="error")."""
+
+    what: str
+    error: str
+
+
+@dataclass
+class OverviewLoaded(_Msg):
+    info: dict[str, Any]
+    models: list[Any]
+    saes: list[Any]
+    counts: dict[str, int]
+
+
+@dataclass
+class SummariesLoaded(_Msg):
+    summaries: list[LayerSummary]
+    depth_q: list[tuple[int, float | None]]
+    depth_k: list[tuple[int, float | None]]
+
+
+@dataclass
+class PageLoaded(_Msg):
+    generation: int
+    page: Page
+    first: bool  # first page of a new filter: replaces the table
+
+
+@dataclass
+class CountLoaded(_Msg):
+    generation: int
+    flt: FeatureFilter
+    count: int
+
+
+@dataclass
+class CardLoaded(_Msg):
+    card: FeatureCard
+    criteria: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SearchDone(_Msg):
+    generation: int
+    query: str
+    hits: list[Any]  # tui.search.SearchHit
+    seconds: float
+
+
+@dataclass
+class QueryDone(_Msg):
+    generation: int
+    sql: str
+    columns: list[str]
+    rows: list[tuple]
+    offset: int
+    more: bool
+    seconds: float
+
+
+@dataclass
+class QueryFailed(_Msg):
+    generation: int
+    sql: str
+    error: str
+
+
+@dataclass
+class LabelSaved(_Msg):
+    feature_id: int
+    label: Label
+    path: str  # the file it was written to (a copy, when the original was read-only)
+    switched: bool  # the app now browses that copy
+
+
+@dataclass
+class LabelNotSaved(_Msg):
+    """Saving failed: the typed text comes back so it can be offered again."""
+
+    feature_id: int
+    text: str
+    kind: str
+    error: str

@@ -1,0 +1,162 @@
+"""Feature card: everything the atlas knows about one feature, with browser-like history.
+
+Enter on an edge or neighbour opens that feature here; backspace / alt+left
+goes back, alt+right forward; back from the first feature closes the card.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import DataTable, Footer, Header, Static
+
+from atlas.types import FeatureCard
+from tui.history import History
+from tui.messages import CardLoaded
+from tui.screens._base import AtlasScreen
+from tui.widgets.bars import fmt
+from tui.widgets.head_bars import HeadBars
+from tui.widgets.stats_panel import StatsPanel
+from tui.widgets.token_bars import TokenBars
+
+EDGE_KINDS = {"qk": "QK", "ov": "OV", "cosine": "neighbour", "flow": "flow"}
+
+
+class FeatureCardScreen(AtlasScreen):
+    BINDINGS = [
+        Binding("backspace,alt+left", "back", "Back", id="card.back"),
+        Binding("alt+right", "forward", "Forward", id="card.forward"),
+        Binding("l", "label", "Label", id="card.label"),
+        Binding("e", "focus_edges", "Edges", id="card.edges"),
+        Binding("escape,q", "close", "Close", id="card.close"),
+    ]
+
+    def __init__(self, feature_id: int) -> None:
+        super().__init__()
+        self.history: History[int] = History()
+        self.first_id = feature_id
+        self.card: FeatureCard | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll(id="card"):
+            yield Static("Loading…", id="card-title")
+            yield StatsPanel(id="card-stats")
+            with Horizontal(id="card-tokens"):
+                yield TokenBars("promoted (W_dec·W_U)", style="green", id="tok-promoted")
+                yield TokenBars("suppressed", style="red", id="tok-suppressed")
+                yield TokenBars("input tokens (W_E·W_enc)", style="cyan", id="tok-inputs")
+            yield Static("", id="card-labels")
+            yield Static("[b]heads[/b]", classes="section")
+            yield HeadBars(id="card-heads")
+            yield Static("[b]edges and neighbours[/b]  (enter opens)", classes="section")
+            yield DataTable(id="card-edges", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        edges = self.query_one("#card-edges", DataTable)
+        for key, title in (("kind", "kind"), ("dir", "dir"), ("other", "feature"), ("head", "head"),
+                           ("score", "score"), ("rank", "rank")):  # fmt: skip
+            edges.add_column(title, key=key)
+        # The card scrolls as a whole; `e` (or tab) moves into the edge table to follow an edge.
+        self.query_one("#card", VerticalScroll).focus()
+        self.show(self.first_id)
+
+    # ------------------------------------------------------------ navigation
+    def show(self, feature_id: int, *, record: bool = True) -> None:
+        if record:
+            self.history.visit(feature_id)
+        self.load_card(feature_id)
+
+    def action_back(self) -> None:
+        fid = self.history.back()
+        if fid is None:
+            self.dismiss()
+        else:
+            self.show(fid, record=False)
+
+    def action_forward(self) -> None:
+        fid = self.history.forward()
+        if fid is not None:
+            self.show(fid, record=False)
+
+    def action_close(self) -> None:
+        self.dismiss()
+
+    def action_label(self) -> None:
+        if self.card is not None:
+            self.atlas_app.edit_label(self.card.feature.feature_id)
+
+    def action_focus_edges(self) -> None:
+        table = self.query_one("#card-edges", DataTable)
+        table.focus()
+        table.scroll_visible(animate=False)
+
+    # ------------------------------------------------------------ loading
+    @work(thread=True, exclusive=True, group="card")
+    def load_card(self, feature_id: int) -> None:
+        def q(atlas):
+            criteria = atlas.info_row().get("provenance", {}).get("criteria") or {}
+            return CardLoaded(atlas.card(feature_id), criteria if isinstance(criteria, dict) else {})
+
+        msg = self.read("feature card", q)
+        if msg is not None:
+            self.post_message(msg)
+
+    def reload(self) -> None:
+        if self.history.current is not None:
+            self.load_card(self.history.current)
+
+    @on(CardLoaded)
+    def card_loaded(self, msg: CardLoaded) -> None:
+        card = self.card = msg.card
+        f = card.feature
+        title = Text.assemble(
+            (f.name, "bold"), f"  #{f.feature_id} · layer {f.layer} · {f.site} · SAE {f.sae}",
+            (f"   history {self.history.position + 1}/{len(self.history)}" if len(self.history) > 1 else "", "dim"),
+        )  # fmt: skip
+        self.query_one("#card-title", Static).update(title)
+        self.sub_title = f.name
+        self.query_one(StatsPanel).set_feature(f, msg.criteria)
+        self.query_one("#tok-promoted", TokenBars).set_scores(card.promoted)
+        self.query_one("#tok-suppressed", TokenBars).set_scores(card.suppressed)
+        self.query_one("#tok-inputs", TokenBars).set_scores(card.inputs)
+        self.query_one("#card-labels", Static).update(_labels_text(card))
+        self.query_one(HeadBars).set_scores(card.heads)
+        table = self.query_one("#card-edges", DataTable)
+        table.clear()
+        for i, e in enumerate(card.edges_out):
+            head = f"L{e.head_layer}.H{e.head}" if e.head is not None else ""
+            table.add_row(EDGE_KINDS.get(e.kind, e.kind), "→", e.dst, head, f"{e.score:.3f}", e.rank,
+                          key=f"out{i}:{e.dst_feature}")  # fmt: skip
+        for i, e in enumerate(card.edges_in):
+            head = f"L{e.head_layer}.H{e.head}" if e.head is not None else ""
+            table.add_row(EDGE_KINDS.get(e.kind, e.kind), "←", e.src, head, f"{e.score:.3f}", e.rank,
+                          key=f"in{i}:{e.src_feature}")  # fmt: skip
+        # A new card starts at its top, like a new page in a browser.
+        card_view = self.query_one("#card", VerticalScroll)
+        card_view.scroll_home(animate=False)
+        card_view.focus()
+
+    @on(DataTable.RowSelected, "#card-edges")
+    def edge_selected(self, event: DataTable.RowSelected) -> None:
+        key = event.row_key.value or ""
+        if ":" in key:
+            self.show(int(key.rsplit(":", 1)[1]))
+
+
+def _labels_text(card: FeatureCard) -> Text:
+    t = Text("labels", style="bold")
+    if not card.labels:
+        t.append("  none yet — press l to add one", style="dim")
+        return t
+    for lab in card.labels:
+        t.append("\n  ")
+        t.append(lab.text, style="italic" if lab.source == "user" else "")
+        t.append(f"  [{lab.kind}] {lab.source}", style="dim")
+        if lab.score is not None:
+            t.append(f" score {fmt(lab.score, 2)}", style="dim")
+    return t

@@ -1,0 +1,141 @@
+"""Overview: the model, its SAEs with counts and provenance, and per-layer plots."""
+
+from __future__ import annotations
+
+import json
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import DataTable, Footer, Header, Static
+
+from atlas import listing
+from atlas.listing import FeatureFilter
+from tui.messages import OverviewLoaded, SummariesLoaded
+from tui.screens._base import AtlasScreen
+from tui.widgets.bars import fmt
+from tui.widgets.layer_plots import LayerPlots, PlotData
+
+
+class OverviewScreen(AtlasScreen):
+    BINDINGS = [
+        Binding("enter", "open_sae", "Features of SAE", id="overview.open_sae"),
+        Binding("L", "open_layer", "Features of layer", id="overview.open_layer"),
+        Binding("a", "open_all", "All features", id="overview.open_all"),
+        Binding("p", "cycle_plot", "Next plot", id="overview.cycle_plot"),
+        Binding("q", "app.quit", "Quit", id="overview.quit"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saes: list = []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="overview"):
+            yield Static("Reading the atlas…", id="overview-info")
+            yield DataTable(id="sae-table", cursor_type="row", zebra_stripes=True)
+            yield LayerPlots(id="layer-plots")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#sae-table", DataTable)
+        for key, title in (("layer", "layer"), ("name", "SAE"), ("site", "site"), ("d_sae", "features"),
+                           ("arch", "arch"), ("ref", "release / ref"), ("fve", "FVE"), ("l0", "L0"),
+                           ("source", "source")):  # fmt: skip
+            table.add_column(title, key=key)
+        table.focus()
+        self.load_overview()
+        self.load_summaries()
+
+    # ------------------------------------------------------------ workers
+    @work(thread=True, exclusive=True, group="overview")
+    def load_overview(self) -> None:
+        def q(atlas):
+            return OverviewLoaded(atlas.info_row(), atlas.models(), atlas.saes(), listing.table_counts(atlas.conn))
+
+        msg = self.read("overview", q)
+        if msg is not None:
+            self.post_message(msg)
+
+    @work(thread=True, exclusive=True, group="summaries")
+    def load_summaries(self) -> None:
+        def q(atlas):
+            c = atlas.conn
+            return SummariesLoaded(
+                listing.layer_summaries(c), listing.depth_profile(c, "q"), listing.depth_profile(c, "k")
+            )
+
+        msg = self.read("layer summaries", q)
+        if msg is not None:
+            self.post_message(msg)
+
+    # ------------------------------------------------------------ results
+    @on(OverviewLoaded)
+    def show_overview(self, msg: OverviewLoaded) -> None:
+        self.saes = msg.saes
+        self.query_one("#overview-info", Static).update(_info_text(msg, self.atlas_app.source.path.name))
+        table = self.query_one("#sae-table", DataTable)
+        table.clear()
+        for s in msg.saes:
+            ref = "/".join(x for x in (s.release, s.sae_ref) if x) or "—"
+            table.add_row(s.layer, s.name, s.site, f"{s.d_sae:,}", s.architecture + (f" k={s.k}" if s.k else ""), ref,
+                          fmt(s.fve, 2), fmt(s.l0, 1), s.source, key=str(s.sae_id))  # fmt: skip
+        table.border_title = f"{len(msg.saes)} SAEs"
+
+    @on(SummariesLoaded)
+    def show_summaries(self, msg: SummariesLoaded) -> None:
+        self.query_one(LayerPlots).set_data(PlotData.from_summaries(msg.summaries, msg.depth_q, msg.depth_k))
+
+    @on(DataTable.RowSelected, "#sae-table")
+    def sae_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open_sae()
+
+    # ------------------------------------------------------------ actions
+    def _current_sae(self):
+        table = self.query_one("#sae-table", DataTable)
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return next((s for s in self.saes if str(s.sae_id) == key), None)
+
+    def action_open_sae(self) -> None:
+        sae = self._current_sae()
+        if sae is not None:
+            self.atlas_app.open_list(FeatureFilter(sae_ids=(sae.sae_id,)))
+
+    def action_open_layer(self) -> None:
+        sae = self._current_sae()
+        if sae is not None:
+            self.atlas_app.open_list(FeatureFilter(layer=sae.layer))
+
+    def action_open_all(self) -> None:
+        self.atlas_app.open_list(FeatureFilter())
+
+    def action_cycle_plot(self) -> None:
+        self.query_one(LayerPlots).cycle()
+
+
+def _info_text(msg: OverviewLoaded, filename: str) -> Text:
+    t = Text()
+    for m in msg.models:
+        t.append(f"{m.name}", style="bold")
+        t.append(f"  {m.architecture} · {m.n_layers} layers · d_model {m.d_model} · {m.n_heads} heads "
+                 f"({m.n_kv_heads} kv) · d_vocab {m.d_vocab:,} · {m.source_kind}: {m.source}\n")  # fmt: skip
+    c = msg.counts
+    t.append("atlas ", style="bold")
+    t.append(f"{filename} · schema {msg.info['schema_version']} · sae-atlas {msg.info['sae_atlas_version']} · "
+             f"built {msg.info['created_at']}\n")  # fmt: skip
+    t.append(f"{c['features']:,} features · {c['token_scores']:,} token scores · {c['head_scores']:,} head scores · "
+             f"{c['edges']:,} edges · {c['labels']:,} labels", style="dim")  # fmt: skip
+    prov = msg.info.get("provenance") or {}
+    if prov:
+        t.append("\nprovenance ", style="bold")
+        t.append(_clip(json.dumps(prov, sort_keys=True, separators=(",", ":")), 200), style="dim")
+    return t
+
+
+def _clip(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
