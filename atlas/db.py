@@ -53,6 +53,20 @@ def connect(path: str | os.PathLike, *, readonly: bool = True) -> sqlite3.Connec
     return conn
 
 
+def is_writable(path: Path) -> bool:
+    """Whether the atlas file may be written.
+
+    Permission bits count even for root (who bypasses them): a file someone
+    marked read-only (chmod a-w) is treated as read-only. SQLite also needs
+    the directory, for its rollback journal.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & 0o222) and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise NotAnAtlas(f"{path}: no such file")
@@ -126,8 +140,8 @@ def open_atlas(path: str | os.PathLike, *, readonly: bool = True) -> Atlas:
     """Open an existing atlas. Raises NotAnAtlas, SchemaTooNew, NeedsMigration, ReadOnlyAtlas."""
     p = Path(path)
     _check_file(p)
-    if not readonly and not os.access(p, os.W_OK):
-        raise ReadOnlyAtlas(f"{p}: file is not writable")
+    if not readonly and not is_writable(p):
+        raise ReadOnlyAtlas(f"{p}: file is not writable (read-only file or directory)")
     try:
         conn = connect(p, readonly=readonly)
     except sqlite3.Error as e:
@@ -174,7 +188,7 @@ def migrate(path: str | os.PathLike) -> list[tuple[int, str]]:
     """Bring an older atlas up to SCHEMA_VERSION, in one transaction. Returns what was applied."""
     p = Path(path)
     _check_file(p)
-    if not os.access(p, os.W_OK):
+    if not is_writable(p):
         raise ReadOnlyAtlas(f"{p}: file is not writable, cannot migrate")
     conn = connect(p, readonly=False)
     try:

@@ -26,6 +26,8 @@ METRIC_COLUMNS: tuple[str, ...] = (
 
 PHASES = ("du", "ee")
 
+COUNTED_TABLES = ("models", "saes", "features", "vocab", "token_scores", "heads", "head_scores", "edges", "labels")
+
 
 def check_metric(metric: str) -> str:
     if metric not in METRIC_COLUMNS:
@@ -45,6 +47,10 @@ def _feature_from_row(row: sqlite3.Row) -> Feature:
 _FEATURE_SELECT = (
     "SELECT f.*, s.name AS sae, s.layer AS layer, s.site AS site FROM features f JOIN saes s ON s.sae_id = f.sae_id "
 )
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 class AtlasReader:
@@ -75,8 +81,35 @@ class AtlasReader:
 
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (cheap: count(*) on indexes)."""
-        tables = ("models", "saes", "features", "vocab", "token_scores", "heads", "head_scores", "edges", "labels")
-        return {t: self.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
+        return {t: self.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in COUNTED_TABLES}
+
+    def table_counts(self, *, exact_below: int = 200_000) -> dict[str, tuple[int, bool]]:
+        """Row counts of the main tables as ``{table: (rows, exact)}``, fast on any size.
+
+        A table that ANALYZE found to hold more than ``exact_below`` rows gets
+        its sqlite_stat1 figure (``exact=False``: as of the last ANALYZE, which
+        every bulk build runs); the others are counted. COUNT(*) over the 80
+        million token scores of a 1M-feature atlas would take seconds.
+        """
+        stats: dict[str, int] = {}
+        has_stat = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_stat1'"
+        ).fetchone()
+        if has_stat:
+            for tbl, stat in self.conn.execute("SELECT tbl, stat FROM sqlite_stat1"):
+                if stat:
+                    try:
+                        n = int(str(stat).split()[0])
+                    except ValueError:
+                        continue
+                    stats[tbl] = max(stats.get(tbl, 0), n)
+        out: dict[str, tuple[int, bool]] = {}
+        for t in COUNTED_TABLES:
+            if stats.get(t, 0) > exact_below:
+                out[t] = (stats[t], False)
+            else:
+                out[t] = (self.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0], True)
+        return out
 
     def info_row(self) -> dict[str, Any]:
         row = self.conn.execute("SELECT * FROM atlas_info WHERE id = 1").fetchone()
@@ -318,6 +351,8 @@ class AtlasReader:
     ) -> list[Feature]:
         """Features ranked by a metric column, optionally within an SAE / layer / value range."""
         check_metric(metric)
+        if sae is None and metric in self.indexed_metrics():
+            return self._top_per_sae(metric, layer, lo, hi, ascending, limit, offset)
         where, params = [f"f.{metric} IS NOT NULL"], []
         if sae is not None:
             where.append("f.sae_id = ?")
@@ -340,6 +375,51 @@ class AtlasReader:
         )
         params += [limit, offset]
         return [_feature_from_row(r) for r in self.conn.execute(sql, params)]
+
+    def indexed_metrics(self) -> frozenset[str]:
+        """Metrics with an index on ``features (sae_id, metric)``: ranked by index, not by a scan."""
+        cached = getattr(self, "_indexed_metrics", None)
+        if cached is not None:
+            return cached
+        found = set()
+        for idx in self.conn.execute("PRAGMA index_list(features)").fetchall():
+            cols = [r[2] for r in self.conn.execute(f"PRAGMA index_info({_quote_ident(idx[1])})")]
+            if len(cols) == 2 and cols[0] == "sae_id" and cols[1] in METRIC_COLUMNS:
+                found.add(cols[1])
+        self._indexed_metrics = frozenset(found)
+        return self._indexed_metrics
+
+    def _top_per_sae(
+        self,
+        metric: str,
+        layer: int | None,
+        lo: float | None,
+        hi: float | None,
+        ascending: bool,
+        limit: int,
+        offset: int,
+    ) -> list[Feature]:
+        """Top-k over all SAEs as the merge of each SAE's index-ordered top-k (no full scan)."""
+        sql_saes, p_saes = "SELECT sae_id FROM saes", []
+        if layer is not None:
+            sql_saes += " WHERE layer = ?"
+            p_saes.append(layer)
+        where = f"f.sae_id = ? AND f.{metric} IS NOT NULL"
+        extra: list[Any] = []
+        if lo is not None:
+            where += f" AND f.{metric} >= ?"
+            extra.append(lo)
+        if hi is not None:
+            where += f" AND f.{metric} <= ?"
+            extra.append(hi)
+        order = "ASC" if ascending else "DESC"
+        sql = _FEATURE_SELECT + f"WHERE {where} ORDER BY f.{metric} {order}, f.feature_id LIMIT ?"
+        rows: list[sqlite3.Row] = []
+        for (sae_id,) in self.conn.execute(sql_saes, p_saes).fetchall():
+            rows += self.conn.execute(sql, [sae_id, *extra, limit + offset]).fetchall()
+        sign = 1 if ascending else -1
+        rows.sort(key=lambda r: (sign * r[metric], r["feature_id"]))
+        return [_feature_from_row(r) for r in rows[offset : offset + limit]]
 
     def search_metric(self, metric: str, lo: float | None, hi: float | None, **kw: Any) -> list[Feature]:
         """Features with ``lo <= metric <= hi``, strongest first."""

@@ -367,6 +367,25 @@ class AtlasWriter:
             ((int(f), t, k, s, _py(sc), None if ev is None else json.dumps(ev), now) for f, t, k, s, sc, ev in rows),
         )
 
+    def delete_label(self, label_id: int, *, user_only: bool = True) -> tuple[int, str, str]:
+        """Delete one label; returns its (feature_id, text, source).
+
+        ``user_only`` (the CLI's choice) refuses labels a build or an import
+        wrote: those come back with the next build anyway.
+        """
+        from atlas.errors import AtlasError
+
+        self.require_writable()
+        row = self.conn.execute(
+            "SELECT feature_id, text, source FROM labels WHERE label_id = ?", (int(label_id),)
+        ).fetchone()
+        if row is None:
+            raise AtlasError(f"no label with id {label_id}")
+        if user_only and row[2] != "user":
+            raise AtlasError(f"label {label_id} is a {row[2]} label; only user labels can be deleted")
+        self.conn.execute("DELETE FROM labels WHERE label_id = ?", (int(label_id),))
+        return int(row[0]), row[1], row[2]
+
     # ------------------------------------------------------------ resumable builds
     def mark_unit_done(self, sae_id: int, pass_name: str, chunk_start: int, chunk_end: int) -> None:
         self.require_writable()

@@ -1,0 +1,790 @@
+"""The `sae-atlas` command line: thin commands over the atlas library.
+
+Conventions after sqlite-utils: ``-h`` everywhere, an example at the end of
+every help text, ``--json/--nl/--csv/--tsv`` on every listing with a
+readable table by default. A library error (AtlasError) or any unexpected
+exception becomes one line on stderr and exit 1, never a traceback
+(``SAE_ATLAS_DEBUG=1`` re-raises, for debugging).
+
+``build``, ``browse`` and ``report`` are lazy: their modules (and torch or
+textual behind them) are imported only when that command runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+import atlas as _atlas_pkg
+from atlas import db as _db
+from atlas.errors import AtlasError, ReadOnlyAtlas
+from atlas.output import cell, dump_json, emit, output_options
+from atlas.read import METRIC_COLUMNS
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+DEFAULT_ATLAS = Path(_atlas_pkg.__file__).resolve().parent.parent / "atlas.db.example"
+DEBUG_ENV = "SAE_ATLAS_DEBUG"
+
+# name -> (module, attribute, short help, what to install when the import fails)
+LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "build": ("builders.cli", "build", "Build an atlas from model and SAE weights.", "the build extra: pip install 'sae-atlas[build]'"),
+    "browse": ("tui.cli", "browse", "Browse an atlas in the terminal (Textual).", "textual: pip install 'sae-atlas'"),
+    "report": ("atlas.report", "report", "Write the paper-style report of an atlas.", "the report extra: pip install 'sae-atlas[report]'"),
+}  # fmt: skip
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "error"
+
+
+class LazyGroup(click.Group):
+    """A click group that imports some subcommands only when they run, and turns
+    every failure into one line on stderr."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            return _load_lazy(name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Listing must not import the lazy modules (that would pull in torch for --help).
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in LAZY_COMMANDS and name not in self.commands:
+                rows.append((name, LAZY_COMMANDS[name][2]))
+            else:
+                cmd = self.commands[name]
+                if not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(limit=formatter.width - 6 - 12)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except AtlasError as e:
+            raise click.ClickException(_one_line(str(e))) from None
+        except (FileExistsError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+            raise click.ClickException(_one_line(str(e))) from None
+        except OSError as e:
+            if e.errno == errno.EPIPE:
+                raise  # click's main() handles a closed pipe (`sae-atlas sql ... | head`)
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise click.ClickException(_one_line(f"{e.__class__.__name__}: {e}")) from None
+        except Exception as e:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise click.ClickException(
+                _one_line(f"unexpected error: {e.__class__.__name__}: {e} (set {DEBUG_ENV}=1 for a traceback)")
+            ) from None
+
+
+def _load_lazy(name: str) -> click.Command:
+    module, attr, short, install = LAZY_COMMANDS[name]
+    try:
+        cmd = getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        missing = getattr(e, "name", None) or ""
+        if missing and (module == missing or module.startswith(missing + ".")):
+            reason = f"sae-atlas {name} is not available in this installation ({module} is missing)"
+        else:
+            reason = f"sae-atlas {name} needs {install} (missing: {missing or e})"
+        return _unavailable(name, short, reason)
+    except AttributeError:
+        return _unavailable(name, short, f"sae-atlas {name} is not available ({module} has no {attr!r})")
+    if not isinstance(cmd, click.Command):
+        return _unavailable(name, short, f"sae-atlas {name} is not available ({module}.{attr} is not a command)")
+    return cmd
+
+
+def _unavailable(name: str, short: str, reason: str) -> click.Command:
+    def run(args: tuple[str, ...]) -> None:
+        raise click.ClickException(reason)
+
+    return click.Command(
+        name,
+        callback=run,
+        params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+        help=short,
+        context_settings={**CONTEXT_SETTINGS, "ignore_unknown_options": True, "allow_extra_args": True},
+    )
+
+
+# ---------------------------------------------------------------- the atlas path
+def db_option(fn: Callable) -> Callable:
+    return click.option(
+        "--db",
+        "db",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Atlas file (default: the group's --db, $SAE_ATLAS_DB, then the bundled atlas.db.example)",
+    )(fn)
+
+
+def resolve_db_path(db: Path | str | None = None) -> Path:
+    """The atlas a command works on: its --db, the group's --db / $SAE_ATLAS_DB, then atlas.db.example.
+
+    Public so that the lazy commands (build, browse, report) resolve it the same way.
+    """
+    if db:
+        return Path(db)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        root = ctx.find_root()
+        group_db = (root.obj or {}).get("db") if isinstance(root.obj, dict) else None
+        if group_db:
+            return Path(group_db)
+    env = os.environ.get("SAE_ATLAS_DB")
+    if env:
+        return Path(env)
+    if not DEFAULT_ATLAS.exists():
+        raise click.ClickException(
+            f"no atlas given (--db PATH or SAE_ATLAS_DB) and the bundled atlas.db.example is missing ({DEFAULT_ATLAS})"
+        )
+    return DEFAULT_ATLAS
+
+
+def open_ro(db: Path | None) -> _db.Atlas:
+    return _db.open_atlas(resolve_db_path(db), readonly=True)
+
+
+# ---------------------------------------------------------------- the group
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(_atlas_pkg.__version__, "-V", "--version", prog_name="sae-atlas")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SAE_ATLAS_DB",
+    default=None,
+    help="Atlas file for every command [env SAE_ATLAS_DB; default: the bundled atlas.db.example]",
+)
+@click.pass_context
+def cli(ctx: click.Context, db: Path | None) -> None:
+    """What SAE features do, read from the weights alone, in one SQLite atlas.
+
+    Features are named PREFIX/INDEX, e.g. L3.res/1234 (`sae-atlas info` lists
+    the prefixes), or #ID by atlas-wide id.
+
+    \b
+    Example:
+        sae-atlas info
+        sae-atlas show L3.res/1234
+        sae-atlas --db my.db search --promotes Paris
+    """
+    ctx.obj = {"db": db}
+
+
+# ---------------------------------------------------------------- info
+@cli.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Output everything as one JSON object")
+@click.option("--provenance", "full_provenance", is_flag=True, help="Print the full build provenance (JSON)")
+def info(db: Path | None, as_json: bool, full_provenance: bool) -> None:
+    """Models, SAEs (with their feature-name prefixes), row counts, provenance and file size.
+
+    Row counts of big tables come from the statistics of the last ANALYZE
+    (marked ~), so this stays fast on a million-feature atlas.
+
+    \b
+    Example:
+        sae-atlas info
+        sae-atlas info --json | jq '.saes[].name'
+    """
+    from atlas.maintenance import describe
+
+    with open_ro(db) as atlas:
+        d = describe(atlas)
+    if as_json:
+        click.echo(dump_json(d))
+        return
+    if full_provenance:
+        click.echo(dump_json(d["provenance"]))
+        return
+    click.echo(
+        f"{d['path']}  ({_size(d['file_bytes'])}, schema {d['schema_version']}, "
+        f"written by sae-atlas {d['sae_atlas_version']} on {d['created_at']})"
+    )
+    for m in d["models"]:
+        kv = f" over {m['n_kv_heads']} kv" if m["n_kv_heads"] != m["n_heads"] else ""
+        click.echo(
+            f"\nmodel {m['name']}: {m['architecture']}, {m['n_layers']} layers, d_model {m['d_model']}, "
+            f"{m['n_heads']} heads{kv} of d_head {m['d_head']}, vocab {m['d_vocab']:,}, {m['norm_kind']}"
+            f"{', tied embeddings' if m['tied_embeddings'] else ''}\n  source: {m['source']} ({m['source_kind']})"
+            + (f"\n  sha256: {m['sha256']}" if m["sha256"] else "")
+            + (f"\n  notes: {m['notes']}" if m["notes"] else "")
+        )
+    click.echo(
+        "\nSAEs (a feature is PREFIX/INDEX, e.g. " + (f"{d['saes'][0]['name']}/0)" if d["saes"] else "L0.res/0)")
+    )
+    rows = [
+        (
+            s["name"],
+            s["layer"],
+            s["site"],
+            s["d_sae"],
+            s["architecture"],
+            s["release"] or "",
+            s["sae_ref"] or s["source"],
+        )
+        for s in d["saes"]
+    ]
+    if rows:
+        click.echo(_indent(_table(rows, ["prefix", "layer", "site", "features", "arch", "release", "ref / source"])))
+    else:
+        click.echo("  (none)")
+    counts = ", ".join(
+        f"{t} {'' if c['exact'] else '~'}{c['rows']:,}" for t, c in d["counts"].items() if t not in ("models", "saes")
+    )
+    click.echo(f"\nrows: {counts}")
+    click.echo("\nprovenance: " + (_provenance_summary(d["provenance"]) or "(none recorded)"))
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _indent(text: str, pad: str = "  ") -> str:
+    return "\n".join(pad + line for line in text.splitlines())
+
+
+def _table(rows: list, columns: list[str]) -> str:
+    from atlas.output import table
+
+    return table(rows, columns)
+
+
+def _provenance_summary(p: dict, limit: int = 12) -> str:
+    parts = []
+    for key, value in p.items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k}={_brief(v)}" for k, v in list(value.items())[:4])
+            more = ", ..." if len(value) > 4 else ""
+            parts.append(f"{key} {{{inner}{more}}}")
+        else:
+            parts.append(f"{key}={_brief(value)}")
+    more = f"; ... ({len(parts) - limit} more; see --provenance)" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more
+
+
+def _brief(v: Any) -> str:
+    s = v if isinstance(v, str) else dump_json(v).replace("\n", " ")
+    s = " ".join(s.split())
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+# ---------------------------------------------------------------- show
+@cli.command()
+@click.argument("feature")
+@db_option
+@click.option(
+    "-k", "--tokens", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="Tokens per list"
+)
+@click.option(
+    "--edges",
+    "edge_limit",
+    type=click.IntRange(0, 10000),
+    default=8,
+    show_default=True,
+    help="Edges per kind and direction",
+)
+@click.option("--json", "as_json", is_flag=True, help="Output the whole card as JSON")
+def show(feature: str, db: Path | None, k: int, edge_limit: int, as_json: bool) -> None:
+    """The full card of one FEATURE: metrics, tokens, labels, heads, edges, neighbours.
+
+    FEATURE is PREFIX/INDEX (e.g. L3.res/1234, or <sae_ref>/1234) or #ID.
+
+    \b
+    Example:
+        sae-atlas show L3.res/1234
+        sae-atlas show '#98765' --json
+    """
+    with open_ro(db) as atlas:
+        card = atlas.card(
+            feature, k=max(k, 20) if as_json else k, edge_limit=max(edge_limit, 50) if as_json else 10_000
+        )
+        criteria = atlas.info_row()["provenance"].get("criteria")
+    if as_json:
+        click.echo(dump_json(dataclasses.asdict(card)))
+        return
+    click.echo(render_card(card, k=k, edge_limit=edge_limit, criteria=criteria))
+
+
+def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = None) -> str:
+    f = card.feature
+    m = f.metrics
+    out = [f"{f.name}  (#{f.feature_id})  layer {f.layer} {f.site}"]
+    if card.labels:
+        for lab in card.labels:
+            score = f" {lab.score:.2f}" if lab.score is not None else ""
+            out.append(f"  label [{lab.source}, {lab.kind}{score}] {lab.text}  (id {lab.label_id})")
+    else:
+        out.append("  no labels")
+    out.append("  " + _verdict("predicts tokens", m.get("predicts_tokens"), "du_top1_z", m.get("du_top1_z")))
+    out.append("  " + _verdict("reads tokens", m.get("reads_tokens"), "ee_top1_z", m.get("ee_top1_z")))
+    if criteria:
+        out.append(f"  criteria: {_brief(criteria)}")
+    shown = [(name, v) for name, v in m.items() if v is not None and name not in ("predicts_tokens", "reads_tokens")]
+    if shown:
+        out.append("\nmetrics")
+        per_line = 4
+        for i in range(0, len(shown), per_line):
+            out.append("  " + "   ".join(f"{name} {cell(v)}" for name, v in shown[i : i + per_line]))
+    for title, scores in (
+        ("promotes (decoder -> unembedding, top +)", card.promoted),
+        ("suppresses (decoder -> unembedding, top -)", card.suppressed),
+        ("driven by (embedding -> encoder, top +)", card.inputs),
+        ("inhibited by (embedding -> encoder, top -)", card.inputs_negative),
+    ):
+        scores = scores[:k]
+        if not scores:
+            continue
+        out.append(f"\n{title}")
+        top = max(abs(t.value) for t in scores) or 1.0
+        width = max(len(t.token) for t in scores)
+        for t in scores:
+            out.append(f"  {t.token:<{min(width, 24)}}  {t.value:+9.4f}  {_bar(abs(t.value) / top)}")
+    if card.heads:
+        out.append("\nheads (role layer.head score percentile)")
+        by_role: dict[str, list] = {}
+        for h in card.heads:
+            by_role.setdefault(h.role, []).append(h)
+        for role, hs in by_role.items():
+            items = "  ".join(
+                f"L{h.layer}.H{h.head} {h.score:.3f}" + (f" ({h.percentile:.0f}%)" if h.percentile is not None else "")
+                for h in hs[:6]
+            )
+            more = f"  +{len(hs) - 6}" if len(hs) > 6 else ""
+            out.append(f"  {role:<11} {items}{more}")
+    for direction, edges in (("out", card.edges_out), ("in", card.edges_in)):
+        by_kind: dict[str, list] = {}
+        for e in edges:
+            by_kind.setdefault(e.kind, []).append(e)
+        for kind in ("qk", "ov", "cosine", "flow"):
+            es = by_kind.get(kind, [])[:edge_limit]
+            if not es:
+                continue
+            title = "neighbours" if kind == "cosine" else f"{kind} edges"
+            arrow = "->" if direction == "out" else "<-"
+            out.append(f"\n{title} {direction}")
+            for e in es:
+                other = e.dst if direction == "out" else e.src
+                head = f"  via L{e.head_layer}.H{e.head}" if e.head is not None else ""
+                out.append(f"  {arrow} {other:<16} {e.score:+9.4f}{head}")
+    return "\n".join(out)
+
+
+def _verdict(what: str, flag: Any, metric: str, value: Any) -> str:
+    v = "not computed" if flag is None else ("yes" if flag else "no")
+    return f"{what}: {v}" + (f" ({metric} {value:.2f})" if value is not None else "")
+
+
+_BLOCKS = " ▏▎▍▌▋▊▉█"
+
+
+def _bar(frac: float, width: int = 12) -> str:
+    """A horizontal bar of ``frac`` (0..1) of ``width`` cells, in eighths."""
+    eighths = max(0, min(width * 8, round(frac * width * 8)))
+    return "█" * (eighths // 8) + (_BLOCKS[eighths % 8] if eighths % 8 else "")
+
+
+# ---------------------------------------------------------------- search
+@cli.command()
+@db_option
+@click.option("--promotes", metavar="TOKEN", help="Features whose decoder promotes TOKEN (du, +)")
+@click.option("--suppresses", metavar="TOKEN", help="Features whose decoder suppresses TOKEN (du, -)")
+@click.option("--driven-by", "driven_by", metavar="TOKEN", help="Features driven by input TOKEN (ee, +)")
+@click.option("--token", metavar="TOKEN", help="Token search with --phase and --sign")
+@click.option("--phase", type=click.Choice(["du", "ee"]), default="du", show_default=True, help="With --token")
+@click.option("--sign", type=click.Choice(["+1", "-1", "1"]), default="+1", show_default=True, help="With --token")
+@click.option("--substring", is_flag=True, help="Match tokens containing the text, not equal to it")
+@click.option("--max-rank", type=click.IntRange(0), default=None, help="Only hits at rank <= N in a feature's list")
+@click.option("--label", "label_query", metavar="QUERY", help="Full-text search over labels (FTS5 syntax)")
+@click.option("--metric", type=click.Choice(METRIC_COLUMNS), help="Features with --min <= METRIC <= --max")
+@click.option("--min", "lo", type=float, default=None, help="With --metric")
+@click.option("--max", "hi", type=float, default=None, help="With --metric")
+@click.option("--sae", default=None, help="Only this SAE (prefix)")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@output_options
+def search(
+    db: Path | None, promotes: str | None, suppresses: str | None, driven_by: str | None, token: str | None,
+    phase: str, sign: str, substring: bool, max_rank: int | None, label_query: str | None, metric: str | None,
+    lo: float | None, hi: float | None, sae: str | None, limit: int, fmt: str,
+) -> None:  # fmt: skip
+    """Find features by token (promotes / suppresses / driven by), by label text, or by metric range.
+
+    Token text matches case-insensitively with surrounding spaces ignored, so
+    `Paris` finds both "Paris" and " Paris"; --substring matches inside tokens.
+
+    \b
+    Example:
+        sae-atlas search --promotes Paris
+        sae-atlas search --driven-by the --sae L3.res --limit 10
+        sae-atlas search --label 'capital city'
+        sae-atlas search --metric du_top1_z --min 8 --csv
+    """
+    token_modes = [(promotes, "du", 1), (suppresses, "du", -1), (driven_by, "ee", 1)]
+    if token is not None:
+        token_modes.append((token, phase, int(sign)))
+    chosen = [t for t in token_modes if t[0] is not None]
+    n_modes = len(chosen) + (label_query is not None) + (metric is not None)
+    if n_modes != 1:
+        raise click.UsageError("give exactly one of --promotes, --suppresses, --driven-by, --token, --label, --metric")
+    if (lo is not None or hi is not None) and metric is None:
+        raise click.UsageError("--min/--max go with --metric")
+    with open_ro(db) as atlas:
+        if chosen:
+            text, ph, sg = chosen[0]
+            hits = atlas.search_token(
+                text, phase=ph, sign=sg, sae=sae, max_rank=max_rank, exact=not substring, limit=limit
+            )
+            emit(
+                [(h.feature, h.token, h.phase, h.sign, h.rank, h.value) for h in hits],
+                ["feature", "token", "phase", "sign", "rank", "value"],
+                fmt,
+                empty=_no_token_hits(atlas, text, substring),
+            )
+        elif label_query is not None:
+            found = atlas.search_labels(label_query, limit=limit)
+            if sae is not None:
+                prefix = atlas.sae(sae).name + "/"
+                found = [(name, lab) for name, lab in found if name.startswith(prefix)]
+            emit(
+                [(name, lab.kind, lab.source, lab.text, lab.label_id) for name, lab in found],
+                ["feature", "kind", "source", "label", "label_id"],
+                fmt,
+                empty=f"no label matches {label_query!r}",
+            )
+        else:
+            feats = atlas.search_metric(metric, lo, hi, sae=sae, limit=limit)
+            emit(
+                [(f.name, f.layer, f.site, f.metrics.get(metric)) for f in feats],
+                ["feature", "layer", "site", metric],
+                fmt,
+                empty=f"no feature has {metric} in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]",
+            )
+
+
+def _no_token_hits(atlas: Any, text: str, substring: bool) -> str:
+    if not atlas.find_tokens(text, exact=not substring, limit=1):
+        return f"no token in the vocabulary matches {text!r}" + ("" if substring else " (try --substring)")
+    return f"no feature has a token matching {text!r} in that list"
+
+
+# ---------------------------------------------------------------- top
+@cli.command()
+@click.argument("metric", type=click.Choice(METRIC_COLUMNS), metavar="METRIC")
+@db_option
+@click.option("--sae", default=None, help="Only this SAE (prefix)")
+@click.option("--layer", type=int, default=None, help="Only SAEs at this layer")
+@click.option("--asc", "ascending", is_flag=True, help="Lowest first")
+@click.option("--min", "lo", type=float, default=None, help="Only METRIC >= this")
+@click.option("--max", "hi", type=float, default=None, help="Only METRIC <= this")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@output_options
+def top(
+    metric: str, db: Path | None, sae: str | None, layer: int | None, ascending: bool, lo: float | None,
+    hi: float | None, limit: int, fmt: str,
+) -> None:  # fmt: skip
+    """Features ranked by METRIC, a column of the features table (du_top1_z, attn_q_mean, ...).
+
+    \b
+    Example:
+        sae-atlas top du_top1_z --limit 10
+        sae-atlas top attn_k_mean --layer 3 --json
+    """
+    with open_ro(db) as atlas:
+        feats = atlas.top(metric, sae=sae, layer=layer, lo=lo, hi=hi, ascending=ascending, limit=limit)
+    emit(
+        [(i + 1, f.name, f.feature_id, f.layer, f.site, f.metrics.get(metric)) for i, f in enumerate(feats)],
+        ["rank", "feature", "feature_id", "layer", "site", metric],
+        fmt,
+        empty=f"no feature has a value for {metric}",
+    )
+
+
+# ---------------------------------------------------------------- edges
+@cli.command()
+@click.argument("feature")
+@db_option
+@click.option("--kind", type=click.Choice(["qk", "ov", "cosine", "flow"]), default=None, help="Only this kind")
+@click.option("--in", "incoming", is_flag=True, help="Only edges into FEATURE")
+@click.option("--out", "outgoing", is_flag=True, help="Only edges out of FEATURE")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="Per direction")
+@output_options
+def edges(
+    feature: str, db: Path | None, kind: str | None, incoming: bool, outgoing: bool, limit: int, fmt: str
+) -> None:
+    """Edges into and out of FEATURE, with their kinds (qk, ov, cosine, flow) and heads.
+
+    \b
+    Example:
+        sae-atlas edges L3.res/1234
+        sae-atlas edges L3.res/1234 --kind qk --in --csv
+    """
+    directions = [d for d, on in (("out", outgoing), ("in", incoming)) if on] or ["out", "in"]
+    rows = []
+    with open_ro(db) as atlas:
+        fid = atlas.resolve_feature(feature)
+        for direction in directions:
+            for e in atlas.edges(fid, direction, kind=kind, limit=limit):
+                head = f"L{e.head_layer}.H{e.head}" if e.head is not None else None
+                rows.append((direction, e.kind, e.src, e.dst, head, e.score, e.rank))
+    emit(rows, ["direction", "kind", "src", "dst", "head", "score", "rank"], fmt, empty="no edges")
+
+
+# ---------------------------------------------------------------- sql
+@cli.command()
+@click.argument("query")
+@db_option
+@click.option("-p", "--param", "params", type=(str, str), multiple=True, help="Named parameter: -p name value")
+@click.option("--limit", type=click.IntRange(0), default=1000, show_default=True, help="Most rows to print (0 = all)")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Seconds before the query is stopped (0 = none)",
+)
+@output_options
+def sql(query: str, db: Path | None, params: tuple[tuple[str, str], ...], limit: int, timeout: float, fmt: str) -> None:
+    """Run a read-only SQL query on the atlas.
+
+    The connection cannot write: the file is opened read-only, with
+    query_only and an authorizer that allows only reads. See the views
+    (features_view, token_scores_view, edges_view, labels_view, sae_summary).
+
+    \b
+    Example:
+        sae-atlas sql "SELECT name, d_sae FROM saes"
+        sae-atlas sql "SELECT * FROM token_scores_view WHERE feature = :f" -p f L3.res/12 --json
+    """
+    from atlas.query import run_sql
+
+    result = run_sql(resolve_db_path(db), query, dict(params), limit=limit, timeout_s=timeout or None)
+    emit(result.rows, result.columns, fmt, empty="(no rows)" if result.columns else "(done, no result)")
+    if result.truncated:
+        click.echo(f"(showing the first {limit:,} rows; more exist: raise --limit or add LIMIT/OFFSET)", err=True)
+
+
+# ---------------------------------------------------------------- label
+@cli.command()
+@click.argument("feature", required=False)
+@click.argument("text", required=False)
+@db_option
+@click.option("--kind", type=click.Choice(["free", "semantic", "non_semantic"]), default="free", show_default=True)
+@click.option("--list", "list_labels", is_flag=True, help="List FEATURE's labels instead of adding one")
+@click.option("--delete", "delete_id", type=int, default=None, metavar="ID", help="Delete your label with this id")
+@output_options
+def label(
+    feature: str | None,
+    text: str | None,
+    db: Path | None,
+    kind: str,
+    list_labels: bool,
+    delete_id: int | None,
+    fmt: str,
+) -> None:
+    """Add your own label TEXT to FEATURE (needs a writable atlas file), list or delete labels.
+
+    \b
+    Example:
+        sae-atlas label L3.res/1234 "French capital cities" --kind semantic
+        sae-atlas label --list L3.res/1234
+        sae-atlas label --delete 17
+    """
+    path = resolve_db_path(db)
+    if delete_id is not None:
+        if feature or text or list_labels:
+            raise click.UsageError("--delete ID takes no FEATURE or TEXT")
+        with _open_rw(path, "delete a label") as atlas, atlas.transaction():
+            fid, old, _ = atlas.delete_label(delete_id)
+            name = atlas.feature_name(fid)
+        click.echo(f"deleted label {delete_id} of {name}: {old}")
+        return
+    if list_labels:
+        if not feature or text:
+            raise click.UsageError("--list takes one FEATURE and no TEXT")
+        with _db.open_atlas(path) as atlas:
+            fid = atlas.resolve_feature(feature)
+            labs = atlas.labels(fid)
+        emit(
+            [(lab.label_id, lab.source, lab.kind, lab.score, lab.text, lab.created_at) for lab in labs],
+            ["id", "source", "kind", "score", "text", "created_at"],
+            fmt,
+            empty="no labels",
+        )
+        return
+    if not feature or text is None:
+        raise click.UsageError("give FEATURE and TEXT (or --list FEATURE, or --delete ID)")
+    if not text.strip():
+        raise click.UsageError("TEXT is empty")
+    with _open_rw(path, "add a label") as atlas, atlas.transaction():
+        fid = atlas.resolve_feature(feature)
+        label_id = atlas.add_label(fid, text.strip(), kind=kind, source="user")
+        name = atlas.feature_name(fid)
+    click.echo(f"label {label_id} added to {name}")
+
+
+def _open_rw(path: Path, what: str) -> _db.Atlas:
+    try:
+        return _db.open_atlas(path, readonly=False)
+    except ReadOnlyAtlas as e:
+        raise click.ClickException(
+            f"cannot {what}: {e}. Labels are written into the atlas file; copy it somewhere writable and pass --db COPY"
+        ) from None
+
+
+# ---------------------------------------------------------------- validate
+@cli.command()
+@db_option
+@click.option("--quick", is_flag=True, help="PRAGMA quick_check instead of the full integrity_check")
+@click.option("--json", "as_json", is_flag=True, help="Output the checks as JSON")
+@click.pass_context
+def validate(ctx: click.Context, db: Path | None, quick: bool, as_json: bool) -> None:
+    """Check an atlas: SQLite integrity, foreign keys, counts against saes.d_sae,
+    token ids within the vocabulary, contiguous ranks, schema version. Exit 1 if any fails.
+
+    \b
+    Example:
+        sae-atlas validate --db my.db
+    """
+    from atlas.maintenance import validate as run_validate
+
+    rep = run_validate(resolve_db_path(db), quick=quick)
+    if as_json:
+        click.echo(dump_json({"path": rep.path, "ok": rep.ok, "checks": [dataclasses.asdict(c) for c in rep.checks]}))
+    else:
+        for c in rep.checks:
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}" + (f": {c.detail}" if c.detail else ""))
+        n_bad = sum(not c.ok for c in rep.checks)
+        click.echo(f"{rep.path}: " + ("valid" if rep.ok else f"INVALID ({n_bad} failed check{'s' * (n_bad > 1)})"))
+    if not rep.ok:
+        ctx.exit(1)
+
+
+# ---------------------------------------------------------------- export / merge / migrate
+@cli.command()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@db_option
+@click.option("--sae", "saes", multiple=True, required=True, help="SAE to keep (repeat for several)")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists")
+def export(out: Path, db: Path | None, saes: tuple[str, ...], force: bool) -> None:
+    """Write OUT, a self-contained atlas with only the SAEs named by --sae.
+
+    It keeps the model, vocabulary and heads, those SAEs' features and every
+    row that touches only them, and the provenance. OUT appears only when complete.
+
+    \b
+    Example:
+        sae-atlas export --sae L3.res --sae L4.res layers3-4.db
+    """
+    from atlas.maintenance import export_atlas
+
+    counts = export_atlas(resolve_db_path(db), out, list(saes), overwrite=force)
+    click.echo(f"wrote {out}: {counts['saes']} SAEs, {counts['features']:,} features, {counts['edges']:,} edges")
+
+
+@cli.command()
+@click.argument("atlases", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Atlas to write"
+)
+@click.option("--force", is_flag=True, help="Replace the output if it exists")
+def merge(atlases: tuple[Path, ...], out: Path, force: bool) -> None:
+    """Combine ATLASES of the same model, built separately, into one (feature ids renumbered).
+
+    Refused when they disagree: another model or vocabulary, other build
+    parameters, or one SAE name with different weights (sha256).
+
+    \b
+    Example:
+        sae-atlas merge layers0-9.db layers10-19.db -o all.db
+    """
+    from atlas.maintenance import merge_atlases
+
+    if len(atlases) < 2:
+        raise click.UsageError("merge needs at least two atlases")
+    rep = merge_atlases(list(atlases), out, overwrite=force)
+    shared = f"; kept once: {', '.join(rep['shared_saes'])}" if rep["shared_saes"] else ""
+    click.echo(
+        f"wrote {out}: {rep['counts']['saes']} SAEs, {rep['counts']['features']:,} features "
+        f"(added {', '.join(rep['added_saes']) or 'none'}{shared})"
+    )
+
+
+@cli.command()
+@db_option
+def migrate(db: Path | None) -> None:
+    """Upgrade an atlas written by an older sae-atlas to this schema version, in place.
+
+    Older atlases otherwise open read-only. The upgrade is one transaction.
+
+    \b
+    Example:
+        sae-atlas migrate --db old.db
+    """
+    path = resolve_db_path(db)
+    applied = _db.migrate(path)
+    if not applied:
+        click.echo(f"{path}: already at schema version {_db.SCHEMA_VERSION}")
+    else:
+        steps = ", ".join(f"{v} ({name})" for v, name in applied)
+        click.echo(f"{path}: migrated to schema version {_db.SCHEMA_VERSION}: applied {steps}")
+
+
+# ---------------------------------------------------------------- stats
+@cli.command()
+@db_option
+@output_options
+def stats(db: Path | None, fmt: str) -> None:
+    """Per-SAE summary: fraction of features predicting / reading tokens, mean
+    attention participation, and how many features carry each kind of label.
+
+    \b
+    Example:
+        sae-atlas stats
+        sae-atlas stats --csv > saes.csv
+    """
+    with open_ro(db) as atlas:
+        rows = atlas.conn.execute(
+            "SELECT sae_id, name, layer, site, d_sae, n_features, frac_predicts_tokens, frac_reads_tokens, "
+            "attn_q_mean, attn_k_mean, attn_v_mean FROM sae_summary ORDER BY layer, name"
+        ).fetchall()
+        kinds: dict[tuple[int, str], int] = {}
+        for sae_id, kind, n in atlas.conn.execute(
+            "SELECT f.sae_id, l.kind, COUNT(DISTINCT l.feature_id) FROM labels l "
+            "JOIN features f ON f.feature_id = l.feature_id GROUP BY f.sae_id, l.kind"
+        ):
+            kinds[(sae_id, kind)] = n
+    emit(
+        [
+            (*tuple(r)[1:], *(kinds.get((r[0], k), 0) for k in ("semantic", "non_semantic", "free")))
+            for r in rows
+        ],
+        ["sae", "layer", "site", "d_sae", "features", "predicts_tokens", "reads_tokens", "attn_q_mean",
+         "attn_k_mean", "attn_v_mean", "semantic", "non_semantic", "free"],
+        fmt,
+        empty="no SAEs in this atlas",
+    )  # fmt: skip
+
+
+def main() -> None:  # pragma: no cover - console entry alias
+    cli()
