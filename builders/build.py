@@ -1,0 +1,667 @@
+"""`sae-atlas build`: run the weight passes over one model and its SAEs into one atlas file.
+
+The work is a list of independent *units*, one per (SAE, pass, feature chunk
+of ``unit_size``), run in a fixed order. Each unit computes its rows with a
+pure pass function (``builders/passes/``) and writes them, together with its
+``build_units`` row, in one transaction. The atlas is written to
+``OUT.partial`` (SQLite with its rollback journal on), so a killed build
+leaves at worst a partial file whose finished units are all complete;
+``resume=True`` skips them and carries on. At the end the file is ANALYZEd,
+VACUUMed and renamed to ``OUT`` atomically, so ``OUT`` is never half written.
+
+Builds are deterministic: seeded random baselines, top-k ties broken by the
+smaller index, units in a fixed order (so even autoincrement ids agree), and
+no timestamps in provenance (only ``atlas_info.created_at``, the label
+``created_at`` and ``build_units.finished_at`` carry the clock).
+
+Everything that decides a number is recorded in provenance: every
+BuildConfig field, the model and SAE sources with their sha256, what each pass
+folded, the predicts/reads criteria with their fractions per SAE, the
+conventions, and the library versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import atlas
+from atlas.db import Atlas, create_atlas, open_atlas
+from atlas.errors import AtlasError
+from atlas.names import default_sae_name
+from builders.passes import attention, attribution, du, ee, neighbours, ov, predicts, qk, semantic
+from builders.passes.common import (
+    RESIDUAL_SITES,
+    VocabScores,
+    chunks,
+    reading_attention_layer,
+    site_position,
+)
+from builders.weights import ModelWeights, SAEWeights
+
+ALL_PASSES = ("du", "ee", "attn", "attribution", "qk", "ov", "neighbours", "flow", "semantic")
+
+
+class BuildError(AtlasError):
+    """A build that cannot start or continue (bad settings, stale partial file, existing output)."""
+
+
+@dataclass
+class BuildConfig:
+    """Every setting of a build. All of it goes into the atlas provenance."""
+
+    passes: tuple[str, ...] = ALL_PASSES  # passes to run, any subset of ALL_PASSES
+    top_k: int = 20  # tokens kept per feature, phase (du/ee) and sign
+    fold_norms: bool = True  # fold norm gains into directions; False = raw W_U/W_E like Neuronpedia
+    predicts_z: float | None = None  # fixed du_top1_z threshold; None = random-direction quantile below
+    reads_z: float | None = None  # fixed ee_top1_z threshold; None = random-direction quantile below
+    predicts_quantile: float = 0.99  # quantile of top1_z over random directions that sets tau
+    reach: int = 1  # attention layers scored per SAE: its reading layer and the next reach-1
+    percentile: float = 75.0  # head_scores keeps (feature, head) at or above this baseline percentile
+    n_random: int = 1024  # random directions per baseline (attention heads, predicts/reads tau)
+    qk_k: int = 10  # key features kept per (query feature, head)
+    qk_cap: int | None = None  # at most this many QK edges per query feature across heads; None = all
+    qk_exclude_self: bool = False  # drop the (i, i) pair from QK top-k lists
+    qk_pairs: tuple[tuple[str, str], ...] | None = None  # (query SAE, key SAE) names; None = each SAE with itself
+    ov_k: int = 10  # target features kept per (source feature, head)
+    ov_cap: int | None = None  # at most this many OV edges per source feature across heads; None = all
+    ov_target: str = "auto"  # auto: nearest later residual SAE, else attn_out/attn_z SAE of the layer; resid; z
+    attribution_floor: float = 0.01  # hook_z head shares below this are not stored as head_scores
+    neighbour_k: int = 10  # decoder-cosine neighbours per feature (within its SAE)
+    flow_k: int = 5  # flow matches per feature into the next SAE
+    semantic: semantic.SemanticSettings = field(default_factory=semantic.SemanticSettings)
+    unit_size: int = 4096  # features per unit of work: one committed chunk, the resume granularity
+    block_rows: int | None = None  # features per matmul block; None = 256 on CPU, 2048 on GPU (memory-capped)
+    vocab_tile: int | None = None  # vocab columns per tile; None = 4096 on CPU (cache), 32768 on GPU
+    key_block: int = 8192  # feature columns per block when streaming QK/OV/cosine top-k
+    memory_mb: int = 1024  # cap on per-block scratch memory; shrinks block_rows if needed
+    device: str = "auto"  # device the passes run on (the model's tensors decide; recorded)
+    seed: int = 0  # seeds every random baseline
+    sae_names: tuple[str | None, ...] | None = None  # atlas names per SAE; None = L12.res style, de-duplicated
+
+    def __post_init__(self) -> None:
+        if isinstance(self.passes, str):
+            self.passes = tuple(p.strip() for p in self.passes.split(",") if p.strip())
+        self.passes = tuple(self.passes)
+        unknown = [p for p in self.passes if p not in ALL_PASSES]
+        if unknown:
+            raise BuildError(f"unknown pass(es) {', '.join(unknown)}; choose from {', '.join(ALL_PASSES)}")
+        if self.ov_target not in ("auto", "resid", "z"):
+            raise BuildError(f"ov_target must be auto, resid or z, not {self.ov_target!r}")
+        for name in ("top_k", "reach", "n_random", "qk_k", "ov_k", "neighbour_k", "flow_k", "unit_size"):
+            if getattr(self, name) < 1:
+                raise BuildError(f"{name} must be at least 1")
+        if not 0 <= self.percentile <= 100:
+            raise BuildError("percentile must be between 0 and 100")
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passes"] = list(self.passes)
+        return d
+
+    def blocks(self, device: torch.device) -> tuple[int, int]:
+        """(block_rows, vocab_tile) for this device, capped by memory_mb (3 fp32 scratch buffers)."""
+        gpu = device.type != "cpu"
+        tile = self.vocab_tile or (32768 if gpu else 4096)
+        rows = self.block_rows or (2048 if gpu else 256)
+        cap = max(1, (self.memory_mb << 20) // (3 * 4 * tile))
+        return max(1, min(rows, cap)), tile
+
+
+# ------------------------------------------------------------------ planning
+
+
+def sae_names(saes: list[SAEWeights], given: tuple[str | None, ...] | None = None) -> list[str]:
+    """Atlas names: given ones, else ``L12.res``; collisions get the width, then a counter."""
+    given = tuple(given or ())
+    base = [
+        (given[i] if i < len(given) and given[i] else default_sae_name(s.layer, s.site)) for i, s in enumerate(saes)
+    ]
+    names: list[str] = []
+    for i, (name, s) in enumerate(zip(base, saes, strict=True)):
+        explicit = i < len(given) and given[i]
+        if not explicit and base.count(name) > 1:
+            name = f"{name}.{s.d_sae // 1024}k" if s.d_sae % 1024 == 0 else f"{name}.{s.d_sae}"
+        candidate, n = name, 2
+        while candidate in names:
+            candidate, n = f"{name}.{n}", n + 1
+        names.append(candidate)
+    return names
+
+
+def ov_target_index(saes: list[SAEWeights], src: int, layer: int, how: str) -> int | None:
+    """Which SAE the OV edges of ``saes[src]`` (read by attention ``layer``) point into."""
+    after = 4 * layer + 2  # the head output lands in resid_mid of `layer`
+    resid = sorted(
+        (site_position(s.site, s.layer), i) for i, s in enumerate(saes)
+        if s.site in RESIDUAL_SITES and site_position(s.site, s.layer) >= after
+    )  # fmt: skip
+    same_layer = {s.site: i for i, s in enumerate(saes) if s.layer == layer and s.site in ("attn_out", "attn_z")}
+    if how in ("auto", "resid") and resid:
+        return resid[0][1]
+    if how == "auto" and "attn_out" in same_layer:
+        return same_layer["attn_out"]
+    if how in ("auto", "z") and "attn_z" in same_layer:
+        return same_layer["attn_z"]
+    return None
+
+
+def flow_pairs(saes: list[SAEWeights]) -> list[tuple[int, int]]:
+    """(earlier, next) SAE indices along the forward pass."""
+    order = sorted(range(len(saes)), key=lambda i: (site_position(saes[i].site, saes[i].layer), i))
+    return list(zip(order[:-1], order[1:], strict=True))
+
+
+@dataclass
+class Unit:
+    pass_name: str  # the build_units.pass value
+    sae: int  # index into the SAE list
+    start: int
+    end: int
+
+
+def plan_units(model: ModelWeights, saes: list[SAEWeights], names: list[str], cfg: BuildConfig) -> list[Unit]:
+    """Every unit of the build, in the order they run."""
+    units: list[Unit] = []
+
+    def add(pass_name: str, i: int, whole: bool = False) -> None:
+        if whole:
+            units.append(Unit(pass_name, i, 0, saes[i].d_sae))
+        else:
+            units.extend(Unit(pass_name, i, s, e) for s, e in chunks(0, saes[i].d_sae, cfg.unit_size))
+
+    reads = [reading_attention_layer(s, model.n_layers) for s in saes]
+    for p in ("du", "ee"):
+        if p in cfg.passes:
+            for i in range(len(saes)):
+                add(p, i)
+    if "attn" in cfg.passes:
+        for i in range(len(saes)):
+            if reads[i] is not None:
+                add("attn", i)
+                add("attn_profile", i, whole=True)
+    if "attribution" in cfg.passes:
+        for i, s in enumerate(saes):
+            if s.site == "attn_z":
+                add("attribution", i)
+    if "qk" in cfg.passes:
+        for qi, ki in qk_pair_indices(saes, names, cfg):
+            if reads[qi] is not None:
+                add("qk" if qi == ki else f"qk:{names[ki]}", qi)
+    if "ov" in cfg.passes:
+        for i in range(len(saes)):
+            if reads[i] is not None and ov_target_index(saes, i, reads[i], cfg.ov_target) is not None:
+                add("ov", i)
+    if "neighbours" in cfg.passes:
+        for i in range(len(saes)):
+            add("neighbours", i)
+    if "flow" in cfg.passes:
+        for a, _ in flow_pairs(saes):
+            add("flow", a)
+    if "semantic" in cfg.passes:
+        for i in range(len(saes)):
+            add("semantic", i)
+    return units
+
+
+def qk_pair_indices(saes: list[SAEWeights], names: list[str], cfg: BuildConfig) -> list[tuple[int, int]]:
+    if cfg.qk_pairs is None:
+        return [(i, i) for i in range(len(saes))]
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for q, k in cfg.qk_pairs:
+        if q not in index or k not in index:
+            missing = q if q not in index else k
+            raise BuildError(f"QK pair names an SAE not in this build: {missing} (have {', '.join(names)})")
+        out.append((index[q], index[k]))
+    return out
+
+
+# ------------------------------------------------------------------ provenance
+
+
+def _versions() -> dict[str, str]:
+    out = {"sae_atlas": atlas.__version__, "torch": torch.__version__, "numpy": np.__version__}
+    out["python"] = platform.python_version()
+    for mod in ("transformers", "safetensors", "gguf"):
+        m = sys.modules.get(mod)
+        if m is None:
+            try:
+                m = __import__(mod)
+            except Exception:
+                continue
+        out[mod] = getattr(m, "__version__", "?")
+    return out
+
+
+def provenance(model: ModelWeights, saes: list[SAEWeights], names: list[str], cfg: BuildConfig) -> dict[str, Any]:
+    """Everything that decides the numbers (no timestamps, so two builds agree)."""
+    fold = cfg.fold_norms
+    folding = {
+        "du": "d_f * ln_final.gain (LayerNorm: centred first)" if fold else "none: raw W_U (as Neuronpedia)",
+        "ee": (
+            "embed_scale * W_E @ (g * e_f), g = gain of the norm that next reads the SAE's site; "
+            "hook_z: g = ln1(L).gain, direction sum_h W_V[h] @ e_f[h]"
+        )
+        if fold
+        else "embed_scale * W_E @ e_f (no gain)",  # fmt: skip
+        "attn/qk/ov": "x = ln1(l).gain * d (LayerNorm: centred first)" if fold else "none",
+        "hook_z residual direction": "sum_h d_f[h] @ W_O[h]" + (" * ln_attn_out.gain (Gemma-2)" if fold else ""),
+        "ov residual target": "W_O[h] @ (ln_attn_out.gain * e_k) for Gemma-2" if fold else "W_O[h] @ e_k",
+        "never": "the data-dependent 1/rms scale; b_U; the final logit softcap (monotonic)",
+    }
+    conventions = {
+        "decoder rows": "W_dec[f] / input_scale (model units); encoder columns W_enc[:, f] * input_scale",
+        "reading attention layer": "resid_pre L -> L; any other site of layer L -> L + 1",
+        "kurtosis": "excess (normal = 0)",
+        "entropy": "of softmax(scores), nats",
+        "top1_z": "(max - mean) / std over the whole vocabulary",
+        "attention score": "||W_X[h] (g * u_f)|| / mean over random unit r of ||W_X[h] (g * r)||, u_f unit",
+        "attention percentile": "100 * fraction of the head's random-direction scores <= the feature's",
+        "qk score": "x_i W_Q[h] W_K[h]^T x_j * qk_scale; top-k by |score| per (i, h)",
+        "ov score": "x_j W_V[h] W_O[h] e_k (W_O dropped for a hook_z target); top-k by |score| per (j, h)",
+        "cosine": "signed decoder cosine within an SAE (SAE space), self excluded",
+        "flow": "signed cosine of residual-stream decoder directions into the next SAE by site position",
+        "ties": "broken by the smaller token / feature / head index",
+    }
+    model_info = dict(
+        source=model.source, source_kind=model.source_kind, architecture=model.architecture,
+        sha256=model.sha256, dtype=model.dtype, notes=model.notes, qk_scale=model.qk_scale,
+        embed_scale=model.embed_scale, norm_kind=model.norm_kind,
+    )  # fmt: skip
+    sae_info = [
+        dict(
+            name=n,
+            source=s.source,
+            source_format=s.source_format,
+            sha256=s.sha256,
+            hook_name=s.hook_name,
+            site=s.site,
+            layer=s.layer,
+            d_in=s.d_in,
+            d_sae=s.d_sae,
+            architecture=s.architecture,
+            normalization=s.normalization,
+            input_scale=s.input_scale,
+            release=s.release,
+            sae_ref=s.sae_ref,
+        )  # fmt: skip
+        for n, s in zip(names, saes, strict=True)
+    ]
+    config = cfg.as_dict()
+    fingerprint_src = json.dumps(
+        {k: v for k, v in config.items() if k != "device"} | {"model": model_info, "saes": sae_info},
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    return {
+        "build": {
+            "config": config,
+            "fingerprint": hashlib.sha256(fingerprint_src.encode()).hexdigest(),
+            "device": str(model.device),
+        },
+        "model": model_info,
+        "saes": sae_info,
+        "folding": folding,
+        "conventions": conventions,
+        "versions": _versions(),
+    }
+
+
+# ------------------------------------------------------------------ running
+
+
+class _Build:
+    """State of one build: the open partial atlas, ids, and lazily computed per-SAE tensors."""
+
+    def __init__(self, db: Atlas, model: ModelWeights, saes: list[SAEWeights], names: list[str], cfg: BuildConfig):
+        self.db, self.model, self.saes, self.names, self.cfg = db, model, saes, names, cfg
+        model_id = db.conn.execute("SELECT model_id FROM models").fetchone()[0]
+        self.head_pk = db.head_pks(model_id)  # (n_layers, n_heads)
+        rows = dict(db.conn.execute("SELECT name, sae_id FROM saes").fetchall())
+        self.sae_id = [rows[n] for n in names]
+        self.fid_base = [db.feature_id_base(i) for i in self.sae_id]
+        self.block_rows, self.vocab_tile = cfg.blocks(model.device)
+        self.reads = [reading_attention_layer(s, model.n_layers) for s in saes]
+        self._cache: dict[Any, Any] = {}
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    # criteria --------------------------------------------------------
+    def criterion(self, phase: str) -> predicts.TokenCriterion:
+        cfg = self.cfg
+        return self.cached(
+            ("criterion", phase),
+            lambda: predicts.token_criterion(
+                self.model, phase, z=cfg.predicts_z if phase == "du" else cfg.reads_z,
+                quantile=cfg.predicts_quantile, n_random=cfg.n_random, seed=cfg.seed, fold_norms=cfg.fold_norms,
+                block_rows=self.block_rows, vocab_tile=self.vocab_tile,
+            ),
+        )  # fmt: skip
+
+    def attn_layers(self, i: int) -> list[int]:
+        return attention.reading_layers(self.model, self.reads[i], self.cfg.reach)
+
+    def attn_baseline(self) -> attention.AttentionBaseline:
+        cfg = self.cfg
+        layers = sorted({layer for i in range(len(self.saes)) for layer in self.attn_layers(i)})
+        return self.cached(
+            "attn_baseline",
+            lambda: attention.attention_baseline(
+                self.model, layers, n_random=cfg.n_random, seed=cfg.seed, fold_norms=cfg.fold_norms
+            ),
+        )
+
+    # units -------------------------------------------------------------
+    def run(self, u: Unit) -> None:
+        """Compute one unit's rows and write them (the caller holds the transaction)."""
+        name = u.pass_name.split(":")[0]
+        getattr(self, f"_unit_{name}")(u)
+
+    def _fids(self, i: int, local: np.ndarray) -> np.ndarray:
+        return np.asarray(local, dtype=np.int64) + self.fid_base[i]
+
+    def _vocab_unit(self, u: Unit, phase: str, r: VocabScores) -> None:
+        i, db = u.sae, self.db
+        idx = np.arange(u.start, u.end)
+        crit = self.criterion(phase)
+        cols = {f"{phase}_{k}": v for k, v in r.stats.items()}
+        cols["predicts_tokens" if phase == "du" else "reads_tokens"] = crit.apply(r.stats["top1_z"])
+        db.update_features(self.sae_id[i], idx, cols)
+        db.add_token_score_block(
+            self._fids(i, idx), {(phase, 1): (r.top_ids, r.top_vals), (phase, -1): (r.bot_ids, r.bot_vals)}
+        )
+
+    def _unit_du(self, u: Unit) -> None:
+        cfg = self.cfg
+        r = du.du_pass(
+            self.model, self.saes[u.sae], u.start, u.end, k=cfg.top_k, fold_norms=cfg.fold_norms,
+            block_rows=self.block_rows, vocab_tile=self.vocab_tile,
+        )  # fmt: skip
+        self._vocab_unit(u, "du", r)
+
+    def _unit_ee(self, u: Unit) -> None:
+        cfg = self.cfg
+        r = ee.ee_pass(
+            self.model, self.saes[u.sae], u.start, u.end, k=cfg.top_k, fold_norms=cfg.fold_norms,
+            block_rows=self.block_rows, vocab_tile=self.vocab_tile,
+        )  # fmt: skip
+        self._vocab_unit(u, "ee", r)
+
+    def _unit_attn(self, u: Unit) -> None:
+        i, cfg = u.sae, self.cfg
+        layers = self.attn_layers(i)
+        r = attention.attention_pass(
+            self.model, self.saes[i], u.start, u.end, layers, self.attn_baseline(), fold_norms=cfg.fold_norms
+        )
+        idx = np.arange(u.start, u.end)
+        cols = {}
+        for role in attention.ROLES:
+            cols[f"attn_{role}_mean"] = r.scores[role][:, 0].mean(1)
+            cols[f"attn_{role}_max"] = r.scores[role][:, 0].max(1)
+        self.db.update_features(self.sae_id[i], idx, cols)
+        fids = self._fids(i, idx)
+        for role in attention.ROLES:
+            f, li, h = np.nonzero(r.percentiles[role] >= cfg.percentile)  # row-major: feature, layer, head
+            if len(f):
+                layer_arr = np.asarray(layers)[li]
+                self.db.add_head_scores(
+                    fids[f], self.head_pk[layer_arr, h], role, r.scores[role][f, li, h], r.percentiles[role][f, li, h]
+                )
+
+    def _unit_attn_profile(self, u: Unit) -> None:
+        i, cfg = u.sae, self.cfg
+        layers = self.attn_layers(i)
+        r = attention.attention_pass(
+            self.model, self.saes[i], 0, self.saes[i].d_sae, layers, self.attn_baseline(), fold_norms=cfg.fold_norms
+        )
+        for li, layer in enumerate(layers):
+            for role in attention.ROLES:
+                prof = attention.depth_profile(r.scores[role][:, li], r.percentiles[role][:, li], cfg.percentile)
+                self.db.add_depth_profile(self.sae_id[i], layer, role, **prof)
+
+    def _unit_attribution(self, u: Unit) -> None:
+        i, m = u.sae, self.model
+        r = attribution.attribution_pass(self.saes[i], u.start, u.end, n_heads=m.n_heads, d_head=m.d_head)
+        idx = np.arange(u.start, u.end)
+        self.db.update_features(self.sae_id[i], idx, {"top_head": r.top_head, "top_head_share": r.top_head_share})
+        f, h = np.nonzero(r.shares >= self.cfg.attribution_floor)
+        layer = self.saes[i].layer
+        self.db.add_head_scores(self._fids(i, idx)[f], self.head_pk[layer, h], "attribution", r.shares[f, h])
+
+    def _write_edges(self, kind: str, src_sae: int, dst_sae: int, e: qk.EdgeRows) -> None:
+        heads = None if e.head is None else self.head_pk[e.layer, e.head]
+        self.db.add_edges(kind, self._fids(src_sae, e.src), self._fids(dst_sae, e.dst), e.score, e.rank, heads)
+
+    def _unit_qk(self, u: Unit) -> None:
+        cfg, qi = self.cfg, u.sae
+        ki = self.names.index(u.pass_name.split(":", 1)[1]) if ":" in u.pass_name else qi
+        layer = self.reads[qi]
+        keys = self.cached(
+            ("qk_keys", ki, layer),
+            lambda: qk.qk_keys(self.model, self.saes[ki], layer, fold_norms=cfg.fold_norms),
+        )
+        e = qk.qk_pass(
+            self.model, self.saes[qi], layer, u.start, u.end, keys, k=cfg.qk_k, cap=cfg.qk_cap,
+            fold_norms=cfg.fold_norms, exclude_self=cfg.qk_exclude_self and qi == ki,
+            block_rows=self.block_rows, key_block=cfg.key_block,
+        )  # fmt: skip
+        self._write_edges("qk", qi, ki, e)
+
+    def _unit_ov(self, u: Unit) -> None:
+        cfg, i = self.cfg, u.sae
+        layer = self.reads[i]
+        t = ov_target_index(self.saes, i, layer, cfg.ov_target)
+        targets = self.cached(
+            ("ov_targets", t, layer),
+            lambda: ov.ov_targets(self.model, layer, self.saes[t], fold_norms=cfg.fold_norms),
+        )
+        e = ov.ov_pass(
+            self.model, self.saes[i], layer, u.start, u.end, targets, k=cfg.ov_k, cap=cfg.ov_cap,
+            fold_norms=cfg.fold_norms, block_rows=self.block_rows, key_block=cfg.key_block,
+        )  # fmt: skip
+        self._write_edges("ov", i, t, e)
+
+    def _unit_neighbours(self, u: Unit) -> None:
+        i = u.sae
+        cols = self.cached(
+            ("unit_dec", i, False), lambda: neighbours.unit_decoders(self.model, self.saes[i], resid=False)
+        )
+        e = neighbours.cosine_pass(
+            self.model, self.saes[i], u.start, u.end, cols, k=self.cfg.neighbour_k, key_block=self.cfg.key_block
+        )
+        self._write_edges("cosine", i, i, e)
+
+    def _unit_flow(self, u: Unit) -> None:
+        cfg, i = self.cfg, u.sae
+        j = dict(flow_pairs(self.saes))[i]
+        cols = self.cached(
+            ("unit_dec", j, True),
+            lambda: neighbours.unit_decoders(self.model, self.saes[j], resid=True, fold_norms=cfg.fold_norms),
+        )
+        e = neighbours.flow_pass(
+            self.model, self.saes[i], u.start, u.end, cols, k=cfg.flow_k, fold_norms=cfg.fold_norms,
+            key_block=cfg.key_block,
+        )  # fmt: skip
+        self._write_edges("flow", i, j, e)
+
+    def _top_ids(self, u: Unit, phase: str) -> np.ndarray | None:
+        """Promoted token ids (n, k) of the unit's features from the atlas, or None if the pass did not run."""
+        base = self.fid_base[u.sae]
+        rows = self.db.conn.execute(
+            "SELECT feature_id, rank, token_id FROM token_scores WHERE phase = ? AND sign = 1 "
+            "AND feature_id BETWEEN ? AND ? ORDER BY feature_id, rank",
+            (phase, base + u.start, base + u.end - 1),
+        ).fetchall()
+        n = u.end - u.start
+        if len(rows) < n:
+            return None
+        arr = np.array([r[2] for r in rows], dtype=np.int64)
+        return arr.reshape(n, -1)
+
+    def _unit_semantic(self, u: Unit) -> None:
+        cfg, i = self.cfg, u.sae
+        du_ids = self._top_ids(u, "du")
+        if du_ids is None:
+            du_ids = du.du_pass(
+                self.model, self.saes[i], u.start, u.end, k=cfg.top_k, fold_norms=cfg.fold_norms,
+                block_rows=self.block_rows, vocab_tile=self.vocab_tile,
+            ).top_ids  # fmt: skip
+        ee_ids = self._top_ids(u, "ee") if "ee" in cfg.passes else None
+        base = self.cached("embed_baseline", lambda: semantic.embed_baseline(self.model, cfg.semantic))
+        labels = semantic.semantic_pass(self.model, du_ids, ee_ids, cfg.semantic, base)
+        fids = self._fids(i, np.arange(u.start, u.end))
+        self.db.add_labels(
+            (int(f), text, kind, "heuristic", score, ev)
+            for f, (text, kind, score, ev) in zip(fids, labels, strict=True)
+        )
+
+
+def _init_atlas(
+    path: Path, model: ModelWeights, saes: list[SAEWeights], names: list[str], prov: dict[str, Any]
+) -> Atlas:
+    db = create_atlas(path, provenance=prov, overwrite=True)
+    with db.transaction():
+        model_id = db.add_model(**model.atlas_model_fields())
+        db.add_vocab(model_id, model.tokens)
+        db.add_heads(model_id, model.n_layers, model.n_heads, model.n_kv_heads)
+        for name, s in zip(names, saes, strict=True):
+            sae_id = db.add_sae(name=name, **s.atlas_sae_fields(model_id))
+            cols = {
+                "dec_norm": s.W_dec.float().norm(dim=1).cpu().numpy(),
+                "enc_norm": s.W_enc.float().norm(dim=0).cpu().numpy(),
+                "b_enc": s.b_enc.float().cpu().numpy(),
+            }
+            if s.threshold is not None:
+                cols["threshold"] = s.threshold.float().expand(s.d_sae).cpu().numpy()
+            db.update_features(sae_id, np.arange(s.d_sae), cols)
+    return db
+
+
+def _criteria_summary(db: Atlas, b: _Build) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for phase, col in (("du", "predicts_tokens"), ("ee", "reads_tokens")):
+        if phase not in b.cfg.passes:
+            continue
+        crit = b.criterion(phase).as_dict()
+        crit["fraction"] = {
+            name: db.conn.execute(f"SELECT AVG({col}) FROM features WHERE sae_id = ?", (sid,)).fetchone()[0]
+            for name, sid in zip(b.names, b.sae_id, strict=True)
+        }
+        out[col] = crit
+    return out
+
+
+def build_atlas(
+    model: ModelWeights,
+    saes: list[SAEWeights],
+    out: str | Path,
+    *,
+    config: BuildConfig,
+    resume: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+    after_unit: Callable[[Unit], None] | None = None,
+) -> Path:
+    """Run ``config.passes`` over ``saes`` of ``model`` into the atlas file ``out``; returns its path.
+
+    ``resume`` continues ``OUT.partial`` from a killed build with the same
+    settings. ``after_unit`` is called after each committed unit (tests use it
+    to simulate a crash).
+    """
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    if not saes:
+        raise BuildError("no SAE given: pass at least one --sae")
+    if out.exists() and not overwrite:
+        raise BuildError(f"{out}: already exists (use --overwrite to replace it)")
+    names = sae_names(saes, config.sae_names)
+    prov = provenance(model, saes, names, config)
+
+    if resume and partial.exists():
+        db = open_atlas(partial, readonly=False)
+        old = db.provenance().get("build", {}).get("fingerprint")
+        if old != prov["build"]["fingerprint"]:
+            db.close()
+            raise BuildError(
+                f"{partial}: was started with other settings, model or SAEs; "
+                "delete it or rerun without --resume to start over"
+            )
+    else:
+        db = _init_atlas(partial, model, saes, names, prov)
+    try:
+        b = _Build(db, model, saes, names, config)
+        units = plan_units(model, saes, names, config)
+        done = {(r[0], r[1], r[2]) for r in db.conn.execute("SELECT sae_id, pass, chunk_start FROM build_units")}
+        bars = _Bars(units, saes, progress)
+        for u in units:
+            if (b.sae_id[u.sae], u.pass_name, u.start) in done:
+                bars.skip(u)
+                continue
+            with db.transaction():
+                b.run(u)
+                db.mark_unit_done(b.sae_id[u.sae], u.pass_name, u.start, u.end)
+            bars.advance(u)
+            if after_unit is not None:
+                after_unit(u)
+        bars.close()
+        with db.transaction():
+            db.update_provenance(criteria=_criteria_summary(db, b))
+        db.analyze()
+        db.conn.execute("VACUUM")
+    finally:
+        db.close()
+    os.replace(partial, out)
+    return out
+
+
+class _Bars:
+    """One tqdm bar per pass on stderr, in features (features/s is the rate)."""
+
+    def __init__(self, units: list[Unit], saes: list[SAEWeights], enabled: bool):
+        self.enabled = enabled
+        self.totals: dict[str, int] = {}
+        for u in units:
+            self.totals[u.pass_name] = self.totals.get(u.pass_name, 0) + (u.end - u.start)
+        self.bar = None
+        self.current: str | None = None
+
+    def _switch(self, name: str) -> None:
+        if not self.enabled or name == self.current:
+            return
+        from tqdm.auto import tqdm
+
+        if self.bar is not None:
+            self.bar.close()
+        self.current = name
+        self.bar = tqdm(total=self.totals[name], desc=f"{name:>12}", unit="feat", file=sys.stderr, leave=True)
+
+    def advance(self, u: Unit) -> None:
+        self._switch(u.pass_name)
+        if self.bar is not None:
+            self.bar.update(u.end - u.start)
+
+    def skip(self, u: Unit) -> None:
+        self._switch(u.pass_name)
+        if self.bar is not None:
+            self.bar.total -= u.end - u.start
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+__all__ = ["ALL_PASSES", "BuildConfig", "BuildError", "Unit", "build_atlas", "plan_units", "sae_names"]

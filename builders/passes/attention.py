@@ -1,0 +1,120 @@
+"""Attention participation (Liu & Deng): how strongly a feature's direction feeds each head.
+
+For feature f, its residual-stream direction ``d_f`` (hook_z rows through
+``W_O``) is made a unit vector ``u_f = d_f / ||d_f||`` and folded through the
+reading layer's input norm, ``x_f = g_ln1(l) * u_f`` (LayerNorm also centres).
+For each head h of layer l and role X in {q, k, v}:
+
+    raw_X[f, h]   = || x_f @ W_X[l][h] ||
+    score_X[f, h] = raw_X[f, h] / mean_r raw_X[r, h]          ("normalised")
+    pct_X[f, h]   = 100 * #{r : score_X[r, h] <= score_X[f, h]} / n_random
+
+where r runs over ``n_random`` seeded isotropic unit directions pushed through
+the same fold: a score of 1.0 is what a random direction of the same norm gets
+on average, and the percentile is against that head's own random baseline.
+The layers read are the SAE's reading layer and the next ``reach - 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from builders.passes.common import (
+    chunks,
+    compute_dtype,
+    fold_direction,
+    random_unit_directions,
+    resid_directions,
+)
+from builders.weights import ModelWeights, SAEWeights
+
+ROLES = ("q", "k", "v")
+
+
+@dataclass
+class AttentionBaseline:
+    """Per (layer, role): mean raw score (H,) and the sorted normalised random scores (H, n_random)."""
+
+    mean_raw: dict[tuple[int, str], torch.Tensor]
+    sorted_scores: dict[tuple[int, str], torch.Tensor]
+    n_random: int
+    seed: int
+
+
+@dataclass
+class AttentionScores:
+    layers: list[int]
+    scores: dict[str, np.ndarray]  # role -> (n, n_layers_read, H) normalised
+    percentiles: dict[str, np.ndarray]  # role -> (n, n_layers_read, H) in [0, 100]
+
+
+def _raw(model: ModelWeights, layer: int, u: torch.Tensor, fold_norms: bool) -> dict[str, torch.Tensor]:
+    """u: (n, d_model) unit directions -> role -> (n, H) raw norms."""
+    lw = model.layers[layer]
+    x = fold_direction(u, lw.ln1) if fold_norms else u  # (n, d_model)
+    out = {}
+    for role, W in (("q", lw.W_Q), ("k", lw.W_K), ("v", lw.W_V)):
+        out[role] = torch.einsum("nm,hmd->nhd", x, W.to(x)).norm(dim=-1)  # (n, H)
+    return out
+
+
+def reading_layers(model: ModelWeights, first: int | None, reach: int) -> list[int]:
+    if first is None:
+        return []
+    return list(range(first, min(first + reach, model.n_layers)))
+
+
+@torch.inference_mode()
+def attention_baseline(
+    model: ModelWeights, layers: list[int], *, n_random: int = 1024, seed: int = 0, fold_norms: bool = True
+) -> AttentionBaseline:
+    r = random_unit_directions(n_random, model.d_model, seed, model.device).to(compute_dtype(model))  # (R, d_model)
+    mean_raw, sorted_scores = {}, {}
+    for layer in layers:
+        for role, raw in _raw(model, layer, r, fold_norms).items():
+            m = raw.mean(0)  # (H,)
+            mean_raw[(layer, role)] = m
+            sorted_scores[(layer, role)] = (raw / m).T.contiguous().sort(dim=1).values  # (H, R)
+    return AttentionBaseline(mean_raw, sorted_scores, n_random, seed)
+
+
+@torch.inference_mode()
+def attention_pass(
+    model: ModelWeights,
+    sae: SAEWeights,
+    start: int,
+    end: int,
+    layers: list[int],
+    baseline: AttentionBaseline,
+    *,
+    fold_norms: bool = True,
+    block_rows: int = 1024,
+) -> AttentionScores:
+    """Normalised q/k/v participation and percentiles of features [start, end) for each head of ``layers``."""
+    n, H, L = end - start, model.n_heads, len(layers)
+    scores = {role: np.zeros((n, L, H)) for role in ROLES}
+    pct = {role: np.zeros((n, L, H)) for role in ROLES}
+    for b0, b1 in chunks(start, end, block_rows):
+        d = resid_directions(model, sae, b0, b1, fold_norms=fold_norms, dtype=compute_dtype(model))  # (b, d_model)
+        u = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-30)  # (b, d_model)
+        for li, layer in enumerate(layers):
+            for role, raw in _raw(model, layer, u, fold_norms).items():
+                s = raw / baseline.mean_raw[(layer, role)]  # (b, H)
+                srt = baseline.sorted_scores[(layer, role)]  # (H, R)
+                below = torch.searchsorted(srt, s.T.contiguous(), right=True).T  # (b, H)
+                scores[role][b0 - start : b1 - start, li] = s.double().cpu().numpy()
+                pct[role][b0 - start : b1 - start, li] = 100.0 * below.double().cpu().numpy() / baseline.n_random
+    return AttentionScores(layers, scores, pct)
+
+
+def depth_profile(scores: np.ndarray, percentiles: np.ndarray, threshold: float) -> dict[str, float]:
+    """Summary of one (layer, role) over every (feature, head): n, mean, median, p75, frac_above."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    p = np.asarray(percentiles, dtype=np.float64).reshape(-1)
+    return dict(
+        n=int(s.size), mean=float(s.mean()), median=float(np.median(s)),
+        p75=float(np.percentile(s, 75)), frac_above=float((p >= threshold).mean()),
+    )  # fmt: skip

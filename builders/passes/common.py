@@ -1,0 +1,312 @@
+"""Shared pieces of the weight passes: directions, norm folding, chunking, streaming top-k, moments.
+
+Conventions every pass follows (and the build records in provenance):
+
+* ``g`` is the gain of the norm that reads the residual stream at that point
+  (:attr:`builders.weights.Norm.gain`, Gemma's ``1 + w`` included). Folding a
+  direction ``d`` through a norm means ``g * d`` (LayerNorm also removes the
+  mean of ``d``: its centring is linear and data-free). The data-dependent
+  ``1/rms`` scale is never applied: a direction has no rms.
+* A decoder row ``W_dec[f]`` in model units is ``W_dec[f] / input_scale``;
+  an encoder column in model units is ``W_enc[:, f] * input_scale``.
+* A ``hook_z`` decoder row lives in the concatenated head outputs ``z``; its
+  residual-stream direction is ``sum_h d_f[h] @ W_O[h]`` (times the gain of
+  Gemma-2's post-attention norm when folding).
+* Which attention layer reads a site: ``resid_pre L`` -> L; every other site
+  of layer L -> L + 1 (none past the last layer).
+* Ties in a top-k are broken by the smaller index, so two builds give
+  identical rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from builders.weights import ModelWeights, Norm, SAEWeights
+
+RESIDUAL_SITES = ("resid_pre", "resid_mid", "resid_post")
+
+# Order of sites inside one block, used to say which SAE is "later" than another.
+_SITE_ORDER = {"resid_pre": 0, "attn_z": 1, "attn_out": 1, "resid_mid": 2, "mlp_out": 3, "resid_post": 4}
+
+
+def site_position(site: str, layer: int) -> int:
+    """A sortable position in the forward pass (resid_post L == resid_pre L+1)."""
+    return 4 * layer + _SITE_ORDER[site]
+
+
+def reading_attention_layer(sae: SAEWeights, n_layers: int) -> int | None:
+    """The first attention layer that reads what this SAE's site writes or holds."""
+    layer = sae.layer if sae.site == "resid_pre" else sae.layer + 1
+    return layer if layer < n_layers else None
+
+
+def site_reader_norm(model: ModelWeights, site: str, layer: int) -> Norm:
+    """The norm that next reads the residual stream at a site (used to fold encoders, ``ee``)."""
+    if site == "resid_pre":
+        return model.layers[layer].ln1
+    if site in ("resid_mid", "attn_out", "attn_z") and model.layers[layer].ln2 is not None:
+        return model.layers[layer].ln2
+    if layer + 1 < model.n_layers:
+        return model.layers[layer + 1].ln1
+    return model.ln_final
+
+
+def fold_direction(x: torch.Tensor, norm: Norm | None, *, center: bool = True) -> torch.Tensor:
+    """g * x, with LayerNorm's centring when ``center``. x: (n, d_model)."""
+    if norm is None:
+        return x
+    if center and norm.kind == "layernorm":
+        x = x - x.mean(-1, keepdim=True)  # (n, d_model)
+    return x * norm.gain.to(x)
+
+
+def decoder_rows(model: ModelWeights, sae: SAEWeights, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+    """Decoder rows in the SAE's own space, model units: (n, d_in)."""
+    W = sae.W_dec[start:end].to(device=model.device, dtype=dtype)  # (n, d_in)
+    return W / sae.input_scale if sae.input_scale != 1.0 else W
+
+
+def encoder_columns(model: ModelWeights, sae: SAEWeights, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+    """Encoder columns as rows, model units: (n, d_in)."""
+    E = sae.W_enc[:, start:end].T.to(device=model.device, dtype=dtype)  # (n, d_in)
+    return E * sae.input_scale if sae.input_scale != 1.0 else E
+
+
+def z_to_resid(model: ModelWeights, layer: int, z_dirs: torch.Tensor, *, fold_norms: bool) -> torch.Tensor:
+    """hook_z directions (n, n_heads*d_head) -> residual stream (n, d_model) through W_O."""
+    lw = model.layers[layer]
+    zh = z_dirs.view(z_dirs.shape[0], model.n_heads, model.d_head)  # (n, H, d_head)
+    out = torch.einsum("nhd,hdm->nm", zh, lw.W_O.to(z_dirs))  # (n, d_model)
+    if fold_norms and lw.ln_attn_out is not None:
+        # Gemma-2 normalises the attention output before adding it: fold its gain too.
+        out = out * lw.ln_attn_out.gain.to(out)
+    return out
+
+
+def resid_directions(
+    model: ModelWeights, sae: SAEWeights, start: int, end: int, *, fold_norms: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """What features [start, end) write into the residual stream: (n, d_model), not yet folded."""
+    d = decoder_rows(model, sae, start, end, dtype)  # (n, d_in)
+    if sae.site == "attn_z":
+        return z_to_resid(model, sae.layer, d, fold_norms=fold_norms)
+    return d
+
+
+def compute_dtype(model: ModelWeights) -> torch.dtype:
+    """fp32 everywhere: CPU bf16 is slow, and statistics want fp32 on GPU too."""
+    return torch.float32
+
+
+def random_unit_directions(n: int, d: int, seed: int, device: torch.device | str) -> torch.Tensor:
+    """Seeded isotropic unit vectors (n, d), drawn on the CPU so every device gets the same ones."""
+    gen = torch.Generator().manual_seed(int(seed))
+    r = torch.randn(n, d, generator=gen, dtype=torch.float32)  # (n, d)
+    r = r / r.norm(dim=-1, keepdim=True)
+    return r.to(device)
+
+
+def chunks(start: int, end: int, size: int):
+    """[start, end) in consecutive pieces of at most ``size``."""
+    for s in range(start, end, size):
+        yield s, min(s + size, end)
+
+
+def sort_topk(values: np.ndarray, ids: np.ndarray, *, largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Order each row's k entries by value (desc if ``largest``), ties by the smaller id."""
+    key = -values if largest else values
+    order = np.lexsort((ids, key), axis=-1)  # last key is primary
+    return np.take_along_axis(values, order, -1), np.take_along_axis(ids, order, -1)
+
+
+class StreamingTopK:
+    """Running top-k per row over column tiles, without materialising all columns.
+
+    A tile only costs a ``torch.topk`` on the rows whose best entry in the tile
+    (``extreme``, which the caller has from one ``aminmax`` pass) beats their
+    current k-th value; after the first few tiles those are few, so the cost is
+    close to one read of each tile. ``largest=False`` keeps the k smallest.
+    """
+
+    def __init__(self, k: int, *, largest: bool = True):
+        self.k, self.largest = k, largest
+        self.vals: torch.Tensor | None = None  # (n, k) best first
+        self.ids: torch.Tensor | None = None  # (n, k) int64 column ids
+
+    def update(self, tile: torch.Tensor, offset: int, extreme: torch.Tensor | None = None) -> None:
+        """tile: (n, t) values of columns [offset, offset + t); extreme: (n,) its row max (min if smallest)."""
+        if self.vals is None or self.vals.shape[1] < self.k:
+            v, i = tile.topk(min(self.k, tile.shape[1]), dim=1, largest=self.largest)  # (n, <=k)
+            i = i + offset
+            if self.vals is not None:
+                v, i = self._merge(self.vals, self.ids, v, i)
+            self.vals, self.ids = v, i
+            return
+        if extreme is None:
+            extreme = tile.amax(1) if self.largest else tile.amin(1)
+        kth = self.vals[:, -1]  # (n,)
+        rows = (extreme > kth if self.largest else extreme < kth).nonzero(as_tuple=True)[0]  # (r,)
+        if rows.numel() == 0:
+            return
+        v, i = tile[rows].topk(min(self.k, tile.shape[1]), dim=1, largest=self.largest)  # (r, <=k)
+        v, i = self._merge(self.vals[rows], self.ids[rows], v, i + offset)
+        self.vals[rows], self.ids[rows] = v, i
+
+    def _merge(self, v1, i1, v2, i2):
+        v, i = torch.cat([v1, v2], 1), torch.cat([i1, i2], 1)  # (r, 2k)
+        kk = min(self.k, v.shape[1])
+        v, j = v.topk(kk, dim=1, largest=self.largest)
+        return v, i.gather(1, j)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(values, ids), each (n, k), best first, ties by smaller id."""
+        v = self.vals.double().cpu().numpy()
+        i = self.ids.cpu().numpy()
+        return sort_topk(v, i, largest=self.largest)
+
+
+STAT_NAMES = ("max", "min", "mean", "std", "skew", "kurtosis", "entropy", "top1_z")
+
+
+@dataclass
+class VocabScores:
+    """Per-feature summary of a whole vocabulary score vector (du or ee)."""
+
+    stats: dict[str, np.ndarray]  # STAT_NAMES -> (n,); kurtosis is EXCESS kurtosis (normal = 0)
+    top_ids: np.ndarray  # (n, k) most positive, best first
+    top_vals: np.ndarray  # (n, k)
+    bot_ids: np.ndarray  # (n, k) most negative, most negative first
+    bot_vals: np.ndarray  # (n, k)
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """sum(a * b, -1) through a reusable buffer (no fresh (n, t) allocation)."""
+    return torch.mul(a, b, out=buf).sum(1)
+
+
+@torch.inference_mode()
+def vocab_scores(dirs: torch.Tensor, W: torch.Tensor, k: int, *, block_rows: int, vocab_tile: int) -> VocabScores:
+    """Top-k, bottom-k and moments of ``dirs @ W`` without ever holding more than (block, tile).
+
+    dirs: (n, d_model); W: (d_model, d_vocab). Moments are accumulated in
+    float64 around the exact vocabulary mean (``dirs @ W.mean(1)``, corrected
+    afterwards by the residual first moment), and the softmax entropy with an
+    online log-sum-exp, so tiling changes nothing but rounding.
+    """
+    n, d_vocab = dirs.shape[0], W.shape[1]
+    k = min(k, d_vocab)
+    # Any rounding in this shift is corrected by the first moment below, so fp32 is enough.
+    w_mean = W.mean(1)  # (d_model,)
+    out = {s: np.empty(n) for s in STAT_NAMES}
+    tops = np.empty((n, k), dtype=np.int64), np.empty((n, k)), np.empty((n, k), dtype=np.int64), np.empty((n, k))
+    tile = min(vocab_tile, d_vocab)
+    for r0, r1 in chunks(0, n, block_rows):
+        X = dirs[r0:r1]  # (b, d_model)
+        b = r1 - r0
+        shift = X @ w_mean.to(X)  # (b,) exact mean, up to rounding
+        buf = torch.empty(b, tile, device=X.device, dtype=X.dtype)  # (b, tile) logits of one tile
+        buf2 = torch.empty_like(buf)  # (b, tile) scratch
+        buf3 = torch.empty_like(buf)  # (b, tile) scratch for products
+        acc = torch.zeros(5, b, device=X.device, dtype=torch.float64)  # s1..s4 (centred), and sum exp
+        T = torch.zeros(b, device=X.device, dtype=torch.float64)  # sum exp(c - m) * c
+        m = torch.full((b,), float("-inf"), device=X.device, dtype=torch.float64)  # running max of c
+        hi = StreamingTopK(k, largest=True)
+        lo = StreamingTopK(k, largest=False)
+        for v0, v1 in chunks(0, d_vocab, tile):
+            t = v1 - v0
+            L = torch.mm(X, W[:, v0:v1], out=buf[:, :t])  # (b, t)
+            s = buf2[:, :t]
+            tmin, tmax = torch.aminmax(L, dim=1)  # (b,), (b,)
+            hi.update(L, v0, tmax)
+            lo.update(L, v0, tmin)
+            L.sub_(shift[:, None])  # (b, t) centred
+            acc[0] += L.sum(1)
+            C2 = torch.mul(L, L, out=s)  # (b, t)
+            acc[1] += C2.sum(1)
+            p = buf3[:, :t]
+            acc[2] += _rowdot(C2, L, p)
+            acc[3] += _rowdot(C2, C2, p)
+            # online log-sum-exp over the centred values (entropy is shift-invariant)
+            new_m = torch.maximum(m, (tmax - shift).double())  # (b,)
+            rescale = torch.exp(m - new_m)
+            acc[4] *= rescale
+            T *= rescale
+            m = new_m
+            E = torch.exp(torch.sub(L, m.to(L.dtype)[:, None], out=s), out=s)  # (b, t)
+            acc[4] += E.sum(1)
+            T += _rowdot(E, L, p)
+        V = float(d_vocab)
+        delta = acc[0] / V  # mean of the centred values (rounding only)
+        m2, m3, m4 = acc[1] / V, acc[2] / V, acc[3] / V
+        mu2 = (m2 - delta**2).clamp_min(0)
+        mu3 = m3 - 3 * delta * m2 + 2 * delta**3
+        mu4 = m4 - 4 * delta * m3 + 6 * delta**2 * m2 - 3 * delta**4
+        std = mu2.sqrt()
+        safe = torch.where(std > 0, std, torch.ones_like(std))
+        mean = shift.double() + delta
+        tv, ti = hi.result()
+        bv, bi = lo.result()
+        out["mean"][r0:r1] = mean.cpu().numpy()
+        out["std"][r0:r1] = std.cpu().numpy()
+        out["skew"][r0:r1] = torch.where(std > 0, mu3 / safe**3, torch.zeros_like(std)).cpu().numpy()
+        out["kurtosis"][r0:r1] = torch.where(std > 0, mu4 / safe**4 - 3.0, torch.zeros_like(std)).cpu().numpy()
+        out["entropy"][r0:r1] = (m + acc[4].log() - T / acc[4]).cpu().numpy()
+        out["max"][r0:r1] = tv[:, 0]
+        out["min"][r0:r1] = bv[:, 0]
+        out["top1_z"][r0:r1] = (
+            torch.where(std > 0, (torch.from_numpy(tv[:, 0]).to(mean) - mean) / safe, torch.zeros_like(std))
+            .cpu()
+            .numpy()
+        )
+        tops[0][r0:r1], tops[1][r0:r1], tops[2][r0:r1], tops[3][r0:r1] = ti, tv, bi, bv
+    return VocabScores(out, tops[0], tops[1], tops[2], tops[3])
+
+
+@torch.inference_mode()
+def topk_by_magnitude(
+    left: torch.Tensor,
+    right: torch.Tensor,
+    k: int,
+    *,
+    scale: float = 1.0,
+    key_block: int = 8192,
+    exclude: torch.Tensor | None = None,
+    signed: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row and head, the k columns of ``scale * left[:, h] @ right[h]`` with the largest |score|.
+
+    left: (b, H, d); right: (H, d, n_cols). Columns are streamed in blocks of
+    ``key_block``, so the (b, n_cols) score matrix of a head is never whole.
+    ``exclude``: (b,) column to skip per row (a feature and itself), or None.
+    ``signed=True`` ranks by the signed score instead of its magnitude.
+    Returns signed scores and column ids, each (b, H, k), best first, ties by smaller id.
+    """
+    b, H, _ = left.shape
+    n_cols = right.shape[2]
+    k = min(k, n_cols - (1 if exclude is not None else 0))
+    vals = np.empty((b, H, k))
+    ids = np.empty((b, H, k), dtype=np.int64)
+    for h in range(H):
+        st = StreamingTopK(k, largest=True)
+        for c0, c1 in chunks(0, n_cols, key_block):
+            S = (left[:, h] @ right[h, :, c0:c1]) * scale  # (b, c)
+            A = S if signed else S.abs()  # (b, c)
+            if exclude is not None:
+                hit = (exclude >= c0) & (exclude < c1)
+                rows = hit.nonzero(as_tuple=True)[0]
+                A[rows, exclude[rows] - c0] = float("-inf")
+            st.update(A, c0)
+        sel = st.ids  # (b, k)
+        # Signed scores of the chosen columns (recomputed: cheap, and exact to the same rounding).
+        chosen = right[h].T[sel]  # (b, k, d)
+        s = torch.einsum("bd,bkd->bk", left[:, h], chosen) * scale  # (b, k)
+        s_np, sel_np = s.double().cpu().numpy(), sel.cpu().numpy()
+        key = s_np if signed else np.abs(s_np)
+        order = np.lexsort((sel_np, -key), axis=-1)  # by |score| desc, ties by smaller id
+        vals[:, h] = np.take_along_axis(s_np, order, -1)
+        ids[:, h] = np.take_along_axis(sel_np, order, -1)
+    return vals, ids

@@ -1,0 +1,46 @@
+"""Decoder -> unembedding (``du``): which tokens a feature promotes and suppresses.
+
+For feature f with residual-stream direction ``d_f`` (``hook_z`` rows go
+through ``W_O`` first, see :mod:`builders.passes.common`), the logit vector is
+``(g_final * d_f) @ W_U`` where ``g_final = ln_final.gain`` (LayerNorm models
+also centre ``d_f``) when ``fold_norms``, else ``d_f @ W_U`` as Neuronpedia
+does. ``b_U`` and the final softcap are not applied: a direction has no bias,
+and the softcap is monotonic so top-k order is unchanged.
+
+Statistics over the whole vocabulary vector: max, min, mean, std (population),
+skew, EXCESS kurtosis (0 for a normal), softmax entropy in nats and
+``top1_z = (max - mean) / std``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from builders.passes.common import VocabScores, compute_dtype, fold_direction, resid_directions, vocab_scores
+from builders.weights import ModelWeights, SAEWeights
+
+
+def du_directions(
+    model: ModelWeights, sae: SAEWeights, start: int, end: int, *, fold_norms: bool = True
+) -> torch.Tensor:
+    """Directions whose product with W_U gives the du logits: (n, d_model)."""
+    d = resid_directions(model, sae, start, end, fold_norms=fold_norms, dtype=compute_dtype(model))  # (n, d_model)
+    return fold_direction(d, model.ln_final) if fold_norms else d
+
+
+@torch.inference_mode()
+def du_pass(
+    model: ModelWeights,
+    sae: SAEWeights,
+    start: int,
+    end: int,
+    *,
+    k: int = 20,
+    fold_norms: bool = True,
+    block_rows: int = 256,
+    vocab_tile: int = 4096,
+) -> VocabScores:
+    """Top-k promoted / suppressed tokens and logit statistics of features [start, end)."""
+    dirs = du_directions(model, sae, start, end, fold_norms=fold_norms)  # (n, d_model)
+    W_U = model.W_U.to(compute_dtype(model))  # (d_model, d_vocab); no copy when already fp32
+    return vocab_scores(dirs, W_U, k, block_rows=block_rows, vocab_tile=vocab_tile)

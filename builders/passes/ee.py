@@ -1,0 +1,54 @@
+"""Embedding -> encoder (``ee``): which input tokens drive a feature directly.
+
+Residual SAEs: scores ``embed_scale * W_E @ (g * e_f)`` where ``e_f`` is the
+encoder column (model units) and ``g`` the gain of the norm that next reads the
+SAE's site (:func:`builders.passes.common.site_reader_norm`) when
+``fold_norms``. ``hook_z`` SAEs at layer L: the token reaches head h's slice
+of the encoder through ``ln1(L)`` and ``W_V[h]``, so the scores are
+``sum_h (embed_scale * W_E * g_ln1(L)) @ W_V[h] @ e_f[h]``; that is the same
+product with the direction ``g_ln1(L) * sum_h W_V[h] @ e_f[h]`` (the ln1 gain is
+folded only when ``fold_norms``). Same statistics as ``du``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from builders.passes.common import VocabScores, compute_dtype, encoder_columns, site_reader_norm, vocab_scores
+from builders.weights import ModelWeights, SAEWeights
+
+
+def ee_directions(
+    model: ModelWeights, sae: SAEWeights, start: int, end: int, *, fold_norms: bool = True
+) -> torch.Tensor:
+    """Directions whose product with W_E^T gives the ee scores: (n, d_model)."""
+    e = encoder_columns(model, sae, start, end, compute_dtype(model))  # (n, d_in)
+    if sae.site == "attn_z":
+        lw = model.layers[sae.layer]
+        eh = e.view(e.shape[0], model.n_heads, model.d_head)  # (n, H, d_head)
+        u = torch.einsum("nhd,hmd->nm", eh, lw.W_V.to(e))  # (n, d_model)
+        g = lw.ln1.gain.to(u) if fold_norms else None
+    else:
+        u = e
+        g = site_reader_norm(model, sae.site, sae.layer).gain.to(u) if fold_norms else None
+    if g is not None:
+        u = u * g
+    return u * model.embed_scale
+
+
+@torch.inference_mode()
+def ee_pass(
+    model: ModelWeights,
+    sae: SAEWeights,
+    start: int,
+    end: int,
+    *,
+    k: int = 20,
+    fold_norms: bool = True,
+    block_rows: int = 256,
+    vocab_tile: int = 4096,
+) -> VocabScores:
+    """Top-k driving tokens (both signs) and score statistics of features [start, end)."""
+    dirs = ee_directions(model, sae, start, end, fold_norms=fold_norms)  # (n, d_model)
+    W_Et = model.W_E.to(compute_dtype(model)).T  # (d_model, d_vocab) view
+    return vocab_scores(dirs, W_Et, k, block_rows=block_rows, vocab_tile=vocab_tile)

@@ -1,0 +1,73 @@
+"""OV edges: what a source feature, moved by a head, writes into a downstream encoder.
+
+For head h of attention layer l (the layer that reads the source SAE's site),
+source feature j with x_j = g_ln1(l) * d_j (LayerNorm also centres), and
+target encoder column e_k (model units):
+
+    residual target (a later residual-stream SAE, or the attn_out SAE of layer l):
+        score(j, k, h) = x_j @ W_V[l][h] @ W_O[l][h] @ (g_post * e_k)
+        (g_post = Gemma-2's post-attention norm gain, folded when ``fold_norms``)
+    hook_z target (the attn_z SAE of layer l): W_O is dropped and the value
+    lands in head h's slice of the encoder:
+        score(j, k, h) = x_j @ W_V[l][h] @ e_k[h-slice]
+
+The k targets with the largest |score| are kept per (j, h), streaming over k.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from builders.passes.common import chunks, compute_dtype, encoder_columns, topk_by_magnitude
+from builders.passes.qk import EdgeRows, edges_from_topk, folded_dirs
+from builders.weights import ModelWeights, SAEWeights
+
+
+@torch.inference_mode()
+def ov_targets(
+    model: ModelWeights, layer: int, target: SAEWeights, *, fold_norms: bool, block: int = 4096
+) -> torch.Tensor:
+    """Per-head read-out of the target encoder: (H, d_head, d_sae_target)."""
+    dtype = compute_dtype(model)
+    lw = model.layers[layer]
+    H, dh = model.n_heads, model.d_head
+    out = torch.empty(H, dh, target.d_sae, device=model.device, dtype=dtype)
+    for s, e in chunks(0, target.d_sae, block):
+        E = encoder_columns(model, target, s, e, dtype)  # (b, d_in)
+        if target.site == "attn_z":
+            if target.layer != layer:
+                raise ValueError(f"a hook_z OV target must sit at layer {layer}, not {target.layer}")
+            out[:, :, s:e] = E.view(-1, H, dh).permute(1, 2, 0)  # (H, d_head, b)
+        else:
+            if fold_norms and lw.ln_attn_out is not None:
+                E = E * lw.ln_attn_out.gain.to(E)  # (b, d_model)
+            out[:, :, s:e] = torch.einsum("hdm,nm->hdn", lw.W_O.to(dtype), E)  # (H, d_head, b)
+    return out
+
+
+@torch.inference_mode()
+def ov_pass(
+    model: ModelWeights,
+    src_sae: SAEWeights,
+    layer: int,
+    start: int,
+    end: int,
+    targets: torch.Tensor,
+    *,
+    k: int = 10,
+    cap: int | None = None,
+    fold_norms: bool = True,
+    block_rows: int = 256,
+    key_block: int = 8192,
+) -> EdgeRows:
+    """OV edges of source features [start, end) against ``targets`` (from :func:`ov_targets`)."""
+    W_V = model.layers[layer].W_V.to(compute_dtype(model))  # (H, d_model, d_head)
+    parts_v, parts_i = [], []
+    for b0, b1 in chunks(start, end, block_rows):
+        x = folded_dirs(model, src_sae, layer, b0, b1, fold_norms=fold_norms)  # (b, d_model)
+        v = torch.einsum("nm,hmd->nhd", x, W_V)  # (b, H, d_head)
+        vals, ids = topk_by_magnitude(v, targets, k, key_block=key_block)
+        parts_v.append(vals)
+        parts_i.append(ids)
+    return edges_from_topk(np.concatenate(parts_v), np.concatenate(parts_i), start, cap=cap, layer=layer)

@@ -1,0 +1,112 @@
+"""QK edges: which key-side feature a query-side feature attends to, through each head.
+
+For head h of attention layer l, query-side feature i (SAE A) and key-side
+feature j (SAE B), with x = g_ln1(l) * d (LayerNorm also centres; no fold when
+``fold_norms`` is off) and d the residual-stream directions:
+
+    score(i, j, h) = x_i @ W_Q[l][h] @ W_K[l][h]^T @ x_j * qk_scale
+
+``qk_scale`` is the model's (1/sqrt(d_head), Gemma-2's query_pre_attn_scalar,
+GPT-Neo 1.0). By default A = B = the SAE whose site layer l reads. For each
+(i, h) the k features j with the largest |score| are kept, streaming over j,
+so the all-pairs matrix never exists. ``cap`` optionally keeps only the
+strongest ``cap`` edges of feature i across all heads (then re-ranks per head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from builders.passes.common import chunks, compute_dtype, fold_direction, resid_directions, topk_by_magnitude
+from builders.weights import ModelWeights, SAEWeights
+
+
+@dataclass
+class EdgeRows:
+    """Edges between features of two SAEs, indices local to each SAE."""
+
+    src: np.ndarray  # (m,) int
+    dst: np.ndarray  # (m,) int
+    head: np.ndarray | None  # (m,) head index within ``layer``; None for head-less kinds
+    score: np.ndarray  # (m,)
+    rank: np.ndarray  # (m,) 0 = strongest within (src, head)
+    layer: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+def folded_dirs(
+    model: ModelWeights, sae: SAEWeights, layer: int, start: int, end: int, *, fold_norms: bool
+) -> torch.Tensor:
+    d = resid_directions(model, sae, start, end, fold_norms=fold_norms, dtype=compute_dtype(model))  # (n, d_model)
+    return fold_direction(d, model.layers[layer].ln1) if fold_norms else d
+
+
+@torch.inference_mode()
+def qk_keys(model: ModelWeights, sae: SAEWeights, layer: int, *, fold_norms: bool, block: int = 4096) -> torch.Tensor:
+    """Key vectors of every feature of ``sae`` for every head: (H, d_head, d_sae)."""
+    W_K = model.layers[layer].W_K.to(compute_dtype(model))  # (H, d_model, d_head)
+    out = torch.empty(model.n_heads, model.d_head, sae.d_sae, device=model.device, dtype=W_K.dtype)
+    for s, e in chunks(0, sae.d_sae, block):
+        x = folded_dirs(model, sae, layer, s, e, fold_norms=fold_norms)  # (b, d_model)
+        out[:, :, s:e] = torch.einsum("nm,hmd->hdn", x, W_K)  # (H, d_head, b)
+    return out
+
+
+def edges_from_topk(
+    vals: np.ndarray, ids: np.ndarray, start: int, *, cap: int | None = None, layer: int | None = None
+) -> EdgeRows:
+    """(n, H, k) signed scores and ids -> flat EdgeRows, optionally capped per source across heads."""
+    n, H, k = vals.shape
+    src = np.repeat(np.arange(start, start + n), H * k)
+    head = np.tile(np.repeat(np.arange(H), k), n)
+    dst = ids.reshape(-1)
+    score = vals.reshape(-1)
+    rank = np.tile(np.arange(k), n * H)
+    if cap is not None and cap < H * k:
+        mag = np.abs(vals).reshape(n, H * k)
+        # strongest `cap` per source; ties -> earlier head, then earlier rank (stable sort)
+        order = np.argsort(-mag, axis=1, kind="stable")[:, :cap]  # (n, cap)
+        keep = np.zeros((n, H * k), dtype=bool)
+        np.put_along_axis(keep, order, True, axis=1)
+        keep = keep.reshape(-1)
+        src, head, dst, score, rank = src[keep], head[keep], dst[keep], score[keep], rank[keep]
+        # kept entries of one (src, head) keep their relative order: re-number ranks 0..m-1
+        grp = src * H + head
+        first = np.r_[0, np.flatnonzero(np.diff(grp)) + 1]
+        counts = np.diff(np.r_[first, len(grp)])
+        rank = np.arange(len(grp)) - np.repeat(first, counts)
+    return EdgeRows(src, dst, head, score, rank, layer)
+
+
+@torch.inference_mode()
+def qk_pass(
+    model: ModelWeights,
+    q_sae: SAEWeights,
+    layer: int,
+    start: int,
+    end: int,
+    keys: torch.Tensor,
+    *,
+    k: int = 10,
+    cap: int | None = None,
+    fold_norms: bool = True,
+    exclude_self: bool = False,
+    block_rows: int = 256,
+    key_block: int = 8192,
+) -> EdgeRows:
+    """QK edges of query features [start, end) of ``q_sae`` against ``keys`` (from :func:`qk_keys`)."""
+    W_Q = model.layers[layer].W_Q.to(compute_dtype(model))  # (H, d_model, d_head)
+    parts_v, parts_i = [], []
+    for b0, b1 in chunks(start, end, block_rows):
+        x = folded_dirs(model, q_sae, layer, b0, b1, fold_norms=fold_norms)  # (b, d_model)
+        q = torch.einsum("nm,hmd->nhd", x, W_Q)  # (b, H, d_head)
+        excl = torch.arange(b0, b1, device=q.device) if exclude_self else None
+        v, i = topk_by_magnitude(q, keys, k, scale=model.qk_scale, key_block=key_block, exclude=excl)
+        parts_v.append(v)
+        parts_i.append(i)
+    return edges_from_topk(np.concatenate(parts_v), np.concatenate(parts_i), start, cap=cap, layer=layer)

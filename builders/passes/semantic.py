@@ -1,0 +1,145 @@
+"""Semantic / non-semantic labels from a feature's du and ee token lists (a heuristic).
+
+For each list (du promoted tokens, ee driving tokens), over its first
+``n_tokens`` entries:
+
+* ``word_frac``: fraction of whole-word tokens: the stripped token is
+  alphabetic, at least ``word_min_len`` letters, and starts a word (leading
+  whitespace in the decoded token, or a capital letter). Sub-word fragments,
+  punctuation, whitespace and digits are not words.
+* ``stem_frac``: fraction of those words sharing their first ``stem_len``
+  letters (case-folded) with another word of the list (run / running / runs).
+* ``embed_z``: mean pairwise cosine of the tokens' W_E rows, as a z-score
+  against ``n_baseline`` seeded random token sets of the same size.
+
+A list is semantic when ``word_frac >= min_word_frac`` and (``stem_frac >=
+min_stem_frac`` or ``embed_z >= min_embed_z``); its score is
+``word_frac * max(stem_frac, clip(embed_z / (2 * min_embed_z), 0, 1))``. A
+feature is semantic when either list is; its label score is the larger list
+score. Otherwise the label says what dominates the du list: punctuation,
+whitespace, digits, sub-word fragments, or incoherent words. Evidence (JSON)
+holds the tokens and every sub-score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from builders.weights import ModelWeights
+
+
+@dataclass(frozen=True)
+class SemanticSettings:
+    n_tokens: int = 10  # how many top tokens of each list are judged
+    word_min_len: int = 3  # letters a whole word needs
+    stem_len: int = 4  # shared prefix that counts as a shared stem
+    min_word_frac: float = 0.5  # at least half the tokens are whole words ...
+    min_stem_frac: float = 0.3  # ... and 30% of them share a stem,
+    min_embed_z: float = 2.0  # ... or their embeddings cohere 2 sd above random sets
+    n_baseline: int = 256  # random token sets for the embedding baseline
+    seed: int = 0
+
+
+def is_word(tok: str, min_len: int) -> bool:
+    s = tok.strip()
+    return s.isalpha() and len(s) >= min_len and (tok[:1].isspace() or s[:1].isupper())
+
+
+def _kind(tok: str) -> str:
+    s = tok.strip()
+    if not s:
+        return "whitespace"
+    if s.isdigit():
+        return "digits"
+    if not any(c.isalnum() for c in s):
+        return "punctuation"
+    return "fragment"
+
+
+def _mean_pair_cos(E: torch.Tensor) -> torch.Tensor:
+    """E: (n, m, d) -> (n,) mean cosine over distinct pairs."""
+    u = E / E.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    G = u @ u.transpose(1, 2)  # (n, m, m)
+    m = E.shape[1]
+    return (G.sum((1, 2)) - G.diagonal(dim1=1, dim2=2).sum(1)) / (m * (m - 1))
+
+
+@dataclass
+class EmbedBaseline:
+    mean: float
+    std: float
+    m: int
+
+
+@torch.inference_mode()
+def embed_baseline(model: ModelWeights, settings: SemanticSettings) -> EmbedBaseline:
+    m = min(settings.n_tokens, model.d_vocab)
+    gen = torch.Generator().manual_seed(settings.seed)
+    ids = torch.stack([torch.randperm(model.d_vocab, generator=gen)[:m] for _ in range(settings.n_baseline)])
+    c = _mean_pair_cos(model.W_E[ids.to(model.device)].float()).double().cpu().numpy()  # (n_baseline,)
+    return EmbedBaseline(float(c.mean()), float(c.std()) or 1.0, m)
+
+
+def _judge(model, ids: np.ndarray, s: SemanticSettings, base: EmbedBaseline) -> list[dict]:
+    ids = ids[:, : base.m]
+    cos = _mean_pair_cos(model.W_E[torch.as_tensor(ids, device=model.device)].float()).double().cpu().numpy()
+    out = []
+    for row, c in zip(ids.tolist(), cos.tolist(), strict=True):
+        toks = [model.tokens[t] for t in row]
+        words = [t.strip() for t in toks if is_word(t, s.word_min_len)]
+        stems = [w.casefold()[: s.stem_len] for w in words]
+        shared = sum(1 for st in stems if stems.count(st) > 1) if len(stems) > 1 else 0
+        word_frac = len(words) / len(toks)
+        stem_frac = shared / len(words) if words else 0.0
+        z = (c - base.mean) / base.std
+        semantic = word_frac >= s.min_word_frac and (stem_frac >= s.min_stem_frac or z >= s.min_embed_z)
+        score = word_frac * max(stem_frac, min(1.0, max(0.0, z / (2 * s.min_embed_z))))
+        out.append(dict(
+            tokens=toks, words=words, word_frac=round(word_frac, 4), stem_frac=round(stem_frac, 4),
+            embed_cos=round(c, 6), embed_z=round(z, 4), semantic=semantic, score=round(score, 6),
+        ))  # fmt: skip
+    return out
+
+
+_REASONS = {
+    "punctuation": "punctuation",
+    "whitespace": "whitespace",
+    "digits": "digits",
+    "fragment": "sub-word fragments",
+}
+
+
+def _reason(ev: dict) -> str:
+    """What dominates a non-semantic list."""
+    kinds = [_kind(t) for t in ev["tokens"] if t.strip() not in ev["words"]]
+    if ev["word_frac"] >= 0.5 or not kinds:
+        return "incoherent words"
+    return _REASONS[max(("punctuation", "whitespace", "digits", "fragment"), key=kinds.count)]
+
+
+@torch.inference_mode()
+def semantic_pass(
+    model: ModelWeights,
+    du_ids: np.ndarray,
+    ee_ids: np.ndarray | None,
+    settings: SemanticSettings,
+    baseline: EmbedBaseline,
+) -> list[tuple[str, str, float, dict]]:
+    """One (text, kind, score, evidence) per feature row of ``du_ids`` (n, k) [and ``ee_ids``]."""
+    du = _judge(model, du_ids, settings, baseline)
+    ee = _judge(model, ee_ids, settings, baseline) if ee_ids is not None else [None] * len(du)
+    rows = []
+    for d, e in zip(du, ee, strict=True):
+        lists = [("du", d)] + ([("ee", e)] if e is not None else [])
+        sem = [(name, ev) for name, ev in lists if ev["semantic"]]
+        evidence = {name: ev for name, ev in lists}
+        if sem:
+            name, best = max(sem, key=lambda p: p[1]["score"])
+            text = "semantic: " + ", ".join(best["words"][:5])
+            rows.append((text, "semantic", best["score"], evidence))
+        else:
+            rows.append(("non-semantic: " + _reason(d), "non_semantic", max(ev["score"] for _, ev in lists), evidence))
+    return rows
