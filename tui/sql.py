@@ -48,6 +48,8 @@ def run_page(
     s = clean(sql)
     if not s:
         raise BadQuery("empty query")
+    if _several_statements(s):
+        raise BadQuery("one statement at a time, please: this has several")
     _with_deadline(conn, timeout)
     try:
         if _PAGEABLE.match(s):
@@ -101,6 +103,14 @@ def export(conn: sqlite3.Connection, sql: str, path: str | Path) -> int:
         tmp.unlink(missing_ok=True)
         raise
     return n
+
+
+def _several_statements(s: str) -> bool:
+    """True if a complete statement ends before the end of ``s`` (a ';' inside a string does not count)."""
+    for i, ch in enumerate(s):
+        if ch == ";" and sqlite3.complete_statement(s[: i + 1]) and s[i + 1 :].strip():
+            return True
+    return False
 
 
 def _jsonable(row: Any) -> list[Any]:

@@ -197,7 +197,9 @@ class FeatureListScreen(AtlasScreen):
 
     @on(FeatureTable.NeedMore)
     def need_more(self) -> None:
-        if self.fetching or self.cursor is None:
+        table = self.query_one(FeatureTable)
+        # Re-check: the message may have been posted while rows were still being appended.
+        if self.fetching or self.cursor is None or table.cursor_row < table.row_count - table.PREFETCH:
             return
         self.fetching = True
         self._status()
