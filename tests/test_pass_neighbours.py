@@ -65,7 +65,7 @@ def test_semantic_labels_planted_lists():
     assert rows[3][0] == "non-semantic: sub-word fragments"
     assert rows[1][0] == "non-semantic: incoherent words"
     # a shared stem also makes a word list semantic, through the ee list
-    stems = incoherent[:4]
+    stems = words[20:24]
     for i, w in zip(stems, (" running", " runner", " Runners", " runnable"), strict=True):
         toks[i] = w
     rows = semantic_pass(m, du_ids[1:2], np.array([stems + pad(punct)[:6]]), s, base)
