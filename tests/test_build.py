@@ -1,0 +1,175 @@
+"""build_atlas end to end on tiny random weights: counts, validation, determinism, crash and resume."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from atlas import open_atlas
+from atlas.maintenance import validate
+from builders.build import BuildConfig, BuildError, build_atlas, plan_units, sae_names
+from tests.passes_fixtures import tiny_model, tiny_sae
+
+K = 5
+
+
+def setup():
+    m = tiny_model(gemma=True, n_layers=3)
+    saes = [
+        tiny_sae(m, site="resid_pre", layer=0, d_sae=40, seed=1),
+        tiny_sae(m, site="attn_z", layer=1, d_sae=24, seed=2),
+        tiny_sae(m, site="resid_post", layer=1, d_sae=33, seed=3),
+        tiny_sae(m, site="resid_post", layer=1, d_sae=50, seed=4),  # same site: names get the width
+    ]
+    return m, saes
+
+
+def config(**kw):
+    base = dict(top_k=K, qk_k=3, ov_k=3, neighbour_k=4, flow_k=2, n_random=128, unit_size=16, block_rows=8,
+                vocab_tile=32, key_block=16, semantic=__import__("builders.passes.semantic", fromlist=["x"]).SemanticSettings(n_baseline=32))  # fmt: skip
+    base.update(kw)
+    return BuildConfig(**base)
+
+
+def dump(path) -> dict[str, list]:
+    conn = sqlite3.connect(path)
+    out = {}
+    for table, cols in {
+        "models": "*", "saes": "*", "features": "*", "vocab": "*", "heads": "*", "token_scores": "*",
+        "head_scores": "*", "edges": "*", "depth_profiles": "*",
+        "labels": "label_id, feature_id, text, kind, source, score, evidence",
+        "build_units": "sae_id, pass, chunk_start, chunk_end",
+    }.items():  # fmt: skip
+        out[table] = conn.execute(f"SELECT {cols} FROM {table} ORDER BY 1, 2, 3").fetchall()
+    out["provenance"] = json.loads(conn.execute("SELECT provenance FROM atlas_info").fetchone()[0])
+    conn.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    m, saes = setup()
+    out = tmp_path_factory.mktemp("b") / "a.db"
+    build_atlas(m, saes, out, config=config(), progress=False)
+    return m, saes, out
+
+
+def test_names_deduplicate():
+    m, saes = setup()
+    assert sae_names(saes) == ["L0.res_pre", "L1.z", "L1.res.33", "L1.res.50"]
+    assert sae_names(saes, ("a", None, None, None))[0] == "a"
+
+
+def test_build_counts_and_validates(built):
+    m, saes, out = built
+    assert validate(out).ok, [c for c in validate(out).checks if not c.ok]
+    assert not out.with_name(out.name + ".partial").exists()
+    with open_atlas(out) as a:
+        c = a.conn
+        n_feat = sum(s.d_sae for s in saes)
+        assert c.execute("SELECT COUNT(*) FROM features").fetchone()[0] == n_feat
+        assert c.execute("SELECT COUNT(*) FROM token_scores").fetchone()[0] == n_feat * K * 4
+        assert (
+            c.execute("SELECT COUNT(*) FROM features WHERE du_top1_z IS NULL OR ee_kurtosis IS NULL").fetchone()[0] == 0
+        )
+        assert c.execute("SELECT COUNT(*) FROM labels WHERE source = 'heuristic'").fetchone()[0] == n_feat
+        # attention: every SAE is read by a layer (resid_pre 0 -> 0; layer-1 sites -> 2)
+        assert c.execute("SELECT COUNT(*) FROM features WHERE attn_q_mean IS NULL").fetchone()[0] == 0
+        assert c.execute("SELECT COUNT(*) FROM depth_profiles").fetchone()[0] == 4 * 3
+        pct = c.execute("SELECT MIN(percentile) FROM head_scores WHERE role IN ('q','k','v')").fetchone()[0]
+        assert pct >= 75
+        # attribution: hook_z SAE only, shares sum to <= 1 and top_head set
+        z_id = c.execute("SELECT sae_id FROM saes WHERE name = 'L1.z'").fetchone()[0]
+        assert (
+            c.execute("SELECT COUNT(*) FROM features WHERE sae_id = ? AND top_head IS NULL", (z_id,)).fetchone()[0] == 0
+        )
+        assert (
+            c.execute("SELECT COUNT(*) FROM features WHERE sae_id != ? AND top_head IS NOT NULL", (z_id,)).fetchone()[0]
+            == 0
+        )
+        # edges: cosine k per feature; qk: each SAE x heads x k; flow from the 3 earlier SAEs
+        kinds = dict(c.execute("SELECT kind, COUNT(*) FROM edges GROUP BY kind").fetchall())
+        assert kinds["cosine"] == n_feat * 4
+        assert kinds["qk"] == n_feat * m.n_heads * 3
+        assert kinds["flow"] == (n_feat - 50) * 2
+        # ov: L0.res_pre -> layer 0 heads -> nearest later residual SAE (L1.res); the layer-1 SAEs are read by
+        # layer 2, after which no residual SAE follows: no OV for them
+        assert kinds["ov"] == 40 * m.n_heads * 3
+        prov = a.provenance()
+        assert prov["build"]["config"]["top_k"] == K and "du" in prov["folding"]
+        assert set(prov["criteria"]) == {"predicts_tokens", "reads_tokens"}
+        assert prov["criteria"]["predicts_tokens"]["sql"].startswith("du_top1_z >= ")
+        frac = prov["criteria"]["predicts_tokens"]["fraction"]["L1.res.33"]
+        stored = c.execute("SELECT AVG(predicts_tokens) FROM features JOIN saes USING (sae_id) WHERE name='L1.res.33'")
+        assert frac == pytest.approx(stored.fetchone()[0])
+
+
+def test_rows_match_the_pure_passes(built):
+    """The atlas holds exactly what the pass functions return (ids mapped to feature ids)."""
+    from builders.passes.du import du_pass
+
+    m, saes, out = built
+    r = du_pass(m, saes[2], 0, saes[2].d_sae, k=K, block_rows=8, vocab_tile=32)
+    with open_atlas(out) as a:
+        base = a.feature_id_base(a.sae("L1.res.33").sae_id)
+        rows = a.conn.execute(
+            "SELECT token_id FROM token_scores WHERE phase='du' AND sign=1 AND feature_id BETWEEN ? AND ? "
+            "ORDER BY feature_id, rank", (base, base + saes[2].d_sae - 1)).fetchall()  # fmt: skip
+        np.testing.assert_array_equal(np.array(rows).reshape(-1, K), r.top_ids)
+        z = a.conn.execute("SELECT du_top1_z FROM features WHERE sae_id = ? ORDER BY idx", (a.sae("L1.res.33").sae_id,))
+        np.testing.assert_allclose([x[0] for x in z.fetchall()], r.stats["top1_z"])
+
+
+def test_deterministic(built, tmp_path):
+    m, saes, out = built
+    again = build_atlas(m, saes, tmp_path / "b.db", config=config(), progress=False)
+    assert dump(out) == dump(again)
+
+
+def test_crash_then_resume_gives_identical_rows(built, tmp_path):
+    m, saes, out = built
+    target = tmp_path / "c.db"
+    seen = []
+
+    def crash(unit):
+        seen.append(unit)
+        if len(seen) == 7:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        build_atlas(m, saes, target, config=config(), progress=False, after_unit=crash)
+    assert not target.exists()
+    partial = target.with_name("c.db.partial")
+    assert sqlite3.connect(partial).execute("SELECT COUNT(*) FROM build_units").fetchone()[0] == 7
+    with pytest.raises(BuildError, match="other settings"):
+        build_atlas(m, saes, target, config=config(top_k=K + 1), resume=True, progress=False)
+    ran = []
+    build_atlas(m, saes, target, config=config(), resume=True, progress=False, after_unit=ran.append)
+    assert len(ran) == len(plan_units(m, saes, sae_names(saes), config())) - 7
+    assert dump(out) == dump(target)
+
+
+def test_existing_output_and_bad_settings_are_refused(built, tmp_path):
+    m, saes, out = built
+    with pytest.raises(BuildError, match="already exists"):
+        build_atlas(m, saes, out, config=config(), progress=False)
+    with pytest.raises(BuildError, match="unknown pass"):
+        config(passes="du,bogus")
+    with pytest.raises(BuildError, match="QK pair"):
+        build_atlas(m, saes, tmp_path / "x.db", config=config(qk_pairs=(("L0.res_pre", "nope"),)), progress=False)
+
+
+def test_subset_of_passes_and_unfolded(tmp_path):
+    m, saes = setup()
+    out = build_atlas(
+        m, saes[:1], tmp_path / "d.db", config=config(passes="du,semantic", fold_norms=False), progress=False
+    )
+    with open_atlas(out) as a:
+        counts = {
+            t: a.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("token_scores", "edges", "labels")
+        }
+        assert counts == {"token_scores": 40 * K * 2, "edges": 0, "labels": 40}
+        assert "raw W_U" in a.provenance()["folding"]["du"]
