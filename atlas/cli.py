@@ -16,6 +16,7 @@ import dataclasses
 import errno
 import importlib
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,11 @@ class LazyGroup(click.Group):
             raise
         except AtlasError as e:
             raise click.ClickException(_one_line(str(e))) from None
+        except sqlite3.DatabaseError as e:
+            # e.g. a damaged page met halfway through a read: still one line, and a hint
+            raise click.ClickException(
+                _one_line(f"SQLite error: {e} (is the atlas damaged? `sae-atlas validate` checks it)")
+            ) from None
         except (FileExistsError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
             raise click.ClickException(_one_line(str(e))) from None
         except OSError as e:

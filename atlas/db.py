@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from atlas.errors import NeedsMigration, NotAnAtlas, ReadOnlyAtlas, SchemaTooNew
 from atlas.migrations import MIGRATIONS, SCHEMA_VERSION, schema_sql
@@ -40,10 +41,31 @@ def _deny_attach(action: int, *args: object) -> int:
     return sqlite3.SQLITE_OK
 
 
+def file_uri(path: str | os.PathLike, **params: str) -> str:
+    """An SQLite ``file:`` URI; the path is percent-encoded so ``#``, ``?`` or ``%`` in a name survive."""
+    uri = "file:" + quote(Path(path).resolve().as_posix(), safe="/")
+    return uri + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
+
+
+def _wal_without_log(path: Path) -> bool:
+    """A WAL-format file with no -wal log beside it: nothing to read but the file itself."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and 2 in header[18:20] and not Path(str(path) + "-wal").exists()
+
+
 def connect(path: str | os.PathLike, *, readonly: bool = True) -> sqlite3.Connection:
     """A raw connection: ``mode=ro`` plus ``query_only`` when read-only."""
     p = Path(path)
-    uri = f"file:{p.resolve().as_posix()}?mode={'ro' if readonly else 'rw'}"
+    params = {"mode": "ro" if readonly else "rw"}
+    if readonly and _wal_without_log(p):
+        # Reading a WAL-mode file would create -wal and -shm files beside it; with
+        # no log to replay, `immutable` reads the file as it is and creates nothing.
+        params["immutable"] = "1"
+    uri = file_uri(p, **params)
     conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atlas.db import Atlas, connect, create_atlas, open_atlas, utc_now
+from atlas.db import Atlas, connect, create_atlas, file_uri, open_atlas, utc_now
 from atlas.errors import AtlasError
 from atlas.migrations import SCHEMA_VERSION
 
@@ -204,13 +204,13 @@ def _copy(conn: sqlite3.Connection, table: str, where: str = "", params: Sequenc
 
 
 def _attach(conn: sqlite3.Connection, path: Path, alias: str) -> None:
-    conn.execute(f"ATTACH DATABASE ? AS {alias}", (f"file:{path.resolve().as_posix()}?mode=ro",))
+    conn.execute(f"ATTACH DATABASE ? AS {alias}", (file_uri(path, mode="ro"),))
 
 
 def _open_for_copy(tmp: Path, provenance: dict) -> sqlite3.Connection:
     """A new empty atlas at ``tmp``, reopened with URI filenames so ATTACH can be read-only."""
     create_atlas(tmp, provenance=provenance).close()
-    conn = sqlite3.connect(f"file:{tmp.resolve().as_posix()}", uri=True, isolation_level=None)
+    conn = sqlite3.connect(file_uri(tmp), uri=True, isolation_level=None)
     conn.execute("PRAGMA foreign_keys = OFF")  # rows are copied table by table; checked at the end
     conn.execute("PRAGMA synchronous = OFF")  # the file is renamed into place only after COMMIT
     return conn
@@ -374,7 +374,7 @@ def merge_atlases(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         finally:
             src.close()
             dst.close()
-        conn = sqlite3.connect(f"file:{tmp.resolve().as_posix()}", uri=True, isolation_level=None)
+        conn = sqlite3.connect(file_uri(tmp), uri=True, isolation_level=None)
         try:
             conn.execute("PRAGMA foreign_keys = OFF")
             conn.execute("PRAGMA synchronous = OFF")  # the file is renamed into place only at the end

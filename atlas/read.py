@@ -49,6 +49,9 @@ _FEATURE_SELECT = (
 )
 
 
+_MAX_ID = 2**63
+
+
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -133,6 +136,8 @@ class AtlasReader:
                         f"cannot read feature name {spec!r}: expected SAE/INDEX, e.g. L12.res/1234, or #ID"
                     )
                 sae_name, idx = parts
+                if idx >= _MAX_ID:
+                    raise FeatureNotFound(f"feature index {idx} is out of range")
                 try:
                     sae = self.sae(sae_name)
                 except SAENotFound as e:
@@ -143,7 +148,9 @@ class AtlasReader:
                 if row is None:
                     raise FeatureNotFound(f"{sae.name} has no feature {idx} (d_sae = {sae.d_sae})")
                 return int(row[0])
-        row = self.conn.execute("SELECT 1 FROM features WHERE feature_id = ?", (fid,)).fetchone()
+        row = None
+        if -_MAX_ID <= fid < _MAX_ID:  # SQLite integers are 64-bit
+            row = self.conn.execute("SELECT 1 FROM features WHERE feature_id = ?", (fid,)).fetchone()
         if row is None:
             raise FeatureNotFound(f"no feature with id {fid}")
         return fid

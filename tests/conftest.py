@@ -6,6 +6,7 @@ import hashlib
 import shutil
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
@@ -43,7 +44,7 @@ def sha256_of(path: Path) -> str:
 
 def query(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
     """Oracle reads straight from the file, independent of the atlas library."""
-    conn = sqlite3.connect(f"file:{Path(path).as_posix()}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{quote(Path(path).resolve().as_posix())}?mode=ro", uri=True)
     try:
         return conn.execute(sql, params).fetchall()
     finally:

@@ -264,3 +264,28 @@ def test_delete_label_user_only(synthetic_atlas: Path) -> None:
         assert atlas.delete_label(lid) == (5, "mine", "user")
     assert query(synthetic_atlas, "SELECT COUNT(*) FROM labels WHERE label_id=?", (lid,)) == [(0,)]
     assert query(synthetic_atlas, "SELECT COUNT(*) FROM labels_fts WHERE labels_fts MATCH 'mine'") == [(0,)]
+
+
+def test_wal_mode_atlas_read_without_side_files(synthetic_atlas: Path) -> None:
+    with sqlite3.connect(synthetic_atlas) as conn:
+        assert conn.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+    assert not Path(str(synthetic_atlas) + "-wal").exists()  # checkpointed and removed on close
+    before = sha256_of(synthetic_atlas)
+    with open_atlas(synthetic_atlas) as atlas:
+        assert atlas.card("L2.res/1").promoted
+    assert sha256_of(synthetic_atlas) == before
+    assert sorted(p.name for p in synthetic_atlas.parent.iterdir()) == [synthetic_atlas.name]
+
+
+@pytest.mark.parametrize("name", ["a#b.db", "what?.db", "100%.db", "sp ace.db"])
+def test_odd_file_names(synthetic_atlas: Path, name: str) -> None:
+    odd = synthetic_atlas.with_name(name)
+    synthetic_atlas.rename(odd)
+    with open_atlas(odd) as atlas:
+        assert atlas.feature("L6.res/0").idx == 0
+    with open_atlas(odd, readonly=False) as atlas:
+        atlas.add_label(0, "ok")
+    from atlas.maintenance import export_atlas
+
+    export_atlas(odd, odd.with_name("out " + name), ["L2.res"])
+    assert query(odd.with_name("out " + name), "SELECT COUNT(*) FROM saes") == [(1,)]
