@@ -79,8 +79,13 @@ def build(
             sae_names=tuple(sae_name_list) or None,
         )  # fmt: skip
         t0 = time.perf_counter()
-        model = load_model(model_source, gguf_file=gguf_file, device=device)
+        if not progress:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        # SAEs first: a missing or corrupt SAE file fails before the (slower) model load.
         saes = [load_sae(p, fmt=sae_format, device=device) for p in sae_paths]
+        model = load_model(model_source, gguf_file=gguf_file, device=device)
         for s in saes:
             check_sae_fits(s, model)
         if progress:
