@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from planted_atlas import PREDICTS_FRACTIONS, READS_FRACTIONS, SEMANTIC_SHIFT_LAYERS, build_planted_atlas
 
 from atlas import open_atlas, stats
 from atlas.errors import AtlasError
+from tests.planted_atlas import PREDICTS_FRACTIONS, READS_FRACTIONS, SEMANTIC_SHIFT_LAYERS, build_planted_atlas
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_token_overlap_counts_shared_tokens_exactly(planted):
 
 def test_token_overlap_sample_estimates_the_exact_fraction(planted):
     atlas, _ = planted
-    o = stats.token_overlap(atlas, max_features=1000, seed=3)
+    o = stats.token_overlap(atlas, max_features=1000, seed=3, block=10)
     assert o.sampled and 0.3 < o.sample_fraction < 0.32
     assert 900 <= o.overall["n_checked"] <= 1100
     assert abs(o.overall["frac_agree"] - 0.75) < 4 * o.overall["se_agree"]
