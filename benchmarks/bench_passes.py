@@ -1,0 +1,211 @@
+"""Speed and memory of the weight passes on random weights of a real model's shape.
+
+    python benchmarks/bench_passes.py                       # GPT-2-small shapes, CPU, 2048 features
+    python benchmarks/bench_passes.py --features 24576      # the whole d_sae
+    python benchmarks/bench_passes.py --device cuda --preset gemma2-2b --features 16384
+    python benchmarks/bench_passes.py --build out.db        # also time a full build_atlas of one SAE
+
+The ``du`` pass is timed against a bare fp32 matmul of the same shapes in the
+same run: ``(block_rows, d_model) @ (d_model, d_vocab)`` for every block of
+features into a reused output buffer, i.e. the same FLOPs without statistics
+or top-k. Peak RSS is reported above the RSS once the weights exist (the
+issue's budget: weights + 1 GB whatever d_sae is). Passes run on
+``--features`` features (QK/OV/cosine still score against all d_sae
+columns); features/s extrapolates to the full SAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from builders.build import BuildConfig  # noqa: E402
+from builders.passes import attention, attribution, du, ee, neighbours, ov, qk, semantic  # noqa: E402
+from builders.weights import LayerWeights, ModelWeights, Norm, SAEWeights  # noqa: E402
+
+PRESETS = {
+    # name: d_model, n_layers, n_heads, n_kv_heads, d_head, d_vocab, d_sae, norm
+    "gpt2-small": dict(d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, d_head=64, d_vocab=50257, d_sae=24576,
+                       norm="layernorm"),
+    "gemma2-2b": dict(d_model=2304, n_layers=26, n_heads=8, n_kv_heads=4, d_head=256, d_vocab=256000, d_sae=16384,
+                      norm="gemma_rmsnorm"),
+}  # fmt: skip
+
+
+def rss_mb() -> float:
+    """Current resident set size (MB), from /proc."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def random_model(p: dict, device: torch.device, seed: int = 0) -> ModelWeights:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    d, H, dh, V = p["d_model"], p["n_heads"], p["d_head"], p["d_vocab"]
+    gemma = p["norm"] == "gemma_rmsnorm"
+
+    def rn(*shape):
+        return (torch.randn(*shape, generator=g) / shape[-2] ** 0.5).to(device)
+
+    def norm():
+        w = (torch.rand(d, generator=g) * 0.5 + (0.0 if gemma else 0.75)).to(device)
+        kind = "rmsnorm" if gemma else "layernorm"
+        return Norm(kind, w, None if gemma else torch.zeros(d, device=device), 1e-5, one_plus=gemma)
+
+    group = H // p["n_kv_heads"]
+    layers = [
+        LayerWeights(
+            ln1=norm(),
+            W_Q=rn(H, d, dh),
+            W_K=rn(H // group, d, dh).repeat_interleave(group, 0),
+            W_V=rn(H // group, d, dh).repeat_interleave(group, 0),
+            W_O=rn(H, dh, d),
+            ln2=norm(),
+            ln_attn_out=norm() if gemma else None,
+        )  # fmt: skip
+        for _ in range(p["n_layers"])
+    ]
+    W_E = torch.randn(V, d, generator=g).to(device)
+    return ModelWeights(
+        source="random", source_kind="synthetic", architecture="Random", n_layers=p["n_layers"], d_model=d,
+        n_heads=H, n_kv_heads=p["n_kv_heads"], d_head=dh, d_vocab=V, W_E=W_E,
+        W_U=W_E.T if gemma else rn(d, V), ln_final=norm(), layers=layers,
+        tokens=[(" w" if i % 3 else "x") + str(i) for i in range(V)], norm_kind=p["norm"],
+        embed_scale=d**0.5 if gemma else 1.0, tied_embeddings=gemma,
+    )  # fmt: skip
+
+
+def random_sae(model: ModelWeights, d_sae: int, site: str, layer: int, seed: int) -> SAEWeights:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    d_in = model.n_heads * model.d_head if site == "attn_z" else model.d_model
+    dev = model.device
+    return SAEWeights(
+        W_enc=(torch.randn(d_in, d_sae, generator=g) / d_in**0.5).to(dev),
+        W_dec=(torch.randn(d_sae, d_in, generator=g) / d_in**0.5).to(dev),
+        b_enc=torch.zeros(d_sae, device=dev), b_dec=torch.zeros(d_in, device=dev), architecture="relu",
+        hook_name=f"blocks.{layer}.hook_{site}", site=site, layer=layer, source="random", source_format="saelens",
+    )  # fmt: skip
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(device, fn):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+@torch.inference_mode()
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="gpt2-small")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--features", type=int, default=2048, help="features timed per pass (extrapolated to d_sae)")
+    ap.add_argument("--d-sae", type=int, default=None, help="override the preset's d_sae")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--passes", default="du,ee,attn,qk,ov,attribution,neighbours,flow,semantic")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    p = dict(PRESETS[args.preset])
+    if args.d_sae:
+        p["d_sae"] = args.d_sae
+    device = torch.device(args.device)
+    cfg = BuildConfig()
+    block_rows, tile = cfg.blocks(device)
+    rss0 = rss_mb()
+    model = random_model(p, device)
+    layer = p["n_layers"] // 2
+    sae = random_sae(model, p["d_sae"], "resid_post", layer - 1, 1)  # read by attention `layer`
+    nxt = random_sae(model, p["d_sae"], "resid_post", layer, 2)
+    zsae = random_sae(model, p["d_sae"], "attn_z", layer, 3)
+    sync(device)
+    rss_weights = rss_mb()
+    n = min(args.features, p["d_sae"])
+    res: dict = dict(preset=args.preset, device=str(device), threads=torch.get_num_threads(), d_sae=p["d_sae"],
+                     features=n, block_rows=block_rows, vocab_tile=tile, shapes=p,
+                     rss_before_weights_mb=round(rss0), rss_weights_mb=round(rss_weights))  # fmt: skip
+    passes = args.passes.split(",")
+    tput = {}
+
+    def record(name, seconds):
+        tput[name] = dict(seconds=round(seconds, 3), features_per_s=round(n / seconds, 1),
+                          full_sae_s=round(seconds * p["d_sae"] / n, 1))  # fmt: skip
+        print(f"{name:>12}: {n / seconds:10.1f} features/s  ({seconds:.2f}s for {n}; "
+              f"~{seconds * p['d_sae'] / n:.0f}s for d_sae={p['d_sae']})", flush=True)  # fmt: skip
+
+    if "du" in passes:
+        W_U = model.W_U
+        X = du.du_directions(model, sae, 0, n)  # (n, d_model)
+        buf = torch.empty(block_rows, p["d_vocab"], device=device)  # (block, d_vocab)
+
+        def bare():
+            for r0 in range(0, n, block_rows):
+                r1 = min(r0 + block_rows, n)
+                torch.mm(X[r0:r1], W_U, out=buf[: r1 - r0])
+
+        bare()  # warm up BLAS
+        t_bare, _ = timed(device, bare)
+        t_du, _ = timed(device, lambda: du.du_pass(model, sae, 0, n, block_rows=block_rows, vocab_tile=tile))
+        res["du_vs_matmul"] = dict(bare_matmul_s=round(t_bare, 3), du_s=round(t_du, 3), ratio=round(t_du / t_bare, 3))
+        print(f"du {t_du:.2f}s vs bare fp32 matmul {t_bare:.2f}s: ratio {t_du / t_bare:.2f}", flush=True)
+        record("du", t_du)
+    if "ee" in passes:
+        record("ee", timed(device, lambda: ee.ee_pass(model, sae, 0, n, block_rows=block_rows, vocab_tile=tile))[0])
+    if "attn" in passes:
+        t_base, base = timed(device, lambda: attention.attention_baseline(model, [layer], n_random=cfg.n_random))
+        record("attn", t_base + timed(device, lambda: attention.attention_pass(model, sae, 0, n, [layer], base))[0])
+    if "qk" in passes:
+        t_keys, keys = timed(device, lambda: qk.qk_keys(model, sae, layer, fold_norms=True))
+        t = timed(device, lambda: qk.qk_pass(model, sae, layer, 0, n, keys, block_rows=block_rows))[0]
+        res["qk_keys_s"] = round(t_keys, 3)
+        record("qk", t)
+    if "ov" in passes:
+        t_tg, targets = timed(device, lambda: ov.ov_targets(model, layer, nxt, fold_norms=True))
+        res["ov_targets_s"] = round(t_tg, 3)
+        record("ov", timed(device, lambda: ov.ov_pass(model, sae, layer, 0, n, targets, block_rows=block_rows))[0])
+    if "attribution" in passes:
+        record("attribution", timed(device, lambda: attribution.attribution_pass(
+            zsae, 0, n, n_heads=model.n_heads, d_head=model.d_head))[0])  # fmt: skip
+    if "neighbours" in passes:
+        cols = neighbours.unit_decoders(model, sae, resid=False)
+        record("neighbours", timed(device, lambda: neighbours.cosine_pass(model, sae, 0, n, cols))[0])
+    if "flow" in passes:
+        cols = neighbours.unit_decoders(model, nxt, resid=True)
+        record("flow", timed(device, lambda: neighbours.flow_pass(model, sae, 0, n, cols))[0])
+    if "semantic" in passes:
+        r = du.du_pass(model, sae, 0, n, block_rows=block_rows, vocab_tile=tile)
+        s = semantic.SemanticSettings()
+        base = semantic.embed_baseline(model, s)
+        record("semantic", timed(device, lambda: semantic.semantic_pass(model, r.top_ids, r.top_ids, s, base))[0])
+    res["throughput"] = tput
+    peak = peak_rss_mb()
+    res["peak_rss_mb"] = round(peak)
+    res["peak_above_weights_mb"] = round(peak - rss_weights)
+    if device.type == "cuda":
+        res["cuda_peak_alloc_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    print(f"RSS: {rss0:.0f} MB before weights, {rss_weights:.0f} MB with weights, peak {peak:.0f} MB "
+          f"(+{peak - rss_weights:.0f} MB above the weights)")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
