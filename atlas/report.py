@@ -261,7 +261,7 @@ def exp1_paragraph(data: ReportData) -> str:
         verdict = "is **of the same order** as the paper's 1/4, but not close to it"
     else:
         verdict = "**differs** from the paper's 1/4"
-    crit = json.dumps(t.criteria, sort_keys=True) if t.criteria else "not recorded in the atlas's provenance"
+    crit = _criteria_text(t.criteria)
     text = (
         "**Paper.** Liu & Deng find that about 1/4 of SAE features directly predict output tokens "
         "(decoder → unembedding), on Gemma-2 (Gemma Scope) and Llama-3.1 (Llama Scope).\n\n"
@@ -285,6 +285,20 @@ def exp1_paragraph(data: ReportData) -> str:
         f"({crit}), which is a fixed rule and not fitted to give 1/4; another threshold gives another fraction, so "
         "this compares the criterion as much as the model."
     )
+    return text
+
+
+def _criteria_text(criteria: dict[str, Any]) -> str:
+    """The builder's rule, from provenance.criteria, in words (the per-SAE fractions are in the table)."""
+    rule = criteria.get("predicts_tokens") if isinstance(criteria, dict) else None
+    if not isinstance(rule, dict):
+        return "not recorded in the atlas's provenance"
+    text = f"`{rule.get('sql') or rule.get('column', '?') + ' >= ' + str(rule.get('tau'))}`"
+    if rule.get("how") == "random-quantile" and rule.get("quantile") is not None:
+        text += (
+            f", the {100 * float(rule['quantile']):g}th percentile of the same statistic over "
+            f"{rule.get('n_random')} random directions"
+        )
     return text
 
 

@@ -454,7 +454,7 @@ def depth_profiles(atlas: Any) -> DepthProfiles:
     if len(data) == 0 and not builder:
         raise MissingPass(
             "experiment 2 needs the attention pass: features.attn_q_mean/attn_k_mean/attn_v_mean "
-            "and the depth_profiles table are empty (run `sae-atlas build --passes attention`)"
+            "and the depth_profiles table are empty (run `sae-atlas build --passes attn`)"
         )
     where = saes.index()
     m = len(saes)
@@ -776,7 +776,7 @@ def semantic_split(atlas: Any) -> SemanticSplit:
     if len(data) == 0:
         raise MissingPass(
             "experiment 3 needs the semantic-label pass: no labels with source 'heuristic' and kind "
-            "semantic/non_semantic (run `sae-atlas build --passes labels`)"
+            "semantic/non_semantic (run `sae-atlas build --passes semantic`)"
         )
     # The latest heuristic label of each feature wins (highest label_id), as in features_view.
     data = data[np.lexsort((-data[:, 1], data[:, 0]))]
@@ -784,7 +784,7 @@ def semantic_split(atlas: Any) -> SemanticSplit:
     if np.all(np.isnan(data[:, 4:7])):
         raise MissingPass(
             "experiment 3 needs the attention pass: the labelled features have no attn_q/k/v_mean "
-            "(run `sae-atlas build --passes attention`)"
+            "(run `sae-atlas build --passes attn`)"
         )
     is_sem = data[:, 2] == 1
     where = saes.index()

@@ -158,3 +158,15 @@ def test_importing_the_report_pulls_in_no_plotting_library():
     code = "import sys, atlas.report, atlas.stats; print(sorted(m for m in ('matplotlib', 'plotext', 'torch', 'textual', 'scipy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_builders_criterion_is_quoted_from_provenance(tmp_path):
+    path = tmp_path / "crit.db"
+    build_planted_atlas(path, n_layers=2, d_sae=20, passes=("du", "ee"))
+    rule = {"column": "du_top1_z", "tau": 3.5, "how": "random-quantile", "quantile": 0.99, "n_random": 1024,
+            "seed": 0, "sql": "du_top1_z >= 3.5", "fraction": {"L0.res": 0.1}}  # fmt: skip
+    with open_atlas(path, readonly=False) as atlas:
+        atlas.update_provenance(criteria={"predicts_tokens": rule})
+    with open_atlas(path) as atlas:
+        text = report.exp1_paragraph(report.compute_report(atlas))
+    assert "(`du_top1_z >= 3.5`, the 99th percentile of the same statistic over 1024 random directions)" in text

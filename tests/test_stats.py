@@ -254,3 +254,15 @@ def test_each_experiment_names_the_missing_pass(tmp_path):
     with open_atlas(path2) as atlas:
         with pytest.raises(AtlasError, match="semantic-label pass"):
             stats.semantic_split(atlas)
+
+
+def test_depth_profiles_fall_back_to_the_builders_table(tmp_path):
+    # No per-feature attn_*_mean columns: mean/median/P75 come from depth_profiles (first layer reached).
+    path = tmp_path / "depth_only.db"
+    plant = build_planted_atlas(path, n_layers=4, d_sae=50, passes=("depth",))
+    with open_atlas(path) as atlas:
+        d = stats.depth_profiles(atlas)
+    for role in stats.ROLES:
+        np.testing.assert_allclose(d.roles[role].mean, [x.mean() for x in getattr(plant, role)])
+        np.testing.assert_allclose(d.roles[role].p75, [np.percentile(x, 75) for x in getattr(plant, role)])
+        assert d.roles[role].n.tolist() == [50 * 4] * 4  # (feature, head) pairs, as the builder counted them
