@@ -39,11 +39,16 @@ def own_copy(fixture_db, tmp_path):
     return dst
 
 
-async def settle(pilot, rounds: int = 4) -> None:
-    """Let workers finish and their messages be handled (one answer may start another worker)."""
-    for _ in range(rounds):
+async def settle(pilot) -> None:
+    """Wait until no worker is pending or running twice in a row (an answer may start another worker)."""
+    quiet = 0
+    for _ in range(200):
         await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
+        await pilot.pause(0.02)
+        busy = [w for w in pilot.app.workers if not w.is_finished]
+        quiet = 0 if busy else quiet + 1
+        if quiet >= 2:
+            break
 
 
 def run(coro) -> None:

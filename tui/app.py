@@ -64,6 +64,7 @@ class SaeAtlasApp(App):
         self.history_path = history_path
         self.sql_history: list[str] = _load_history(history_path)
         self.quit_armed = False
+        self.show_timings = True  # query times in status lines; snapshot tests turn them off
         if keymap:
             self.set_keymap(keymap)
 

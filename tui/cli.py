@@ -9,7 +9,7 @@ import click
 from atlas.errors import AtlasError
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("atlas", required=False, type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--read-only", "readonly", is_flag=True, help="Never write to the file (labels go to a copy).")
 @click.option("--keymap", "keymap_path", type=click.Path(path_type=Path), help="TOML keymap: binding id = keys.")
@@ -17,20 +17,18 @@ from atlas.errors import AtlasError
 def browse(atlas: Path | None, readonly: bool, keymap_path: Path | None, no_history: bool) -> None:
     """Browse an atlas in the terminal: overview, feature lists, cards, search, SQL.
 
-    With no ATLAS, opens the bundled example atlas (atlas.db.example).
+    With no ATLAS: the group's --db, then $SAE_ATLAS_DB, then the bundled
+    example atlas (atlas.db.example).
 
     \b
     Example:
         sae-atlas browse gemma-2-2b.atlas.db
         sae-atlas browse --read-only shared/atlas.db
     """
+    from atlas.cli import resolve_db_path
     from tui.app import default_history_path, make_app
-    from tui.source import bundled_atlas
 
-    if atlas is None:
-        atlas = bundled_atlas()
-        if not atlas.exists():
-            raise click.ClickException(f"no ATLAS given and the bundled example atlas is missing ({atlas})")
+    atlas = resolve_db_path(atlas)  # same order as every other command; one line if nothing is found
     try:
         app = make_app(atlas, readonly=readonly, keymap_path=keymap_path,
                        history_path=None if no_history else default_history_path())  # fmt: skip

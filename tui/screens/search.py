@@ -82,7 +82,8 @@ class SearchScreen(AtlasScreen):
         if not msg.query.strip():
             status.update("Type to search.")
         elif msg.hits:
-            status.update(f"{len(msg.hits)} results for {msg.query!r} in {msg.seconds * 1000:.0f} ms · enter opens")
+            took = f" in {msg.seconds * 1000:.0f} ms" if self.atlas_app.show_timings else ""
+            status.update(f"{len(msg.hits)} results for {msg.query!r}{took} · enter opens")
         else:
             status.update(f"nothing found for {msg.query!r}")
 

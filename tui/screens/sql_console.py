@@ -108,7 +108,8 @@ class SqlConsoleScreen(AtlasScreen):
         span = f"rows {first:,}–{last:,}" if msg.rows else "no rows"
         nav = " · ctrl+n next page" if msg.more else ""
         nav += " · ctrl+b previous" if msg.offset else ""
-        self.query_one("#sql-status", Static).update(f"{span} · {msg.seconds * 1000:.0f} ms{nav} · ctrl+o export")
+        took = f" · {msg.seconds * 1000:.0f} ms" if self.atlas_app.show_timings else ""
+        self.query_one("#sql-status", Static).update(f"{span}{took}{nav} · ctrl+o export")
 
     @on(QueryFailed)
     def failed(self, msg: QueryFailed) -> None:

@@ -1,0 +1,71 @@
+"""Snapshot tests (pytest-textual-snapshot) of the main screens on a pinned fixture atlas.
+
+The fixture pins every timestamp (tui.testing) and the file is always named
+fixture.db, so the screens are identical run to run. Regenerate after an
+intended change with ``python -m pytest tests/test_tui_snapshots.py --snapshot-update``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import Input
+
+from tui.app import make_app
+from tui.testing import build_fixture_atlas
+
+SIZE = (120, 36)
+
+
+@pytest.fixture(scope="module")
+def fixture_db(tmp_path_factory):
+    return build_fixture_atlas(tmp_path_factory.mktemp("snap") / "fixture.db")
+
+
+async def _quiet(pilot) -> None:
+    """Wait until no worker is pending or running twice in a row (an answer may start another worker)."""
+    quiet = 0
+    for _ in range(200):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.02)
+        busy = [w for w in pilot.app.workers if not w.is_finished]
+        quiet = 0 if busy else quiet + 1
+        if quiet >= 2:
+            break
+
+
+async def settle(pilot) -> None:
+    await _quiet(pilot)
+    pilot.app.show_timings = False  # "12 ms" would differ run to run
+    for inp in pilot.app.screen.query(Input):
+        inp.cursor_blink = False  # no blinking cursor in a snapshot
+
+
+def test_overview(snap_compare, fixture_db):
+    assert snap_compare(make_app(fixture_db), terminal_size=SIZE, run_before=settle)
+
+
+def test_feature_card(snap_compare, fixture_db):
+    async def open_card(pilot):
+        await settle(pilot)
+        pilot.app.open_feature(3)  # feature 3 has a heuristic label and predicts tokens
+        await settle(pilot)
+
+    assert snap_compare(make_app(fixture_db), terminal_size=SIZE, run_before=open_card)
+
+
+def test_search_results(snap_compare, fixture_db):
+    async def search(pilot):
+        await settle(pilot)
+        await pilot.press("slash", *"paris")
+        await settle(pilot)
+
+    assert snap_compare(make_app(fixture_db), terminal_size=SIZE, run_before=search)
+
+
+def test_sql_console(snap_compare, fixture_db):
+    async def query(pilot):
+        await settle(pilot)
+        await pilot.press("colon", *"SELECT name, layer, du_top1_z FROM features_view ORDER BY du_top1_z DESC", "enter")
+        await settle(pilot)
+
+    assert snap_compare(make_app(fixture_db), terminal_size=SIZE, run_before=query)
