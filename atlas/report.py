@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,17 @@ class ReportData:
 
 
 def compute_report(
-    atlas: Any, *, top: int | None = None, min_shared: int = 1, overlap_max_features: int = 200_000
+    atlas: Any,
+    *,
+    top: int | None = None,
+    min_shared: int = 1,
+    overlap_max_features: int = 200_000,
+    progress: Callable[[str], None] | None = None,
 ) -> ReportData:
-    """Run every experiment that the atlas has the passes for; raise only if it has none of them."""
+    """Run every experiment that the atlas has the passes for; raise only if it has none of them.
+
+    ``progress`` is called with one line after each step (the command prints it on stderr).
+    """
     conn = stats._conn(atlas)
     models = [
         dict(zip(("name", "source", "source_kind", "architecture", "n_layers"), r, strict=True))
@@ -85,6 +94,8 @@ def compute_report(
             return None
         finally:
             data.seconds[key] = round(time.perf_counter() - t0, 3)
+            if progress is not None and key not in data.missing:  # what is skipped is said once, at the end
+                progress(f"{key.replace('_', ' ')}: done in {data.seconds[key]:.1f} s")
 
     data.predicts = run("experiment_1", lambda: stats.predicts_by_layer(conn))
     data.overlap = run(
@@ -804,7 +815,15 @@ def report(
         if Path(out_dir).exists() and not Path(out_dir).is_dir():
             raise AtlasError(f"{out_dir}: exists and is not a directory; pass another -o")
         with open_atlas(path) as atlas:
-            data = compute_report(atlas, top=top, min_shared=min_shared, overlap_max_features=overlap_max_features)
+            data = compute_report(
+                atlas,
+                top=top,
+                min_shared=min_shared,
+                overlap_max_features=overlap_max_features,
+                progress=lambda line: click.echo(line, err=True),
+            )
+        if figures:
+            click.echo("drawing the figures ...", err=True)
         written = write_report(data, Path(out_dir), figures=figures)
     except AtlasError as e:  # also when the command runs outside the sae-atlas group
         raise click.ClickException(str(e)) from None
