@@ -326,7 +326,9 @@ def show(feature: str, db: Path | None, k: int, edge_limit: int, as_json: bool) 
         card = atlas.card(
             feature, k=max(k, 20) if as_json else k, edge_limit=max(edge_limit, 50) if as_json else 10_000
         )
-        criteria = atlas.info_row()["provenance"].get("criteria")
+        # only the verdict criteria, not the whole (possibly large) provenance document
+        row = atlas.conn.execute("SELECT json_extract(provenance, '$.criteria') FROM atlas_info").fetchone()
+        criteria = row[0] if row else None
     if as_json:
         click.echo(dump_json(dataclasses.asdict(card)))
         return

@@ -23,6 +23,10 @@ from atlas.write import AtlasWriter
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
+# Page cache of a writing connection (negative = KiB): index inserts of a build stay in
+# memory instead of re-reading pages, about twice the insert rate of SQLite's 2 MB default.
+WRITE_CACHE_KIB = -256 * 1024
+
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
@@ -69,6 +73,8 @@ def connect(path: str | os.PathLike, *, readonly: bool = True) -> sqlite3.Connec
     conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")
+    if not readonly:
+        conn.execute(f"PRAGMA cache_size = {WRITE_CACHE_KIB}")
     if readonly:
         conn.execute("PRAGMA query_only = ON")
         conn.set_authorizer(_deny_attach)
@@ -192,6 +198,7 @@ def create_atlas(path: str | os.PathLike, *, provenance: dict | None = None, ove
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA journal_mode = DELETE")  # one self-contained file to send around
+    conn.execute(f"PRAGMA cache_size = {WRITE_CACHE_KIB}")
     conn.executescript("BEGIN;\n" + schema_sql() + "\nCOMMIT;")
     now = utc_now()
     conn.execute(

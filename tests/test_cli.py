@@ -582,3 +582,12 @@ def test_version(runner: CliRunner) -> None:
     import atlas
 
     assert ok(runner.invoke(cli, ["--version"])).strip() == f"sae-atlas, version {atlas.__version__}"
+
+
+def test_sql_odd_values(runner: CliRunner, synthetic_atlas: Path) -> None:
+    rows = json.loads(
+        ok(run(runner, synthetic_atlas, "sql", "SELECT zeroblob(2) AS b, 1e999 AS big, NULL AS n", "--json"))
+    )
+    assert rows == [{"b": "x'0000'", "big": "inf", "n": None}]
+    table = ok(run(runner, synthetic_atlas, "sql", "SELECT 'a' || char(10) || 'b' AS t, 0.000012 AS tiny"))
+    assert table.splitlines()[2].split() == ["a↵b", "1.200e-05"]
