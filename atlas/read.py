@@ -303,25 +303,58 @@ class AtlasReader:
         tokens = self.find_tokens(text, exact=exact, limit=64)
         if not tokens:
             return []
-        ids = sorted({t[1] for t in tokens})
+        sae_id = self.sae(sae).sae_id if sae is not None else None
+        by_model: dict[int, list[int]] = {}
+        for model_id, token_id, _ in tokens:
+            by_model.setdefault(model_id, []).append(token_id)
+        hits: list[TokenHit] = []
+        for model_id, ids in by_model.items():
+            # token ids are per model: match them only in that model's SAEs
+            hits += self._token_hits(model_id, sorted(set(ids)), phase, sign, sae_id, max_rank, limit)
+        hits.sort(key=lambda h: (h.rank, -abs(h.value), h.feature_id))
+        return hits[:limit]
+
+    def _token_hits(
+        self, model_id: int, ids: list[int], phase: str, sign: int, sae_id: int | None, max_rank: int | None, limit: int
+    ) -> list[TokenHit]:
+        marks = ", ".join("?" * len(ids))
+        where = f"ts.token_id IN ({marks}) AND ts.phase = ? AND ts.sign = ?"
+        params: list[Any] = [*ids, phase, sign]
+        if max_rank is not None:
+            where += " AND ts.rank <= ?"
+            params.append(max_rank)
+        if sae_id is None and self._single_model():
+            # A common token sits in thousands of top-k lists. Find the rank of the
+            # limit-th hit from the index alone (no table reads), then fetch only
+            # rows up to that rank: the answer is the same, the reads are far fewer.
+            row = self.conn.execute(
+                f"SELECT ts.rank FROM token_scores ts WHERE {where} ORDER BY ts.rank LIMIT 1 OFFSET ?",
+                [*params, limit - 1],
+            ).fetchone()
+            if row is not None:
+                where += " AND ts.rank <= ?"
+                params.append(row[0])
         sql = (
             "SELECT s.name || '/' || f.idx AS feature, ts.feature_id, ts.token_id, "
             "COALESCE(v.display, '#' || ts.token_id) AS token, ts.phase, ts.sign, ts.rank, ts.value "
             "FROM token_scores ts JOIN features f ON f.feature_id = ts.feature_id "
             "JOIN saes s ON s.sae_id = f.sae_id "
             "LEFT JOIN vocab v ON v.model_id = s.model_id AND v.token_id = ts.token_id "
-            f"WHERE ts.token_id IN ({', '.join('?' * len(ids))}) AND ts.phase = ? AND ts.sign = ?"
+            f"WHERE {where} AND s.model_id = ?"
         )
-        params: list[Any] = [*ids, phase, sign]
-        if sae is not None:
+        params.append(model_id)
+        if sae_id is not None:
             sql += " AND f.sae_id = ?"
-            params.append(self.sae(sae).sae_id)
-        if max_rank is not None:
-            sql += " AND ts.rank <= ?"
-            params.append(max_rank)
-        sql += " ORDER BY ts.rank, ABS(ts.value) DESC LIMIT ?"
+            params.append(sae_id)
+        sql += " ORDER BY ts.rank, ABS(ts.value) DESC, ts.feature_id LIMIT ?"
         params.append(limit)
         return [TokenHit(**dict(r)) for r in self.conn.execute(sql, params)]
+
+    def _single_model(self) -> bool:
+        cached = getattr(self, "_n_models", None)
+        if cached is None:
+            cached = self._n_models = self.conn.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+        return cached == 1
 
     def search_labels(self, query: str, *, limit: int = 50) -> list[tuple[str, Label]]:
         """Full-text search over labels (FTS5 syntax; plain words are AND-ed)."""

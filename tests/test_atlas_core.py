@@ -289,3 +289,23 @@ def test_odd_file_names(synthetic_atlas: Path, name: str) -> None:
 
     export_atlas(odd, odd.with_name("out " + name), ["L2.res"])
     assert query(odd.with_name("out " + name), "SELECT COUNT(*) FROM saes") == [(1,)]
+
+
+@pytest.mark.parametrize("limit", [1, 3, 5, 10, 25])
+def test_search_token_limit_is_exact(synthetic_atlas: Path, limit: int) -> None:
+    """The rank cut-off shortcut returns exactly the first `limit` rows of the full ordering."""
+    ids = ",".join(str(r[0]) for r in query(synthetic_atlas, "SELECT token_id FROM vocab WHERE key = 'the'"))
+    sql = (
+        "SELECT feature_id, rank, value FROM token_scores JOIN features USING (feature_id) JOIN saes USING (sae_id) "
+        f"WHERE phase='ee' AND sign=-1 AND token_id IN ({ids}) AND name LIKE ? "
+        "ORDER BY rank, ABS(value) DESC, feature_id LIMIT ?"
+    )
+    with open_atlas(synthetic_atlas) as atlas:
+        got = [(h.feature_id, h.rank, h.value) for h in atlas.search_token("the", phase="ee", sign=-1, limit=limit)]
+        in_sae = [
+            (h.feature_id, h.rank, h.value)
+            for h in atlas.search_token("the", phase="ee", sign=-1, sae="L6.res", limit=limit)
+        ]
+    total = len(query(synthetic_atlas, sql, ("%", 10**6)))
+    assert got == query(synthetic_atlas, sql, ("%", limit)) and len(got) == min(limit, total) > 0
+    assert in_sae == query(synthetic_atlas, sql, ("L6.res", limit)) and in_sae
