@@ -122,6 +122,11 @@ def _f(x: Any, digits: int = 3) -> str:
     return f"{float(x):.{digits}f}"
 
 
+def _g(x: float) -> str:
+    """Three significant digits: coefficients of variation can be tiny."""
+    return "–" if x is None or math.isnan(x) else f"{x:.3g}"
+
+
 def _pct(x: Any) -> str:
     return "–" if x is None or math.isnan(x) else f"{100 * float(x):.1f}%"
 
@@ -208,10 +213,10 @@ def exp2_tables(data: ReportData) -> list[Table]:
             [
                 v.series,
                 str(len(v.layers)),
-                _f(v.cv_q),
-                _f(v.cv_k),
-                _f(v.diff),
-                f"[{_f(v.ci95[0])}, {_f(v.ci95[1])}]",
+                _g(v.cv_q),
+                _g(v.cv_k),
+                _g(v.diff),
+                f"[{_g(v.ci95[0])}, {_g(v.ci95[1])}]",
                 _p(v.p_value),
                 f"{v.n_permutations:,}{'' if v.exact else ' (random)'}",
             ]  # fmt: skip
@@ -318,7 +323,11 @@ def exp2_paragraph(data: ReportData) -> str:
     if d is None:
         return f"Not computed: {data.missing.get('experiment_2')}."
     series = list(dict.fromkeys(d.saes.series()))
-    shape_txt = "; ".join(f"{s}: " + ", ".join(f"{r} {d.shapes[(s, r)]}" for r in stats.ROLES) for s in series)
+    counts = {s: n for s, n in zip(*np.unique(d.saes.series(), return_counts=True), strict=True)}
+    shape_txt = "; ".join(
+        f"{s}: " + (", ".join(f"{r} {d.shapes[(s, r)]}" for r in stats.ROLES) if counts[s] > 1 else "one layer only")
+        for s in series
+    )
     curved = [f"{r} ({s})" for s in series for r in stats.ROLES if d.shapes[(s, r)] in ("U-shaped", "inverted-U")]
     text = (
         "**Paper.** Features take part in attention mainly through the query and key weights, with a structure that "
@@ -330,9 +339,9 @@ def exp2_paragraph(data: ReportData) -> str:
     for v in data.variability:
         more = "more" if v.diff > 0 else "less"
         text += (
-            f"Across {len(v.layers)} layers of {v.series}, the key side's coefficient of variation is {_f(v.cv_k)} "
-            f"against {_f(v.cv_q)} for the query side (difference {_f(v.diff)}, 95% CI from feature sampling "
-            f"[{_f(v.ci95[0])}, {_f(v.ci95[1])}], permutation p = {_p(v.p_value)}). "
+            f"Across {len(v.layers)} layers of {v.series}, the key side's coefficient of variation is {_g(v.cv_k)} "
+            f"against {_g(v.cv_q)} for the query side (difference {_g(v.diff)}, 95% CI from feature sampling "
+            f"[{_g(v.ci95[0])}, {_g(v.ci95[1])}], permutation p = {_p(v.p_value)}). "
         )
         if v.p_value < 0.05:
             verdicts.append(
@@ -530,28 +539,28 @@ def _fig_exp2(data: ReportData) -> Any:
     has_frac = any(np.isfinite(d.roles[r].frac_above).any() for r in stats.ROLES)
     if not has_frac:
         stats_shown = stats_shown[:3]
-    fig, axes = _figure(3.0 * len(stats_shown) + 1.2, 3.3, 1, len(stats_shown))
     points = _series_points(d.saes)
-    styles = ["-", "--", ":", "-."]
-    for a, (attr, title) in enumerate(stats_shown):
-        ax = axes[0, a]
-        for j, (s, idx) in enumerate(points.items()):
-            x = d.saes.layer[idx]
+    # One row per series (site): sites differ in scale, and one layer can hold several sites.
+    fig, axes = _figure(3.0 * len(stats_shown) + 1.0, 0.4 + 2.9 * len(points), len(points), len(stats_shown))
+    for row, (s, idx) in enumerate(points.items()):
+        x = d.saes.layer[idx]
+        for a, (attr, title) in enumerate(stats_shown):
+            ax = axes[row, a]
             for role in stats.ROLES:
                 y = getattr(d.roles[role], attr)[idx]
-                label = role if len(points) == 1 else f"{role} · {s}"
-                ax.plot(x, y, styles[j % len(styles)], marker="o", ms=3, color=ROLE_COLORS[role], label=label)
+                ax.plot(x, y, "-", marker="o", ms=3.5, color=ROLE_COLORS[role], label=role)
                 if attr == "mean":
                     se = d.roles[role].se[idx]
                     ax.fill_between(x, y - 1.96 * se, y + 1.96 * se, color=ROLE_COLORS[role], alpha=0.2, lw=0)
-        ax.set_title(title)
-        ax.set_xlabel("layer of the SAE")
-        ax.set_xticks(np.unique(d.saes.layer))
-        if attr == "frac_above":
-            ax.set_ylim(0, 1)
-    axes[0, 0].set_ylabel("participation score")
+            ax.set_title(title if len(points) == 1 else f"{title} · {s}")
+            ax.set_xticks(np.unique(x))
+            if attr == "frac_above":
+                ax.set_ylim(0, 1)
+            if row == len(points) - 1:
+                ax.set_xlabel("layer of the SAE")
+        axes[row, 0].set_ylabel("participation score" if len(points) == 1 else f"{s}: participation score")
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-    fig.suptitle("Experiment 2: query / key / value participation by depth")
+    fig.suptitle("Experiment 2: query / key / value participation by depth (band on the mean: 95% CI)")
     return fig
 
 
@@ -588,9 +597,9 @@ def _fig_exp3(data: ReportData) -> Any:
                     [i + offset], [vals.mean()], s=14, color="white", edgecolors="black", linewidths=0.7, zorder=3
                 )
         # Participation scores have long right tails; cut the axis so the bodies stay readable.
-        everything = np.concatenate(shown)
-        lo, hi = np.percentile(everything, [0, 99])
-        ax.set_ylim(min(0.0, lo), hi * 1.08 if hi > 0 else None)
+        lo, hi = np.percentile(np.concatenate(shown), [1, 99])
+        pad = 0.08 * (hi - lo) if hi > lo else 0.5
+        ax.set_ylim(lo - pad, hi + pad)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=45 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center")
         ax.set_ylabel(f"{role}-side score")
@@ -601,7 +610,7 @@ def _fig_exp3(data: ReportData) -> Any:
         fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
     )  # fmt: skip
     fig.suptitle(
-        "Experiment 3: semantic vs non-semantic participation\n(dot: mean; line: median; thin line: P75; y axis cut at the 99th percentile)"
+        "Experiment 3: semantic vs non-semantic participation\n(dot: mean; line: median; thin line: P75; y axis cut at the 1st and 99th percentiles)"
     )
     return fig
 
@@ -625,28 +634,44 @@ def terminal_plots(data: ReportData, *, width: int = 90, color: bool = False) ->
         plt.xticks(ticks[::step].tolist())
         plt.xlabel("layer")
 
+    def curve(x: np.ndarray, y: np.ndarray, label: str, marker: str) -> None:
+        ok = np.isfinite(y)  # a missing value is left out, not drawn as 0
+        if ok.any():
+            plt.plot(
+                np.asarray(x)[ok].tolist(), np.asarray(y, dtype=np.float64)[ok].tolist(), label=label, marker=marker
+            )
+
+    markers = ("dot", "x", "+", "o", "*", "@")
     t, o, d, s = data.predicts, data.overlap, data.depth, data.semantic
     if t is not None:
         start("Exp. 1: fraction of features by layer (flat line: paper, 1/4)", t.saes.layer)
-        x = t.saes.layer.tolist()
-        for y, label, marker in ((t.frac_predicts, "predicts (du)", "dot"), (t.frac_reads, "reads (ee)", "x")):
-            plt.plot(x, np.nan_to_num(y).tolist(), label=label, marker=marker)
-        if o is not None:
-            plt.plot(x, np.nan_to_num(o.frac_agree).tolist(), label="tokens agree", marker="+")
+        points = _series_points(t.saes)
+        for j, (name, idx) in enumerate(points.items()):
+            tag = "" if len(points) == 1 else f" · {name}"
+            x = t.saes.layer[idx]
+            curve(x, t.frac_predicts[idx], "predicts (du)" + tag, markers[(3 * j) % 6])
+            curve(x, t.frac_reads[idx], "reads (ee)" + tag, markers[(3 * j + 1) % 6])
+            if o is not None:
+                curve(x, o.frac_agree[idx], "tokens agree" + tag, markers[(3 * j + 2) % 6])
         plt.hline(stats.PAPER_PREDICTS_FRACTION)
         out.append(plt.build())
     if d is not None:
-        start("Exp. 2: mean participation by layer", d.saes.layer)
-        x = d.saes.layer.tolist()
-        for role, marker in zip(stats.ROLES, ("dot", "x", "+"), strict=True):
-            plt.plot(x, np.nan_to_num(d.roles[role].mean).tolist(), label=role, marker=marker)
-        out.append(plt.build())
+        # One plot per site: sites differ in scale.
+        for name, idx in _series_points(d.saes).items():
+            start(f"Exp. 2: mean participation by layer · {name}", d.saes.layer[idx])
+            for role, marker in zip(stats.ROLES, markers, strict=False):
+                curve(d.saes.layer[idx], d.roles[role].mean[idx], role, marker)
+            out.append(plt.build())
     if s is not None:
         start("Exp. 3: Cliff's delta, semantic vs non-semantic", s.saes.layer)
-        for role, marker in zip(stats.ROLES, ("dot", "x", "+"), strict=True):
-            rows = [r for r in s.rows if r.role == role]
-            plt.plot([r.layer for r in rows], [0.0 if math.isnan(r.cliffs_delta) else r.cliffs_delta for r in rows],
-                     label=role, marker=marker)  # fmt: skip
+        series = dict(zip(s.saes.name, s.saes.series(), strict=True))
+        names = list(dict.fromkeys(s.saes.series()))
+        for j, name in enumerate(names):
+            for i, role in enumerate(stats.ROLES):
+                rows = [r for r in s.rows if r.role == role and series[r.sae] == name]
+                tag = "" if len(names) == 1 else f" · {name}"
+                curve(np.array([r.layer for r in rows]), np.array([r.cliffs_delta for r in rows]), role + tag,
+                      markers[(3 * j + i) % 6])  # fmt: skip
         plt.hline(0.0)
         out.append(plt.build())
     plt.clear_figure()
