@@ -29,7 +29,7 @@ import json
 import math
 import sqlite3
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -470,7 +470,7 @@ def depth_profiles(atlas: Any) -> DepthProfiles:
     for j, role in enumerate(ROLES):
         vals = data[order, 1 + j] if len(data) else np.zeros(0)
         grp = pos[order]
-        stats = np.full((5, m), np.nan)
+        summ = np.full((5, m), np.nan)  # mean, median, P75, se, n per SAE
         n = np.zeros(m, dtype=np.int64)
         for i in range(m):
             lo, hi = np.searchsorted(grp, [i, i + 1])
@@ -478,7 +478,7 @@ def depth_profiles(atlas: Any) -> DepthProfiles:
             v = v[~np.isnan(v)]
             n[i] = len(v)
             if len(v):
-                stats[:, i] = _summary(v)
+                summ[:, i] = _summary(v)
         frac = np.array([_get(first.get((int(s), role)), "frac_above") for s in saes.sae_id.tolist()])
         if n.sum() == 0:
             # No per-feature scores: fall back to the builder's (feature, head) summaries.
@@ -486,9 +486,9 @@ def depth_profiles(atlas: Any) -> DepthProfiles:
                 row = first.get((int(s), role))
                 if row is not None:
                     n[i] = int(row["n"] or 0)
-                    stats[0, i], stats[1, i], stats[2, i] = (_get(row, c) for c in ("mean", "median", "p75"))
+                    summ[0, i], summ[1, i], summ[2, i] = (_get(row, c) for c in ("mean", "median", "p75"))
         roles[role] = RoleProfile(
-            n=n, mean=stats[0], median=stats[1], p75=stats[2], se=stats[3], frac_above=frac.astype(np.float64)
+            n=n, mean=summ[0], median=summ[1], p75=summ[2], se=summ[3], frac_above=frac.astype(np.float64)
         )
     shapes = {}
     series = saes.series()
@@ -810,8 +810,6 @@ def semantic_split(atlas: Any) -> SemanticSplit:
 
 
 def _with_holm(r: SemanticComparison, p_holm: float) -> SemanticComparison:
-    from dataclasses import replace
-
     return replace(r, p_holm=p_holm)
 
 
