@@ -448,9 +448,10 @@ def depth_profiles(atlas: Any) -> DepthProfiles:
     builder = _dicts(
         conn,
         "SELECT d.sae_id, s.name AS sae, s.layer AS sae_layer, d.layer, d.role, d.n, d.mean, d.median, "
-        "d.p75, d.frac_above FROM depth_profiles d JOIN saes s USING (sae_id) "
-        "ORDER BY s.layer, s.name, d.layer, d.role",
+        "d.p75, d.frac_above FROM depth_profiles d JOIN saes s USING (sae_id)",
     )
+    rank = saes.index()
+    builder.sort(key=lambda r: (rank.get(int(r["sae_id"]), len(rank)), r["layer"], ROLES.index(r["role"])))
     if len(data) == 0 and not builder:
         raise MissingPass(
             "experiment 2 needs the attention pass: features.attn_q_mean/attn_k_mean/attn_v_mean "
