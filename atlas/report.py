@@ -796,7 +796,7 @@ def write_report(data: ReportData, out_dir: Path, *, figures: bool = True) -> li
 @click.argument("atlas_path", metavar="[ATLAS]", required=False, type=click.Path(dir_okay=False))
 @click.option("--db", "db", type=click.Path(dir_okay=False), default=None,
               help="Atlas file, as the ATLAS argument (default: the group's --db, $SAE_ATLAS_DB, atlas.db.example)")  # fmt: skip
-@click.option("-o", "--out", "out_dir", default="atlas-report", show_default=True,
+@click.option("-o", "--out", "out_dir", default="atlas-report", show_default=True, metavar="DIR",
               help="Folder for report.md, report.json and the figures (created; files in it are replaced)")  # fmt: skip
 @click.option("--min-shared", default=1, show_default=True, type=click.IntRange(1),
               help="Shared tokens for a feature's input and output tokens to count as agreeing")  # fmt: skip
