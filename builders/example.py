@@ -30,11 +30,12 @@ import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from atlas.errors import AtlasError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_SAES = ROOT / "examples" / "smollm2"  # committed SAELens folders + metrics.json
@@ -64,6 +65,8 @@ HOOKS = (
 )
 CONTEXT_SIZE = 256
 EVAL_EVERY = 20  # every 20th window held out: 5%
+CPU_K = 64  # active latents per token of the shipped SAEs
+CPU_STEPS = 200  # steps of 1,024 tokens per SAE on the CPU
 
 CORPORA = {  # name -> (file under DATA_DIR, sha256)
     "tinystories_valid_excerpt": (
@@ -74,18 +77,8 @@ CORPORA = {  # name -> (file under DATA_DIR, sha256)
 }
 
 
-class ExampleError(Exception):
-    """A step of the recipe failed (download, checksum, missing corpus)."""
-
-
-try:
-    from atlas.errors import AtlasError
-
-    class ExampleError(AtlasError):  # type: ignore[no-redef]
-        """A step of the recipe failed (download, checksum, missing corpus)."""
-
-except ImportError:  # pragma: no cover
-    pass
+class ExampleError(AtlasError):
+    """A step of the recipe failed (download, checksum, missing corpus, missing SAE)."""
 
 
 def step(i: int, n: int, what: str) -> float:
@@ -282,47 +275,86 @@ def _short(hook: str) -> str:
     return short_name(hook)
 
 
+def train_settings(device: str) -> tuple[dict[str, int], Any]:
+    """(token strides, TrainConfig) of the shipped SAEs for this device.
+
+    The committed SAEs were trained on the CPU (no GPU was lent to the task
+    that made them): every 24th training window (about 60k tokens), every 12th
+    held-out window, 200 steps of 1,024 tokens. With a GPU the recipe uses all
+    the windows and the trainer's longer defaults.
+    """
+    from builders.train import TrainConfig
+
+    if device.startswith("cuda"):
+        return {"train_stride": 1, "eval_stride": 1}, TrainConfig(k=CPU_K)
+    cfg = TrainConfig(
+        k=CPU_K, batch_size=1024, steps=CPU_STEPS, lr=1e-3, warmup_steps=20, aux_k=64, dead_after_tokens=200_000,
+        sparse_encoder_grad=True,
+    )  # fmt: skip
+    return {"train_stride": 24, "eval_stride": 12}, cfg
+
+
 def retrain(args: argparse.Namespace, gguf: Path, tokens: Path) -> None:
-    """Collect activations and train every SAE into ``args.saes`` (SAELens folders) + metrics.json."""
+    """Collect activations, train every SAE into ``args.saes`` (SAELens folders) and write metrics.json there."""
     import torch
 
-    from builders.train import TrainConfig, run
+    from builders.train import collect, save_activations, train_many
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.max_train_tokens:
-        data = np.load(tokens)
-        keep = max(1, args.max_train_tokens // (CONTEXT_SIZE - 1))
-        tokens = args.cache / "tokens_capped.npz"
-        np.savez(tokens, train=data["train"][:: max(1, len(data["train"]) // keep)][:keep], eval=data["eval"])
-    cfg = TrainConfig(**({"steps": args.steps} if args.steps else {}))
+    strides, cfg = train_settings(device)
+    if args.steps:
+        cfg.steps = args.steps
+    t0 = time.perf_counter()
+    say = lambda *a: print(f"      [{time.perf_counter() - t0:7.1f}s]", *a, flush=True)  # noqa: E731
+    train_acts, eval_acts, info = collect(str(gguf), str(tokens), HOOKS, device=device, say=say, **strides)
+    if device == "cpu":  # an hour of CPU: keep it, so that a failed training step does not repeat it
+        save_activations(args.cache / "acts.safetensors", train_acts, eval_acts, info)
+    info["corpora"] = json.loads((args.cache / "tokens.json").read_text())
     extra = {"weights": WEIGHTS_NOTE, "provenance": SAE_NOTE, "quant_types": gguf_quant_types(gguf)}
-    metrics = run(
-        str(gguf), str(tokens), str(args.saes), HOOKS, cfg, device=device, model_name=MODEL_NAME,
+    train_many(
+        train_acts, eval_acts, info, str(args.saes), HOOKS, cfg, device=device, model_name=MODEL_NAME,
         extra_metadata=extra, folders=True,
     )  # fmt: skip
-    metrics["train_config"] = asdict(cfg) | metrics["train_config"]
 
 
-def build(gguf: Path, folders: list[Path], out: Path) -> None:
-    """Load the model's weights and the SAEs and build the atlas (builders.build)."""
-    try:
-        from builders.build import BuildConfig, build_atlas
-        from builders.saes import load_sae
-    except ImportError as e:
-        raise ExampleError(f"the atlas build step is not available yet ({e})") from e
-    from builders.models import load_model  # type: ignore[import-not-found]
+def build(gguf: Path, folders: list[Path], out: Path, config: Any = None) -> None:
+    """Load the model's weights and the SAEs, build the atlas, record each SAE's held-out quality."""
+    from atlas import open_atlas
+    from builders.build import BuildConfig, build_atlas
+    from builders.models import load_model
+    from builders.saes import check_sae_fits, load_sae
 
-    model = load_model(str(gguf))
     saes = [load_sae(str(f)) for f in folders]
-    build_atlas(model, saes, out, config=BuildConfig())
+    model = load_model(str(gguf.parent), gguf_file=gguf.name)
+    model.notes = WEIGHTS_NOTE
+    for s in saes:
+        check_sae_fits(s, model)
+    build_atlas(model, saes, out, config=config or BuildConfig(), overwrite=True)
+    # the saes table carries fve / l0 / dead_fraction: measured on held-out text by builders.train
+    db = open_atlas(out, readonly=False)
+    try:
+        with db.transaction():
+            for f, s in zip(folders, saes, strict=True):
+                ev = json.loads((f / "cfg.json").read_text())["metadata"].get("eval", {})
+                db.conn.execute(
+                    "UPDATE saes SET fve = ?, l0 = ?, dead_fraction = ?, notes = ? WHERE hook_name = ?",
+                    (ev.get("fve"), ev.get("l0"), ev.get("dead_fraction"), SAE_NOTE, s.hook_name),
+                )
+            db.update_provenance(
+                example={"weights": WEIGHTS_NOTE, "saes": SAE_NOTE, "recipe": "python -m builders.example"}
+            )
+    finally:
+        db.close()
 
 
 def validate(path: Path) -> None:
-    from atlas.validate import validate_atlas  # type: ignore[import-not-found]
+    from atlas.maintenance import validate as validate_atlas
 
-    problems = validate_atlas(path)
-    if problems:
-        raise ExampleError(f"{path} does not validate: {problems}")
+    report = validate_atlas(path)
+    for c in report.checks:
+        print(f"      {'ok ' if c.ok else 'BAD'} {c.name} {c.detail}")
+    if not report.ok:
+        raise ExampleError(f"{path} does not validate")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,8 @@ class TrainConfig:
     adam_eps: float = 6.25e-10  # Gao et al.: small eps so that rare latents still move
     grad_clip: float = 1.0  # global gradient-norm clip
     seed: int = 0  # init and batch order
+    sparse_encoder_grad: bool = False  # back-propagate through the k selected latents only (see TopKSAE)
+    init_from_data: bool = True  # decoder rows start at random centred training tokens (faster short runs)
     massive_ratio: float = 20.0  # drop tokens whose resid norm > this x median (attention sinks); 0 = keep all
 
 
@@ -173,6 +175,10 @@ def _decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
     return inner.layers
 
 
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the deepest hooked layer has run."""
+
+
 @torch.inference_mode()
 def collect_activations(
     model: torch.nn.Module,
@@ -217,11 +223,21 @@ def collect_activations(
                 captured[name] = args[0]  # (b, ctx, n_heads * d_head)
 
             handles.append(layers[layer].self_attn.o_proj.register_forward_pre_hook(pre_hook))
+    # nothing after the deepest hooked layer is needed: stop the forward pass there (saves the rest + W_U)
+    last = max(parse_hook(name)[1] for name in hook_names)
+
+    def stop(_mod, _inp, _out):
+        raise _StopForward
+
+    handles.append(layers[last].register_forward_hook(stop))  # registered last: runs after the capture hooks
     result: dict[str, torch.Tensor] = {}
     try:
         for start in range(0, n, batch_windows):
             ids = torch.from_numpy(windows[start : start + batch_windows].astype(np.int64)).to(device)  # (b, ctx)
-            model(input_ids=ids, use_cache=False)
+            try:
+                model(input_ids=ids, use_cache=False)
+            except _StopForward:
+                pass
             for name in hook_names:
                 acts = captured[name][:, skip_positions:, :].float()  # (b, keep, d_in)
                 if name not in result:
@@ -266,29 +282,48 @@ def drop_massive(acts: dict[str, torch.Tensor], ratio: float) -> tuple[dict[str,
 
 
 class TopKSAE(torch.nn.Module):
-    """The trainable SAE. Parameters are named and shaped as SAELens saves them."""
+    """The trainable SAE. :meth:`weights` gives the SAELens tensors.
 
-    def __init__(self, d_in: int, d_sae: int, k: int, generator: torch.Generator):
+    The encoder is kept as ``W_enc_T (d_sae, d_in)`` so that its gradient can
+    be computed sparsely: the loss depends on only the k selected latents per
+    token, so only their pre-activations are recomputed with autograd (a
+    gather of k encoder rows) instead of back-propagating through the dense
+    (B, d_sae) matrix product. That halves the cost of a step on the CPU.
+    """
+
+    def __init__(
+        self, d_in: int, d_sae: int, k: int, generator: torch.Generator, init_rows: torch.Tensor | None = None
+    ):
         super().__init__()
-        w_dec = torch.randn(d_sae, d_in, generator=generator)  # (d_sae, d_in)
-        w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
-        self.W_dec = torch.nn.Parameter(w_dec)
-        self.W_enc = torch.nn.Parameter(w_dec.T.clone())  # (d_in, d_sae)
+        w_dec = torch.randn(d_sae, d_in, generator=generator) if init_rows is None else init_rows.float().cpu()
+        w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)  # (d_sae, d_in)
+        self.W_dec = torch.nn.Parameter(w_dec.clone())
+        self.W_enc_T = torch.nn.Parameter(w_dec.clone())  # (d_sae, d_in): W_enc = W_dec.T at init (Gao et al.)
         self.b_enc = torch.nn.Parameter(torch.zeros(d_sae))
         self.b_dec = torch.nn.Parameter(torch.zeros(d_in))
         self.k = k
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc  # (B, d_sae)
+        return (x - self.b_dec) @ self.W_enc_T.T + self.b_enc  # (B, d_sae)
 
-    def topk(self, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        vals, idx = pre.topk(k, dim=-1, sorted=False)  # (B, k), (B, k)
-        return F.relu(vals), idx
+    def selected_pre_acts(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Pre-activations of latents ``idx`` (B, j) only, differentiable. (B, d_in) -> (B, j)."""
+        rows = F.embedding(idx, self.W_enc_T)  # (B, j, d_in)
+        return torch.einsum("bd,bjd->bj", x - self.b_dec, rows) + self.b_enc[idx]
 
     def decode_sparse(self, vals: torch.Tensor, idx: torch.Tensor, bias: bool = True) -> torch.Tensor:
         # sum_j vals[b, j] * W_dec[idx[b, j]]: never builds the dense (B, d_sae) activation matrix
         out = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum")  # (B, d_in)
         return out + self.b_dec if bias else out
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """SAELens-named float32 copies on the CPU (training scale NOT folded: see :func:`train_sae`)."""
+        return {
+            "W_enc": self.W_enc_T.detach().T.float().cpu().contiguous(),  # (d_in, d_sae)
+            "W_dec": self.W_dec.detach().float().cpu().contiguous(),  # (d_sae, d_in)
+            "b_enc": self.b_enc.detach().float().cpu().contiguous(),  # (d_sae,)
+            "b_dec": self.b_dec.detach().float().cpu().contiguous(),  # (d_in,)
+        }
 
     @torch.no_grad()
     def project_decoder_grad(self) -> None:
@@ -348,10 +383,16 @@ def train_sae(
     # mean squared distance to the mean: the loss is reported as a fraction of it (1 - FVE)
     var_total = float(sum(((acts[i : i + 65_536] * scale - mean) ** 2).sum() for i in range(0, n, 65_536)) / n)
 
-    sae = TopKSAE(d_in, cfg.d_sae, cfg.k, gen).to(device)
+    init_rows = None
+    if cfg.init_from_data:
+        # decoder rows start at centred training tokens: a short run starts from directions the data uses
+        pick = torch.randint(0, n, (cfg.d_sae,), generator=gen).to(device)
+        init_rows = acts[pick] * scale - mean  # (d_sae, d_in)
+    sae = TopKSAE(d_in, cfg.d_sae, cfg.k, gen, init_rows=init_rows).to(device)
     with torch.no_grad():
         sae.b_dec.copy_(mean)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps)
+    # fused Adam: one kernel per step on CPU and GPU alike (the unfused CPU update costs more than the SAE)
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     silent_tokens = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)  # tokens since each latent last fired
     perm = torch.randperm(n, generator=gen).to(device)
@@ -363,8 +404,15 @@ def train_sae(
         x = acts[perm[pos : pos + cfg.batch_size]] * scale  # (B, d_in)
         pos += cfg.batch_size
 
-        pre = sae.pre_acts(x)  # (B, d_sae)
-        vals, idx = sae.topk(pre, cfg.k)  # (B, k)
+        if cfg.sparse_encoder_grad:
+            with torch.no_grad():
+                pre = sae.pre_acts(x)  # (B, d_sae), no graph: only the selected latents get gradients
+                idx = pre.topk(cfg.k, dim=-1, sorted=False).indices  # (B, k)
+            vals = F.relu(sae.selected_pre_acts(x, idx))  # (B, k)
+        else:
+            pre = sae.pre_acts(x)  # (B, d_sae)
+            top = pre.topk(cfg.k, dim=-1, sorted=False)
+            vals, idx = F.relu(top.values), top.indices  # (B, k)
         err = x - sae.decode_sparse(vals, idx)  # (B, d_in)
         mse = err.pow(2).sum(-1).mean() / var_total
         loss = mse
@@ -380,7 +428,9 @@ def train_sae(
         if n_dead > 0:
             # AuxK: the top dead latents reconstruct what the live ones missed
             k_aux = min(cfg.aux_k, n_dead)
-            a_vals, a_idx = sae.topk(pre.masked_fill(~dead, float("-inf")), k_aux)  # (B, k_aux)
+            a_top = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)  # (B, k_aux)
+            a_idx = a_top.indices
+            a_vals = F.relu(sae.selected_pre_acts(x, a_idx) if cfg.sparse_encoder_grad else a_top.values)
             e = err.detach()
             e_hat = sae.decode_sparse(a_vals, a_idx, bias=False)  # (B, d_in)
             aux = (e - e_hat).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-12)
@@ -409,12 +459,9 @@ def train_sae(
 
     with torch.no_grad():
         # fold the input scale back: pre_raw = pre / s, so latent values come out in raw units
-        weights = {
-            "W_enc": sae.W_enc.detach().float().cpu().contiguous(),  # (d_in, d_sae)
-            "W_dec": sae.W_dec.detach().float().cpu().contiguous(),  # (d_sae, d_in)
-            "b_enc": (sae.b_enc.detach() / scale).float().cpu().contiguous(),  # (d_sae,)
-            "b_dec": (sae.b_dec.detach() / scale).float().cpu().contiguous(),  # (d_in,)
-        }
+        weights = sae.weights()
+        weights["b_enc"] /= scale
+        weights["b_dec"] /= scale
     record = {
         "input_scale_while_training": scale,
         "train_tokens": n,
@@ -609,9 +656,110 @@ def _check_hooks(model: torch.nn.Module, windows: np.ndarray, hook_names: Sequen
     return diffs
 
 
+def _stamp(t_start: float) -> Callable[..., None]:
+    return lambda *a: print(f"[{time.perf_counter() - t_start:7.1f}s]", *a, flush=True)
+
+
+def collect(
+    gguf: str,
+    tokens: str,
+    hook_names: Sequence[str],
+    *,
+    device: str,
+    massive_ratio: float = 20.0,
+    train_stride: int = 1,
+    eval_stride: int = 1,
+    say: Callable[..., None] = print,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """Load the model and collect held-in and held-out activations at ``hook_names``.
+
+    ``tokens`` is an .npz with ``train`` and ``eval`` (windows, ctx_len) uint16
+    arrays (see :func:`tokenize_windows`); every ``train_stride``-th /
+    ``eval_stride``-th window is used (a CPU budget keeps the corpus mix).
+    Returns (train activations, eval activations, info for the records).
+    """
+    data = np.load(tokens)
+    train_w, eval_w = data["train"][::train_stride], data["eval"][::eval_stride]
+    ctx = train_w.shape[1]
+    say(f"tokens: train {train_w.shape} eval {eval_w.shape} windows of {ctx}")
+    gguf_sha = sha256_file(gguf)
+    model = load_gguf_model(gguf, device)
+    say(f"model loaded on {device}: {type(model).__name__}, sha256 {gguf_sha[:12]}")
+    hook_check = _check_hooks(model, train_w, hook_names)
+    say(f"hook check vs hidden_states (max abs diff): {hook_check}")
+    t0 = time.perf_counter()
+
+    def bar(done: int, total: int) -> None:
+        rate = done * (ctx - 1) / (time.perf_counter() - t0)
+        say(f"  collected {done}/{total} windows ({rate:.0f} tokens/s)")
+
+    batch = 64 if device.startswith("cuda") else 8
+    train_acts = collect_activations(model, train_w, hook_names, batch_windows=batch, progress=bar)
+    eval_acts = collect_activations(model, eval_w, hook_names, batch_windows=batch)
+    del model
+    train_acts, dropped_train = drop_massive(train_acts, massive_ratio)
+    eval_acts, dropped_eval = drop_massive(eval_acts, massive_ratio)
+    say(f"dropped massive-activation tokens: train {dropped_train}, eval {dropped_eval}")
+    act_stats = {}
+    for name in hook_names:
+        norms = train_acts[name].norm(dim=-1)
+        q = torch.quantile(norms[:: max(1, len(norms) // 100_000)], torch.tensor([0.5, 0.99], device=norms.device))
+        act_stats[name] = {"norm_median": float(q[0]), "norm_p99": float(q[1]), "norm_max": float(norms.max())}
+        say(f"{name}: {tuple(train_acts[name].shape)} norms {act_stats[name]}")
+    info = {
+        "gguf_sha256": gguf_sha,
+        "context_size": ctx,
+        "train_windows": int(len(train_w)),
+        "eval_windows": int(len(eval_w)),
+        "hook_check_max_abs_diff": hook_check,
+        "massive_ratio": massive_ratio,
+        "massive_tokens_dropped": {"train": dropped_train, "eval": dropped_eval},
+        "activation_norms": act_stats,
+        "collect_device": device,
+    }
+    return train_acts, eval_acts, info
+
+
+def save_activations(path: str | os.PathLike, train_acts: dict, eval_acts: dict, info: dict[str, Any]) -> None:
+    """Activations to one safetensors file (keys ``train/<hook>``, ``eval/<hook>``; info in its metadata)."""
+    tensors = {f"train/{n}": t.cpu().contiguous() for n, t in train_acts.items()}
+    tensors |= {f"eval/{n}": t.cpu().contiguous() for n, t in eval_acts.items()}
+    save_file(tensors, str(path), metadata={"info": json.dumps(info)})
+
+
+def load_activations(path: str | os.PathLike, device: str = "cpu") -> tuple[dict, dict, dict[str, Any]]:
+    with safe_open(str(path), framework="pt", device=device) as f:
+        info = json.loads((f.metadata() or {}).get("info", "{}"))
+        train_acts = {k.split("/", 1)[1]: f.get_tensor(k) for k in f.keys() if k.startswith("train/")}  # noqa: SIM118
+        eval_acts = {k.split("/", 1)[1]: f.get_tensor(k) for k in f.keys() if k.startswith("eval/")}  # noqa: SIM118
+    return train_acts, eval_acts, info
+
+
 def run(
     gguf: str,
     tokens: str,
+    out: str,
+    hook_names: Sequence[str],
+    cfg: TrainConfig,
+    *,
+    device: str,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Load the model, collect activations, train, evaluate and write one SAE per hook (see :func:`train_many`)."""
+    t_start = time.perf_counter()
+    say = _stamp(t_start)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 params, TF32 matmuls: ample for an SAE
+    train_acts, eval_acts, info = collect(
+        gguf, tokens, hook_names, device=device, massive_ratio=cfg.massive_ratio, say=say
+    )
+    return train_many(train_acts, eval_acts, info, out, hook_names, cfg, device=device, t_start=t_start, **kwargs)
+
+
+def train_many(
+    train_acts: dict[str, torch.Tensor],
+    eval_acts: dict[str, torch.Tensor],
+    info: dict[str, Any],
     out: str,
     hook_names: Sequence[str],
     cfg: TrainConfig,
@@ -624,56 +772,32 @@ def run(
     min_fve: float = 0.72,
     retry_k: int | None = None,
     deadline: float | None = None,
+    t_start: float | None = None,
 ) -> dict[str, Any]:
-    """Load the model, collect activations, train, evaluate and write one SAE per hook.
+    """Train, evaluate and write one SAE per hook.
 
-    ``tokens`` is an .npz with ``train`` and ``eval`` (windows, ctx_len) uint16
-    arrays (see :func:`tokenize_windows`). Writes ``<short_name>.safetensors``
-    (packed, float16) or, with ``folders``, SAELens folders under ``out``, plus
-    ``metrics.json``. ``seconds_per_sae`` caps the steps from a timed trial. An
-    SAE whose held-out FVE is below ``min_fve`` is trained again with
-    ``k=retry_k`` when that fits before ``deadline`` seconds.
+    Writes ``<short_name>.safetensors`` (packed, float16) or, with ``folders``,
+    SAELens folders under ``out``, and ``metrics.json`` (merged with one
+    already there, so hooks can be trained in separate runs).
+    ``seconds_per_sae`` caps the steps from a timed trial. An SAE whose
+    held-out FVE is below ``min_fve`` is trained again with ``k=retry_k`` when
+    that fits before ``deadline`` seconds.
     """
-    t_start = time.perf_counter()
-    say = lambda *a: print(f"[{time.perf_counter() - t_start:7.1f}s]", *a, flush=True)  # noqa: E731
+    t_start = time.perf_counter() if t_start is None else t_start
+    say = _stamp(t_start)
     torch.manual_seed(cfg.seed)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 params, TF32 matmuls: ample for an SAE
-        torch.backends.cudnn.allow_tf32 = True
-    data = np.load(tokens)
-    train_w, eval_w = data["train"], data["eval"]
-    ctx = train_w.shape[1]
-    say(f"tokens: train {train_w.shape} eval {eval_w.shape} windows of {ctx}")
-    gguf_sha = sha256_file(gguf)
-    model = load_gguf_model(gguf, device)
-    say(f"model loaded on {device}: {type(model).__name__}, sha256 {gguf_sha[:12]}")
-    hook_check = _check_hooks(model, train_w, hook_names)
-    say(f"hook check vs hidden_states (max abs diff): {hook_check}")
-
-    def bar(done: int, total: int) -> None:
-        if done == total or done % (64 * 20) == 0:
-            say(f"  collected {done}/{total} windows")
-
-    train_acts = collect_activations(model, train_w, hook_names, progress=bar)
-    eval_acts = collect_activations(model, eval_w, hook_names)
-    del model
-    train_acts, dropped_train = drop_massive(train_acts, cfg.massive_ratio)
-    eval_acts, dropped_eval = drop_massive(eval_acts, cfg.massive_ratio)
-    say(f"dropped massive-activation tokens: train {dropped_train}, eval {dropped_eval}")
-    act_stats = {}
-    for name in hook_names:
-        norms = train_acts[name].norm(dim=-1)
-        q = torch.quantile(norms[:: max(1, len(norms) // 100_000)], torch.tensor([0.5, 0.99], device=norms.device))
-        act_stats[name] = {"norm_median": float(q[0]), "norm_p99": float(q[1]), "norm_max": float(norms.max())}
-        say(f"{name}: {tuple(train_acts[name].shape)} norms {act_stats[name]}")
-
+    train_acts = {n: t.to(device) for n, t in train_acts.items()}
+    eval_acts = {n: t.to(device) for n, t in eval_acts.items()}
+    gguf_sha = info["gguf_sha256"]
+    ctx = info["context_size"]
+    act_stats = info["activation_norms"]
+    dropped_train, dropped_eval = info["massive_tokens_dropped"]["train"], info["massive_tokens_dropped"]["eval"]
     if seconds_per_sae:
-        trial = TrainConfig(**{**asdict(cfg), "steps": 60, "warmup_steps": 10})
-        first = train_acts[hook_names[0]]
+        trial = TrainConfig(**{**asdict(cfg), "steps": 30, "warmup_steps": 5})
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t = time.perf_counter()
-        train_sae(first, trial, log_every=10**9)
+        train_sae(train_acts[hook_names[0]], trial, log_every=10**9)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         per_step = (time.perf_counter() - t) / trial.steps
@@ -683,18 +807,15 @@ def run(
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    old = out_dir / "metrics.json"
     metrics: dict[str, Any] = {
         "model_name": model_name,
         "gguf_sha256": gguf_sha,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
         "torch": torch.__version__,
         "train_config": asdict(cfg),
-        "context_size": ctx,
-        "train_windows": int(len(train_w)),
-        "eval_windows": int(len(eval_w)),
-        "hook_check_max_abs_diff": hook_check,
-        "massive_tokens_dropped": {"train": dropped_train, "eval": dropped_eval},
-        "saes": {},
+        **{k: v for k, v in info.items() if k != "activation_norms"},
+        "saes": json.loads(old.read_text()).get("saes", {}) if old.is_file() else {},
     }
     for name in hook_names:
         say(f"training {name} ({cfg.steps} steps of {cfg.batch_size} tokens)")
@@ -773,36 +894,71 @@ def run(
     return metrics
 
 
-def main(argv: Iterable[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m builders.train", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="collect activations, train, evaluate, write SAEs")
-    r.add_argument("--gguf", required=True)
-    r.add_argument("--tokens", required=True, help=".npz with train/eval token windows")
-    r.add_argument("--out", required=True)
+def _add_train_args(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--out", required=True, help="folder for the SAEs and metrics.json")
     r.add_argument("--hooks", nargs="+", required=True)
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    r.add_argument("--seconds-per-sae", type=float, default=None)
+    r.add_argument("--seconds-per-sae", type=float, default=None, help="cap steps from a timed trial")
     r.add_argument("--min-fve", type=float, default=0.72, help="retrain below this held-out FVE")
     r.add_argument("--retry-k", type=int, default=None, help="k for the retrain (none: no retrain)")
     r.add_argument("--deadline", type=float, default=None, help="seconds: no retrain that would end after this")
     r.add_argument("--folders", action="store_true", help="write SAELens folders instead of packed files")
     r.add_argument("--extra-metadata", default=None, help="JSON merged into every cfg's metadata")
     for f in TrainConfig.__dataclass_fields__.values():
-        r.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)
+        r.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
+
+
+def _train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        device=args.device, seconds_per_sae=args.seconds_per_sae, folders=args.folders, min_fve=args.min_fve,
+        retry_k=args.retry_k, deadline=args.deadline,
+        extra_metadata=json.loads(args.extra_metadata) if args.extra_metadata else None,
+    )  # fmt: skip
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m builders.train", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="collect activations, train, evaluate, write SAEs (one process)")
+    r.add_argument("--gguf", required=True)
+    r.add_argument("--tokens", required=True, help=".npz with train/eval token windows")
+    _add_train_args(r)
+    c = sub.add_parser("collect", help="collect activations to a safetensors file")
+    c.add_argument("--gguf", required=True)
+    c.add_argument("--tokens", required=True, help=".npz with train/eval token windows")
+    c.add_argument("--acts", required=True, help="output .safetensors")
+    c.add_argument("--hooks", nargs="+", required=True)
+    c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    c.add_argument("--train-stride", type=int, default=1, help="use every n-th train window")
+    c.add_argument("--eval-stride", type=int, default=1, help="use every n-th eval window")
+    c.add_argument("--massive-ratio", type=float, default=TrainConfig.massive_ratio)
+    t = sub.add_parser("train", help="train SAEs from a collected activations file")
+    t.add_argument("--acts", required=True)
+    _add_train_args(t)
     u = sub.add_parser("unpack", help="packed .safetensors files -> SAELens folders")
     u.add_argument("packed", nargs="+")
     u.add_argument("--dest", required=True)
     args = p.parse_args(list(argv) if argv is not None else None)
     try:
-        if args.cmd == "run":
+        if args.cmd in ("run", "train"):
             cfg = TrainConfig(**{n: getattr(args, n) for n in TrainConfig.__dataclass_fields__})
-            extra = json.loads(args.extra_metadata) if args.extra_metadata else None
-            run(
-                args.gguf, args.tokens, args.out, args.hooks, cfg, device=args.device,
-                seconds_per_sae=args.seconds_per_sae, extra_metadata=extra, folders=args.folders,
-                min_fve=args.min_fve, retry_k=args.retry_k, deadline=args.deadline,
+            if args.cmd == "run":
+                run(args.gguf, args.tokens, args.out, args.hooks, cfg, **_train_kwargs(args))
+            else:
+                train_acts, eval_acts, info = load_activations(args.acts)
+                missing = [h for h in args.hooks if h not in train_acts]
+                if missing:
+                    raise TrainError(f"{args.acts} has no activations for {missing}")
+                train_many(train_acts, eval_acts, info, args.out, args.hooks, cfg, **_train_kwargs(args))
+        elif args.cmd == "collect":
+            say = _stamp(time.perf_counter())
+            tr, ev, info = collect(
+                args.gguf, args.tokens, args.hooks, device=args.device, massive_ratio=args.massive_ratio,
+                train_stride=args.train_stride, eval_stride=args.eval_stride, say=say,
             )  # fmt: skip
+            save_activations(args.acts, tr, ev, info)
+            say(f"wrote {args.acts}")
         else:
             for path in args.packed:
                 folder = unpack(path, Path(args.dest) / Path(path).name.removesuffix(".safetensors"))
@@ -818,7 +974,8 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "TrainConfig", "TrainError", "TopKSAE", "collect_activations", "decode", "encode", "evaluate_sae",
+    "TrainConfig", "TrainError", "TopKSAE", "collect", "collect_activations", "load_activations", "save_activations",
+    "train_many", "decode", "encode", "evaluate_sae",
     "kjv_paragraphs", "load_gguf_model", "load_saelens_folder", "parse_hook", "run", "saelens_cfg",
     "save_packed", "save_saelens_folder", "short_name", "split_windows", "tokenize_windows", "train_sae", "unpack",
 ]  # fmt: skip

@@ -53,7 +53,7 @@ def test_fve_rises_and_l0_is_k(trained):
     assert ev["dead_fraction"] < 0.5, ev
     # the same SAE at initialisation (decoder rows random, W_enc = W_dec.T) explains much less
     init = train.TopKSAE(D_IN, CFG.d_sae, CFG.k, torch.Generator().manual_seed(0))
-    w0 = {n: p.detach() for n, p in init.named_parameters()}
+    w0 = init.weights()
     w0["b_dec"] = held_out.mean(0)
     assert train.evaluate_sae(w0, held_out, CFG.k)["fve"] < ev["fve"] - 0.3
     log = record["log"]
@@ -196,3 +196,14 @@ def test_collect_activations_matches_hidden_states():
     assert train._check_hooks(model, windows, hooks)["blocks.1.hook_resid_post"] < 1e-5
     with pytest.raises(TrainError):
         train.collect_activations(model, windows, ["blocks.7.hook_resid_post"])
+
+
+def test_sparse_encoder_grad_learns_the_same():
+    """The gather-based encoder gradient trains as well as the dense one (same init, same batches)."""
+    x, held_out = sparse_data(8192, seed=0), sparse_data(2048, seed=1)
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 150, "sparse_encoder_grad": True})
+    w_sparse, _ = train.train_sae(x, cfg, log_every=1000)
+    w_dense, _ = train.train_sae(x, TrainConfig(**{**cfg.__dict__, "sparse_encoder_grad": False}), log_every=1000)
+    fve_sparse = train.evaluate_sae(w_sparse, held_out, CFG.k)["fve"]
+    fve_dense = train.evaluate_sae(w_dense, held_out, CFG.k)["fve"]
+    assert fve_sparse > 0.7 and abs(fve_sparse - fve_dense) < 0.01, (fve_sparse, fve_dense)
