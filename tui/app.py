@@ -72,11 +72,25 @@ class SaeAtlasApp(App):
         return OverviewScreen()
 
     # ------------------------------------------------------------ navigation
+    @property
+    def card_screen(self) -> FeatureCardScreen:
+        """The one card screen, installed so that it survives being popped (and keeps its history)."""
+        if not self.is_screen_installed("card"):
+            self.install_screen(FeatureCardScreen(), name="card")
+        return self.get_screen("card")  # type: ignore[return-value]
+
     def open_feature(self, feature_id: int) -> None:
-        if isinstance(self.screen, FeatureCardScreen):
-            self.screen.show(feature_id)
+        card = self.card_screen
+        if self.screen is card:
+            card.show(feature_id)
         else:
-            self.push_screen(FeatureCardScreen(feature_id))
+            if card in self.screen_stack:  # e.g. card -> search -> card: drop what is above it
+                while self.screen is not card:
+                    self.pop_screen()
+                card.show(feature_id)
+                return
+            card.enter(feature_id)
+            self.push_screen(card)
 
     def open_list(self, flt: FeatureFilter) -> None:
         self.push_screen(FeatureListScreen(flt))

@@ -1,7 +1,9 @@
 """Feature card: everything the atlas knows about one feature, with browser-like history.
 
 Enter on an edge or neighbour opens that feature here; backspace / alt+left
-goes back, alt+right forward; back from the first feature closes the card.
+goes back, alt+right forward; back from the feature the card was entered
+with closes it. The app keeps one installed instance of this screen and
+re-enters it, which is several times faster than composing a new one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from atlas.types import FeatureCard
 from tui.history import History
@@ -19,6 +21,7 @@ from tui.messages import CardLoaded
 from tui.screens._base import AtlasScreen
 from tui.widgets.bars import fmt
 from tui.widgets.head_bars import HeadBars
+from tui.widgets.key_bar import KeyBar
 from tui.widgets.stats_panel import StatsPanel
 from tui.widgets.token_bars import TokenBars
 
@@ -34,10 +37,11 @@ class FeatureCardScreen(AtlasScreen):
         Binding("escape,q", "close", "Close", id="card.close"),
     ]
 
-    def __init__(self, feature_id: int) -> None:
+    def __init__(self, feature_id: int | None = None) -> None:
         super().__init__()
         self.history: History[int] = History()
-        self.first_id = feature_id
+        self.pending = feature_id  # shown when the screen is next mounted or resumed
+        self.base = 0  # history position this visit of the screen started at
         self.card: FeatureCard | None = None
 
     def compose(self) -> ComposeResult:
@@ -54,7 +58,7 @@ class FeatureCardScreen(AtlasScreen):
             yield HeadBars(id="card-heads")
             yield Static("[b]edges and neighbours[/b]  (enter opens)", classes="section")
             yield DataTable(id="card-edges", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         edges = self.query_one("#card-edges", DataTable)
@@ -63,7 +67,23 @@ class FeatureCardScreen(AtlasScreen):
             edges.add_column(title, key=key)
         # The card scrolls as a whole; `e` (or tab) moves into the edge table to follow an edge.
         self.query_one("#card", VerticalScroll).focus()
-        self.show(self.first_id)
+        self._enter_pending()
+
+    def enter(self, feature_id: int) -> None:
+        """Prepare to be pushed showing ``feature_id``."""
+        self.pending = feature_id
+
+    def on_screen_resume(self) -> None:
+        if self.is_mounted:
+            self._enter_pending()
+
+    def _enter_pending(self) -> None:
+        if self.pending is None:
+            return
+        fid, self.pending = self.pending, None
+        self.history.visit(fid)
+        self.base = self.history.position
+        self.load_card(fid)
 
     # ------------------------------------------------------------ navigation
     def show(self, feature_id: int, *, record: bool = True) -> None:
@@ -72,10 +92,11 @@ class FeatureCardScreen(AtlasScreen):
         self.load_card(feature_id)
 
     def action_back(self) -> None:
+        if self.history.position <= self.base:
+            self.dismiss()  # back past where this visit began: to the screen we came from
+            return
         fid = self.history.back()
-        if fid is None:
-            self.dismiss()
-        else:
+        if fid is not None:
             self.show(fid, record=False)
 
     def action_forward(self) -> None:

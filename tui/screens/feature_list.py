@@ -13,7 +13,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Header, Input, Label, Select, Static
+from textual.widgets import DataTable, Header, Input, Label, Select, Static
 
 from atlas import listing
 from atlas.listing import LABEL_KINDS, UNLABELLED, FeatureFilter
@@ -21,6 +21,7 @@ from atlas.read import METRIC_COLUMNS
 from tui.messages import CountLoaded, PageLoaded
 from tui.screens._base import AtlasScreen
 from tui.widgets.feature_table import FeatureTable
+from tui.widgets.key_bar import KeyBar
 
 ALL = "*"
 PAGE_SIZE = 100
@@ -68,7 +69,7 @@ class FeatureListScreen(AtlasScreen):
                 yield Input(placeholder="max", type="number", compact=True, id="f-hi")
         yield Static("", id="list-status")
         yield FeatureTable(id="feature-table")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one(FeatureTable).focus()

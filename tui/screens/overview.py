@@ -9,13 +9,14 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from atlas import listing
 from atlas.listing import FeatureFilter
 from tui.messages import OverviewLoaded, SummariesLoaded
 from tui.screens._base import AtlasScreen
 from tui.widgets.bars import fmt
+from tui.widgets.key_bar import KeyBar
 from tui.widgets.layer_plots import LayerPlots, PlotData
 
 
@@ -38,7 +39,7 @@ class OverviewScreen(AtlasScreen):
             yield Static("Reading the atlas…", id="overview-info")
             yield DataTable(id="sae-table", cursor_type="row", zebra_stripes=True)
             yield LayerPlots(id="layer-plots")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         table = self.query_one("#sae-table", DataTable)
@@ -48,7 +49,6 @@ class OverviewScreen(AtlasScreen):
             table.add_column(title, key=key)
         table.focus()
         self.load_overview()
-        self.load_summaries()
 
     # ------------------------------------------------------------ workers
     @work(thread=True, exclusive=True, group="overview")
@@ -84,6 +84,8 @@ class OverviewScreen(AtlasScreen):
             table.add_row(s.layer, s.name, s.site, f"{s.d_sae:,}", s.architecture + (f" k={s.k}" if s.k else ""), ref,
                           fmt(s.fve, 2), fmt(s.l0, 1), s.source, key=str(s.sae_id))  # fmt: skip
         table.border_title = f"{len(msg.saes)} SAEs"
+        # The plots aggregate every feature (seconds on a million): start only once the first frame is out.
+        self.call_after_refresh(self.load_summaries)
 
     @on(SummariesLoaded)
     def show_summaries(self, msg: SummariesLoaded) -> None:

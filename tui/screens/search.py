@@ -8,12 +8,13 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
 from tui.messages import SearchDone
 from tui.screens._base import AtlasScreen
 from tui.search import search_features
 from tui.widgets.bars import fmt
+from tui.widgets.key_bar import KeyBar
 
 KIND_STYLES = {"id": "bold", "promotes": "green", "suppresses": "red", "driven by": "cyan", "label": "yellow"}
 
@@ -30,6 +31,7 @@ class SearchScreen(AtlasScreen):
         self.initial = query
         self.generation = 0
         self.last_seconds: float | None = None
+        self.last_query: str | None = None  # the query whose results are on screen
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -38,7 +40,7 @@ class SearchScreen(AtlasScreen):
         yield Static("Type to search: tokens a feature promotes, suppresses or is driven by; label text; ids.",
                      id="search-status")  # fmt: skip
         yield DataTable(id="search-results", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         table = self.query_one("#search-results", DataTable)
@@ -78,6 +80,7 @@ class SearchScreen(AtlasScreen):
             table.add_row(Text(h.kind, style=KIND_STYLES.get(h.kind, "")), h.feature, h.match,
                           "" if h.rank is None else h.rank, fmt(h.value, 2), key=f"{i}:{h.feature_id}")  # fmt: skip
         self.last_seconds = msg.seconds
+        self.last_query = msg.query
         status = self.query_one("#search-status", Static)
         if not msg.query.strip():
             status.update("Type to search.")

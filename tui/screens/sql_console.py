@@ -9,7 +9,7 @@ from pathlib import Path
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
 from atlas.errors import BadQuery
 from tui import sql as sqlmod
@@ -17,6 +17,7 @@ from tui.messages import QueryDone, QueryFailed
 from tui.screens._base import AtlasScreen
 from tui.screens.export_dialog import ExportDialog
 from tui.widgets.bars import fmt
+from tui.widgets.key_bar import KeyBar
 
 PAGE = 200
 EXAMPLE = "SELECT name, layer, site, d_sae FROM saes ORDER BY layer"
@@ -50,7 +51,7 @@ class SqlConsoleScreen(AtlasScreen):
                      "views: features_view, token_scores_view, edges_view, labels_view, sae_summary.",
                      id="sql-status")  # fmt: skip
         yield DataTable(id="sql-results", zebra_stripes=True)
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#sql-error").display = False

@@ -29,3 +29,8 @@ def fmt(value: object, digits: int = 3) -> str:
             return f"{value:.{digits - 1}e}"
         return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
     return str(value)
+
+
+def clip(s: str, n: int) -> str:
+    """``s`` cut to ``n`` cells with an ellipsis."""
+    return s if len(s) <= n else s[: max(0, n - 1)] + "…"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich.table import Table
 from rich.text import Text
-from textual.widgets import Static
+from textual.widget import Widget
 
 from atlas.types import HeadScore
 from tui.widgets.bars import bar
@@ -15,8 +14,8 @@ ROLE_TITLES = {"q": "query side", "k": "key side", "v": "value side", "o": "outp
 ROLE_STYLES = {"q": "cyan", "k": "magenta", "v": "yellow", "o": "blue", "attribution": "green"}
 
 
-class HeadBars(Static):
-    """The strongest heads per role, with score, percentile against random directions, and a bar."""
+class HeadBars(Widget):
+    """The strongest heads per role: score, percentile against random directions of the same norm, and a bar."""
 
     DEFAULT_CSS = """
     HeadBars { width: 1fr; height: auto; padding: 0 1; }
@@ -29,27 +28,22 @@ class HeadBars(Static):
 
     def set_scores(self, scores: Sequence[HeadScore]) -> None:
         self.scores = list(scores)
-        self.update(self._table())
+        self.refresh(layout=True)
 
-    def _table(self) -> Table:
-        t = Table(box=None, padding=(0, 1), show_header=True, header_style="bold", expand=True)
-        t.add_column("role", no_wrap=True)
-        t.add_column("head", no_wrap=True)
-        t.add_column("score", justify="right", no_wrap=True)
-        t.add_column("pct", justify="right", no_wrap=True)
-        t.add_column("", no_wrap=True, width=12)
+    def render(self) -> Text:
         if not self.scores:
-            t.add_row(Text("(no head scores stored)", style="dim"), "", "", "", "")
-            return t
+            return Text("(no head scores stored)", style="dim")
+        width = max(self.content_size.width, 40)
+        bar_w = max(4, min(30, width - 44))
         scale = max(abs(s.score) for s in self.scores)
-        for role in ROLE_TITLES:
+        out = Text(f"{'role':<13}{'head':<14}{'score':>8}{'pct':>6}  ", style="bold", no_wrap=True)
+        for role, title in ROLE_TITLES.items():
             mine = [s for s in self.scores if s.role == role][: self.per_role]
             for i, s in enumerate(mine):
-                t.add_row(
-                    Text(ROLE_TITLES[role] if i == 0 else "", style=ROLE_STYLES[role]),
-                    f"L{s.layer}.H{s.head}" + (f" (kv{s.kv_group})" if role in ("k", "v") else ""),
-                    f"{s.score:.3f}",
-                    "—" if s.percentile is None else f"{s.percentile:.0f}",
-                    Text(bar(s.score, scale, 12), style=ROLE_STYLES[role]),
-                )
-        return t
+                head = f"L{s.layer}.H{s.head}" + (f" kv{s.kv_group}" if role in ("k", "v") else "")
+                pct = "—" if s.percentile is None else f"{s.percentile:.0f}"
+                out.append("\n")
+                out.append(f"{title if i == 0 else '':<13}", style=ROLE_STYLES[role])
+                out.append(f"{head:<14}{s.score:>8.3f}{pct:>6}  ")
+                out.append(bar(s.score, scale, bar_w), style=ROLE_STYLES[role])
+        return out

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Group
-from rich.table import Table
 from rich.text import Text
-from textual.widgets import Static
+from textual.widget import Widget
 
 from atlas.types import Feature
 from tui.widgets.bars import fmt
@@ -39,27 +37,35 @@ def verdict_text(name: str, value: Any, metrics: dict[str, Any], criterion: Any 
     return t
 
 
-class StatsPanel(Static):
+class StatsPanel(Widget):
+    """Verdicts with evidence, then the remaining statistics in as many columns as fit."""
+
     DEFAULT_CSS = """
     StatsPanel { height: auto; padding: 0 1; }
     """
 
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.feature: Feature | None = None
+        self.criteria: dict[str, Any] = {}
+
     def set_feature(self, feature: Feature, criteria: dict[str, Any] | None = None) -> None:
-        criteria = criteria or {}
-        m = feature.metrics
-        verdicts = [
-            verdict_text("predicts_tokens", m.get("predicts_tokens"), m, criteria.get("predicts_tokens")),
-            verdict_text("reads_tokens", m.get("reads_tokens"), m, criteria.get("reads_tokens")),
-        ]
-        t = Table(box=None, padding=(0, 1), show_header=False, expand=True)
-        for _ in range(3):
-            t.add_column(style="dim", no_wrap=True)
-            t.add_column(justify="right", no_wrap=True)
+        self.feature, self.criteria = feature, criteria or {}
+        self.refresh(layout=True)
+
+    def render(self) -> Text:
+        if self.feature is None:
+            return Text("")
+        m, c = self.feature.metrics, self.criteria
+        out = Text(no_wrap=False)
+        out.append_text(verdict_text("predicts_tokens", m.get("predicts_tokens"), m, c.get("predicts_tokens")))
+        out.append("\n")
+        out.append_text(verdict_text("reads_tokens", m.get("reads_tokens"), m, c.get("reads_tokens")))
         # The verdicts' evidence is printed with them; the grid holds the rest.
         cells = [(k, fmt(m.get(k))) for k in OTHER if m.get(k) is not None]
-        for i in range(0, len(cells), 3):
-            row: list[str] = []
-            for k, v in cells[i : i + 3]:
-                row += [k, v]
-            t.add_row(*row)
-        self.update(Group(*verdicts, Text(""), t))
+        per_row = max(1, max(self.content_size.width, 26) // 26)
+        for i, (k, v) in enumerate(cells):
+            out.append("\n" if i % per_row == 0 else "  ")
+            out.append(f"{k:<14}", style="dim")
+            out.append(f"{v:>10}")
+        return out
