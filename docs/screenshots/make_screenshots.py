@@ -1,0 +1,56 @@
+"""Regenerate the SVG screenshots in this folder from a pinned synthetic atlas.
+
+    python docs/screenshots/make_screenshots.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+
+from atlas.listing import FeatureFilter  # noqa: E402
+from tui.app import make_app  # noqa: E402
+from tui.testing import build_fixture_atlas  # noqa: E402
+
+
+async def settle(pilot) -> None:
+    quiet = 0
+    while quiet < 2:
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.05)
+        quiet = 0 if [w for w in pilot.app.workers if not w.is_finished] else quiet + 1
+
+
+async def shoot(path: Path, size=(120, 36)) -> None:
+    app = make_app(path)
+    app.show_timings = False
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        app.save_screenshot(str(HERE / "overview.svg"))
+        app.open_list(FeatureFilter(metric="du_top1_z"))
+        await settle(pilot)
+        app.save_screenshot(str(HERE / "feature_list.svg"))
+        await pilot.press("enter")
+        await settle(pilot)
+        app.save_screenshot(str(HERE / "feature_card.svg"))
+        await pilot.press("slash", *"paris")
+        await settle(pilot)
+        app.save_screenshot(str(HERE / "search.svg"))
+        await pilot.press("escape", "colon", *"SELECT sae, label_kind, COUNT(*) n, AVG(du_top1_z) z FROM features_view GROUP BY 1, 2", "enter")  # fmt: skip
+        await settle(pilot)
+        app.save_screenshot(str(HERE / "sql_console.svg"))
+        await pilot.press("escape", "question_mark")
+        await settle(pilot)
+        app.save_screenshot(str(HERE / "help.svg"))
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory() as tmp:
+        db = build_fixture_atlas(Path(tmp) / "example.db", n_features=4000, d_vocab=2000, layers=(2, 4, 6))
+        asyncio.run(shoot(db))
+    print("wrote", ", ".join(sorted(p.name for p in HERE.glob("*.svg"))))
