@@ -27,8 +27,27 @@ PROMPT = ["The", " capital", " of", " France", " is"]
 LAYERS = (0, 14, 29)
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0), so the peak we read is this load's own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    hwm = _status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +72,17 @@ def smollm2():
         checks["continuation"] = "".join(w.tokens[i] for i in out[0, ids.shape[1] :].tolist())
         checks["check_seconds"] = time.perf_counter() - t0
 
-    rss_before = _rss_mb()
+    rss_before = _status_mb("VmRSS") or 0.0
+    checks["peak_is_this_load"] = _reset_peak_rss()
     t0 = time.perf_counter()
     w = load_model(str(path), device="cpu", with_hf_model=run_checks)
     load_s = time.perf_counter() - t0 - checks["check_seconds"]
     checks["load_seconds"] = load_s
-    checks["peak_rss_mb"] = _rss_mb()
+    checks["peak_rss_mb"] = _peak_rss_mb()
     print(
         f"\nSmolLM2-135M Q4_1 GGUF: load_model {load_s:.1f} s (checks excluded), "
-        f"peak RSS {checks['peak_rss_mb']:.0f} MB (before load {rss_before:.0f} MB); phases {w.meta['load_phases']}"
+        f"peak RSS {checks['peak_rss_mb']:.0f} MB (before load {rss_before:.0f} MB, after {_status_mb('VmRSS'):.0f} MB); "
+        f"phases {w.meta['load_phases']}"
     )
     return w, checks
 
@@ -115,9 +136,11 @@ def test_greedy_continuation_says_paris(smollm2):
 def test_load_cost_is_recorded(smollm2):
     w, checks = smollm2
     assert 0 < checks["load_seconds"] <= w.meta["load_seconds"]
-    # One fp32 copy of a 135M model is ~0.54 GB; dequantising and the tokenizer add to it.
-    # A second full copy of the weights would push well past this bound.
-    assert checks["peak_rss_mb"] < 3000
+    if not checks["peak_is_this_load"]:
+        pytest.skip("cannot reset the peak-RSS mark here; the peak would include earlier tests")
+    # One fp32 copy of a 135M model is ~0.54 GB; transformers' dequantising and the tokenizer add to
+    # it (measured ~1.2 GB with ~0.25 GB of libraries). The oracle checks' forward passes are small.
+    assert checks["peak_rss_mb"] < 2500
 
 
 def test_sae_fit_on_real_model(smollm2):

@@ -77,6 +77,39 @@ def test_saelens_round_trip_and_encode(tmp_path, style, architecture):
     same(sae.decode(got), acts @ t["W_dec"] + t["b_dec"], 1e-5)
 
 
+def test_saelens_5x_style_config(tmp_path):
+    """The 4.x/5.x flat config: hook_name + hook_layer + activation_fn, topk k in activation_fn_kwargs,
+    log_threshold for JumpReLU, and a finetuning scaling_factor folded into W_dec."""
+    from safetensors.torch import save_file
+
+    t = write_saelens_sae(tmp_path / "s", architecture="standard", style="old")
+    cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
+    for old in ("hook_point", "hook_point_layer", "activation_fn_str"):
+        cfg.pop(old)
+    cfg.update(hook_name="blocks.0.hook_resid_pre", hook_layer=0, activation_fn="topk", activation_fn_kwargs={"k": 3})
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps(cfg))
+    sae = load_sae(tmp_path / "s")
+    assert (sae.hook_name, sae.architecture, sae.k, sae.meta["config_style"]) == (
+        "blocks.0.hook_resid_pre",
+        "topk",
+        3,
+        "pre-6",
+    )
+
+    cfg.update(architecture="jumprelu", activation_fn="relu", activation_fn_kwargs={}, finetuning_scaling_factor=True)
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps(cfg))
+    threshold = torch.rand(64)
+    scaling = 1 + torch.rand(64)
+    save_file(
+        {**t, "log_threshold": threshold.log(), "scaling_factor": scaling},
+        str(tmp_path / "s" / "sae_weights.safetensors"),
+    )
+    sae = load_sae(tmp_path / "s")
+    same(sae.threshold, threshold, 1e-6)
+    same(sae.W_dec, t["W_dec"] * scaling[:, None], 1e-6)
+    assert sae.meta["folded_finetuning_scaling_factor"]
+
+
 def test_saelens_hook_z_and_file_paths(tmp_path):
     write_saelens_sae(tmp_path / "z", d_in=64, hook_name="blocks.0.attn.hook_z", apply_b_dec_to_input=False)
     for p in (tmp_path / "z", tmp_path / "z" / "cfg.json", tmp_path / "z" / "sae_weights.safetensors"):
