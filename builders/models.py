@@ -327,6 +327,8 @@ def token_strings(tokenizer: Any, d_vocab: int) -> list[str]:
     Leading spaces are kept: SentencePiece decoders strip the ``▁`` of a
     sequence's first token, so it is put back. Ids the tokenizer does not know
     (padded embedding rows) and tokens that decode to nothing get ``"<id>"``.
+    A byte-level token holding part of a UTF-8 character decodes to U+FFFD, as
+    the tokenizer itself decodes it.
     """
     if tokenizer is None:
         return [f"<{i}>" for i in range(d_vocab)]
