@@ -32,6 +32,7 @@ from atlas.read import METRIC_COLUMNS
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_ATLAS = Path(_atlas_pkg.__file__).resolve().parent.parent / "atlas.db.example"
 DEBUG_ENV = "SAE_ATLAS_DEBUG"
+EDGE_KINDS = ("qk", "ov", "cosine", "flow")
 
 # name -> (module, attribute, short help, what to install when the import fails)
 LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -323,9 +324,18 @@ def show(feature: str, db: Path | None, k: int, edge_limit: int, as_json: bool) 
         sae-atlas show '#98765' --json
     """
     with open_ro(db) as atlas:
-        card = atlas.card(
-            feature, k=max(k, 20) if as_json else k, edge_limit=max(edge_limit, 50) if as_json else 10_000
-        )
+        if as_json:
+            card = atlas.card(feature, k=max(k, 20), edge_limit=max(edge_limit, 50))
+        else:
+            # edge_limit strongest edges of each kind: one indexed query per kind and
+            # direction, so a hub feature with thousands of edges costs no more
+            card = atlas.card(feature, k=k, edge_limit=0)
+            fid = card.feature.feature_id
+            out, into = (
+                [e for kind in EDGE_KINDS for e in atlas.edges(fid, d, kind=kind, limit=edge_limit)]
+                for d in ("out", "in")
+            )
+            card = dataclasses.replace(card, edges_out=out, edges_in=into)
         # only the verdict criteria, not the whole (possibly large) provenance document
         row = atlas.conn.execute("SELECT json_extract(provenance, '$.criteria') FROM atlas_info").fetchone()
         criteria = row[0] if row else None
@@ -385,7 +395,7 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
         by_kind: dict[str, list] = {}
         for e in edges:
             by_kind.setdefault(e.kind, []).append(e)
-        for kind in ("qk", "ov", "cosine", "flow"):
+        for kind in EDGE_KINDS:
             es = by_kind.get(kind, [])[:edge_limit]
             if not es:
                 continue
@@ -532,7 +542,7 @@ def top(
 @cli.command()
 @click.argument("feature")
 @db_option
-@click.option("--kind", type=click.Choice(["qk", "ov", "cosine", "flow"]), default=None, help="Only this kind")
+@click.option("--kind", type=click.Choice(EDGE_KINDS), default=None, help="Only this kind")
 @click.option("--in", "incoming", is_flag=True, help="Only edges into FEATURE")
 @click.option("--out", "outgoing", is_flag=True, help="Only edges out of FEATURE")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="Per direction")

@@ -591,3 +591,14 @@ def test_sql_odd_values(runner: CliRunner, synthetic_atlas: Path) -> None:
     assert rows == [{"b": "x'0000'", "big": "inf", "n": None}]
     table = ok(run(runner, synthetic_atlas, "sql", "SELECT 'a' || char(10) || 'b' AS t, 0.000012 AS tiny"))
     assert table.splitlines()[2].split() == ["a↵b", "1.200e-05"]
+
+
+def test_show_edges_per_kind(runner: CliRunner, synthetic_atlas: Path) -> None:
+    fid = feature_id(synthetic_atlas, "L2.res/8")
+    out = ok(run(runner, synthetic_atlas, "show", "L2.res/8", "--edges", "1"))
+    for kind, title in (("qk", "qk edges out"), ("ov", "ov edges out"), ("cosine", "neighbours out")):
+        block = out.split(title + "\n")[1].split("\n\n")[0].splitlines()
+        (best,) = query(
+            synthetic_atlas, "SELECT MAX(ABS(score)) FROM edges WHERE src_feature=? AND kind=?", (fid, kind)
+        )[0]
+        assert len(block) == 1 and f"{best:+9.4f}" in block[0]
