@@ -87,6 +87,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # global gradient-norm clip
     seed: int = 0  # init and batch order
     sparse_encoder_grad: bool = False  # back-propagate through the k selected latents only (see TopKSAE)
+    refit_decoder: bool = False  # finish with a least-squares decoder (see refit_decoder): short runs gain most
     init_from_data: bool = True  # decoder rows start at random centred training tokens (faster short runs)
     massive_ratio: float = 20.0  # drop tokens whose resid norm > this x median (attention sinks); 0 = keep all
 
@@ -391,6 +392,15 @@ def train_sae(
     sae = TopKSAE(d_in, cfg.d_sae, cfg.k, gen, init_rows=init_rows).to(device)
     with torch.no_grad():
         sae.b_dec.copy_(mean)
+        # scale the encoder so that the first reconstructions have the data's size: k latents that all
+        # point the data's way would otherwise add up to k times too much (least-squares scalar, one batch)
+        xb = acts[torch.randint(0, n, (min(n, cfg.batch_size),), generator=gen).to(device)] * scale - mean
+        pre = sae.pre_acts(xb + mean)  # (B, d_sae)
+        top = pre.topk(cfg.k, dim=-1)
+        recon = sae.decode_sparse(F.relu(top.values), top.indices, bias=False)  # (B, d_in)
+        c = float((xb * recon).sum() / (recon * recon).sum().clamp_min(1e-12))
+        if c > 0:
+            sae.W_enc_T.mul_(c)
     # fused Adam: one kernel per step on CPU and GPU alike (the unfused CPU update costs more than the SAE)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
@@ -519,6 +529,49 @@ def evaluate_sae(
         "dead_fraction": 1.0 - float(fired.float().mean()),
         "eval_tokens": len(acts),
     }
+
+
+@torch.no_grad()
+def refit_decoder(
+    weights: dict[str, torch.Tensor], acts: torch.Tensor, k: int, *, ridge: float = 1e-3, chunk: int = 1024
+) -> dict[str, torch.Tensor]:
+    """Least-squares decoder for the encoder's codes: a cheap finish for a short (CPU) run.
+
+    With the encoder fixed, the best ``W_dec, b_dec`` for reconstructing
+    ``acts`` from the TopK codes is a ridge regression, solved exactly from the
+    sparse code Gram matrix (d_sae x d_sae) and code-activation products. The
+    encoder, and so which latents fire, is unchanged; ``b_dec`` keeps its role
+    in the encoder (SAELens subtracts it from the input), so the encoder bias
+    is adjusted to match. Decoder rows are no longer unit-norm (their norm is
+    the latent's output scale). ``ridge`` is relative to the mean diagonal.
+    """
+    d_in, d_sae = weights["W_enc"].shape
+    device = acts.device
+    w = {n: t.to(device).float() for n, t in weights.items()}
+    gram = torch.zeros(d_sae * d_sae, device=device)  # sum_n a_n a_n^T, flattened
+    cross = torch.zeros(d_sae, d_in, device=device)  # sum_n a_n x_n^T
+    a_sum = torch.zeros(d_sae, device=device)
+    x_sum = acts.sum(0)  # (d_in,)
+    n = len(acts)
+    for i in range(0, n, chunk):
+        x = acts[i : i + chunk].float()  # (b, d_in)
+        pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]  # (b, d_sae)
+        top = pre.topk(k, dim=-1)
+        vals, idx = F.relu(top.values), top.indices  # (b, k)
+        pair = (idx[:, :, None] * d_sae + idx[:, None, :]).reshape(-1)  # (b * k * k,)
+        gram.index_add_(0, pair, (vals[:, :, None] * vals[:, None, :]).reshape(-1))
+        cross.index_add_(0, idx.reshape(-1), (vals[:, :, None] * x[:, None, :]).reshape(-1, d_in))
+        a_sum.index_add_(0, idx.reshape(-1), vals.reshape(-1))
+    a_mean, x_mean = a_sum / n, x_sum / n
+    g = gram.view(d_sae, d_sae) - n * torch.outer(a_mean, a_mean)  # centred Gram
+    c = cross - n * torch.outer(a_mean, x_mean)  # centred cross products
+    lam = ridge * float(g.diagonal().mean()) + 1e-8
+    g.diagonal().add_(lam)
+    w_dec = torch.linalg.solve(g.double(), c.double()).float()  # (d_sae, d_in)
+    b_out = x_mean - a_mean @ w_dec  # (d_in,) the decoder's output bias
+    # SAELens decodes with + b_dec and encodes with - b_dec: shift the encoder bias so codes are unchanged
+    b_enc = w["b_enc"] + (b_out - w["b_dec"]) @ w["W_enc"]
+    return {"W_enc": w["W_enc"].cpu(), "W_dec": w_dec.cpu(), "b_enc": b_enc.cpu(), "b_dec": b_out.cpu()}
 
 
 # ----------------------------------------------------------------------------- SAELens files
@@ -793,7 +846,7 @@ def train_many(
     act_stats = info["activation_norms"]
     dropped_train, dropped_eval = info["massive_tokens_dropped"]["train"], info["massive_tokens_dropped"]["eval"]
     if seconds_per_sae:
-        trial = TrainConfig(**{**asdict(cfg), "steps": 30, "warmup_steps": 5})
+        trial = TrainConfig(**{**asdict(cfg), "steps": 10, "warmup_steps": 2, "refit_decoder": False})
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -831,6 +884,21 @@ def train_many(
             weights, record = train_sae(
                 train_acts[name], sae_cfg_train, log_every=max(1, cfg.steps // 10), progress=prog
             )
+            ev_sgd = None
+            if sae_cfg_train.refit_decoder:
+                # refit on 95% of the training tokens; keep it only if it does better on the other 5%
+                acts_tr = train_acts[name]
+                cut = len(acts_tr) - len(acts_tr) // 20
+                refit = refit_decoder(weights, acts_tr[:cut], sae_cfg_train.k)
+                val_sgd = evaluate_sae(weights, acts_tr[cut:], sae_cfg_train.k)["fve"]
+                val_refit = evaluate_sae(refit, acts_tr[cut:], sae_cfg_train.k)["fve"]
+                say(f"  {name}: least-squares decoder: validation fve {val_sgd:.4f} -> {val_refit:.4f}")
+                if val_refit > val_sgd:
+                    ev_sgd = evaluate_sae(weights, eval_acts[name], sae_cfg_train.k)
+                    weights = refit
+                    record["decoder_refit"] = {"validation_fve_sgd": val_sgd, "validation_fve_refit": val_refit}
+                else:
+                    record["decoder_refit"] = f"not kept (validation fve {val_refit:.4f} <= {val_sgd:.4f})"
             ev = evaluate_sae(weights, eval_acts[name], sae_cfg_train.k)
             # the committed weights are float16: report what the float16 SAE does
             ev16 = evaluate_sae({n: t.half().float() for n, t in weights.items()}, eval_acts[name], sae_cfg_train.k)
@@ -849,7 +917,8 @@ def train_many(
         site, layer = parse_hook(name)
         meta = {
             "trained_by": "sae-atlas builders.train (own TopK trainer; not SAELens, no published SAE exists for this model)",
-            "eval": {**ev16, "fve_float32": ev["fve"], "split": "held-out windows (every 20th)"},
+            "eval": {**ev16, "fve_float32": ev["fve"], "split": "held-out windows (every 20th)"}
+            | ({"fve_before_decoder_refit": ev_sgd["fve"]} if ev_sgd else {}),
             "train": {k: v for k, v in record.items() if k != "log"} | {"config": asdict(sae_cfg_train)},
             "activation_norms": act_stats[name],
             "tokens_used": (
@@ -883,6 +952,7 @@ def train_many(
             "k": sae_cfg_train.k,
             **{k: ev16[k] for k in ("fve", "l0", "dead_fraction", "eval_tokens")},
             "fve_float32": ev["fve"],
+            "fve_before_decoder_refit": ev_sgd["fve"] if ev_sgd else None,
             "train_tokens": record["train_tokens"],
             "wall_seconds": record["wall_seconds"],
             "log": record["log"],
@@ -974,7 +1044,7 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "TrainConfig", "TrainError", "TopKSAE", "collect", "collect_activations", "load_activations", "save_activations",
+    "TrainConfig", "TrainError", "TopKSAE", "collect", "collect_activations", "load_activations", "refit_decoder", "save_activations",
     "train_many", "decode", "encode", "evaluate_sae",
     "kjv_paragraphs", "load_gguf_model", "load_saelens_folder", "parse_hook", "run", "saelens_cfg",
     "save_packed", "save_saelens_folder", "short_name", "split_windows", "tokenize_windows", "train_sae", "unpack",

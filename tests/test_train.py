@@ -207,3 +207,14 @@ def test_sparse_encoder_grad_learns_the_same():
     fve_sparse = train.evaluate_sae(w_sparse, held_out, CFG.k)["fve"]
     fve_dense = train.evaluate_sae(w_dense, held_out, CFG.k)["fve"]
     assert fve_sparse > 0.7 and abs(fve_sparse - fve_dense) < 0.01, (fve_sparse, fve_dense)
+
+
+def test_refit_decoder_keeps_codes_and_improves_fit():
+    x, held_out = sparse_data(8192, seed=0), sparse_data(2048, seed=1)
+    w, _ = train.train_sae(x, TrainConfig(**{**CFG.__dict__, "steps": 60}), log_every=1000)
+    w2 = train.refit_decoder(w, x, CFG.k)
+    assert torch.equal(train.encode(w, x[:256], CFG.k) > 0, train.encode(w2, x[:256], CFG.k) > 0)  # same latents fire
+    assert torch.allclose(train.encode(w, x[:256], CFG.k), train.encode(w2, x[:256], CFG.k), rtol=1e-3, atol=1e-2)
+    before, after = train.evaluate_sae(w, x, CFG.k)["fve"], train.evaluate_sae(w2, x, CFG.k)["fve"]
+    assert after > before + 0.01, (before, after)  # least squares beats SGD's decoder on the data it fits
+    assert train.evaluate_sae(w2, held_out, CFG.k)["fve"] > train.evaluate_sae(w, held_out, CFG.k)["fve"]
