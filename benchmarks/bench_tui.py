@@ -192,7 +192,7 @@ def main() -> None:
     ap.add_argument("--atlas", type=Path, default=None)
     ap.add_argument("--build-features", type=int, default=100_000, help="size to build when no atlas is given/found")
     ap.add_argument("--repeat", type=int, default=9)
-    ap.add_argument("--queries", default="paris,city,the,L3.res/17,#123456")
+    ap.add_argument("--queries", default="paris,city,the,L3.res/17,#123456,punctuation")
     ap.add_argument("--child-launch", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_launch:

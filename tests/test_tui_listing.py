@@ -228,3 +228,15 @@ def test_readonly_reasons_and_copy(atlas_path, tmp_path, monkeypatch):
         assert c.execute("SELECT COUNT(*) FROM features").fetchone()[0] == 600
     with pytest.raises(FileExistsError):
         src.copy_to(copy)
+
+
+def test_label_search_ranks_small_answers_and_bounds_big_ones(conn, monkeypatch, atlas_path):
+    import atlas.listing as listing
+
+    with open_atlas(atlas_path) as a:
+        oracle = [lab.feature_id for _, lab in a.search_labels("feature 9 punctuation", limit=25)]
+    assert [r[1] for r in listing.search_labels_bounded(conn, "feature 9 punctuation")] == oracle and oracle
+    monkeypatch.setattr(listing, "RANKED_LABEL_MATCHES", 5)  # "punctuation" matches ~100 labels here
+    got = listing.search_labels_bounded(conn, "punctuation", limit=10)
+    assert len(got) == 10 and all("punctuation" in text for _, _, text, _ in got)
+    assert listing.search_labels_bounded(conn, 'bad "syntax') == []

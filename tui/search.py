@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from atlas.db import Atlas
 from atlas.errors import FeatureNotFound
+from atlas.listing import search_labels_bounded
 
 # (kind shown to the user, phase, sign)
 TOKEN_KINDS: tuple[tuple[str, str, int], ...] = (
@@ -55,6 +56,6 @@ def search_features(atlas: Atlas, text: str, *, limit: int = 25) -> list[SearchH
         if token_hits:
             break
     hits += token_hits
-    for name, label in atlas.search_labels(q, limit=limit):
-        hits.append(SearchHit("label", label.feature_id, name, label.text, None, label.score))
+    for name, feature_id, text, _source in search_labels_bounded(atlas.conn, q, limit=limit):
+        hits.append(SearchHit("label", feature_id, name, text))
     return hits
