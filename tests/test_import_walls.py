@@ -100,7 +100,8 @@ _REPORT = "import sys, json; print(json.dumps(sorted(m for m in sys.modules if m
 
 def test_atlas_and_cli_import_no_torch_or_textual(tmp_path: Path) -> None:
     db = build_synthetic_atlas(tmp_path / "a.db", n_features=40, layers=(1,), d_vocab=200)
-    names = {"torch", "textual", "transformers", "safetensors", "builders", "tui"}
+    # numpy too: reading commands do not need it and it is most of the start-up time
+    names = {"torch", "textual", "transformers", "safetensors", "builders", "tui", "numpy"}
     code = (
         "import atlas, atlas.cli\n"
         "from click.testing import CliRunner\n"
