@@ -503,6 +503,17 @@ def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tupl
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
+def _layer_ticks(ax: Any, layers: np.ndarray) -> None:
+    """Every layer as a tick when they are few, otherwise about ten integer ticks."""
+    ticks = np.unique(layers)
+    if len(ticks) <= 12:
+        ax.set_xticks(ticks)
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
+
+
 def _fig_exp1(data: ReportData) -> Any:
     t, o = data.predicts, data.overlap
     if t is None:
@@ -525,7 +536,7 @@ def _fig_exp1(data: ReportData) -> Any:
     ax.set_xlabel("layer of the SAE")
     ax.set_ylabel("fraction of features")
     ax.set_ylim(0, max(0.5, float(np.nanmax([t.frac_predicts.max(initial=0), t.frac_reads.max(initial=0)])) * 1.15))
-    ax.set_xticks(np.unique(t.saes.layer))
+    _layer_ticks(ax, t.saes.layer)
     ax.set_title("Experiment 1: features that directly predict / read tokens")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
@@ -553,7 +564,7 @@ def _fig_exp2(data: ReportData) -> Any:
                     se = d.roles[role].se[idx]
                     ax.fill_between(x, y - 1.96 * se, y + 1.96 * se, color=ROLE_COLORS[role], alpha=0.2, lw=0)
             ax.set_title(title if len(points) == 1 else f"{title} · {s}")
-            ax.set_xticks(np.unique(x))
+            _layer_ticks(ax, x)
             if attr == "frac_above":
                 ax.set_ylim(0, 1)
             if row == len(points) - 1:
