@@ -327,14 +327,10 @@ def show(feature: str, db: Path | None, k: int, edge_limit: int, as_json: bool) 
         if as_json:
             card = atlas.card(feature, k=max(k, 20), edge_limit=max(edge_limit, 50))
         else:
-            # edge_limit strongest edges of each kind: one indexed query per kind and
-            # direction, so a hub feature with thousands of edges costs no more
+            # the edge_limit strongest edges of each kind, ranked per kind in SQL
             card = atlas.card(feature, k=k, edge_limit=0)
             fid = card.feature.feature_id
-            out, into = (
-                [e for kind in EDGE_KINDS for e in atlas.edges(fid, d, kind=kind, limit=edge_limit)]
-                for d in ("out", "in")
-            )
+            out, into = (atlas.edges(fid, d, per_kind=edge_limit) for d in ("out", "in"))
             card = dataclasses.replace(card, edges_out=out, edges_in=into)
         # only the verdict criteria, not the whole (possibly large) provenance document
         row = atlas.conn.execute("SELECT json_extract(provenance, '$.criteria') FROM atlas_info").fetchone()

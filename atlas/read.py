@@ -190,7 +190,7 @@ class AtlasReader:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [TokenScore(**dict(r)) for r in self.conn.execute(sql, params)]
+        return [TokenScore(*r) for r in self.conn.execute(sql, params)]  # columns in field order
 
     def head_scores(self, feature_id: int, role: str | None = None) -> list[HeadScore]:
         sql = (
@@ -202,30 +202,48 @@ class AtlasReader:
             sql += " AND hs.role = ?"
             params.append(role)
         sql += " ORDER BY hs.role, hs.score DESC"
-        return [HeadScore(**dict(r)) for r in self.conn.execute(sql, params)]
+        return [HeadScore(*r) for r in self.conn.execute(sql, params)]  # columns in field order
 
     def edges(
-        self, feature_id: int, direction: str = "out", kind: str | None = None, limit: int | None = None
+        self,
+        feature_id: int,
+        direction: str = "out",
+        kind: str | None = None,
+        limit: int | None = None,
+        *,
+        per_kind: int | None = None,
     ) -> list[Edge]:
-        """Edges leaving (``out``) or entering (``in``) a feature, strongest first within each kind."""
+        """Edges leaving (``out``) or entering (``in``) a feature, strongest first within each kind.
+
+        ``per_kind`` keeps at most that many of each kind (the strongest), in one query.
+        """
         col = {"out": "src_feature", "in": "dst_feature"}[direction]
+        where, params = f"e.{col} = ?", [feature_id]
+        if kind is not None:
+            where += " AND e.kind = ?"
+            params.append(kind)
+        table = "edges e"
+        if per_kind is not None:
+            # rank within each kind on the edges alone, then join names for the few kept
+            table = (
+                "(SELECT *, ROW_NUMBER() OVER (PARTITION BY kind ORDER BY ABS(score) DESC) AS kind_rank "
+                f"FROM edges e WHERE {where}) e"
+            )
+            where = "e.kind_rank <= ?"
+            params.append(per_kind)
         sql = (
             "SELECT e.kind, ss.name || '/' || fs.idx AS src, sd.name || '/' || fd.idx AS dst, "
             "e.src_feature, e.dst_feature, h.layer AS head_layer, h.head, e.score, e.rank "
-            "FROM edges e "
+            f"FROM {table} "
             "JOIN features fs ON fs.feature_id = e.src_feature JOIN saes ss ON ss.sae_id = fs.sae_id "
             "JOIN features fd ON fd.feature_id = e.dst_feature JOIN saes sd ON sd.sae_id = fd.sae_id "
-            f"LEFT JOIN heads h ON h.head_pk = e.head_pk WHERE e.{col} = ?"
+            f"LEFT JOIN heads h ON h.head_pk = e.head_pk WHERE {where}"
         )
-        params: list[Any] = [feature_id]
-        if kind is not None:
-            sql += " AND e.kind = ?"
-            params.append(kind)
         sql += " ORDER BY e.kind, ABS(e.score) DESC"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [Edge(**dict(r)) for r in self.conn.execute(sql, params)]
+        return [Edge(*r) for r in self.conn.execute(sql, params)]  # columns in field order
 
     def labels(self, feature_id: int) -> list[Label]:
         rows = self.conn.execute(
@@ -247,8 +265,8 @@ class AtlasReader:
             inputs=pick("ee", 1),
             inputs_negative=pick("ee", -1),
             heads=self.head_scores(f.feature_id),
-            edges_out=self.edges(f.feature_id, "out", limit=edge_limit),
-            edges_in=self.edges(f.feature_id, "in", limit=edge_limit),
+            edges_out=self.edges(f.feature_id, "out", limit=edge_limit) if edge_limit else [],
+            edges_in=self.edges(f.feature_id, "in", limit=edge_limit) if edge_limit else [],
             labels=self.labels(f.feature_id),
         )
 

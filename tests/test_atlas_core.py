@@ -309,3 +309,19 @@ def test_search_token_limit_is_exact(synthetic_atlas: Path, limit: int) -> None:
     total = len(query(synthetic_atlas, sql, ("%", 10**6)))
     assert got == query(synthetic_atlas, sql, ("%", limit)) and len(got) == min(limit, total) > 0
     assert in_sae == query(synthetic_atlas, sql, ("L6.res", limit)) and in_sae
+
+
+def test_edges_per_kind(synthetic_atlas: Path) -> None:
+    with open_atlas(synthetic_atlas) as atlas:
+        fid = atlas.resolve_feature("L6.res/40")
+        for direction in ("out", "in"):
+            everything = atlas.edges(fid, direction)
+            kept = atlas.edges(fid, direction, per_kind=2)
+            want = []
+            for kind in sorted({e.kind for e in everything}):
+                want += sorted((e for e in everything if e.kind == kind), key=lambda e: -abs(e.score))[:2]
+            assert [(e.kind, e.src_feature, e.dst_feature, e.score) for e in kept] == [
+                (e.kind, e.src_feature, e.dst_feature, e.score) for e in want
+            ]
+        assert len(atlas.edges(fid, "out", per_kind=2)) == 8  # 4 kinds x 2
+        assert atlas.card(fid, edge_limit=0).edges_out == []
