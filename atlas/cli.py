@@ -26,7 +26,7 @@ import click
 import atlas as _atlas_pkg
 from atlas import db as _db
 from atlas.errors import AtlasError, ReadOnlyAtlas
-from atlas.output import cell, dump_json, emit, output_options
+from atlas.output import cell, dump_json, emit, output_options, table
 from atlas.read import METRIC_COLUMNS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -250,7 +250,7 @@ def info(db: Path | None, as_json: bool, full_provenance: bool) -> None:
         for s in d["saes"]
     ]
     if rows:
-        click.echo(_indent(_table(rows, ["prefix", "layer", "site", "features", "arch", "release", "ref / source"])))
+        click.echo(_indent(table(rows, ["prefix", "layer", "site", "features", "arch", "release", "ref / source"])))
     else:
         click.echo("  (none)")
     counts = ", ".join(
@@ -270,12 +270,6 @@ def _size(n: int) -> str:
 
 def _indent(text: str, pad: str = "  ") -> str:
     return "\n".join(pad + line for line in text.splitlines())
-
-
-def _table(rows: list, columns: list[str]) -> str:
-    from atlas.output import table
-
-    return table(rows, columns)
 
 
 def _provenance_summary(p: dict, limit: int = 12) -> str:
@@ -798,7 +792,3 @@ def stats(db: Path | None, fmt: str) -> None:
         fmt,
         empty="no SAEs in this atlas",
     )  # fmt: skip
-
-
-def main() -> None:  # pragma: no cover - console entry alias
-    cli()
