@@ -307,8 +307,12 @@ _MODEL_IDENTITY = (
 )  # fmt: skip
 
 
-def merge_provenance(a: dict, b: dict, where: str = "") -> dict:
-    """Deep merge of two provenance dicts; a conflicting leaf raises ProvenanceConflict."""
+def merge_provenance(a: dict, b: dict, where: str = "", *, strict: bool = True) -> dict:
+    """Deep merge of two provenance dicts; a conflicting leaf raises ProvenanceConflict.
+
+    Below a volatile key (timestamps, hosts, per-run notes) nothing conflicts:
+    dicts are united and the first atlas's value wins.
+    """
     out = dict(a)
     for key, vb in b.items():
         path = f"{where}.{key}" if where else key
@@ -316,9 +320,10 @@ def merge_provenance(a: dict, b: dict, where: str = "") -> dict:
             out[key] = vb
             continue
         va = out[key]
+        key_strict = strict and key not in VOLATILE_PROVENANCE_KEYS
         if isinstance(va, dict) and isinstance(vb, dict):
-            out[key] = merge_provenance(va, vb, path)
-        elif va != vb and key not in VOLATILE_PROVENANCE_KEYS:
+            out[key] = merge_provenance(va, vb, path, strict=key_strict)
+        elif va != vb and key_strict:
             raise ProvenanceConflict(
                 f"build parameter {path} differs ({_short(va)} vs {_short(vb)}): these atlases were built differently"
             )

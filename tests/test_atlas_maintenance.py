@@ -204,6 +204,10 @@ def test_merge_provenance_rules() -> None:
     assert merged["sae_files"] == {"a": "1", "b": "2"}
     with pytest.raises(ProvenanceConflict, match="params.k"):
         merge_provenance(a, {"params": {"k": 32}})
+    # nothing below a volatile key conflicts, however deep
+    e1 = {"exported": {"at": "09:00", "saes": ["L1.res"]}, "timings": {"du": {"seconds": 1}}}
+    e2 = {"exported": {"at": "09:01", "saes": ["L2.res"]}, "timings": {"du": {"seconds": 2}}}
+    assert merge_provenance(e1, e2) == e1
 
 
 def test_merge_needs_two(synthetic_atlas: Path, tmp_path: Path) -> None:
