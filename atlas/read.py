@@ -138,6 +138,14 @@ class AtlasReader:
                 sae_name, idx = parts
                 if idx >= _MAX_ID:
                     raise FeatureNotFound(f"feature index {idx} is out of range")
+                # the common case, a readable SAE name, in one lookup on two unique indexes
+                row = self.conn.execute(
+                    "SELECT f.feature_id FROM saes s JOIN features f ON f.sae_id = s.sae_id "
+                    "WHERE s.name = ? AND f.idx = ?",
+                    (sae_name, idx),
+                ).fetchone()
+                if row is not None:
+                    return int(row[0])
                 try:
                     sae = self.sae(sae_name)
                 except SAENotFound as e:
