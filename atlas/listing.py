@@ -1,4 +1,4 @@
-"""Read-only queries for browsing: paged, filtered, sorted feature lists and per-layer summaries.
+"""Read-only queries for browsing: paged, filtered, sorted feature lists, table counts, label search.
 
 The TUI's feature list must stay smooth on an atlas of 1,000,000 features, so
 nothing here loads a whole table. A page is fetched with *keyset* paging: the
@@ -11,7 +11,9 @@ with the same global cursor and the best ``n`` of the union form the page,
 which is exact because the tie-break (feature_id) is atlas-wide.
 
 Only the standard library; every function takes a ``sqlite3.Connection``
-(``Atlas.conn`` or a worker thread's own read-only connection).
+(``Atlas.conn`` or a worker thread's own read-only connection). The
+overview's per-layer plots are not computed here: they come from atlas.stats,
+as the report's do (tui/plots.py).
 """
 
 from __future__ import annotations
@@ -84,23 +86,6 @@ class FeatureRow:
 class Page:
     rows: list[FeatureRow]
     cursor: Cursor | None  # pass as ``after`` to get the next page; None when this was the last
-
-
-@dataclass(frozen=True)
-class LayerSummary:
-    """Per-SAE aggregates for the overview plots."""
-
-    sae_id: int
-    sae: str
-    layer: int
-    site: str
-    n_features: int
-    frac_predicts_tokens: float | None
-    attn_q_mean: float | None
-    attn_k_mean: float | None
-    attn_v_mean: float | None
-    n_semantic: int = 0
-    n_non_semantic: int = 0
 
 
 # ------------------------------------------------------------------ catalogue helpers
@@ -298,49 +283,6 @@ def first_labels(conn: sqlite3.Connection, feature_ids: list[int]) -> dict[int, 
     for fid, text, kind, source in conn.execute(sql, feature_ids):
         out.setdefault(fid, (text, kind, source))
     return out
-
-
-# ------------------------------------------------------------------ overview summaries
-
-
-def layer_summaries(conn: sqlite3.Connection) -> list[LayerSummary]:
-    """Per-SAE fraction predicting tokens, mean q/k/v participation and label-kind counts.
-
-    One pass over ``features`` per SAE (and an index walk over heuristic
-    labels): a second or so on a million features, so run it in a worker.
-    """
-    kinds: dict[tuple[int, str], int] = {}
-    for sae_id, kind, n in conn.execute(
-        "SELECT f.sae_id, l.kind, COUNT(DISTINCT l.feature_id) FROM labels l "
-        "JOIN features f ON f.feature_id = l.feature_id "
-        "WHERE l.kind IN ('semantic', 'non_semantic') GROUP BY f.sae_id, l.kind"
-    ):
-        kinds[(sae_id, kind)] = n
-    out = []
-    rows = conn.execute(
-        "SELECT s.sae_id, s.name, s.layer, s.site, COUNT(f.feature_id), AVG(f.predicts_tokens), "
-        "AVG(f.attn_q_mean), AVG(f.attn_k_mean), AVG(f.attn_v_mean) "
-        "FROM saes s LEFT JOIN features f ON f.sae_id = s.sae_id GROUP BY s.sae_id ORDER BY s.layer, s.site, s.name"
-    ).fetchall()
-    for r in rows:
-        out.append(
-            LayerSummary(
-                sae_id=r[0], sae=r[1], layer=r[2], site=r[3], n_features=r[4], frac_predicts_tokens=r[5],
-                attn_q_mean=r[6], attn_k_mean=r[7], attn_v_mean=r[8],
-                n_semantic=kinds.get((r[0], "semantic"), 0), n_non_semantic=kinds.get((r[0], "non_semantic"), 0),
-            )
-        )  # fmt: skip
-    return out
-
-
-def depth_profile(conn: sqlite3.Connection, role: str = "q") -> list[tuple[int, float | None]]:
-    """(layer, mean participation) from the attention pass's depth_profiles, averaged over SAEs."""
-    return [
-        (r[0], r[1])
-        for r in conn.execute(
-            "SELECT layer, AVG(mean) FROM depth_profiles WHERE role = ? GROUP BY layer ORDER BY layer", (role,)
-        )
-    ]
 
 
 # ------------------------------------------------------------------ label search with a bounded cost

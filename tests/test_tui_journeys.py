@@ -320,10 +320,10 @@ def test_small_terminal_80x24(fixture_db):
         async with app.run_test(size=(80, 24)) as pilot:
             await settle(pilot)
             assert app.screen.has_class("-narrow")
-            plots = [p for p in app.screen.query("PlotextPlot") if p.display]
-            assert len(plots) == 1  # one plot at a time; p cycles
+            slots = [s for s in app.screen.query(".plot-slot") if s.display]
+            assert len(slots) == 1 and slots[0].id == "slot-predicts"  # one plot at a time; p cycles
             await pilot.press("p")
-            assert [p for p in app.screen.query("PlotextPlot") if p.display][0].id == "plot-qk"
+            assert [s.id for s in app.screen.query(".plot-slot") if s.display] == ["slot-qk"]
             await pilot.press("enter")
             await settle(pilot)
             assert app.screen.query_one(FeatureTable).row_count == 100

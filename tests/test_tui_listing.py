@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import numpy as np
 import pytest
 
 from atlas import open_atlas
@@ -15,7 +14,6 @@ from atlas.listing import (
     count_features,
     feature_page,
     indexed_metrics,
-    layer_summaries,
     table_counts,
     top_tokens,
 )
@@ -115,25 +113,6 @@ def test_bad_names_never_reach_sql(conn):
         feature_page(conn, FeatureFilter(label_kind="nonsense"))
     with pytest.raises(BadQuery):
         feature_page(conn, FeatureFilter(lo=1.0))  # a range with no metric
-
-
-def test_layer_summaries_match_numpy(conn):
-    rows = conn.execute("SELECT sae_id, predicts_tokens, attn_q_mean, attn_k_mean FROM features").fetchall()
-    arr = np.array([tuple(r) for r in rows], dtype=float)
-    summaries = layer_summaries(conn)
-    assert [s.layer for s in summaries] == [1, 3, 5]
-    for s in summaries:
-        mine = arr[arr[:, 0] == s.sae_id]
-        assert s.n_features == len(mine) == 200
-        assert s.frac_predicts_tokens == pytest.approx(mine[:, 1].mean())
-        assert s.attn_q_mean == pytest.approx(mine[:, 2].mean())
-        assert s.attn_k_mean == pytest.approx(mine[:, 3].mean())
-        n_sem = conn.execute(
-            "SELECT COUNT(DISTINCT l.feature_id) FROM labels l JOIN features f USING (feature_id) "
-            "WHERE f.sae_id = ? AND l.kind = 'semantic'",
-            (s.sae_id,),
-        ).fetchone()[0]
-        assert s.n_semantic == n_sem > 0
 
 
 def test_table_counts_and_indexed_metrics(conn):

@@ -13,7 +13,7 @@ from typing import Any
 
 from textual.message import Message
 
-from atlas.listing import FeatureFilter, LayerSummary, Page
+from atlas.listing import FeatureFilter, Page
 from atlas.types import FeatureCard, Label
 
 
@@ -39,10 +39,10 @@ class OverviewLoaded(_Msg):
 
 
 @dataclass
-class SummariesLoaded(_Msg):
-    summaries: list[LayerSummary]
-    depth_q: list[tuple[int, float | None]]
-    depth_k: list[tuple[int, float | None]]
+class PlotLoaded(_Msg):
+    """One overview plot's numbers (a tui.plots.Panel, computed by atlas.stats)."""
+
+    panel: Any
 
 
 @dataclass

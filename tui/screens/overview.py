@@ -10,14 +10,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Header, Static
+from textual.worker import get_current_worker
 
 from atlas import listing
 from atlas.listing import FeatureFilter
-from tui.messages import OverviewLoaded, SummariesLoaded
+from tui.messages import OverviewLoaded, PlotLoaded, WorkFailed
 from tui.screens._base import AtlasScreen
 from tui.widgets.bars import fmt
 from tui.widgets.key_bar import KeyBar
-from tui.widgets.layer_plots import LayerPlots, PlotData
+from tui.widgets.layer_plots import LayerPlots
 
 
 class OverviewScreen(AtlasScreen):
@@ -60,17 +61,27 @@ class OverviewScreen(AtlasScreen):
         if msg is not None:
             self.post_message(msg)
 
-    @work(thread=True, exclusive=True, group="summaries")
-    def load_summaries(self) -> None:
-        def q(atlas):
-            c = atlas.conn
-            return SummariesLoaded(
-                listing.layer_summaries(c), listing.depth_profile(c, "q"), listing.depth_profile(c, "k")
-            )
+    @work(thread=True, exclusive=True, group="plots")
+    def load_plots(self) -> None:
+        """The report's own statistics (atlas.stats), one plot at a time, each posted as soon as it is ready.
 
-        msg = self.read("layer summaries", q)
-        if msg is not None:
-            self.post_message(msg)
+        One thread, one after the other: on a shared 2-core machine a second
+        core stays free for the UI and whatever the user opens meanwhile.
+        """
+        from tui.plots import PLOTS, TITLES, Panel, compute_panel  # imports numpy: not before the first frame
+
+        def q(atlas):
+            for name in PLOTS:
+                if get_current_worker().is_cancelled:
+                    return
+                try:
+                    panel = compute_panel(atlas, name)
+                except Exception as e:  # one bad plot must not take the others with it
+                    self.post_message(WorkFailed(f"{TITLES[name]} plot", str(e) or type(e).__name__))
+                    panel = Panel(name, TITLES[name], missing=f"could not compute: {e}")
+                self.post_message(PlotLoaded(panel))
+
+        self.read("overview plots", q)
 
     # ------------------------------------------------------------ results
     @on(OverviewLoaded)
@@ -85,11 +96,12 @@ class OverviewScreen(AtlasScreen):
                           fmt(s.fve, 2), fmt(s.l0, 1), s.source, key=str(s.sae_id))  # fmt: skip
         table.border_title = f"{len(msg.saes)} SAEs"
         # The plots aggregate every feature (seconds on a million): start only once the first frame is out.
-        self.call_after_refresh(self.load_summaries)
+        if not self.query_one(LayerPlots).panels:
+            self.call_after_refresh(self.load_plots)
 
-    @on(SummariesLoaded)
-    def show_summaries(self, msg: SummariesLoaded) -> None:
-        self.query_one(LayerPlots).set_data(PlotData.from_summaries(msg.summaries, msg.depth_q, msg.depth_k))
+    @on(PlotLoaded)
+    def show_plot(self, msg: PlotLoaded) -> None:
+        self.query_one(LayerPlots).set_panel(msg.panel)
 
     @on(DataTable.RowSelected, "#sae-table")
     def sae_selected(self, event: DataTable.RowSelected) -> None:
