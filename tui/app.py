@@ -14,14 +14,15 @@ from pathlib import Path
 from textual import on, work
 from textual.app import App
 from textual.binding import Binding
+from textual.worker import get_current_worker
 
 from atlas.listing import FeatureFilter
 from tui.commands import FeatureCommands
 from tui.keymap import load_keymap
 from tui.labels import save_user_label
-from tui.messages import LabelNotSaved, LabelSaved, WorkFailed
+from tui.messages import CardLoaded, LabelNotSaved, LabelSaved, WorkFailed
 from tui.screens.export_dialog import ExportDialog
-from tui.screens.feature_card import FeatureCardScreen
+from tui.screens.feature_card import FeatureCardScreen, read_card
 from tui.screens.feature_list import FeatureListScreen
 from tui.screens.help import HelpScreen
 from tui.screens.label_editor import LabelEditor, LabelRequest
@@ -84,13 +85,29 @@ class SaeAtlasApp(App):
         if self.screen is card:
             card.show(feature_id)
         else:
-            if card in self.screen_stack:  # e.g. card -> search -> card: drop what is above it
-                while self.screen is not card:
-                    self.pop_screen()
-                card.show(feature_id)
-                return
-            card.enter(feature_id)
-            self.push_screen(card)
+            # Read the card before pushing its screen, so the push draws the new card once.
+            self._read_then_open(feature_id)
+
+    @work(thread=True, exclusive=True, group="open-card")
+    def _read_then_open(self, feature_id: int) -> None:
+        try:
+            with self.source.open() as atlas:
+                loaded = read_card(atlas, feature_id)
+        except Exception as e:  # shown as a notification, never a crash
+            self.post_message(WorkFailed("feature card", str(e) or type(e).__name__))
+            return
+        if not get_current_worker().is_cancelled:
+            self.call_from_thread(self._open_loaded, feature_id, loaded)
+
+    def _open_loaded(self, feature_id: int, loaded: CardLoaded) -> None:
+        card = self.card_screen
+        if card in self.screen_stack:  # e.g. card -> search -> card: drop what is above it
+            while self.screen is not card:
+                self.pop_screen()
+            card.show(feature_id, loaded=loaded)
+            return
+        card.enter(feature_id, loaded)
+        self.push_screen(card)
 
     def open_list(self, flt: FeatureFilter) -> None:
         self.push_screen(FeatureListScreen(flt))

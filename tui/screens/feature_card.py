@@ -15,6 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Header, Static
 
+from atlas.db import Atlas
 from atlas.types import FeatureCard
 from tui.history import History
 from tui.messages import CardLoaded
@@ -43,6 +44,7 @@ class FeatureCardScreen(AtlasScreen):
         self.pending = feature_id  # shown when the screen is next mounted or resumed
         self.base = 0  # history position this visit of the screen started at
         self.card: FeatureCard | None = None
+        self.preloaded: CardLoaded | None = None  # read before the push, drawn on mount
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -69,9 +71,11 @@ class FeatureCardScreen(AtlasScreen):
         self.query_one("#card", VerticalScroll).focus()
         self._enter_pending()
 
-    def enter(self, feature_id: int) -> None:
-        """Prepare to be pushed showing ``feature_id``."""
-        self.pending = feature_id
+    def enter(self, feature_id: int, loaded: CardLoaded | None = None) -> None:
+        """Prepare to be pushed showing ``feature_id``; with its card already read, draw it now."""
+        self.pending, self.preloaded = feature_id, loaded
+        if loaded is not None and self.is_mounted:
+            self._enter_pending()  # before the push: the push then lays out the new card only
 
     def on_screen_resume(self) -> None:
         if self.is_mounted:
@@ -81,15 +85,22 @@ class FeatureCardScreen(AtlasScreen):
         if self.pending is None:
             return
         fid, self.pending = self.pending, None
+        loaded, self.preloaded = self.preloaded, None
         self.history.visit(fid)
         self.base = self.history.position
-        self.load_card(fid)
+        self._show_loaded(fid, loaded)
 
     # ------------------------------------------------------------ navigation
-    def show(self, feature_id: int, *, record: bool = True) -> None:
+    def show(self, feature_id: int, *, record: bool = True, loaded: CardLoaded | None = None) -> None:
         if record:
             self.history.visit(feature_id)
-        self.load_card(feature_id)
+        self._show_loaded(feature_id, loaded)
+
+    def _show_loaded(self, feature_id: int, loaded: CardLoaded | None) -> None:
+        if loaded is not None and loaded.card.feature.feature_id == feature_id:
+            self.draw(loaded)
+        else:
+            self.load_card(feature_id)
 
     def action_back(self) -> None:
         if self.history.position <= self.base:
@@ -119,11 +130,7 @@ class FeatureCardScreen(AtlasScreen):
     # ------------------------------------------------------------ loading
     @work(thread=True, exclusive=True, group="card")
     def load_card(self, feature_id: int) -> None:
-        def q(atlas):
-            criteria = atlas.info_row().get("provenance", {}).get("criteria") or {}
-            return CardLoaded(atlas.card(feature_id), criteria if isinstance(criteria, dict) else {})
-
-        msg = self.read("feature card", q)
+        msg = self.read("feature card", lambda atlas: read_card(atlas, feature_id))
         if msg is not None:
             self.post_message(msg)
 
@@ -133,6 +140,10 @@ class FeatureCardScreen(AtlasScreen):
 
     @on(CardLoaded)
     def card_loaded(self, msg: CardLoaded) -> None:
+        if msg.card.feature.feature_id == self.history.current:  # else an answer overtaken by a newer move
+            self.draw(msg)
+
+    def draw(self, msg: CardLoaded) -> None:
         card = self.card = msg.card
         f = card.feature
         title = Text.assemble(
@@ -167,6 +178,12 @@ class FeatureCardScreen(AtlasScreen):
         key = event.row_key.value or ""
         if ":" in key:
             self.show(int(key.rsplit(":", 1)[1]))
+
+
+def read_card(atlas: Atlas, feature_id: int) -> CardLoaded:
+    """Everything the card shows, read in the calling (worker) thread."""
+    criteria = atlas.info_row().get("provenance", {}).get("criteria") or {}
+    return CardLoaded(atlas.card(feature_id), criteria if isinstance(criteria, dict) else {})
 
 
 def _labels_text(card: FeatureCard) -> Text:
