@@ -3,7 +3,8 @@
     python benchmarks/bench_passes.py                       # GPT-2-small shapes, CPU, 2048 features
     python benchmarks/bench_passes.py --features 24576      # the whole d_sae
     python benchmarks/bench_passes.py --device cuda --preset gemma2-2b --features 16384
-    python benchmarks/bench_passes.py --build out.db        # also time a full build_atlas of one SAE
+    python benchmarks/bench_passes.py --d-sae 131072 --features 512   # memory at another width
+    python benchmarks/bench_passes.py --cache-mb 0          # stream every QK/OV/cosine "other side"
 
 The ``du`` pass is timed against a bare fp32 matmul of the same shapes in the
 same run: ``(block_rows, d_model) @ (d_model, d_vocab)`` for every block of
@@ -11,7 +12,12 @@ features into a reused output buffer, i.e. the same FLOPs without statistics
 or top-k. Peak RSS is reported above the RSS once the weights exist (the
 issue's budget: weights + 1 GB whatever d_sae is). Passes run on
 ``--features`` features (QK/OV/cosine still score against all d_sae
-columns); features/s extrapolates to the full SAE.
+columns); features/s extrapolates to the full SAE. The QK keys, OV targets
+and cosine columns follow the build's rule (``BuildConfig.cache_bytes``):
+kept whole iff they fit half of ``--memory-mb``, else streamed block by
+block; each is freed after its pass, as in a build. With few ``--features``
+a streamed side costs relatively more than in a build, where it is computed
+once per unit of 4096 features.
 """
 
 from __future__ import annotations
@@ -119,6 +125,8 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=2048, help="features timed per pass (extrapolated to d_sae)")
     ap.add_argument("--d-sae", type=int, default=None, help="override the preset's d_sae")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--memory-mb", type=int, default=1024, help="BuildConfig.memory_mb (scratch budget)")
+    ap.add_argument("--cache-mb", type=float, default=None, help="BuildConfig.cache_mb (0 = always stream)")
     ap.add_argument("--passes", default="du,ee,attn,qk,ov,attribution,neighbours,flow,semantic")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
@@ -128,8 +136,15 @@ def main() -> None:
     if args.d_sae:
         p["d_sae"] = args.d_sae
     device = torch.device(args.device)
-    cfg = BuildConfig()
+    cfg = BuildConfig(memory_mb=args.memory_mb, cache_mb=args.cache_mb)
     block_rows, tile = cfg.blocks(device)
+
+    def other_side(make, dim):
+        """As _Build.columns: cached iff it fits cfg.cache_bytes(), else streamed."""
+        block = cfg.key_columns(dim, block_rows)
+        cols = make(block, False)
+        return make(block, True) if cols.nbytes <= cfg.cache_bytes() else cols
+
     rss0 = rss_mb()
     model = random_model(p, device)
     layer = p["n_layers"] // 2
@@ -172,24 +187,52 @@ def main() -> None:
     if "attn" in passes:
         t_base, base = timed(device, lambda: attention.attention_baseline(model, [layer], n_random=cfg.n_random))
         record("attn", t_base + timed(device, lambda: attention.attention_pass(model, sae, 0, n, [layer], base))[0])
+    sides = {}
     if "qk" in passes:
-        t_keys, keys = timed(device, lambda: qk.qk_keys(model, sae, layer, fold_norms=True))
+        t_keys, keys = timed(
+            device,
+            lambda: other_side(
+                lambda b, c: qk.qk_keys(model, sae, layer, fold_norms=True, block=b, cache=c),
+                p["n_heads"] * p["d_head"],
+            ),
+        )
         t = timed(device, lambda: qk.qk_pass(model, sae, layer, 0, n, keys, block_rows=block_rows))[0]
-        res["qk_keys_s"] = round(t_keys, 3)
+        res["qk_keys_s"], sides["qk"] = round(t_keys, 3), keys.cached
+        del keys
         record("qk", t)
     if "ov" in passes:
-        t_tg, targets = timed(device, lambda: ov.ov_targets(model, layer, nxt, fold_norms=True))
-        res["ov_targets_s"] = round(t_tg, 3)
+        t_tg, targets = timed(
+            device,
+            lambda: other_side(
+                lambda b, c: ov.ov_targets(model, layer, nxt, fold_norms=True, block=b, cache=c),
+                p["n_heads"] * p["d_head"],
+            ),
+        )
+        res["ov_targets_s"], sides["ov"] = round(t_tg, 3), targets.cached
         record("ov", timed(device, lambda: ov.ov_pass(model, sae, layer, 0, n, targets, block_rows=block_rows))[0])
+        del targets
     if "attribution" in passes:
-        record("attribution", timed(device, lambda: attribution.attribution_pass(
-            zsae, 0, n, n_heads=model.n_heads, d_head=model.d_head))[0])  # fmt: skip
+        record(
+            "attribution",
+            timed(device, lambda: attribution.attribution_pass(zsae, 0, n, n_heads=model.n_heads, d_head=model.d_head))[
+                0
+            ],
+        )
     if "neighbours" in passes:
-        cols = neighbours.unit_decoders(model, sae, resid=False)
+        cols = other_side(
+            lambda b, c: neighbours.unit_decoders(model, sae, resid=False, block=b, cache=c), p["d_model"]
+        )
+        sides["neighbours"] = cols.cached
         record("neighbours", timed(device, lambda: neighbours.cosine_pass(model, sae, 0, n, cols))[0])
+        del cols
     if "flow" in passes:
-        cols = neighbours.unit_decoders(model, nxt, resid=True)
+        cols = other_side(lambda b, c: neighbours.unit_decoders(model, nxt, resid=True, block=b, cache=c), p["d_model"])
+        sides["flow"] = cols.cached
         record("flow", timed(device, lambda: neighbours.flow_pass(model, sae, 0, n, cols))[0])
+        del cols
+    res["other_side_cached"] = sides
+    if sides:
+        print("other side cached (else streamed):", sides, f"cache allowance {cfg.cache_bytes() >> 20} MB", flush=True)
     if "semantic" in passes:
         r = du.du_pass(model, sae, 0, n, block_rows=block_rows, vocab_tile=tile)
         s = semantic.SemanticSettings()
@@ -201,6 +244,7 @@ def main() -> None:
     res["peak_above_weights_mb"] = round(peak - rss_weights)
     if device.type == "cuda":
         res["cuda_peak_alloc_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    res["memory_mb"], res["cache_mb"] = cfg.memory_mb, cfg.cache_mb
     print(f"RSS: {rss0:.0f} MB before weights, {rss_weights:.0f} MB with weights, peak {peak:.0f} MB "
           f"(+{peak - rss_weights:.0f} MB above the weights)")  # fmt: skip
     if args.json:

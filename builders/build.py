@@ -42,6 +42,7 @@ from atlas.names import default_sae_name
 from builders.passes import attention, attribution, du, ee, neighbours, ov, predicts, qk, semantic
 from builders.passes.common import (
     RESIDUAL_SITES,
+    Columns,
     VocabScores,
     chunks,
     reading_attention_layer,
@@ -83,8 +84,9 @@ class BuildConfig:
     unit_size: int = 4096  # features per unit of work: one committed chunk, the resume granularity
     block_rows: int | None = None  # features per matmul block; None = 256 on CPU, 2048 on GPU (memory-capped)
     vocab_tile: int | None = None  # vocab columns per tile; None = 4096 on CPU (cache), 32768 on GPU
-    key_block: int = 8192  # feature columns per block when streaming QK/OV/cosine top-k
-    memory_mb: int = 1024  # cap on per-block scratch memory; shrinks block_rows if needed
+    key_block: int = 8192  # feature columns per block when streaming QK/OV/cosine top-k (memory-capped)
+    memory_mb: int = 1024  # scratch memory budget: shrinks block_rows/key_block; caps the column cache
+    cache_mb: float | None = None  # cache a QK/OV/cosine "other side" iff it fits; None = memory_mb / 2; 0 = stream
     device: str = "auto"  # device the passes run on (the model's tensors decide; recorded)
     seed: int = 0  # seeds every random baseline
     sae_names: tuple[str | None, ...] | None = None  # atlas names per SAE; None = L12.res style, de-duplicated
@@ -108,6 +110,17 @@ class BuildConfig:
         d = asdict(self)
         d["passes"] = list(self.passes)
         return d
+
+    def cache_bytes(self) -> int:
+        """Largest QK keys / OV targets / cosine columns kept whole; bigger ones are streamed block by block."""
+        mb = self.memory_mb / 2 if self.cache_mb is None else self.cache_mb
+        return int(mb * 2**20)
+
+    def key_columns(self, dim: int, block_rows: int) -> int:
+        """Columns per streamed block: a block (H*d_head or d_in = ``dim`` rows), the folded directions it is
+        made from, and two (block_rows, cols) score tiles stay within half of memory_mb."""
+        cap = (self.memory_mb << 19) // (4 * (3 * dim + 2 * block_rows))
+        return max(1, min(self.key_block, cap))
 
     def blocks(self, device: torch.device) -> tuple[int, int]:
         """(block_rows, vocab_tile) for this device, capped by memory_mb (3 fp32 scratch buffers)."""
@@ -299,8 +312,9 @@ def provenance(model: ModelWeights, saes: list[SAEWeights], names: list[str], cf
         for n, s in zip(names, saes, strict=True)
     ]
     config = cfg.as_dict()
+    # device and cache_mb change where and how, never what: shards and resumes may differ in them
     fingerprint_src = json.dumps(
-        {k: v for k, v in config.items() if k != "device"} | {"model": model_info, "saes": sae_info},
+        {k: v for k, v in config.items() if k not in ("device", "cache_mb")} | {"model": model_info, "saes": sae_info},
         sort_keys=True, default=str,
     )  # fmt: skip
     return {
@@ -332,12 +346,30 @@ class _Build:
         self.fid_base = [db.feature_id_base(i) for i in self.sae_id]
         self.block_rows, self.vocab_tile = cfg.blocks(model.device)
         self.reads = [reading_attention_layer(s, model.n_layers) for s in saes]
-        self._cache: dict[Any, Any] = {}
+        self._cache: dict[Any, Any] = {}  # small things only (criteria, baselines)
+        self._cols: tuple[Any, Columns] | None = None  # the one QK/OV/cosine "other side" held now
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
+
+    def columns(self, key: Any, dim: int, make: Callable[[int, bool], Columns]) -> Columns:
+        """The other side of a QK/OV/neighbours/flow unit, ``make(block, cache)``.
+
+        Kept whole iff it fits ``cfg.cache_bytes()``, else streamed block by
+        block (bit-identical rows either way). Only one is held at a time:
+        units run pass by pass, SAE by SAE, so consecutive units share it.
+        """
+        if self._cols is not None and self._cols[0] == key:
+            return self._cols[1]
+        self._cols = None  # free the previous one before making the next
+        block = self.cfg.key_columns(dim, self.block_rows)
+        cols = make(block, False)  # streamed: nothing computed yet
+        if cols.nbytes <= self.cfg.cache_bytes():
+            cols = make(block, True)
+        self._cols = (key, cols)
+        return cols
 
     # criteria --------------------------------------------------------
     def criterion(self, phase: str) -> predicts.TokenCriterion:
@@ -422,14 +454,26 @@ class _Build:
                 )
 
     def _unit_attn_profile(self, u: Unit) -> None:
-        i, cfg = u.sae, self.cfg
-        layers = self.attn_layers(i)
-        r = attention.attention_pass(
-            self.model, self.saes[i], 0, self.saes[i].d_sae, layers, self.attn_baseline(), fold_norms=cfg.fold_norms
-        )
+        """Depth profiles over every (feature, head): the exact median needs every score, so they are kept,
+        as fp32 (exact: the scores are fp32), d_sae * H * reach * 12 bytes; percentiles are only counted."""
+        i, cfg, sae = u.sae, self.cfg, self.saes[u.sae]
+        layers, H = self.attn_layers(i), self.model.n_heads
+        scores = {
+            (li, role): np.empty((sae.d_sae, H), np.float32) for li in range(len(layers)) for role in attention.ROLES
+        }
+        above = dict.fromkeys(scores, 0)
+        # blocks of attention_pass's own block_rows, so every number is the one a whole-SAE call gives
+        for b0, b1 in chunks(0, sae.d_sae, 1024):
+            r = attention.attention_pass(
+                self.model, sae, b0, b1, layers, self.attn_baseline(), fold_norms=cfg.fold_norms, block_rows=1024
+            )
+            for li, role in scores:
+                scores[li, role][b0:b1] = r.scores[role][:, li]
+                above[li, role] += int((r.percentiles[role][:, li] >= cfg.percentile).sum())
         for li, layer in enumerate(layers):
             for role in attention.ROLES:
-                prof = attention.depth_profile(r.scores[role][:, li], r.percentiles[role][:, li], cfg.percentile)
+                s = scores.pop((li, role)).astype(np.float64)  # (d_sae, H)
+                prof = attention.depth_profile(s, None, cfg.percentile, n_above=above[li, role], overwrite=True)
                 self.db.add_depth_profile(self.sae_id[i], layer, role, **prof)
 
     def _unit_attribution(self, u: Unit) -> None:
@@ -448,53 +492,50 @@ class _Build:
     def _unit_qk(self, u: Unit) -> None:
         cfg, qi = self.cfg, u.sae
         ki = self.names.index(u.pass_name.split(":", 1)[1]) if ":" in u.pass_name else qi
-        layer = self.reads[qi]
-        keys = self.cached(
-            ("qk_keys", ki, layer),
-            lambda: qk.qk_keys(self.model, self.saes[ki], layer, fold_norms=cfg.fold_norms),
-        )
+        layer, m = self.reads[qi], self.model
+        keys = self.columns(
+            ("qk_keys", ki, layer), m.n_heads * m.d_head,
+            lambda block, cache: qk.qk_keys(m, self.saes[ki], layer, fold_norms=cfg.fold_norms, block=block, cache=cache),
+        )  # fmt: skip
         e = qk.qk_pass(
-            self.model, self.saes[qi], layer, u.start, u.end, keys, k=cfg.qk_k, cap=cfg.qk_cap,
-            fold_norms=cfg.fold_norms, exclude_self=cfg.qk_exclude_self and qi == ki,
-            block_rows=self.block_rows, key_block=cfg.key_block,
+            m, self.saes[qi], layer, u.start, u.end, keys, k=cfg.qk_k, cap=cfg.qk_cap,
+            fold_norms=cfg.fold_norms, exclude_self=cfg.qk_exclude_self and qi == ki, block_rows=self.block_rows,
         )  # fmt: skip
         self._write_edges("qk", qi, ki, e)
 
     def _unit_ov(self, u: Unit) -> None:
         cfg, i = self.cfg, u.sae
         layer = self.reads[i]
-        t = ov_target_index(self.saes, i, layer, cfg.ov_target)
-        targets = self.cached(
-            ("ov_targets", t, layer),
-            lambda: ov.ov_targets(self.model, layer, self.saes[t], fold_norms=cfg.fold_norms),
-        )
+        t, m = ov_target_index(self.saes, i, layer, cfg.ov_target), self.model
+        targets = self.columns(
+            ("ov_targets", t, layer), m.n_heads * m.d_head,
+            lambda block, cache: ov.ov_targets(m, layer, self.saes[t], fold_norms=cfg.fold_norms, block=block, cache=cache),
+        )  # fmt: skip
         e = ov.ov_pass(
-            self.model, self.saes[i], layer, u.start, u.end, targets, k=cfg.ov_k, cap=cfg.ov_cap,
-            fold_norms=cfg.fold_norms, block_rows=self.block_rows, key_block=cfg.key_block,
+            m, self.saes[i], layer, u.start, u.end, targets, k=cfg.ov_k, cap=cfg.ov_cap,
+            fold_norms=cfg.fold_norms, block_rows=self.block_rows,
         )  # fmt: skip
         self._write_edges("ov", i, t, e)
 
     def _unit_neighbours(self, u: Unit) -> None:
-        i = u.sae
-        cols = self.cached(
-            ("unit_dec", i, False), lambda: neighbours.unit_decoders(self.model, self.saes[i], resid=False)
-        )
-        e = neighbours.cosine_pass(
-            self.model, self.saes[i], u.start, u.end, cols, k=self.cfg.neighbour_k, key_block=self.cfg.key_block
-        )
+        i, m = u.sae, self.model
+        cols = self.columns(
+            ("unit_dec", i, False), self.saes[i].d_in,
+            lambda block, cache: neighbours.unit_decoders(m, self.saes[i], resid=False, block=block, cache=cache),
+        )  # fmt: skip
+        e = neighbours.cosine_pass(m, self.saes[i], u.start, u.end, cols, k=self.cfg.neighbour_k)
         self._write_edges("cosine", i, i, e)
 
     def _unit_flow(self, u: Unit) -> None:
         cfg, i = self.cfg, u.sae
-        j = dict(flow_pairs(self.saes))[i]
-        cols = self.cached(
-            ("unit_dec", j, True),
-            lambda: neighbours.unit_decoders(self.model, self.saes[j], resid=True, fold_norms=cfg.fold_norms),
-        )
-        e = neighbours.flow_pass(
-            self.model, self.saes[i], u.start, u.end, cols, k=cfg.flow_k, fold_norms=cfg.fold_norms,
-            key_block=cfg.key_block,
+        j, m = dict(flow_pairs(self.saes))[i], self.model
+        cols = self.columns(
+            ("unit_dec", j, True), m.d_model,
+            lambda block, cache: neighbours.unit_decoders(
+                m, self.saes[j], resid=True, fold_norms=cfg.fold_norms, block=block, cache=cache
+            ),
         )  # fmt: skip
+        e = neighbours.flow_pass(m, self.saes[i], u.start, u.end, cols, k=cfg.flow_k, fold_norms=cfg.fold_norms)
         self._write_edges("flow", i, j, e)
 
     def _top_ids(self, u: Unit, phase: str) -> np.ndarray | None:
@@ -519,7 +560,14 @@ class _Build:
                 self.model, self.saes[i], u.start, u.end, k=cfg.top_k, fold_norms=cfg.fold_norms,
                 block_rows=self.block_rows, vocab_tile=self.vocab_tile,
             ).top_ids  # fmt: skip
-        ee_ids = self._top_ids(u, "ee") if "ee" in cfg.passes else None
+        ee_ids = None
+        if "ee" in cfg.passes:
+            ee_ids = self._top_ids(u, "ee")
+            if ee_ids is None:  # this chunk's ee unit ran in another shard: same numbers, recomputed
+                ee_ids = ee.ee_pass(
+                    self.model, self.saes[i], u.start, u.end, k=cfg.top_k, fold_norms=cfg.fold_norms,
+                    block_rows=self.block_rows, vocab_tile=self.vocab_tile,
+                ).top_ids  # fmt: skip
         base = self.cached("embed_baseline", lambda: semantic.embed_baseline(self.model, cfg.semantic))
         labels = semantic.semantic_pass(self.model, du_ids, ee_ids, cfg.semantic, base)
         fids = self._fids(i, np.arange(u.start, u.end))
@@ -527,6 +575,16 @@ class _Build:
             (int(f), text, kind, "heuristic", score, ev)
             for f, (text, kind, score, ev) in zip(fids, labels, strict=True)
         )
+
+
+def _norms(W: torch.Tensor, dim: int, block: int = 65536) -> np.ndarray:
+    """Norms along ``dim`` of an SAE matrix; a bf16/fp16 one is converted a block at a time (a whole fp32
+    copy would be twice the decoder)."""
+    if W.dtype == torch.float32:
+        return W.norm(dim=dim).cpu().numpy()
+    n = W.shape[1 - dim]
+    parts = [W.narrow(1 - dim, s, e - s).float().norm(dim=dim).cpu().numpy() for s, e in chunks(0, n, block)]
+    return np.concatenate(parts)
 
 
 def _init_atlas(
@@ -540,8 +598,8 @@ def _init_atlas(
         for name, s in zip(names, saes, strict=True):
             sae_id = db.add_sae(name=name, **s.atlas_sae_fields(model_id))
             cols = {
-                "dec_norm": s.W_dec.float().norm(dim=1).cpu().numpy(),
-                "enc_norm": s.W_enc.float().norm(dim=0).cpu().numpy(),
+                "dec_norm": _norms(s.W_dec, 1),
+                "enc_norm": _norms(s.W_enc, 0),
                 "b_enc": s.b_enc.float().cpu().numpy(),
             }
             if s.threshold is not None:

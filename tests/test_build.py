@@ -152,6 +152,26 @@ def test_crash_then_resume_gives_identical_rows(built, tmp_path):
     assert dump(out) == dump(target)
 
 
+def test_streaming_the_other_side_gives_identical_rows(built, tmp_path):
+    """cache_mb=0: no QK keys / OV targets / cosine columns are cached, all streamed: the same atlas."""
+    m, saes, out = built
+    streamed = build_atlas(m, saes, tmp_path / "s.db", config=config(cache_mb=0), progress=False)
+    a, b = dump(out), dump(streamed)
+    assert b["provenance"]["build"]["config"]["cache_mb"] == 0
+    assert a["provenance"]["build"]["fingerprint"] == b["provenance"]["build"]["fingerprint"]
+    del a["provenance"], b["provenance"]
+    assert a == b and len(a["edges"]) > 1000
+
+
+def test_memory_budget_rules():
+    cfg = config(memory_mb=64)
+    assert cfg.cache_bytes() == 32 << 20 and config(cache_mb=0).cache_bytes() == 0
+    # a streamed block of 768-wide columns with 256-row score tiles stays within half the budget
+    cfg = BuildConfig(memory_mb=64)
+    cols = cfg.key_columns(768, 256)
+    assert cols < cfg.key_block and 4 * cols * (3 * 768 + 2 * 256) <= 32 << 20
+
+
 def test_existing_output_and_bad_settings_are_refused(built, tmp_path):
     m, saes, out = built
     with pytest.raises(BuildError, match="already exists"):

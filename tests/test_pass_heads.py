@@ -70,8 +70,8 @@ def dense_qk(m, sae_q, sae_k, layer):
 def test_qk_topk_matches_dense_and_streams_over_keys():
     m = tiny_model(norm_kind="layernorm")
     a, b = tiny_sae(m, layer=0, d_sae=31, seed=2), tiny_sae(m, layer=0, d_sae=45, seed=3)
-    keys = qk_keys(m, b, 1, fold_norms=True, block=10)
-    e = qk_pass(m, a, 1, 3, 31, keys, k=4, block_rows=5, key_block=7)
+    keys = qk_keys(m, b, 1, fold_norms=True, block=7, cache=False)  # streamed: 7 blocks, recomputed per sweep
+    e = qk_pass(m, a, 1, 3, 31, keys, k=4, block_rows=5)
     S = dense_qk(m, a, b, 1)  # (31, H, 45)
     assert len(e) == 28 * m.n_heads * 4
     for src, h, dst, score, rank in zip(e.src, e.head, e.dst, e.score, e.rank, strict=True):
@@ -124,7 +124,7 @@ def test_ov_residual_and_hook_z_targets_match_dense():
         (zt, [x @ lw.W_V[h] @ zt.W_enc.view(m.n_heads, m.d_head, -1)[h] for h in range(m.n_heads)]),
     ):
         S = torch.stack(dense, 1).numpy()  # (23, H, n_t)
-        e = ov_pass(m, src, 1, 0, 23, ov_targets(m, 1, target, fold_norms=True, block=8), k=3, key_block=10)
+        e = ov_pass(m, src, 1, 0, 23, ov_targets(m, 1, target, fold_norms=True, block=8, cache=False), k=3)
         for s, h, d, score, rank in zip(e.src, e.head, e.dst, e.score, e.rank, strict=True):
             order = np.lexsort((np.arange(S.shape[2]), -np.abs(S[s, h])))
             assert d == order[rank]
@@ -156,3 +156,30 @@ def test_attribution_planted_single_head_and_shares():
     np.testing.assert_allclose(r.shares.sum(1), 1.0)
     dense = (sae.W_dec.view(10, m.n_heads, m.d_head) ** 2).sum(-1)
     np.testing.assert_allclose(r.shares, (dense / dense.sum(1, keepdim=True)).numpy(), rtol=1e-6)
+
+
+def test_streamed_and_cached_columns_give_identical_edges():
+    """The memory rule (cache the other side iff it fits, else stream it) never changes a number."""
+    m = tiny_model(gemma=True)
+    a, b = tiny_sae(m, layer=0, d_sae=37, seed=2), tiny_sae(m, layer=0, d_sae=45, seed=3)
+    tgt, zt = tiny_sae(m, layer=1, d_sae=29, seed=4), tiny_sae(m, site="attn_z", layer=1, d_sae=19, seed=5)
+    for block in (6, 45):
+        streamed, cached = (qk_keys(m, b, 1, fold_norms=True, block=block, cache=c) for c in (False, True))
+        assert not streamed.cached and cached.cached and cached.nbytes == 4 * m.n_heads * m.d_head * 45
+        e1, e2 = (qk_pass(m, a, 1, 2, 37, keys, k=4, cap=9, block_rows=5) for keys in (streamed, cached))
+        for f in ("src", "dst", "head", "score", "rank"):
+            np.testing.assert_array_equal(getattr(e1, f), getattr(e2, f))
+        for target in (tgt, zt):
+            e1, e2 = (
+                ov_pass(m, a, 1, 0, 37, ov_targets(m, 1, target, fold_norms=True, block=block, cache=c), k=3)
+                for c in (False, True)
+            )
+            for f in ("src", "dst", "head", "score", "rank"):
+                np.testing.assert_array_equal(getattr(e1, f), getattr(e2, f))
+    # a streamed sweep recomputes each block once per call, not once per row block or head
+    calls = []
+    keys = qk_keys(m, b, 1, fold_norms=True, block=10, cache=False)
+    make = keys._make
+    keys._make = lambda c0, c1: calls.append(c0) or make(c0, c1)
+    qk_pass(m, a, 1, 0, 37, keys, k=3, block_rows=4)
+    assert calls == [0, 10, 20, 30, 40]

@@ -18,7 +18,7 @@ def test_cosine_neighbours_match_dense_and_exclude_self():
     m = tiny_model()
     sae = tiny_sae(m, d_sae=41)
     sae.W_dec[9] = sae.W_dec[30] * 2  # planted duplicate direction
-    e = cosine_pass(m, sae, 0, 41, unit_decoders(m, sae, resid=False), k=5, block_rows=8, key_block=9)
+    e = cosine_pass(m, sae, 0, 41, unit_decoders(m, sae, resid=False, block=9, cache=False), k=5, block_rows=8)
     C = (unit(sae.W_dec) @ unit(sae.W_dec).T).numpy()
     np.fill_diagonal(C, -np.inf)
     for s, d, score, r in zip(e.src, e.dst, e.score, e.rank, strict=True):
@@ -32,13 +32,28 @@ def test_flow_matches_dense_through_W_O_for_hook_z():
     m = tiny_model()
     z = tiny_sae(m, site="attn_z", layer=1, d_sae=15)
     res = tiny_sae(m, site="resid_post", layer=1, d_sae=22, seed=7)
-    e = flow_pass(m, z, 0, 15, unit_decoders(m, res, resid=True), k=3, block_rows=4, key_block=5)
+    e = flow_pass(m, z, 0, 15, unit_decoders(m, res, resid=True, block=5, cache=False), k=3, block_rows=4)
     lw = m.layers[1]
     zr = sum(z.W_dec.view(15, m.n_heads, m.d_head)[:, h] @ lw.W_O[h] for h in range(m.n_heads))
     C = (unit(zr) @ unit(res.W_dec).T).numpy()
     for s, d, score, r in zip(e.src, e.dst, e.score, e.rank, strict=True):
         assert d == np.lexsort((np.arange(22), -C[s]))[r]
         np.testing.assert_allclose(score, C[s, d], rtol=1e-5, atol=1e-6)
+
+
+def test_streamed_and_cached_unit_decoders_give_identical_edges():
+    m = tiny_model(gemma=True)
+    z = tiny_sae(m, site="attn_z", layer=1, d_sae=21)
+    res = tiny_sae(m, site="resid_post", layer=1, d_sae=34, seed=7)
+    for block in (4, 34):
+        a, b = (cosine_pass(m, res, 3, 34, unit_decoders(m, res, resid=False, block=block, cache=c), k=4, block_rows=6)
+                for c in (False, True))  # fmt: skip
+        np.testing.assert_array_equal(a.dst, b.dst)
+        np.testing.assert_array_equal(a.score, b.score)
+        a, b = (flow_pass(m, z, 0, 21, unit_decoders(m, res, resid=True, block=block, cache=c), k=3, block_rows=6)
+                for c in (False, True))  # fmt: skip
+        np.testing.assert_array_equal(a.dst, b.dst)
+        np.testing.assert_array_equal(a.score, b.score)
 
 
 def test_semantic_labels_planted_lists():

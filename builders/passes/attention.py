@@ -110,11 +110,24 @@ def attention_pass(
     return AttentionScores(layers, scores, pct)
 
 
-def depth_profile(scores: np.ndarray, percentiles: np.ndarray, threshold: float) -> dict[str, float]:
-    """Summary of one (layer, role) over every (feature, head): n, mean, median, p75, frac_above."""
+def depth_profile(
+    scores: np.ndarray,
+    percentiles: np.ndarray | None,
+    threshold: float,
+    *,
+    n_above: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, float]:
+    """Summary of one (layer, role) over every (feature, head): n, mean, median, p75, frac_above.
+
+    ``n_above`` (how many percentiles are >= threshold) may replace
+    ``percentiles``. ``overwrite=True`` lets the median and P75 reorder a
+    float64 ``scores`` in place instead of copying it.
+    """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    p = np.asarray(percentiles, dtype=np.float64).reshape(-1)
-    return dict(
-        n=int(s.size), mean=float(s.mean()), median=float(np.median(s)),
-        p75=float(np.percentile(s, 75)), frac_above=float((p >= threshold).mean()),
-    )  # fmt: skip
+    if n_above is None:
+        n_above = int((np.asarray(percentiles).reshape(-1) >= threshold).sum())
+    mean = float(s.mean())  # before the selections below may reorder s
+    median = float(np.median(s, overwrite_input=overwrite))
+    p75 = float(np.percentile(s, 75, overwrite_input=overwrite))
+    return dict(n=int(s.size), mean=mean, median=median, p75=p75, frac_above=n_above / s.size)

@@ -20,6 +20,7 @@ Conventions every pass follows (and the build records in provenance):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,15 +137,27 @@ class StreamingTopK:
         self.k, self.largest = k, largest
         self.vals: torch.Tensor | None = None  # (n, k) best first
         self.ids: torch.Tensor | None = None  # (n, k) int64 column ids
+        self.payload: torch.Tensor | None = None  # (n, k) companion values of the kept columns, if given
 
-    def update(self, tile: torch.Tensor, offset: int, extreme: torch.Tensor | None = None) -> None:
-        """tile: (n, t) values of columns [offset, offset + t); extreme: (n,) its row max (min if smallest)."""
+    def update(
+        self,
+        tile: torch.Tensor,
+        offset: int,
+        extreme: torch.Tensor | None = None,
+        payload: torch.Tensor | None = None,
+    ) -> None:
+        """tile: (n, t) values of columns [offset, offset + t); extreme: (n,) its row max (min if smallest).
+
+        ``payload`` (n, t): values carried along with the kept columns (the
+        signed score when ranking by magnitude); give it on every update or never.
+        """
         if self.vals is None or self.vals.shape[1] < self.k:
             v, i = tile.topk(min(self.k, tile.shape[1]), dim=1, largest=self.largest)  # (n, <=k)
+            p = None if payload is None else payload.gather(1, i)  # (n, <=k)
             i = i + offset
             if self.vals is not None:
-                v, i = self._merge(self.vals, self.ids, v, i)
-            self.vals, self.ids = v, i
+                v, i, p = self._merge(self.vals, self.ids, self.payload, v, i, p)
+            self.vals, self.ids, self.payload = v, i, p
             return
         if extreme is None:
             extreme = tile.amax(1) if self.largest else tile.amin(1)
@@ -153,14 +166,19 @@ class StreamingTopK:
         if rows.numel() == 0:
             return
         v, i = tile[rows].topk(min(self.k, tile.shape[1]), dim=1, largest=self.largest)  # (r, <=k)
-        v, i = self._merge(self.vals[rows], self.ids[rows], v, i + offset)
+        p = None if payload is None else payload[rows].gather(1, i)  # (r, <=k)
+        old_p = None if self.payload is None else self.payload[rows]
+        v, i, p = self._merge(self.vals[rows], self.ids[rows], old_p, v, i + offset, p)
         self.vals[rows], self.ids[rows] = v, i
+        if p is not None:
+            self.payload[rows] = p
 
-    def _merge(self, v1, i1, v2, i2):
+    def _merge(self, v1, i1, p1, v2, i2, p2):
         v, i = torch.cat([v1, v2], 1), torch.cat([i1, i2], 1)  # (r, 2k)
         kk = min(self.k, v.shape[1])
         v, j = v.topk(kk, dim=1, largest=self.largest)
-        return v, i.gather(1, j)
+        p = None if p1 is None else torch.cat([p1, p2], 1).gather(1, j)  # (r, kk)
+        return v, i.gather(1, j), p
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(values, ids), each (n, k), best first, ties by smaller id."""
@@ -266,10 +284,99 @@ def vocab_scores(dirs: torch.Tensor, W: torch.Tensor, k: int, *, block_rows: int
     return VocabScores(out, tops[0], tops[1], tops[2], tops[3])
 
 
+class Columns:
+    """The "other side" of a streamed top-k (QK keys, OV targets, cosine columns), block by block.
+
+    ``make(c0, c1)`` computes columns [c0, c1) from the SAE weights as a
+    (H, d, c1 - c0) tensor. Blocks are always ``chunks(0, n_cols, block)``, so
+    a cached instance (every block kept: ``nbytes`` of memory, the size of a
+    decoder) and a streamed one (each block recomputed per sweep, one block of
+    memory) hand out bit-identical tensors and give bit-identical rows. The
+    build caches iff ``nbytes`` fits its memory budget (``BuildConfig.cache_bytes``).
+    """
+
+    def __init__(
+        self, n_cols: int, heads: int, dim: int, make: Callable[[int, int], torch.Tensor], *, block: int, cache: bool
+    ):
+        self.n_cols, self.heads, self.dim, self.block = n_cols, heads, dim, max(1, int(block))
+        self._make = make
+        self._blocks = [make(c0, c1) for c0, c1 in chunks(0, n_cols, self.block)] if cache else None
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor, *, block: int = 8192) -> Columns:
+        """Wrap an already materialised (H, d, n_cols) tensor (views, no copy)."""
+        return cls(t.shape[2], t.shape[0], t.shape[1], lambda c0, c1: t[:, :, c0:c1], block=block, cache=True)
+
+    @property
+    def cached(self) -> bool:
+        return self._blocks is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the whole set of columns takes in fp32 (what caching costs)."""
+        return 4 * self.heads * self.dim * self.n_cols
+
+    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(c0, c1, block (H, d, c1 - c0)) in column order."""
+        for j, (c0, c1) in enumerate(chunks(0, self.n_cols, self.block)):
+            yield c0, c1, (self._blocks[j] if self._blocks is not None else self._make(c0, c1))
+
+
 @torch.inference_mode()
+def stream_topk(
+    lefts: list[torch.Tensor],
+    right: Columns,
+    k: int,
+    *,
+    scale: float = 1.0,
+    excludes: list[torch.Tensor] | None = None,
+    signed: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row and head, the k columns of ``scale * left[:, h] @ right[h]`` with the largest |score|.
+
+    lefts: row blocks, each (b, H, d); right: the (H, d, n_cols) columns,
+    swept ONCE for all row blocks (so a streamed ``right`` is computed once per
+    call), never whole. ``excludes``: per row block, (b,) column to skip per
+    row (a feature and itself), or None. ``signed=True`` ranks by the signed
+    score instead of its magnitude. The signed scores returned are the ones
+    ranked (same matmul). Returns scores and column ids, each (n, H, k) for the
+    rows of all blocks in order, best first, ties by smaller id.
+    """
+    H = right.heads
+    k = min(k, right.n_cols - (1 if excludes is not None else 0))
+    tops = [[StreamingTopK(k, largest=True) for _ in range(H)] for _ in lefts]
+    for c0, c1, blk in right:  # blk: (H, d, c)
+        for bi, left in enumerate(lefts):
+            excl = excludes[bi] if excludes is not None else None
+            rows = None
+            if excl is not None:
+                rows = ((excl >= c0) & (excl < c1)).nonzero(as_tuple=True)[0]  # (r,)
+            for h in range(H):
+                S = (left[:, h] @ blk[h]) * scale  # (b, c) signed scores
+                A = S if signed else S.abs()  # (b, c) ranking key
+                if rows is not None and rows.numel():
+                    A[rows, excl[rows] - c0] = float("-inf")
+                tops[bi][h].update(A, c0, payload=None if signed else S)
+    n = sum(left.shape[0] for left in lefts)
+    vals = np.empty((n, H, k))
+    ids = np.empty((n, H, k), dtype=np.int64)
+    r0 = 0
+    for bi, left in enumerate(lefts):
+        r1 = r0 + left.shape[0]
+        for h, st in enumerate(tops[bi]):
+            s = st.vals if signed else st.payload  # (b, k) signed scores of the chosen columns
+            s_np, sel_np = s.double().cpu().numpy(), st.ids.cpu().numpy()
+            key = s_np if signed else np.abs(s_np)
+            order = np.lexsort((sel_np, -key), axis=-1)  # by |score| desc, ties by smaller id
+            vals[r0:r1, h] = np.take_along_axis(s_np, order, -1)
+            ids[r0:r1, h] = np.take_along_axis(sel_np, order, -1)
+        r0 = r1
+    return vals, ids
+
+
 def topk_by_magnitude(
     left: torch.Tensor,
-    right: torch.Tensor,
+    right: torch.Tensor | Columns,
     k: int,
     *,
     scale: float = 1.0,
@@ -277,36 +384,6 @@ def topk_by_magnitude(
     exclude: torch.Tensor | None = None,
     signed: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row and head, the k columns of ``scale * left[:, h] @ right[h]`` with the largest |score|.
-
-    left: (b, H, d); right: (H, d, n_cols). Columns are streamed in blocks of
-    ``key_block``, so the (b, n_cols) score matrix of a head is never whole.
-    ``exclude``: (b,) column to skip per row (a feature and itself), or None.
-    ``signed=True`` ranks by the signed score instead of its magnitude.
-    Returns signed scores and column ids, each (b, H, k), best first, ties by smaller id.
-    """
-    b, H, _ = left.shape
-    n_cols = right.shape[2]
-    k = min(k, n_cols - (1 if exclude is not None else 0))
-    vals = np.empty((b, H, k))
-    ids = np.empty((b, H, k), dtype=np.int64)
-    for h in range(H):
-        st = StreamingTopK(k, largest=True)
-        for c0, c1 in chunks(0, n_cols, key_block):
-            S = (left[:, h] @ right[h, :, c0:c1]) * scale  # (b, c)
-            A = S if signed else S.abs()  # (b, c)
-            if exclude is not None:
-                hit = (exclude >= c0) & (exclude < c1)
-                rows = hit.nonzero(as_tuple=True)[0]
-                A[rows, exclude[rows] - c0] = float("-inf")
-            st.update(A, c0)
-        sel = st.ids  # (b, k)
-        # Signed scores of the chosen columns (recomputed: cheap, and exact to the same rounding).
-        chosen = right[h].T[sel]  # (b, k, d)
-        s = torch.einsum("bd,bkd->bk", left[:, h], chosen) * scale  # (b, k)
-        s_np, sel_np = s.double().cpu().numpy(), sel.cpu().numpy()
-        key = s_np if signed else np.abs(s_np)
-        order = np.lexsort((sel_np, -key), axis=-1)  # by |score| desc, ties by smaller id
-        vals[:, h] = np.take_along_axis(s_np, order, -1)
-        ids[:, h] = np.take_along_axis(sel_np, order, -1)
-    return vals, ids
+    """:func:`stream_topk` for one row block; ``right`` may be a whole (H, d, n_cols) tensor."""
+    cols = right if isinstance(right, Columns) else Columns.from_tensor(right, block=key_block)
+    return stream_topk([left], cols, k, scale=scale, excludes=None if exclude is None else [exclude], signed=signed)

@@ -7,6 +7,10 @@
   forward pass (by site position) whose residual-stream decoder directions
   have the largest cosine: a data-free matching of features across depth.
   hook_z rows go through W_O first. Edges point forward (src earlier).
+
+The unit decoder columns searched (:func:`unit_decoders`) are a
+:class:`Columns`: kept whole when ``cache`` or recomputed block by block on
+every sweep (bit-identical rows either way).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from builders.passes.common import chunks, compute_dtype, decoder_rows, resid_directions, topk_by_magnitude
+from builders.passes.common import Columns, chunks, compute_dtype, decoder_rows, resid_directions, stream_topk
 from builders.passes.qk import EdgeRows
 from builders.weights import ModelWeights, SAEWeights
 
@@ -23,15 +27,27 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-30)
 
 
-@torch.inference_mode()
-def unit_decoders(model: ModelWeights, sae: SAEWeights, *, resid: bool, fold_norms: bool = True) -> torch.Tensor:
-    """All unit decoder directions, (d_model_or_d_in, d_sae) (column per feature)."""
+def unit_decoders(
+    model: ModelWeights, sae: SAEWeights, *, resid: bool, fold_norms: bool = True, block: int = 8192, cache: bool = True
+) -> Columns:
+    """All unit decoder directions as columns, (1, d_model_or_d_in, d_sae), cached or streamed."""
     dtype = compute_dtype(model)
-    if resid:
-        d = resid_directions(model, sae, 0, sae.d_sae, fold_norms=fold_norms, dtype=dtype)  # (d_sae, d_model)
-    else:
-        d = decoder_rows(model, sae, 0, sae.d_sae, dtype)  # (d_sae, d_in)
-    return _unit(d).T.contiguous()
+
+    @torch.inference_mode()
+    def make(s: int, e: int) -> torch.Tensor:
+        if resid:
+            d = resid_directions(model, sae, s, e, fold_norms=fold_norms, dtype=dtype)  # (b, d_model)
+        else:
+            d = decoder_rows(model, sae, s, e, dtype)  # (b, d_in)
+        return _unit(d).T.contiguous()[None]  # (1, d, b)
+
+    dim = model.d_model if resid else sae.d_in
+    return Columns(sae.d_sae, 1, dim, make, block=block, cache=cache)
+
+
+def _as_columns(cols: Columns | torch.Tensor, key_block: int) -> Columns:
+    """A plain (d, n) tensor of unit columns is wrapped as one head."""
+    return cols if isinstance(cols, Columns) else Columns.from_tensor(cols[None], block=key_block)
 
 
 @torch.inference_mode()
@@ -40,7 +56,7 @@ def cosine_pass(
     sae: SAEWeights,
     start: int,
     end: int,
-    cols: torch.Tensor,
+    cols: Columns | torch.Tensor,
     *,
     k: int = 10,
     block_rows: int = 1024,
@@ -48,18 +64,18 @@ def cosine_pass(
     resid: bool = False,
 ) -> EdgeRows:
     """Neighbours of [start, end) among ``cols`` (from :func:`unit_decoders` of the same SAE)."""
-    parts_v, parts_i = [], []
+    cols = _as_columns(cols, key_block)
+    dtype = compute_dtype(model)
+    lefts, excludes = [], []
     for b0, b1 in chunks(start, end, block_rows):
         if resid:
-            rows = resid_directions(model, sae, b0, b1, fold_norms=True, dtype=cols.dtype)
+            rows = resid_directions(model, sae, b0, b1, fold_norms=True, dtype=dtype)  # (b, d_model)
         else:
-            rows = decoder_rows(model, sae, b0, b1, cols.dtype)  # (b, d_in)
-        left = _unit(rows)[:, None, :]  # (b, 1, d)
-        excl = torch.arange(b0, b1, device=left.device)
-        v, i = topk_by_magnitude(left, cols[None], k, key_block=key_block, exclude=excl, signed=True)
-        parts_v.append(v[:, 0])
-        parts_i.append(i[:, 0])
-    return _edges(np.concatenate(parts_v), np.concatenate(parts_i), start)
+            rows = decoder_rows(model, sae, b0, b1, dtype)  # (b, d_in)
+        lefts.append(_unit(rows)[:, None, :])  # (b, 1, d)
+        excludes.append(torch.arange(b0, b1, device=rows.device))
+    v, i = stream_topk(lefts, cols, k, excludes=excludes, signed=True)  # (n, 1, k)
+    return _edges(v[:, 0], i[:, 0], start)
 
 
 @torch.inference_mode()
@@ -68,7 +84,7 @@ def flow_pass(
     src: SAEWeights,
     start: int,
     end: int,
-    dst_cols: torch.Tensor,
+    dst_cols: Columns | torch.Tensor,
     *,
     k: int = 5,
     fold_norms: bool = True,
@@ -76,13 +92,13 @@ def flow_pass(
     key_block: int = 8192,
 ) -> EdgeRows:
     """Flow matches of src features [start, end) among ``dst_cols`` (unit_decoders(dst, resid=True))."""
-    parts_v, parts_i = [], []
+    dst_cols = _as_columns(dst_cols, key_block)
+    lefts = []
     for b0, b1 in chunks(start, end, block_rows):
-        d = resid_directions(model, src, b0, b1, fold_norms=fold_norms, dtype=dst_cols.dtype)  # (b, d_model)
-        v, i = topk_by_magnitude(_unit(d)[:, None, :], dst_cols[None], k, key_block=key_block, signed=True)
-        parts_v.append(v[:, 0])
-        parts_i.append(i[:, 0])
-    return _edges(np.concatenate(parts_v), np.concatenate(parts_i), start)
+        d = resid_directions(model, src, b0, b1, fold_norms=fold_norms, dtype=compute_dtype(model))  # (b, d_model)
+        lefts.append(_unit(d)[:, None, :])  # (b, 1, d_model)
+    v, i = stream_topk(lefts, dst_cols, k, signed=True)  # (n, 1, k)
+    return _edges(v[:, 0], i[:, 0], start)
 
 
 def _edges(vals: np.ndarray, ids: np.ndarray, start: int) -> EdgeRows:

@@ -12,38 +12,41 @@ target encoder column e_k (model units):
         score(j, k, h) = x_j @ W_V[l][h] @ e_k[h-slice]
 
 The k targets with the largest |score| are kept per (j, h), streaming over k.
+The per-head read-outs of the targets (:func:`ov_targets`) are a
+:class:`Columns`, kept whole when ``cache`` or recomputed block by block from
+the target encoder on every sweep; both give bit-identical edges.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from builders.passes.common import chunks, compute_dtype, encoder_columns, topk_by_magnitude
+from builders.passes.common import Columns, chunks, compute_dtype, encoder_columns, stream_topk
 from builders.passes.qk import EdgeRows, edges_from_topk, folded_dirs
 from builders.weights import ModelWeights, SAEWeights
 
 
-@torch.inference_mode()
 def ov_targets(
-    model: ModelWeights, layer: int, target: SAEWeights, *, fold_norms: bool, block: int = 4096
-) -> torch.Tensor:
-    """Per-head read-out of the target encoder: (H, d_head, d_sae_target)."""
+    model: ModelWeights, layer: int, target: SAEWeights, *, fold_norms: bool, block: int = 8192, cache: bool = True
+) -> Columns:
+    """Per-head read-out of the target encoder: (H, d_head, d_sae_target), cached or streamed."""
     dtype = compute_dtype(model)
     lw = model.layers[layer]
     H, dh = model.n_heads, model.d_head
-    out = torch.empty(H, dh, target.d_sae, device=model.device, dtype=dtype)
-    for s, e in chunks(0, target.d_sae, block):
+    if target.site == "attn_z" and target.layer != layer:
+        raise ValueError(f"a hook_z OV target must sit at layer {layer}, not {target.layer}")
+    W_O = lw.W_O.to(dtype)  # (H, d_head, d_model)
+
+    @torch.inference_mode()
+    def make(s: int, e: int) -> torch.Tensor:
         E = encoder_columns(model, target, s, e, dtype)  # (b, d_in)
         if target.site == "attn_z":
-            if target.layer != layer:
-                raise ValueError(f"a hook_z OV target must sit at layer {layer}, not {target.layer}")
-            out[:, :, s:e] = E.view(-1, H, dh).permute(1, 2, 0)  # (H, d_head, b)
-        else:
-            if fold_norms and lw.ln_attn_out is not None:
-                E = E * lw.ln_attn_out.gain.to(E)  # (b, d_model)
-            out[:, :, s:e] = torch.einsum("hdm,nm->hdn", lw.W_O.to(dtype), E)  # (H, d_head, b)
-    return out
+            return E.view(-1, H, dh).permute(1, 2, 0).contiguous()  # (H, d_head, b)
+        if fold_norms and lw.ln_attn_out is not None:
+            E = E * lw.ln_attn_out.gain.to(E)  # (b, d_model)
+        return torch.einsum("hdm,nm->hdn", W_O, E).contiguous()  # (H, d_head, b)
+
+    return Columns(target.d_sae, H, dh, make, block=block, cache=cache)
 
 
 @torch.inference_mode()
@@ -53,7 +56,7 @@ def ov_pass(
     layer: int,
     start: int,
     end: int,
-    targets: torch.Tensor,
+    targets: Columns | torch.Tensor,
     *,
     k: int = 10,
     cap: int | None = None,
@@ -62,12 +65,12 @@ def ov_pass(
     key_block: int = 8192,
 ) -> EdgeRows:
     """OV edges of source features [start, end) against ``targets`` (from :func:`ov_targets`)."""
+    if isinstance(targets, torch.Tensor):
+        targets = Columns.from_tensor(targets, block=key_block)
     W_V = model.layers[layer].W_V.to(compute_dtype(model))  # (H, d_model, d_head)
-    parts_v, parts_i = [], []
+    lefts = []
     for b0, b1 in chunks(start, end, block_rows):
         x = folded_dirs(model, src_sae, layer, b0, b1, fold_norms=fold_norms)  # (b, d_model)
-        v = torch.einsum("nm,hmd->nhd", x, W_V)  # (b, H, d_head)
-        vals, ids = topk_by_magnitude(v, targets, k, key_block=key_block)
-        parts_v.append(vals)
-        parts_i.append(ids)
-    return edges_from_topk(np.concatenate(parts_v), np.concatenate(parts_i), start, cap=cap, layer=layer)
+        lefts.append(torch.einsum("nm,hmd->nhd", x, W_V))  # (b, H, d_head)
+    vals, ids = stream_topk(lefts, targets, k)
+    return edges_from_topk(vals, ids, start, cap=cap, layer=layer)

@@ -11,6 +11,11 @@ GPT-Neo 1.0). By default A = B = the SAE whose site layer l reads. For each
 (i, h) the k features j with the largest |score| are kept, streaming over j,
 so the all-pairs matrix never exists. ``cap`` optionally keeps only the
 strongest ``cap`` edges of feature i across all heads (then re-ranks per head).
+
+The key vectors of SAE B (:func:`qk_keys`) are a :class:`Columns`: kept
+whole when ``cache`` (one decoder's worth of memory) or recomputed block by
+block from the weights on every sweep (one block of memory, whatever d_sae).
+Both give bit-identical edges.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from builders.passes.common import chunks, compute_dtype, fold_direction, resid_directions, topk_by_magnitude
+from builders.passes.common import Columns, chunks, compute_dtype, fold_direction, resid_directions, stream_topk
 from builders.weights import ModelWeights, SAEWeights
 
 
@@ -46,15 +51,18 @@ def folded_dirs(
     return fold_direction(d, model.layers[layer].ln1) if fold_norms else d
 
 
-@torch.inference_mode()
-def qk_keys(model: ModelWeights, sae: SAEWeights, layer: int, *, fold_norms: bool, block: int = 4096) -> torch.Tensor:
-    """Key vectors of every feature of ``sae`` for every head: (H, d_head, d_sae)."""
+def qk_keys(
+    model: ModelWeights, sae: SAEWeights, layer: int, *, fold_norms: bool, block: int = 8192, cache: bool = True
+) -> Columns:
+    """Key vectors of every feature of ``sae`` for every head: (H, d_head, d_sae), cached or streamed."""
     W_K = model.layers[layer].W_K.to(compute_dtype(model))  # (H, d_model, d_head)
-    out = torch.empty(model.n_heads, model.d_head, sae.d_sae, device=model.device, dtype=W_K.dtype)
-    for s, e in chunks(0, sae.d_sae, block):
+
+    @torch.inference_mode()
+    def make(s: int, e: int) -> torch.Tensor:
         x = folded_dirs(model, sae, layer, s, e, fold_norms=fold_norms)  # (b, d_model)
-        out[:, :, s:e] = torch.einsum("nm,hmd->hdn", x, W_K)  # (H, d_head, b)
-    return out
+        return torch.einsum("nm,hmd->hdn", x, W_K).contiguous()  # (H, d_head, b)
+
+    return Columns(sae.d_sae, model.n_heads, model.d_head, make, block=block, cache=cache)
 
 
 def edges_from_topk(
@@ -90,7 +98,7 @@ def qk_pass(
     layer: int,
     start: int,
     end: int,
-    keys: torch.Tensor,
+    keys: Columns | torch.Tensor,
     *,
     k: int = 10,
     cap: int | None = None,
@@ -99,14 +107,18 @@ def qk_pass(
     block_rows: int = 256,
     key_block: int = 8192,
 ) -> EdgeRows:
-    """QK edges of query features [start, end) of ``q_sae`` against ``keys`` (from :func:`qk_keys`)."""
+    """QK edges of query features [start, end) of ``q_sae`` against ``keys`` (from :func:`qk_keys`).
+
+    ``keys`` is swept once for the whole range (so streamed keys are computed
+    once per call); ``key_block`` only applies to a plain (H, d_head, n) tensor.
+    """
+    if isinstance(keys, torch.Tensor):
+        keys = Columns.from_tensor(keys, block=key_block)
     W_Q = model.layers[layer].W_Q.to(compute_dtype(model))  # (H, d_model, d_head)
-    parts_v, parts_i = [], []
+    lefts, excludes = [], []
     for b0, b1 in chunks(start, end, block_rows):
         x = folded_dirs(model, q_sae, layer, b0, b1, fold_norms=fold_norms)  # (b, d_model)
-        q = torch.einsum("nm,hmd->nhd", x, W_Q)  # (b, H, d_head)
-        excl = torch.arange(b0, b1, device=q.device) if exclude_self else None
-        v, i = topk_by_magnitude(q, keys, k, scale=model.qk_scale, key_block=key_block, exclude=excl)
-        parts_v.append(v)
-        parts_i.append(i)
-    return edges_from_topk(np.concatenate(parts_v), np.concatenate(parts_i), start, cap=cap, layer=layer)
+        lefts.append(torch.einsum("nm,hmd->nhd", x, W_Q))  # (b, H, d_head)
+        excludes.append(torch.arange(b0, b1, device=x.device))
+    vals, ids = stream_topk(lefts, keys, k, scale=model.qk_scale, excludes=excludes if exclude_self else None)
+    return edges_from_topk(vals, ids, start, cap=cap, layer=layer)
