@@ -18,14 +18,40 @@ Everything that decides a number is recorded in provenance: every
 BuildConfig field, the model and SAE sources with their sha256, what each pass
 folded, the predicts/reads criteria with their fractions per SAE, the
 conventions, and the library versions.
+
+Memory: besides the weights, a build holds per-block scratch bounded by
+``memory_mb`` (it shrinks ``block_rows`` and ``key_block``) and at most one
+QK keys / OV targets / cosine-columns set (the "other side" of an edge pass,
+one decoder's worth, d_sae x d_model floats). That set is cached iff it fits
+``cache_mb`` (default half of ``memory_mb``), else streamed: recomputed from
+the SAE weights one block at a time, once per unit. Both give bit-identical
+rows, so extra memory does not grow with d_sae, except for the per-feature
+columns and the ``attn_profile`` unit's fp32 scores (exact medians need
+them: d_sae x n_heads x reach x 12 bytes, about 100 MB for 1M features and 8 heads).
+
+Shards: ``shard=(I, N)`` (``--shard I/N``) runs only the units whose
+position in the plan is I mod N, into ``OUT.shardI-of-N.partial``; every
+shard also writes the shared rows (model, vocab, heads, SAEs, features and
+their norms) identically, and records the plan in its provenance. N
+processes or machines run the N shards with the same settings (``--resume``
+continues a killed shard). :func:`merge_shards` (``--merge-shards OUT``)
+then refuses unless all N shard files exist, are complete and share one
+fingerprint and plan, and combines them into ``OUT`` via
+``OUT.merging.partial`` and an atomic rename: keyed tables are unioned,
+feature columns taken from the shard that computed them, and edges and labels
+re-inserted unit by unit in plan order, so the result is row-identical to a
+one-process build (ids included). The shard files are removed afterwards.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import platform
+import re
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,9 +62,10 @@ import numpy as np
 import torch
 
 import atlas
-from atlas.db import Atlas, create_atlas, open_atlas
+from atlas.db import Atlas, create_atlas, file_uri, open_atlas
 from atlas.errors import AtlasError
 from atlas.names import default_sae_name
+from atlas.write import FEATURE_METRIC_COLUMNS
 from builders.passes import attention, attribution, du, ee, neighbours, ov, predicts, qk, semantic
 from builders.passes.common import (
     RESIDUAL_SITES,
@@ -622,6 +649,26 @@ def _criteria_summary(db: Atlas, b: _Build) -> dict[str, Any]:
     return out
 
 
+def shard_path(out: str | Path, index: int, count: int) -> Path:
+    """The partial atlas shard ``index`` of ``count`` writes: ``OUT.shardI-of-N.partial``."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.shard{index}-of-{count}.partial")
+
+
+def _check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    index, count = (int(x) for x in shard)
+    if count < 1 or not 0 <= index < count:
+        raise BuildError(f"shard {index}/{count}: need 0 <= I < N (shards are numbered from 0)")
+    return index, count
+
+
+def _plan_rows(units: list[Unit], names: list[str]) -> list[list[Any]]:
+    """The plan as JSON rows [pass, SAE name, start, end], in run order (kept by shards for the merge)."""
+    return [[u.pass_name, names[u.sae], u.start, u.end] for u in units]
+
+
 def build_atlas(
     model: ModelWeights,
     saes: list[SAEWeights],
@@ -631,27 +678,36 @@ def build_atlas(
     resume: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
     after_unit: Callable[[Unit], None] | None = None,
 ) -> Path:
     """Run ``config.passes`` over ``saes`` of ``model`` into the atlas file ``out``; returns its path.
 
     ``resume`` continues ``OUT.partial`` from a killed build with the same
-    settings. ``after_unit`` is called after each committed unit (tests use it
-    to simulate a crash).
+    settings. ``shard=(I, N)`` runs only units whose position in the plan is
+    I mod N, into ``OUT.shardI-of-N.partial`` (returned; left unrenamed for
+    :func:`merge_shards`). ``after_unit`` is called after each committed unit
+    (tests use it to simulate a crash).
     """
     out = Path(out)
-    partial = out.with_name(out.name + ".partial")
+    shard = _check_shard(shard)
+    partial = shard_path(out, *shard) if shard else out.with_name(out.name + ".partial")
     if not saes:
         raise BuildError("no SAE given: pass at least one --sae")
     if out.exists() and not overwrite:
         raise BuildError(f"{out}: already exists (use --overwrite to replace it)")
     names = sae_names(saes, config.sae_names)
     prov = provenance(model, saes, names, config)
+    units = plan_units(model, saes, names, config)
+    if shard:
+        prov["shard"] = {"index": shard[0], "count": shard[1], "plan": _plan_rows(units, names)}
 
     if resume and partial.exists():
         db = open_atlas(partial, readonly=False)
-        old = db.provenance().get("build", {}).get("fingerprint")
-        if old != prov["build"]["fingerprint"]:
+        old = db.provenance()
+        if old.get("build", {}).get("fingerprint") != prov["build"]["fingerprint"] or old.get("shard") != prov.get(
+            "shard"
+        ):
             db.close()
             raise BuildError(
                 f"{partial}: was started with other settings, model or SAEs; "
@@ -661,10 +717,10 @@ def build_atlas(
         db = _init_atlas(partial, model, saes, names, prov)
     try:
         b = _Build(db, model, saes, names, config)
-        units = plan_units(model, saes, names, config)
+        mine = [u for pos, u in enumerate(units) if shard is None or pos % shard[1] == shard[0]]
         done = {(r[0], r[1], r[2]) for r in db.conn.execute("SELECT sae_id, pass, chunk_start FROM build_units")}
-        bars = _Bars(units, saes, progress)
-        for u in units:
+        bars = _Bars(mine, saes, progress)
+        for u in mine:
             if (b.sae_id[u.sae], u.pass_name, u.start) in done:
                 bars.skip(u)
                 continue
@@ -676,13 +732,179 @@ def build_atlas(
                 after_unit(u)
         bars.close()
         with db.transaction():
-            db.update_provenance(criteria=_criteria_summary(db, b))
+            db.update_provenance(criteria=_criteria_summary(db, b))  # a shard's fractions are redone by the merge
+        if shard:
+            return partial
         db.analyze()
         db.conn.execute("VACUUM")
     finally:
         db.close()
     os.replace(partial, out)
     return out
+
+
+# ------------------------------------------------------------------ shards
+
+_EDGE_KINDS = {"qk": "qk", "ov": "ov", "neighbours": "cosine", "flow": "flow"}
+# Tables whose rows are keyed by what they describe (no autoincrement id): any insertion order gives the same rows.
+_KEYED_TABLES = ("token_scores", "head_scores", "depth_profiles", "build_units")
+
+
+def find_shards(out: str | Path) -> int:
+    """N of the ``OUT.shardI-of-N.partial`` files beside ``out`` (refused when none or several N)."""
+    out = Path(out)
+    pat = re.compile(rf"^{re.escape(out.name)}\.shard(\d+)-of-(\d+)\.partial$")
+    counts = {int(m.group(2)) for f in out.parent.glob(glob.escape(out.name) + ".shard*") if (m := pat.match(f.name))}
+    if not counts:
+        raise BuildError(f"{out}: no shard files {out.name}.shardI-of-N.partial beside it")
+    if len(counts) > 1:
+        raise BuildError(
+            f"{out}: shard files of several counts ({', '.join(map(str, sorted(counts)))}); remove the stale ones"
+        )
+    return counts.pop()
+
+
+def _check_shards(paths: list[Path], count: int) -> dict[str, Any]:
+    """Every shard present, complete, and started with identical settings; returns shard 0's provenance."""
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise BuildError(f"shard file(s) missing: {', '.join(missing)} (run sae-atlas build --shard I/{count})")
+    first: dict[str, Any] = {}
+    for i, path in enumerate(paths):
+        with open_atlas(path) as db:
+            prov = db.provenance()
+            sh = prov.get("shard") or {}
+            if (sh.get("index"), sh.get("count")) != (i, count):
+                raise BuildError(f"{path.name}: not shard {i} of {count} of a build")
+            if i == 0:
+                first = prov
+            elif prov["build"]["fingerprint"] != first["build"]["fingerprint"] or sh["plan"] != first["shard"]["plan"]:
+                raise BuildError(
+                    f"{path.name}: built with other settings, model or SAEs than {paths[0].name}; rebuild it"
+                )
+            done = {
+                (r[0], r[1], r[2])
+                for r in db.conn.execute(
+                    "SELECT s.name, b.pass, b.chunk_start FROM build_units b JOIN saes s USING (sae_id)"
+                )
+            }
+            want = {(n, p, st) for pos, (p, n, st, _) in enumerate(sh["plan"]) if pos % count == i}
+            if not want <= done:
+                raise BuildError(
+                    f"{path.name}: incomplete ({len(want - done)} of {len(want)} units to go); "
+                    f"finish it with --shard {i}/{count} --resume"
+                )
+    return first
+
+
+def merge_shards(
+    out: str | Path, count: int | None = None, *, overwrite: bool = False, keep_shards: bool = False
+) -> Path:
+    """Combine the N complete shards of one build into the atlas ``out``, row-identical to a one-process build.
+
+    Checks that all N ``OUT.shardI-of-N.partial`` exist, are complete and share
+    one fingerprint and plan. Shard 0's file is the base (the shared rows:
+    model, vocab, heads, SAEs, features, the pass settings); keyed tables are
+    unioned, feature columns filled from whichever shard computed them, and
+    edges and labels (autoincrement ids) re-inserted unit by unit in plan
+    order, so their ids are those of a one-process build. Written to
+    ``OUT.merging.partial`` and renamed to ``out`` at the end; the shard files
+    are then removed unless ``keep_shards``.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BuildError(f"{out}: already exists (use --overwrite to replace it)")
+    count = find_shards(out) if count is None else int(count)
+    paths = [shard_path(out, i, count) for i in range(count)]
+    prov = _check_shards(paths, count)
+    plan = prov.pop("shard")["plan"]
+    tmp = out.with_name(out.name + ".merging.partial")
+    shutil.copyfile(paths[0], tmp)
+    db = open_atlas(tmp, readonly=False)
+    try:
+        _merge_into(db, paths, plan)
+        with db.transaction():
+            db.set_provenance(prov)
+            crit = prov.get("criteria", {})
+            sae_ids = dict(db.conn.execute("SELECT name, sae_id FROM saes").fetchall())
+            for col, c in crit.items():  # the fractions over every feature, as _criteria_summary gives them
+                c["fraction"] = {
+                    name: db.conn.execute(f"SELECT AVG({col}) FROM features WHERE sae_id = ?", (sae_ids[name],))
+                    .fetchone()[0]
+                    for name in c["fraction"]
+                }  # fmt: skip
+            db.update_provenance(criteria=crit)
+        db.analyze()
+        db.conn.execute("VACUUM")
+    except BaseException:
+        db.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    db.close()
+    os.replace(tmp, out)
+    if not keep_shards:
+        for p in paths:
+            p.unlink()
+    return out
+
+
+def _merge_into(db: Atlas, paths: list[Path], plan: list[list[Any]]) -> None:
+    conn, count = db.conn, len(paths)
+    base = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT name, MIN(feature_id), COUNT(*) FROM features "
+                                                     "JOIN saes USING (sae_id) GROUP BY name")}  # fmt: skip
+    metric = [c for c in FEATURE_METRIC_COLUMNS if c not in ("dec_norm", "enc_norm", "b_enc", "threshold")]
+    with db.transaction():
+        conn.execute("DELETE FROM edges")
+        conn.execute("DELETE FROM labels")
+        conn.execute("CREATE TABLE _merge_edges (pos INTEGER, edge_id INTEGER, src_feature, dst_feature, head_pk, "
+                     "kind, score, rank)")  # fmt: skip
+        conn.execute("CREATE TABLE _merge_labels (pos INTEGER, label_id INTEGER, feature_id, text, kind, source, "
+                     "score, evidence, created_at)")  # fmt: skip
+    n_edges = n_labels = 0
+    for i, path in enumerate(paths):
+        conn.execute("ATTACH DATABASE ? AS shard", (file_uri(path, mode="ro"),))
+        try:
+            with db.transaction():
+                if i:  # shard 0's own rows are in the copy already
+                    for t in _KEYED_TABLES:
+                        conn.execute(f"INSERT INTO main.{t} SELECT * FROM shard.{t}")
+                    sets = ", ".join(f"{c} = COALESCE(features.{c}, s.{c})" for c in metric)
+                    conn.execute(f"UPDATE features SET {sets} FROM shard.features AS s "
+                                 "WHERE s.feature_id = features.feature_id")  # fmt: skip
+                for pos, (pass_name, name, start, end) in enumerate(plan):
+                    if pos % count != i:
+                        continue
+                    lo, hi = base[name][0] + start, base[name][0] + end - 1
+                    kind = _EDGE_KINDS.get(pass_name.split(":")[0])
+                    if kind is not None:
+                        sql = ("INSERT INTO _merge_edges SELECT ?, edge_id, src_feature, dst_feature, head_pk, kind, "
+                               "score, rank FROM shard.edges WHERE kind = ? AND src_feature BETWEEN ? AND ?")  # fmt: skip
+                        args: list[Any] = [pos, kind, lo, hi]
+                        if kind == "qk":  # one query SAE may have several key SAEs: pick this unit's
+                            key = pass_name.split(":", 1)[1] if ":" in pass_name else name
+                            sql += " AND dst_feature BETWEEN ? AND ?"
+                            args += [base[key][0], base[key][0] + base[key][1] - 1]
+                        conn.execute(sql, args)
+                    elif pass_name == "semantic":
+                        conn.execute("INSERT INTO _merge_labels SELECT ?, label_id, feature_id, text, kind, source, "
+                                     "score, evidence, created_at FROM shard.labels WHERE source = 'heuristic' "
+                                     "AND feature_id BETWEEN ? AND ?", (pos, lo, hi))  # fmt: skip
+                n_edges += conn.execute("SELECT COUNT(*) FROM shard.edges").fetchone()[0]
+                n_labels += conn.execute("SELECT COUNT(*) FROM shard.labels").fetchone()[0]
+        finally:
+            conn.execute("DETACH DATABASE shard")
+    with db.transaction():
+        got = conn.execute("SELECT (SELECT COUNT(*) FROM _merge_edges), (SELECT COUNT(*) FROM _merge_labels)")
+        if tuple(got.fetchone()) != (n_edges, n_labels):
+            raise BuildError("shard rows not accounted for by their units; the shards do not belong to this build")
+        conn.execute("INSERT INTO edges (src_feature, dst_feature, head_pk, kind, score, rank) "
+                     "SELECT src_feature, dst_feature, head_pk, kind, score, rank FROM _merge_edges "
+                     "ORDER BY pos, edge_id")  # fmt: skip
+        conn.execute("INSERT INTO labels (feature_id, text, kind, source, score, evidence, created_at) "
+                     "SELECT feature_id, text, kind, source, score, evidence, created_at FROM _merge_labels "
+                     "ORDER BY pos, label_id")  # fmt: skip
+        conn.execute("DROP TABLE _merge_edges")
+        conn.execute("DROP TABLE _merge_labels")
 
 
 class _Bars:
@@ -722,4 +944,7 @@ class _Bars:
             self.bar.close()
 
 
-__all__ = ["ALL_PASSES", "BuildConfig", "BuildError", "Unit", "build_atlas", "plan_units", "sae_names"]
+__all__ = [
+    "ALL_PASSES", "BuildConfig", "BuildError", "Unit", "build_atlas", "find_shards", "merge_shards", "plan_units",
+    "sae_names", "shard_path",
+]  # fmt: skip

@@ -17,12 +17,12 @@ def _opt_int(value: str | None) -> int | None:
 
 
 @click.command("build")
-@click.option("--model", "model_source", required=True, help="Hub id, local model folder, or .gguf file.")
+@click.option("--model", "model_source", default=None, help="Hub id, local model folder, or .gguf file. [required]")
 @click.option("--gguf-file", default=None, help="GGUF file name inside the --model folder.")
-@click.option("--sae", "sae_paths", multiple=True, required=True, help="SAE file or folder; repeat for several SAEs.")
+@click.option("--sae", "sae_paths", multiple=True, help="SAE file or folder; repeat for several SAEs. [required]")
 @click.option("--sae-format", default=None, help="Force the SAE format (saelens, gemma_scope, llama_scope, ...).")
 @click.option("--sae-name", "sae_name_list", multiple=True, help="Atlas name per --sae, in order (default L12.res).")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Atlas file to write.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Atlas file to write. [required]")
 @click.option("--passes", default=PASSES_HELP, show_default=True, help="Comma-separated passes to run.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N (optionally +bf16).")
 @click.option("--top-k", default=20, show_default=True, help="Tokens kept per feature, phase and sign.")
@@ -45,11 +45,16 @@ def _opt_int(value: str | None) -> int | None:
 @click.option("--seed", default=0, show_default=True, help="Seed of every random baseline.")
 @click.option("--resume", is_flag=True, help="Continue OUT.partial left by a killed build.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--shard", default=None, metavar="I/N", help="Run only units I mod N into OUT.shardI-of-N.partial.")
+@click.option(
+    "--merge-shards", "merge_out", default=None, type=click.Path(dir_okay=False), metavar="OUT",
+    help="Combine the finished OUT.shardI-of-N.partial files into OUT (no model or SAE needed).",
+)  # fmt: skip
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
 def build(
     model_source, gguf_file, sae_paths, sae_format, sae_name_list, out, passes, device, top_k, reach, percentile,
     n_random, qk_k, qk_cap, qk_pairs, ov_k, ov_cap, ov_target, neighbour_k, flow_k, fold_norms, predicts_z,
-    reads_z, unit_size, memory_mb, seed, resume, overwrite, progress,
+    reads_z, unit_size, memory_mb, seed, resume, overwrite, shard, merge_out, progress,
 ) -> None:  # fmt: skip
     """Build an atlas from a model and its SAEs, from the weights alone.
 
@@ -57,12 +62,39 @@ def build(
     atlas file. The build goes to OUT.partial and is renamed at the end; a
     killed build can be continued with --resume.
 
+    The work is independent units (SAE x pass x feature chunk). --shard I/N
+    runs only every N-th unit, from the I-th (I counts from 0), into its own
+    OUT.shardI-of-N.partial, so N processes or machines can share a build
+    (same options for all; --resume works per shard). Then --merge-shards OUT
+    checks that all N shards are complete and built with the same settings and
+    combines them into OUT, row for row what one process would have written.
+
     \b
     Example:
       sae-atlas build --model ./gpt2 --sae ./saes/L6 --sae ./saes/L8 -o gpt2.db
       sae-atlas build --model ./smollm2 --gguf-file model.gguf --sae ./L14 \\
           -o smol.db --passes du,ee,semantic --top-k 30 --device cuda
+      sae-atlas build --model ./gpt2 --sae ./saes/L6 -o gpt2.db --shard 0/2 &
+      sae-atlas build --model ./gpt2 --sae ./saes/L6 -o gpt2.db --shard 1/2 &
+      wait; sae-atlas build --merge-shards gpt2.db
     """
+    if merge_out is not None:
+        try:
+            from builders.build import merge_shards
+
+            click.echo(str(merge_shards(merge_out, overwrite=overwrite)))
+        except AtlasError as e:
+            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        return
+    for value, name in ((model_source, "--model"), (sae_paths, "--sae"), (out, "-o / --out")):
+        if not value:
+            raise click.UsageError(f"Missing option '{name}'.")
+    shard_tuple = None
+    if shard is not None:
+        parts = shard.split("/")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise click.BadParameter("use I/N, e.g. 0/4", param_hint="--shard")
+        shard_tuple = (int(parts[0]), int(parts[1]))
     try:
         from builders.build import BuildConfig, build_atlas
         from builders.models import load_model
@@ -90,7 +122,9 @@ def build(
             check_sae_fits(s, model)
         if progress:
             click.echo(f"loaded model and {len(saes)} SAE(s) in {time.perf_counter() - t0:.1f}s", err=True)
-        path = build_atlas(model, saes, out, config=config, resume=resume, progress=progress, overwrite=overwrite)
+        path = build_atlas(
+            model, saes, out, config=config, resume=resume, progress=progress, overwrite=overwrite, shard=shard_tuple
+        )
     except AtlasError as e:
         raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     except (FileNotFoundError, PermissionError) as e:

@@ -10,7 +10,7 @@ import pytest
 
 from atlas import open_atlas
 from atlas.maintenance import validate
-from builders.build import BuildConfig, BuildError, build_atlas, plan_units, sae_names
+from builders.build import BuildConfig, BuildError, build_atlas, merge_shards, plan_units, sae_names, shard_path
 from tests.passes_fixtures import tiny_model, tiny_sae
 
 K = 5
@@ -193,3 +193,65 @@ def test_subset_of_passes_and_unfolded(tmp_path):
         }
         assert counts == {"token_scores": 40 * K * 2, "edges": 0, "labels": 40}
         assert "raw W_U" in a.provenance()["folding"]["du"]
+
+
+def test_three_shards_merge_into_the_one_process_atlas(built, tmp_path):
+    m, saes, out = built
+    target = tmp_path / "sharded.db"
+    ran = []
+    for i in range(3):
+        # shard 1 streams its other sides: cache_mb changes how, not what, so it may differ between shards
+        cfg = config(cache_mb=0) if i == 1 else config()
+        path = build_atlas(m, saes, target, config=cfg, progress=False, shard=(i, 3), after_unit=ran.append)
+        assert path == shard_path(target, i, 3) == tmp_path / f"sharded.db.shard{i}-of-3.partial"
+    units = plan_units(m, saes, sae_names(saes), config())
+    assert sorted(map(repr, ran)) == sorted(map(repr, units))  # each unit ran once, in one shard
+    assert merge_shards(target) == target
+    assert not list(tmp_path.glob("sharded.db.*"))  # shards and the merge's partial are gone
+    assert validate(target).ok
+    a, b = dump(out), dump(target)
+    b["provenance"]["build"]["config"]["cache_mb"] = None  # shard 0's copy, as recorded
+    assert set(a) == set(b) and all(a[t] == b[t] for t in a), [t for t in a if a[t] != b[t]]
+
+
+def test_merge_refuses_missing_incomplete_or_foreign_shards(tmp_path):
+    m, saes = setup()
+    saes = saes[:2]
+    out = tmp_path / "x.db"
+    with pytest.raises(BuildError, match="no shard files"):
+        merge_shards(out)
+    build_atlas(m, saes, out, config=config(), progress=False, shard=(0, 2))
+    with pytest.raises(BuildError, match=r"missing: x\.db\.shard1-of-2\.partial"):
+        merge_shards(out)
+
+    # shard 1 killed after 2 units: incomplete until resumed
+    def crash(unit, seen=[]):  # noqa: B006
+        seen.append(unit)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_atlas(m, saes, out, config=config(), progress=False, shard=(1, 2), after_unit=crash)
+    with pytest.raises(BuildError, match="shard1-of-2.partial: incomplete"):
+        merge_shards(out)
+    with pytest.raises(BuildError, match="other settings"):  # resuming a shard checks its settings too
+        build_atlas(m, saes, out, config=config(top_k=K + 1), progress=False, shard=(1, 2), resume=True)
+    build_atlas(m, saes, out, config=config(), progress=False, shard=(1, 2), resume=True)
+    # a shard 1 built with other settings is refused, and nothing is written
+    other = tmp_path / "o.db"
+    build_atlas(m, saes, other, config=config(top_k=K + 1), progress=False, shard=(1, 2))
+    good = shard_path(out, 1, 2).read_bytes()
+    shard_path(out, 1, 2).write_bytes(shard_path(other, 1, 2).read_bytes())
+    with pytest.raises(BuildError, match="shard1-of-2.partial: built with other settings"):
+        merge_shards(out)
+    assert not out.exists() and not (tmp_path / "x.db.merging.partial").exists()
+    # stale shards of another count beside them
+    build_atlas(m, saes, out, config=config(), progress=False, shard=(0, 3))
+    with pytest.raises(BuildError, match="several counts"):
+        merge_shards(out)
+    shard_path(out, 0, 3).unlink()
+    shard_path(out, 1, 2).write_bytes(good)
+    merge_shards(out, 2)
+    assert validate(out).ok
+    with pytest.raises(BuildError, match="0 <= I < N"):
+        build_atlas(m, saes, tmp_path / "y.db", config=config(), progress=False, shard=(2, 2))

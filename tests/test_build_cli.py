@@ -54,6 +54,27 @@ def test_cli_build_every_pass_then_validate(files, tmp_path):
     assert show.exit_code == 0 and "L0.res/3" in show.output
 
 
+def test_cli_shards_then_merge_equal_one_build(files, tmp_path):
+    from tests.test_build import dump
+
+    common = ["--model", str(files / "model"), "--sae", str(files / "res0"), "--sae", str(files / "z1"),
+              "--top-k", "5", "--n-random", "64", "--unit-size", "16", "--device", "cpu", "--no-progress"]  # fmt: skip
+    one, sharded = tmp_path / "one.db", tmp_path / "two.db"
+    assert run(["build", *common, "-o", str(one)]).exit_code == 0
+    for i in range(2):
+        r = run(["build", *common, "-o", str(sharded), "--shard", f"{i}/2"])
+        assert r.exit_code == 0 and r.output.strip().endswith(f"two.db.shard{i}-of-2.partial"), r.output
+    r = run(["build", "--merge-shards", str(sharded)])
+    assert r.exit_code == 0 and r.output.strip() == str(sharded), r.output
+    assert dump(one) == dump(sharded)
+    r = CliRunner().invoke(cli, ["build", "--merge-shards", str(tmp_path / "none.db")])
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and "no shard files" in r.output
+    r = CliRunner().invoke(cli, ["build", *common, "-o", str(sharded), "--shard", "2"])
+    assert r.exit_code == 2 and "use I/N" in r.output
+    r = CliRunner().invoke(cli, ["build", "--sae", str(files / "res0"), "-o", str(sharded)])
+    assert r.exit_code == 2 and "Missing option '--model'" in r.output
+
+
 def test_cli_errors_are_one_line(files, tmp_path):
     out = tmp_path / "x.db"
     r = CliRunner().invoke(cli, ["build", "--model", str(files / "model"), "--sae", str(tmp_path / "missing"),
@@ -75,4 +96,5 @@ def test_cli_errors_are_one_line(files, tmp_path):
 def test_help_has_example():
     r = run(["build", "--help"])
     assert r.exit_code == 0 and "Example:" in r.output and "--resume" in r.output
+    assert "--shard 1/2" in r.output and "--merge-shards gpt2.db" in r.output
     json.dumps(r.output)
