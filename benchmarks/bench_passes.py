@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from builders.build import BuildConfig  # noqa: E402
+from builders.build import BuildConfig, release_freed_blocks  # noqa: E402
 from builders.passes import attention, attribution, du, ee, neighbours, ov, qk, semantic  # noqa: E402
 from builders.weights import LayerWeights, ModelWeights, Norm, SAEWeights  # noqa: E402
 
@@ -127,6 +127,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--memory-mb", type=int, default=1024, help="BuildConfig.memory_mb (scratch budget)")
     ap.add_argument("--cache-mb", type=float, default=None, help="BuildConfig.cache_mb (0 = always stream)")
+    ap.add_argument("--keep-malloc", action="store_true", help="leave glibc's dynamic mmap threshold (not as a build)")
     ap.add_argument("--passes", default="du,ee,attn,qk,ov,attribution,neighbours,flow,semantic")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
@@ -137,6 +138,8 @@ def main() -> None:
         p["d_sae"] = args.d_sae
     device = torch.device(args.device)
     cfg = BuildConfig(memory_mb=args.memory_mb, cache_mb=args.cache_mb)
+    if not args.keep_malloc:
+        release_freed_blocks()  # as build_atlas does
     block_rows, tile = cfg.blocks(device)
 
     def other_side(make, dim):
@@ -160,7 +163,10 @@ def main() -> None:
     passes = args.passes.split(",")
     tput = {}
 
+    peaks = {}
+
     def record(name, seconds):
+        peaks[name] = round(peak_rss_mb() - rss_weights)  # high-water mark above the weights, so far
         tput[name] = dict(seconds=round(seconds, 3), features_per_s=round(n / seconds, 1),
                           full_sae_s=round(seconds * p["d_sae"] / n, 1))  # fmt: skip
         print(f"{name:>12}: {n / seconds:10.1f} features/s  ({seconds:.2f}s for {n}; "
@@ -239,6 +245,8 @@ def main() -> None:
         base = semantic.embed_baseline(model, s)
         record("semantic", timed(device, lambda: semantic.semantic_pass(model, r.top_ids, r.top_ids, s, base))[0])
     res["throughput"] = tput
+    res["peak_above_weights_after_mb"] = peaks
+    print("peak RSS above the weights after each pass (MB):", peaks)
     peak = peak_rss_mb()
     res["peak_rss_mb"] = round(peak)
     res["peak_above_weights_mb"] = round(peak - rss_weights)
