@@ -54,6 +54,7 @@ import os
 import platform
 import re
 import shutil
+import sqlite3
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -794,30 +795,36 @@ def _check_shards(paths: list[Path], count: int) -> dict[str, Any]:
         raise BuildError(f"shard file(s) missing: {', '.join(missing)} (run sae-atlas build --shard I/{count})")
     first: dict[str, Any] = {}
     for i, path in enumerate(paths):
-        with open_atlas(path) as db:
-            prov = db.provenance()
-            sh = prov.get("shard") or {}
-            if (sh.get("index"), sh.get("count")) != (i, count):
-                raise BuildError(f"{path.name}: not shard {i} of {count} of a build")
-            if i == 0:
-                first = prov
-            elif prov["build"]["fingerprint"] != first["build"]["fingerprint"] or sh["plan"] != first["shard"]["plan"]:
-                raise BuildError(
-                    f"{path.name}: built with other settings, model or SAEs than {paths[0].name}; rebuild it"
-                )
-            done = {
-                (r[0], r[1], r[2])
-                for r in db.conn.execute(
-                    "SELECT s.name, b.pass, b.chunk_start FROM build_units b JOIN saes s USING (sae_id)"
-                )
-            }
-            want = {(n, p, st) for pos, (p, n, st, _) in enumerate(sh["plan"]) if pos % count == i}
-            if not want <= done:
-                raise BuildError(
-                    f"{path.name}: incomplete ({len(want - done)} of {len(want)} units to go); "
-                    f"finish it with --shard {i}/{count} --resume"
-                )
+        try:
+            with open_atlas(path) as db:
+                prov = _check_shard_file(db, path, i, count, first or None)
+        except sqlite3.Error as e:  # e.g. a hot journal left by a killed shard
+            raise BuildError(f"{path.name}: cannot read ({e}); finish it with --shard {i}/{count} --resume") from None
+        first = first or prov
     return first
+
+
+def _check_shard_file(db: Atlas, path: Path, i: int, count: int, first: dict[str, Any] | None) -> dict[str, Any]:
+    """Shard i of count, of the same build as ``first`` (shard 0's provenance), with every unit done."""
+    prov = db.provenance()
+    sh = prov.get("shard") or {}
+    if (sh.get("index"), sh.get("count")) != (i, count):
+        raise BuildError(f"{path.name}: not shard {i} of {count} of a build")
+    if first is not None and (
+        prov["build"]["fingerprint"] != first["build"]["fingerprint"] or sh["plan"] != first["shard"]["plan"]
+    ):
+        raise BuildError(f"{path.name}: built with other settings, model or SAEs than shard 0; rebuild it")
+    done = {
+        tuple(r)
+        for r in db.conn.execute("SELECT s.name, b.pass, b.chunk_start FROM build_units b JOIN saes s USING (sae_id)")
+    }
+    want = {(n, p, st) for pos, (p, n, st, _) in enumerate(sh["plan"]) if pos % count == i}
+    if not want <= done:
+        raise BuildError(
+            f"{path.name}: incomplete ({len(want - done)} of {len(want)} units to go); "
+            f"finish it with --shard {i}/{count} --resume"
+        )
+    return prov
 
 
 def merge_shards(
