@@ -632,6 +632,7 @@ def save_saelens_folder(
     _check_weights(weights, cfg["d_in"], cfg["d_sae"])
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; an SAE folder is meant to be shared
     try:
         tensors = {
             name: weights[name].detach().to(dtype).cpu().contiguous() for name in ("W_enc", "W_dec", "b_enc", "b_dec")
