@@ -53,7 +53,18 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
+    """High-water RSS (MB) since the last reset_peak_rss(): VmHWM, which ru_maxrss cannot forget."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Forget the high-water mark so far (making the random weights peaks at twice their size)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
 
 
 def random_model(p: dict, device: torch.device, seed: int = 0) -> ModelWeights:
@@ -156,6 +167,7 @@ def main() -> None:
     zsae = random_sae(model, p["d_sae"], "attn_z", layer, 3)
     sync(device)
     rss_weights = rss_mb()
+    reset_peak_rss()  # the peak is measured from here: what the passes add above the weights
     n = min(args.features, p["d_sae"])
     res: dict = dict(preset=args.preset, device=str(device), threads=torch.get_num_threads(), d_sae=p["d_sae"],
                      features=n, block_rows=block_rows, vocab_tile=tile, shapes=p,
