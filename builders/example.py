@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens-only", action="store_true", help="stop after writing the token windows")
     p.add_argument("--steps", type=int, default=None, help="training steps per SAE (default TrainConfig's)")
     p.add_argument("--skip-build", action="store_true", help="stop before building the atlas")
+    p.add_argument("--passes", default=None, help="comma-separated build passes (default: all)")
+    p.add_argument("--top-k", type=int, default=None, help="tokens kept per feature, phase and sign")
     args = p.parse_args(argv)
     try:
         return run_recipe(args)
@@ -259,7 +261,14 @@ def run_recipe(args: argparse.Namespace) -> int:
     if args.skip_build:
         return 0
     t0 = step(4, n, f"build the atlas -> {args.out}")
-    build(gguf, folders, args.out)
+    from builders.build import BuildConfig
+
+    settings: dict[str, Any] = {"device": args.device or "auto"}
+    if args.passes:
+        settings["passes"] = args.passes
+    if args.top_k:
+        settings["top_k"] = args.top_k
+    build(gguf, folders, args.out, config=BuildConfig(**settings))
     done(t0)
 
     t0 = step(5, n, "validate")
