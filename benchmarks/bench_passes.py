@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--memory-mb", type=int, default=1024, help="BuildConfig.memory_mb (scratch budget)")
     ap.add_argument("--cache-mb", type=float, default=None, help="BuildConfig.cache_mb (0 = always stream)")
+    ap.add_argument("--mmap-threshold-mb", type=float, default=None, help="override release_freed_blocks' threshold")
     ap.add_argument("--keep-malloc", action="store_true", help="leave glibc's dynamic mmap threshold (not as a build)")
     ap.add_argument("--passes", default="du,ee,attn,qk,ov,attribution,neighbours,flow,semantic")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -150,7 +151,7 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = BuildConfig(memory_mb=args.memory_mb, cache_mb=args.cache_mb)
     if not args.keep_malloc:
-        release_freed_blocks()  # as build_atlas does
+        release_freed_blocks(int(args.mmap_threshold_mb * 2**20)) if args.mmap_threshold_mb else release_freed_blocks()
     block_rows, tile = cfg.blocks(device)
 
     def other_side(make, dim):

@@ -652,15 +652,16 @@ def _criteria_summary(db: Atlas, b: _Build) -> dict[str, Any]:
     return out
 
 
-def release_freed_blocks(threshold: int = 1 << 20) -> bool:
-    """Make glibc hand large freed blocks straight back to the OS (mallopt M_MMAP_THRESHOLD); True if set.
+def release_freed_blocks(threshold: int = 16 << 20) -> bool:
+    """Make glibc hand big freed blocks straight back to the OS (mallopt M_MMAP_THRESHOLD); True if set.
 
     glibc raises its mmap threshold to 32 MB after the first big free, so the
     passes' 10-30 MB block tensors then come from the heap and their pages stay
     resident once freed: measured +515 MB peak RSS above the weights for the
-    GPT-2-size streamed passes against +105 MB of live blocks. Pinning the
-    threshold (1 MB) keeps RSS at what is live, for a page-fault per block.
-    Process-wide; a no-op off glibc.
+    GPT-2-size streamed edge passes, against +105 MB with a 1 MB threshold and
+    +132 MB with this 16 MB one. 1 MB cost up to 1.8x in QK time (page faults
+    on every score tile); 16 MB costs about 10-30% in the benchmark
+    (noisy, shared machine). Process-wide; a no-op off glibc.
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -345,15 +345,26 @@ def stream_topk(
     H = right.heads
     k = min(k, right.n_cols - (1 if excludes is not None else 0))
     tops = [[StreamingTopK(k, largest=True) for _ in range(H)] for _ in lefts]
+    # Two score tiles reused for every (block, row block, head): no allocation in the loop, so the
+    # allocator neither page-faults fresh memory nor keeps freed tiles resident.
+    like = lefts[0] if lefts else torch.empty(0)
+    size = max((left.shape[0] for left in lefts), default=0) * min(right.block, right.n_cols)
+    S_buf = torch.empty(size, device=like.device, dtype=like.dtype)
+    A_buf = S_buf if signed else torch.empty_like(S_buf)
     for c0, c1, blk in right:  # blk: (H, d, c)
         for bi, left in enumerate(lefts):
             excl = excludes[bi] if excludes is not None else None
             rows = None
             if excl is not None:
                 rows = ((excl >= c0) & (excl < c1)).nonzero(as_tuple=True)[0]  # (r,)
+            n_b, c = left.shape[0], c1 - c0
+            S, A = S_buf[: n_b * c].view(n_b, c), A_buf[: n_b * c].view(n_b, c)  # (b, c) each
             for h in range(H):
-                S = (left[:, h] @ blk[h]) * scale  # (b, c) signed scores
-                A = S if signed else S.abs()  # (b, c) ranking key
+                torch.matmul(left[:, h], blk[h], out=S)  # (b, c) signed scores
+                if scale != 1.0:
+                    S.mul_(scale)
+                if not signed:
+                    torch.abs(S, out=A)  # (b, c) ranking key
                 if rows is not None and rows.numel():
                     A[rows, excl[rows] - c0] = float("-inf")
                 tops[bi][h].update(A, c0, payload=None if signed else S)
