@@ -55,6 +55,18 @@ SAE_NOTE = (
     "model here. Activations from TinyStories (excerpt), Tiny Shakespeare and the King James Bible."
 )
 
+# Build settings of the shipped example, chosen so that six 4,096-latent SAEs fit in < 60 MB:
+# a token row costs ~42 bytes (table + reverse-search index), an edge ~45 bytes.
+EXAMPLE_BUILD: dict[str, Any] = {
+    "top_k": 8,  # tokens per feature, phase and sign: 32 token rows per feature
+    "qk_k": 4,  # QK key features per (query feature, head) before the cap
+    "qk_cap": 2,  # strongest QK edges kept per feature across heads
+    "ov_k": 4,  # OV target features per (source feature, head) before the cap
+    "ov_cap": 2,  # strongest OV edges kept per feature across heads
+    "neighbour_k": 3,  # decoder-cosine neighbours per feature
+    "flow_k": 2,  # flow matches per feature into the next SAE
+}
+
 HOOKS = (
     "blocks.2.hook_resid_post",
     "blocks.8.hook_resid_post",
@@ -263,7 +275,7 @@ def run_recipe(args: argparse.Namespace) -> int:
     t0 = step(4, n, f"build the atlas -> {args.out}")
     from builders.build import BuildConfig
 
-    settings: dict[str, Any] = {"device": args.device or "auto"}
+    settings: dict[str, Any] = {**EXAMPLE_BUILD, "device": args.device or "auto"}
     if args.passes:
         settings["passes"] = args.passes
     if args.top_k:
