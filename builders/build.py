@@ -30,6 +30,10 @@ columns and the ``attn_profile`` unit's fp32 scores (exact medians need
 them: d_sae x n_heads x (12 x reach + 8) bytes, about 160 MB for 1M features and 8
 heads). glibc is told to return freed blocks at once (:func:`release_freed_blocks`),
 so RSS follows what is live rather than the allocator's high-water mark.
+Measured (``benchmarks/bench_passes.py --features 512 --threads 1``, GPT-2-small
+shapes, peak RSS above the weights): d_sae 24,576 -> +217 MB (sides cached),
+131,072 -> +555 MB (cached, 402 MB each); with ``--cache-mb 0`` (streamed)
++187 and +172 MB. Before streaming: +480 and +2,092 MB.
 
 Shards: ``shard=(I, N)`` (``--shard I/N``) runs only the units whose
 position in the plan is I mod N, into ``OUT.shardI-of-N.partial``; every
@@ -99,6 +103,7 @@ class BuildConfig:
     predicts_quantile: float = 0.99  # quantile of top1_z over random directions that sets tau
     reach: int = 1  # attention layers scored per SAE: its reading layer and the next reach-1
     percentile: float = 75.0  # head_scores keeps (feature, head) at or above this baseline percentile
+    store_percentile: float | None = None  # stricter cut for the stored head_scores rows only; None = percentile
     n_random: int = 1024  # random directions per baseline (attention heads, predicts/reads tau)
     qk_k: int = 10  # key features kept per (query feature, head)
     qk_cap: int | None = None  # at most this many QK edges per query feature across heads; None = all
@@ -133,6 +138,8 @@ class BuildConfig:
         for name in ("top_k", "reach", "n_random", "qk_k", "ov_k", "neighbour_k", "flow_k", "unit_size"):
             if getattr(self, name) < 1:
                 raise BuildError(f"{name} must be at least 1")
+        if self.store_percentile is not None and not self.percentile <= self.store_percentile <= 100:
+            raise BuildError("store_percentile must be between percentile and 100")
         if not 0 <= self.percentile <= 100:
             raise BuildError("percentile must be between 0 and 100")
 
@@ -476,7 +483,8 @@ class _Build:
         self.db.update_features(self.sae_id[i], idx, cols)
         fids = self._fids(i, idx)
         for role in attention.ROLES:
-            f, li, h = np.nonzero(r.percentiles[role] >= cfg.percentile)  # row-major: feature, layer, head
+            keep = cfg.percentile if cfg.store_percentile is None else cfg.store_percentile
+            f, li, h = np.nonzero(r.percentiles[role] >= keep)  # row-major: feature, layer, head
             if len(f):
                 layer_arr = np.asarray(layers)[li]
                 self.db.add_head_scores(
