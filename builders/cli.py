@@ -28,6 +28,10 @@ def _opt_int(value: str | None) -> int | None:
 @click.option("--top-k", default=20, show_default=True, help="Tokens kept per feature, phase and sign.")
 @click.option("--reach", default=1, show_default=True, help="Attention layers scored after the reading one.")
 @click.option("--percentile", default=75.0, show_default=True, help="Store heads at or above this percentile.")
+@click.option(
+    "--store-percentile", type=float, default=None,
+    help="Stricter cut for the stored head rows only (depth profiles keep --percentile).",
+)  # fmt: skip
 @click.option("--n-random", default=1024, show_default=True, help="Random directions per baseline.")
 @click.option("--qk-k", default=10, show_default=True, help="QK edges per (feature, head).")
 @click.option("--qk-cap", default=None, help="At most this many QK edges per feature across heads.")
@@ -53,7 +57,7 @@ def _opt_int(value: str | None) -> int | None:
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
 def build(
     model_source, gguf_file, sae_paths, sae_format, sae_name_list, out, passes, device, top_k, reach, percentile,
-    n_random, qk_k, qk_cap, qk_pairs, ov_k, ov_cap, ov_target, neighbour_k, flow_k, fold_norms, predicts_z,
+    store_percentile, n_random, qk_k, qk_cap, qk_pairs, ov_k, ov_cap, ov_target, neighbour_k, flow_k, fold_norms, predicts_z,
     reads_z, unit_size, memory_mb, seed, resume, overwrite, shard, merge_out, progress,
 ) -> None:  # fmt: skip
     """Build an atlas from a model and its SAEs, from the weights alone.
@@ -104,7 +108,7 @@ def build(
         if pairs and any(len(p) != 2 for p in pairs):
             raise click.BadParameter("use QUERY_SAE:KEY_SAE", param_hint="--qk-pair")
         config = BuildConfig(
-            passes=passes, top_k=top_k, reach=reach, percentile=percentile, n_random=n_random, qk_k=qk_k,
+            passes=passes, top_k=top_k, reach=reach, percentile=percentile, store_percentile=store_percentile, n_random=n_random, qk_k=qk_k,
             qk_cap=_opt_int(qk_cap), qk_pairs=pairs, ov_k=ov_k, ov_cap=_opt_int(ov_cap), ov_target=ov_target,
             neighbour_k=neighbour_k, flow_k=flow_k, fold_norms=fold_norms, predicts_z=predicts_z, reads_z=reads_z,
             unit_size=unit_size, memory_mb=memory_mb, device=device, seed=seed,

@@ -58,13 +58,14 @@ SAE_NOTE = (
 # Build settings of the shipped example, chosen so that six 4,096-latent SAEs fit in < 60 MB:
 # a token row costs ~42 bytes (table + reverse-search index), an edge ~45 bytes.
 EXAMPLE_BUILD: dict[str, Any] = {
-    "top_k": 8,  # tokens per feature, phase and sign: 32 token rows per feature
+    "top_k": 5,  # tokens per feature, phase and sign: 20 token rows per feature (~21 MB of the file)
+    "store_percentile": 95.0,  # head_scores rows kept at >= P95 of the random baseline (profiles still use P75)
     "qk_k": 4,  # QK key features per (query feature, head) before the cap
     "qk_cap": 2,  # strongest QK edges kept per feature across heads
     "ov_k": 4,  # OV target features per (source feature, head) before the cap
-    "ov_cap": 2,  # strongest OV edges kept per feature across heads
-    "neighbour_k": 3,  # decoder-cosine neighbours per feature
-    "flow_k": 2,  # flow matches per feature into the next SAE
+    "ov_cap": 1,  # strongest OV edge kept per feature across heads
+    "neighbour_k": 2,  # decoder-cosine neighbours per feature
+    "flow_k": 1,  # best flow match per feature into the next SAE
 }
 
 HOOKS = (

@@ -255,3 +255,17 @@ def test_merge_refuses_missing_incomplete_or_foreign_shards(tmp_path):
     assert validate(out).ok
     with pytest.raises(BuildError, match="0 <= I < N"):
         build_atlas(m, saes, tmp_path / "y.db", config=config(), progress=False, shard=(2, 2))
+
+
+def test_store_percentile_keeps_a_subset_of_head_rows_and_the_same_profiles(built, tmp_path):
+    m, saes, default_out = built
+    strict_out = tmp_path / "strict.db"
+    build_atlas(m, saes, strict_out, config=config(passes=("attn",), store_percentile=95.0), progress=False)
+    base = dump(default_out)
+    strict = dump(strict_out)
+    wanted = [r for r in base["head_scores"] if r[2] in ("q", "k", "v") and r[4] >= 95.0]
+    assert wanted and len(wanted) < len([r for r in base["head_scores"] if r[2] in ("q", "k", "v")])
+    assert sorted(strict["head_scores"]) == sorted(wanted)
+    assert strict["depth_profiles"] == base["depth_profiles"]  # profiles still use the 75th percentile
+    with pytest.raises(BuildError):
+        config(store_percentile=50.0)  # stricter than --percentile or nothing

@@ -101,7 +101,9 @@ def test_slice_rebuild_reproduces_shipped_rows(example, tmp_path):
 
     shipped = example.provenance()["build"]["config"]
     fields = {f.name for f in dataclasses.fields(BuildConfig)}
-    keep = {k: v for k, v in shipped.items() if k in fields and k not in ("passes", "semantic", "sae_names", "qk_pairs")}
+    keep = {
+        k: v for k, v in shipped.items() if k in fields and k not in ("passes", "semantic", "sae_names", "qk_pairs")
+    }
     config = BuildConfig(**{**keep, "passes": ("du",), "device": "cpu"})
 
     sae = load_sae(str(SAES / SLICE_FOLDER))

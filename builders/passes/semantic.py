@@ -98,8 +98,8 @@ def _judge(model, ids: np.ndarray, s: SemanticSettings, base: EmbedBaseline) -> 
         semantic = word_frac >= s.min_word_frac and (stem_frac >= s.min_stem_frac or z >= s.min_embed_z)
         score = word_frac * max(stem_frac, min(1.0, max(0.0, z / (2 * s.min_embed_z))))
         out.append(dict(
-            tokens=toks, words=words, word_frac=round(word_frac, 4), stem_frac=round(stem_frac, 4),
-            embed_cos=round(c, 6), embed_z=round(z, 4), semantic=semantic, score=round(score, 6),
+            tokens=toks, words=words, word_frac=round(word_frac, 3), stem_frac=round(stem_frac, 3),
+            embed_cos=round(c, 3), embed_z=round(z, 2), semantic=semantic, score=round(score, 4),
         ))  # fmt: skip
     return out
 
