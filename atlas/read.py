@@ -166,6 +166,8 @@ class AtlasReader:
     def feature(self, spec: str | int) -> Feature:
         fid = self.resolve_feature(spec)
         row = self.conn.execute(_FEATURE_SELECT + "WHERE f.feature_id = ?", (fid,)).fetchone()
+        if row is None:  # an index names it but the join finds no row: the file is damaged
+            raise FeatureNotFound(f"feature #{fid} is indexed but unreadable: the atlas looks damaged (run validate)")
         return _feature_from_row(row)
 
     def feature_name(self, feature_id: int) -> str:

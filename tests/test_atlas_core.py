@@ -325,3 +325,22 @@ def test_edges_per_kind(synthetic_atlas: Path) -> None:
             ]
         assert len(atlas.edges(fid, "out", per_kind=2)) == 8  # 4 kinds x 2
         assert atlas.card(fid, edge_limit=0).edges_out == []
+
+
+def test_feature_in_index_but_not_in_table_is_a_clear_error(tmp_path):
+    """A damaged file whose index names a feature the join cannot read gives FeatureNotFound, not a TypeError."""
+    import sqlite3
+
+    from atlas import FeatureNotFound, open_atlas
+    from atlas.synthetic import build_synthetic_atlas
+
+    path = build_synthetic_atlas(tmp_path / "a.db", n_features=8, layers=(2,), d_vocab=64, label_every=0)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute("UPDATE features SET sae_id = 999 WHERE idx = 1")  # the join to saes now finds nothing
+    conn.commit()
+    conn.close()
+    with open_atlas(path) as atlas:
+        fid = atlas.conn.execute("SELECT feature_id FROM features WHERE idx = 1").fetchone()[0]
+        with pytest.raises(FeatureNotFound, match="damaged"):
+            atlas.feature(fid)
