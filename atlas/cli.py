@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import importlib
+import json
 import os
 import sqlite3
 from collections.abc import Callable
@@ -27,7 +28,7 @@ import atlas as _atlas_pkg
 from atlas import db as _db
 from atlas.errors import AtlasError, ReadOnlyAtlas
 from atlas.output import cell, dump_json, emit, output_options, table
-from atlas.read import METRIC_COLUMNS
+from atlas.read import METRIC_COLUMNS, describe_criterion
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_ATLAS = Path(_atlas_pkg.__file__).resolve().parent.parent / "atlas.db.example"
@@ -348,7 +349,10 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
     out.append("  " + _verdict("predicts tokens", m.get("predicts_tokens"), "du_top1_z", m.get("du_top1_z")))
     out.append("  " + _verdict("reads tokens", m.get("reads_tokens"), "ee_top1_z", m.get("ee_top1_z")))
     if criteria:
-        out.append(f"  criteria: {_brief(criteria)}")
+        crit = json.loads(criteria) if isinstance(criteria, str) else criteria
+        for col in ("predicts_tokens", "reads_tokens"):
+            if isinstance(crit, dict) and col in crit:
+                out.append(f"  {col.replace('_', ' ')} when {describe_criterion(crit[col])}")
     shown = [(name, v) for name, v in m.items() if v is not None and name not in ("predicts_tokens", "reads_tokens")]
     if shown:
         out.append("\nmetrics")

@@ -29,6 +29,23 @@ PHASES = ("du", "ee")
 COUNTED_TABLES = ("models", "saes", "features", "vocab", "token_scores", "heads", "head_scores", "edges", "labels")
 
 
+def describe_criterion(criterion: Any) -> str:
+    """One line for a verdict criterion from provenance['criteria'][column], e.g.
+    ``du_top1_z >= 6.27 (99th percentile over 1024 random directions)``; anything else as text."""
+    if isinstance(criterion, str):
+        try:
+            criterion = json.loads(criterion)
+        except ValueError:
+            return criterion
+    if not isinstance(criterion, dict) or "column" not in criterion or "tau" not in criterion:
+        return str(criterion)
+    text = f"{criterion['column']} >= {criterion['tau']:.4g}"
+    if criterion.get("how") == "random-quantile":
+        q = 100 * float(criterion.get("quantile", 0))
+        text += f" ({q:g}th percentile over {criterion.get('n_random', '?')} random directions)"
+    return text
+
+
 def check_metric(metric: str) -> str:
     if metric not in METRIC_COLUMNS:
         raise BadQuery(f"unknown metric {metric!r}; choose from: {', '.join(METRIC_COLUMNS)}")

@@ -344,3 +344,12 @@ def test_feature_in_index_but_not_in_table_is_a_clear_error(tmp_path):
         fid = atlas.conn.execute("SELECT feature_id FROM features WHERE idx = 1").fetchone()[0]
         with pytest.raises(FeatureNotFound, match="damaged"):
             atlas.feature(fid)
+
+
+def test_describe_criterion_reads_the_builders_provenance_entry():
+    from atlas.read import describe_criterion
+
+    crit = {"column": "du_top1_z", "tau": 6.270191, "how": "random-quantile", "quantile": 0.99, "n_random": 1024}
+    assert describe_criterion(crit) == "du_top1_z >= 6.27 (99th percentile over 1024 random directions)"
+    assert describe_criterion({"column": "ee_top1_z", "tau": 5.0, "how": "fixed"}) == "ee_top1_z >= 5"
+    assert describe_criterion("free text") == "free text"

@@ -1,11 +1,13 @@
-"""Regenerate the SVG screenshots in this folder from a pinned synthetic atlas.
+"""Regenerate the SVG screenshots in this folder from the shipped atlas.db.example.
 
-    python docs/screenshots/make_screenshots.py
+    python docs/screenshots/make_screenshots.py              # atlas.db.example (what the README shows)
+    python docs/screenshots/make_screenshots.py --fixture    # the pinned synthetic fixture atlas instead
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +28,7 @@ async def settle(pilot) -> None:
         quiet = 0 if [w for w in pilot.app.workers if not w.is_finished] else quiet + 1
 
 
-async def shoot(path: Path, size=(120, 36)) -> None:
+async def shoot(path: Path, size=(120, 36), search: str = "king") -> None:
     app = make_app(path)
     app.show_timings = False
     async with app.run_test(size=size) as pilot:
@@ -38,7 +40,7 @@ async def shoot(path: Path, size=(120, 36)) -> None:
         await pilot.press("enter")
         await settle(pilot)
         app.save_screenshot(str(HERE / "feature_card.svg"))
-        await pilot.press("slash", *"paris")
+        await pilot.press("slash", *search)
         await settle(pilot)
         app.save_screenshot(str(HERE / "search.svg"))
         await pilot.press("escape", "colon", *"SELECT sae, label_kind, COUNT(*) n, AVG(du_top1_z) z FROM features_view GROUP BY 1, 2", "enter")  # fmt: skip
@@ -50,7 +52,14 @@ async def shoot(path: Path, size=(120, 36)) -> None:
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as tmp:
-        db = build_fixture_atlas(Path(tmp) / "example.db", n_features=4000, d_vocab=2000, layers=(2, 4, 6))
-        asyncio.run(shoot(db))
+    example = HERE.parent.parent / "atlas.db.example"
+    if "--fixture" in sys.argv or not example.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            db = build_fixture_atlas(Path(tmp) / "example.db", n_features=4000, d_vocab=2000, layers=(2, 4, 6))
+            asyncio.run(shoot(db, search="paris"))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:  # a copy: the browser may write history or labels
+            db = Path(tmp) / "atlas.db.example"
+            shutil.copyfile(example, db)
+            asyncio.run(shoot(db))
     print("wrote", ", ".join(sorted(p.name for p in HERE.glob("*.svg"))))

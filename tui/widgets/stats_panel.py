@@ -7,6 +7,7 @@ from typing import Any
 from rich.text import Text
 from textual.widget import Widget
 
+from atlas.read import describe_criterion
 from atlas.types import Feature
 from tui.widgets.bars import fmt
 
@@ -33,7 +34,7 @@ def verdict_text(name: str, value: Any, metrics: dict[str, Any], criterion: Any 
     if ev:
         t.append(f"  ({ev})", style="dim")
     if criterion:
-        t.append(f"\n  criterion: {criterion}", style="dim italic")
+        t.append(f"\n  criterion: {describe_criterion(criterion)}", style="dim italic")
     return t
 
 
