@@ -79,6 +79,10 @@ def test_semantic_labels_planted_lists():
     assert rows[2][0] == "non-semantic: punctuation"
     assert rows[3][0] == "non-semantic: sub-word fragments"
     assert rows[1][0] == "non-semantic: incoherent words"
+    # word starts shorter than word_min_len (" to", " of") are short function words, not fragments
+    for i, w in zip(frag[:10], (" to", " of", " in", " at", " is", " it", " on", " by", " or", "I"), strict=True):
+        toks[i] = w
+    assert semantic_pass(m, du_ids[3:4], None, s, base)[0][0] == "non-semantic: short function words"
     # a shared stem also makes a word list semantic, through the ee list
     stems = words[20:24]
     for i, w in zip(stems, (" running", " runner", " Runners", " runnable"), strict=True):

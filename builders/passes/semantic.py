@@ -17,8 +17,10 @@ min_stem_frac`` or ``embed_z >= min_embed_z``); its score is
 ``word_frac * max(stem_frac, clip(embed_z / (2 * min_embed_z), 0, 1))``. A
 feature is semantic when either list is; its label score is the larger list
 score. Otherwise the label says what dominates the du list: punctuation,
-whitespace, digits, sub-word fragments, or incoherent words. Evidence (JSON)
-holds the tokens and every sub-score.
+whitespace, digits, short (function) words such as " to" or " of", sub-word
+fragments, or incoherent words. Evidence (JSON) holds every sub-score per list
+(the judged tokens are the feature's own token_scores rows, so they are not
+repeated there; ``embed_z`` stands for the raw mean cosine).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def is_word(tok: str, min_len: int) -> bool:
 
 
 def _kind(tok: str) -> str:
+    """What a token that is not a whole word is (``_reason`` only asks about those)."""
     s = tok.strip()
     if not s:
         return "whitespace"
@@ -56,6 +59,8 @@ def _kind(tok: str) -> str:
         return "digits"
     if not any(c.isalnum() for c in s):
         return "punctuation"
+    if s.isalpha() and (tok[:1].isspace() or s[:1].isupper()):
+        return "short"  # starts a word but is shorter than word_min_len: " to", " of", "I"
     return "fragment"
 
 
@@ -109,6 +114,7 @@ _REASONS = {
     "whitespace": "whitespace",
     "digits": "digits",
     "fragment": "sub-word fragments",
+    "short": "short function words",
 }
 
 
@@ -117,7 +123,7 @@ def _reason(ev: dict) -> str:
     kinds = [_kind(t) for t in ev["tokens"] if t.strip() not in ev["words"]]
     if ev["word_frac"] >= 0.5 or not kinds:
         return "incoherent words"
-    return _REASONS[max(("punctuation", "whitespace", "digits", "fragment"), key=kinds.count)]
+    return _REASONS[max(("punctuation", "whitespace", "digits", "short", "fragment"), key=kinds.count)]
 
 
 @torch.inference_mode()
