@@ -22,7 +22,7 @@ from tui.screens.label_editor import LabelEditor
 from tui.screens.overview import OverviewScreen
 from tui.screens.search import SearchScreen
 from tui.screens.sql_console import SqlConsoleScreen
-from tui.testing import build_fixture_atlas
+from tui.testing import build_fixture_atlas, settle
 from tui.widgets.feature_table import FeatureTable
 
 
@@ -37,18 +37,6 @@ def own_copy(fixture_db, tmp_path):
     dst = tmp_path / "mine.db"
     shutil.copy(fixture_db, dst)
     return dst
-
-
-async def settle(pilot) -> None:
-    """Wait until no worker is pending or running twice in a row (an answer may start another worker)."""
-    quiet = 0
-    for _ in range(200):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause(0.02)
-        busy = [w for w in pilot.app.workers if not w.is_finished]
-        quiet = 0 if busy else quiet + 1
-        if quiet >= 2:
-            break
 
 
 def run(coro) -> None:

@@ -12,6 +12,7 @@ from textual.widgets import Input
 
 from tui.app import make_app
 from tui.testing import build_fixture_atlas
+from tui.testing import settle as _quiet
 
 SIZE = (120, 36)
 
@@ -19,18 +20,6 @@ SIZE = (120, 36)
 @pytest.fixture(scope="module")
 def fixture_db(tmp_path_factory):
     return build_fixture_atlas(tmp_path_factory.mktemp("snap") / "fixture.db")
-
-
-async def _quiet(pilot) -> None:
-    """Wait until no worker is pending or running twice in a row (an answer may start another worker)."""
-    quiet = 0
-    for _ in range(200):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause(0.02)
-        busy = [w for w in pilot.app.workers if not w.is_finished]
-        quiet = 0 if busy else quiet + 1
-        if quiet >= 2:
-            break
 
 
 async def settle(pilot) -> None:

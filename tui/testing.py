@@ -25,3 +25,18 @@ def build_fixture_atlas(path: str | os.PathLike, *, n_features: int = 400, d_voc
     finally:
         conn.close()
     return p
+
+
+async def settle(pilot) -> None:
+    """Wait until no worker is pending or running twice in a row (an answer may start another worker).
+
+    For pilot tests, snapshots and screenshots: ``pilot`` is what ``App.run_test`` yields.
+    """
+    quiet = 0
+    for _ in range(200):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.02)
+        busy = [w for w in pilot.app.workers if not w.is_finished]
+        quiet = 0 if busy else quiet + 1
+        if quiet >= 2:
+            break

@@ -17,15 +17,7 @@ sys.path.insert(0, str(HERE.parent.parent))
 
 from atlas.listing import FeatureFilter  # noqa: E402
 from tui.app import make_app  # noqa: E402
-from tui.testing import build_fixture_atlas  # noqa: E402
-
-
-async def settle(pilot) -> None:
-    quiet = 0
-    while quiet < 2:
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause(0.05)
-        quiet = 0 if [w for w in pilot.app.workers if not w.is_finished] else quiet + 1
+from tui.testing import build_fixture_atlas, settle  # noqa: E402
 
 
 async def shoot(path: Path, size=(120, 36), search: str = "king") -> None:
