@@ -321,12 +321,8 @@ def show(feature: str, db: Path | None, k: int, edge_limit: int, as_json: bool) 
     with open_ro(db) as atlas:
         if as_json:
             card = atlas.card(feature, k=max(k, 20), edge_limit=max(edge_limit, 50))
-        else:
-            # the edge_limit strongest edges of each kind, ranked per kind in SQL
-            card = atlas.card(feature, k=k, edge_limit=0)
-            fid = card.feature.feature_id
-            out, into = (atlas.edges(fid, d, per_kind=edge_limit) for d in ("out", "in"))
-            card = dataclasses.replace(card, edges_out=out, edges_in=into)
+        else:  # the edge_limit strongest edges of each kind, ranked per kind in SQL
+            card = atlas.card(feature, k=k, edge_limit=edge_limit)
         # only the verdict criteria, not the whole (possibly large) provenance document
         row = atlas.conn.execute("SELECT json_extract(provenance, '$.criteria') FROM atlas_info").fetchone()
         criteria = row[0] if row else None

@@ -72,10 +72,10 @@ def connect(path: str | os.PathLike, *, readonly: bool = True) -> sqlite3.Connec
     uri = file_uri(p, **params)
     conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA foreign_keys = ON")
-    if not readonly:
+    if not readonly:  # a read-only connection changes nothing, so has no keys to enforce
+        conn.execute("PRAGMA foreign_keys = ON")
         conn.execute(f"PRAGMA cache_size = {WRITE_CACHE_KIB}")
-    if readonly:
+    else:
         conn.execute("PRAGMA query_only = ON")
         conn.set_authorizer(_deny_attach)
     return conn
@@ -112,8 +112,11 @@ def _check_file(path: Path) -> None:
 def schema_version_of(conn: sqlite3.Connection, path: Path) -> int:
     """user_version of an atlas connection, after checking it is one."""
     try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        has_info = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'atlas_info'").fetchone()
+        # one statement: every command opens a file, so this is on the path of each
+        version, has_info = conn.execute(
+            "SELECT (SELECT user_version FROM pragma_user_version), "
+            "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'atlas_info')"
+        ).fetchone()
     except sqlite3.DatabaseError as e:
         raise NotAnAtlas(f"{path}: corrupt or unreadable SQLite file ({e})") from None
     if version > SCHEMA_VERSION:

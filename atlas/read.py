@@ -181,6 +181,13 @@ class AtlasReader:
         return fid
 
     def feature(self, spec: str | int) -> Feature:
+        if isinstance(spec, str):
+            parts = split_feature_name(spec.strip())
+            if parts is not None and parts[1] < _MAX_ID:
+                # the common case, SAE/INDEX with the SAE's own name: one query, not two
+                row = self.conn.execute(_FEATURE_SELECT + "WHERE s.name = ? AND f.idx = ?", parts).fetchone()
+                if row is not None:
+                    return _feature_from_row(row)
         fid = self.resolve_feature(spec)
         row = self.conn.execute(_FEATURE_SELECT + "WHERE f.feature_id = ?", (fid,)).fetchone()
         if row is None:  # an index names it but the join finds no row: the file is damaged
@@ -279,23 +286,67 @@ class AtlasReader:
         return [Label(**{**dict(r), "evidence": json.loads(r["evidence"]) if r["evidence"] else None}) for r in rows]
 
     def card(self, spec: str | int, *, k: int = 20, edge_limit: int = 50) -> FeatureCard:
+        """Everything about one feature: the top ``k`` tokens of each phase and sign,
+        heads, labels, and the ``edge_limit`` strongest edges of each kind in each direction."""
         f = self.feature(spec)
-        scores = self.token_scores(f.feature_id)
-
-        def pick(phase: str, sign: int) -> list[TokenScore]:
-            return [t for t in scores if t.phase == phase and t.sign == sign][:k]
-
+        fid = f.feature_id
+        # only ranks below k, and the vocabulary of this feature's model (no join back through saes)
+        rows = self.conn.execute(
+            "SELECT ts.feature_id, ts.phase, ts.sign, ts.rank, ts.token_id, COALESCE(v.display, '#' || ts.token_id), "
+            "ts.value FROM token_scores ts "
+            "LEFT JOIN vocab v ON v.model_id = (SELECT model_id FROM saes WHERE sae_id = ?) AND v.token_id = ts.token_id "
+            "WHERE ts.feature_id = ? AND ts.rank < ? ORDER BY ts.phase, ts.sign DESC, ts.rank",
+            (f.sae_id, fid, k),
+        ).fetchall()
+        picked: dict[tuple[str, int], list[TokenScore]] = {}
+        for r in rows:
+            picked.setdefault((r[1], r[2]), []).append(TokenScore(*r))
+        edges_out, edges_in = self._edges_both(fid, edge_limit) if edge_limit else ([], [])
         return FeatureCard(
             feature=f,
-            promoted=pick("du", 1),
-            suppressed=pick("du", -1),
-            inputs=pick("ee", 1),
-            inputs_negative=pick("ee", -1),
-            heads=self.head_scores(f.feature_id),
-            edges_out=self.edges(f.feature_id, "out", limit=edge_limit) if edge_limit else [],
-            edges_in=self.edges(f.feature_id, "in", limit=edge_limit) if edge_limit else [],
-            labels=self.labels(f.feature_id),
+            promoted=picked.get(("du", 1), []),
+            suppressed=picked.get(("du", -1), []),
+            inputs=picked.get(("ee", 1), []),
+            inputs_negative=picked.get(("ee", -1), []),
+            heads=self.head_scores(fid),
+            edges_out=edges_out,
+            edges_in=edges_in,
+            labels=self.labels(fid),
         )
+
+    def _edges_both(self, feature_id: int, per_kind: int) -> tuple[list[Edge], list[Edge]]:
+        """Out- and in-edges of a feature, at most ``per_kind`` of each kind and direction,
+        strongest first within a kind.
+
+        Two short queries: the edges themselves (both directions), then the names of
+        the features they reach, looked up once each. Joining names per edge row in
+        SQL reads more pages, which is most of the cost on a freshly opened file.
+        """
+        rows = self.conn.execute(
+            "SELECT 0, e.kind, e.src_feature, e.dst_feature, h.layer, h.head, e.score, e.rank "
+            "FROM edges e LEFT JOIN heads h ON h.head_pk = e.head_pk WHERE e.src_feature = ?1 "
+            "UNION ALL SELECT 1, e.kind, e.src_feature, e.dst_feature, h.layer, h.head, e.score, e.rank "
+            "FROM edges e LEFT JOIN heads h ON h.head_pk = e.head_pk WHERE e.dst_feature = ?1",
+            (feature_id,),
+        ).fetchall()
+        groups: dict[tuple[int, str], list] = {}
+        for r in rows:
+            groups.setdefault((r[0], r[1]), []).append(r)
+        kept = []
+        for key in sorted(groups):
+            kept.extend(sorted(groups[key], key=lambda r: -abs(r[6]))[:per_kind])
+        ids = {r[2] for r in kept} | {r[3] for r in kept}
+        names = dict(
+            self.conn.execute(
+                "SELECT f.feature_id, s.name || '/' || f.idx FROM features f JOIN saes s ON s.sae_id = f.sae_id "
+                f"WHERE f.feature_id IN ({','.join('?' * len(ids))})",
+                list(ids),
+            ).fetchall()
+        ) if ids else {}  # fmt: skip
+        out: tuple[list[Edge], list[Edge]] = ([], [])
+        for d, kind, src, dst, layer, head, score, rank in kept:
+            out[d].append(Edge(kind, names.get(src, f"#{src}"), names.get(dst, f"#{dst}"), src, dst, layer, head, score, rank))
+        return out
 
     # ------------------------------------------------------------ search
     def find_tokens(self, text: str, *, exact: bool = True, limit: int = 50) -> list[tuple[int, int, str]]:
