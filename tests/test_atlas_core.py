@@ -325,6 +325,22 @@ def test_edges_per_kind(synthetic_atlas: Path) -> None:
             ]
         assert len(atlas.edges(fid, "out", per_kind=2)) == 8  # 4 kinds x 2
         assert atlas.card(fid, edge_limit=0).edges_out == []
+        # the card keeps the same strongest-per-kind edges, in both directions, with the same names
+        card = atlas.card(fid, edge_limit=2)
+        assert card.edges_out == atlas.edges(fid, "out", per_kind=2)
+        assert card.edges_in == atlas.edges(fid, "in", per_kind=2) and card.edges_in
+
+
+def test_card_tokens_are_the_top_k_of_each_list(synthetic_atlas: Path) -> None:
+    with open_atlas(synthetic_atlas) as atlas:
+        fid = atlas.resolve_feature("L6.res/40")
+        full = atlas.token_scores(fid)
+        card = atlas.card("L6.res/40", k=3)
+        for got, phase, sign in (
+            (card.promoted, "du", 1), (card.suppressed, "du", -1), (card.inputs, "ee", 1), (card.inputs_negative, "ee", -1)
+        ):  # fmt: skip
+            want = [t for t in full if t.phase == phase and t.sign == sign][:3]
+            assert got == want and len(got) == 3
 
 
 def test_feature_in_index_but_not_in_table_is_a_clear_error(tmp_path):
