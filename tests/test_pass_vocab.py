@@ -7,7 +7,7 @@ import pytest
 import scipy.stats as ss
 import torch
 
-from builders.passes.common import StreamingTopK, vocab_scores
+from builders.passes.common import ChunkTopK, StreamingTopK, vocab_scores
 from builders.passes.du import du_pass
 from builders.passes.ee import ee_pass
 from builders.passes.predicts import token_criterion
@@ -113,6 +113,36 @@ def test_streaming_topk_matches_sort_with_ties_by_index():
     xn = x.numpy()
     want = np.lexsort((np.broadcast_to(np.arange(103), xn.shape), -xn), axis=1)[:, :7]
     np.testing.assert_array_equal(v, np.take_along_axis(xn, want, 1))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_chunk_topk_matches_a_full_sort(seed):
+    """Chunk extremes + kept chunks give exactly the top-k of the whole row, whatever the tiling:
+    ragged tiles, tiles narrower than a chunk, fewer chunks than k, ties, both directions."""
+    rng = np.random.default_rng(seed)
+    n, V = int(rng.integers(1, 30)), int(rng.integers(5, 2000))
+    k = int(rng.integers(1, min(V, 40) + 1))
+    tile = int(rng.choice([1, 7, 64, 100, 256, 4096]))
+    chunk = int(rng.choice([4, 16, 64]))
+    largest = bool(seed % 2)
+    x = torch.from_numpy(rng.standard_normal((n, V)).astype(np.float32))
+    distinct = seed % 3 != 0
+    if not distinct:
+        x = torch.round(x * 2) / 2  # many ties
+    top = ChunkTopK(k, largest=largest, chunk=chunk)
+    for c0 in range(0, V, tile):
+        t = x[:, c0 : c0 + tile]
+        ext = top.update(t, c0)
+        assert torch.equal(ext, t.amax(1) if largest else t.amin(1))
+    v, i = top.result()
+    xn = x.numpy().astype(np.float64)
+    order = np.sort(xn, axis=1)[:, ::-1] if largest else np.sort(xn, axis=1)
+    np.testing.assert_array_equal(v, order[:, :k])  # the k best values, best first
+    np.testing.assert_array_equal(np.take_along_axis(xn, i, 1), v)  # ids name those values
+    assert all(len(set(row)) == k for row in i.tolist())  # no column twice
+    if distinct:
+        want = np.argsort(-xn if largest else xn, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(i, want)
 
 
 def test_vocab_scores_large_offsets_are_stable():

@@ -124,11 +124,85 @@ def sort_topk(values: np.ndarray, ids: np.ndarray, *, largest: bool = True) -> t
     return np.take_along_axis(values, order, -1), np.take_along_axis(ids, order, -1)
 
 
+class ChunkTopK:
+    """Exact running top-k per row over column tiles, for tiles too wide to ``torch.topk`` each.
+
+    The k best values of a row lie in its k chunks (``chunk`` consecutive
+    columns) with the best chunk extremes: any other chunk has k chunks above
+    it, each holding an element better than all of its own. So a tile costs one
+    fast reduction to chunk extremes, a small top-k over (k + t/chunk) extremes,
+    and a copy of the few chunks that enter the kept set; ``result()`` runs one
+    top-k over the k kept chunks. On the CPU that is several times cheaper than
+    a ``torch.topk`` of every tile, whose cost barely depends on k. The kept
+    chunks sit in slots, unordered; an incoming chunk takes an evicted one's slot.
+    """
+
+    def __init__(self, k: int, *, largest: bool = True, chunk: int = 64):
+        self.k, self.largest, self.chunk = k, largest, chunk
+        self.ext: torch.Tensor | None = None  # (n, kk) extreme of each kept chunk
+        self.vals: torch.Tensor | None = None  # (n, kk, chunk) its values (padding: -inf / +inf)
+        self.base: torch.Tensor | None = None  # (n, kk) int64 column id of its first value
+
+    def update(self, tile: torch.Tensor, offset: int) -> torch.Tensor:
+        """tile: (n, t) values of columns [offset, offset + t). Returns its (n,) row max (min if smallest)."""
+        b, t = tile.shape
+        c, k, largest = self.chunk, self.k, self.largest
+        nc = -(-t // c)
+        if t % c == 0 and tile.is_contiguous():
+            tiles = tile.view(b, nc, c)  # (b, nc, c) no copy
+        else:  # a ragged last tile: pad with values that never win
+            tiles = torch.full((b, nc, c), float("-inf") if largest else float("inf"), dtype=tile.dtype, device=tile.device)
+            tiles.view(b, nc * c)[:, :t] = tile
+        ext = tiles.amax(2) if largest else tiles.amin(2)  # (b, nc)
+        row_ext = ext.amax(1) if largest else ext.amin(1)  # (b,) exact, as a reduction of the tile would be
+        flat = tiles.view(b * nc, c)
+        rows = torch.arange(b, device=tile.device)
+        if self.ext is None or self.ext.shape[1] < k:
+            # filling: keep the best of everything seen until there are k chunks
+            old = self.ext if self.ext is not None else ext[:, :0]
+            kk_old = old.shape[1]
+            kk = min(k, kk_old + nc)
+            e, j = torch.cat([old, ext], 1).topk(kk, 1, largest=largest)  # (b, kk)
+            jn = (j - kk_old).clamp(min=0)
+            vals = flat[(rows[:, None] * nc + jn).view(-1)].view(b, kk, c)
+            base = offset + c * jn
+            if kk_old:
+                from_old = j < kk_old
+                jo = j.clamp(max=kk_old - 1)
+                old_vals = self.vals.view(b * kk_old, c)[(rows[:, None] * kk_old + jo).view(-1)].view(b, kk, c)
+                vals = torch.where(from_old[:, :, None], old_vals, vals)
+                base = torch.where(from_old, self.base.gather(1, jo), base)
+            self.ext, self.vals, self.base = e, vals, base
+            return row_ext
+        worst = self.ext.amin(1) if largest else self.ext.amax(1)  # (b,) k-th best chunk extreme
+        if not bool((row_ext > worst if largest else row_ext < worst).any()):
+            return row_ext
+        _, j = torch.cat([self.ext, ext], 1).topk(k, 1, largest=largest)  # (b, k) the new kept set
+        incoming = j >= k  # (b, k) entries naming a chunk of this tile
+        kept = torch.zeros(b, k + 1, dtype=torch.bool, device=tile.device)
+        kept.scatter_(1, torch.where(incoming, k, j), True)  # column k is a sink for the incoming
+        free_r, free_s = (~kept[:, :k]).nonzero(as_tuple=True)  # evicted slots, as many per row as incoming
+        in_r, in_p = incoming.nonzero(as_tuple=True)  # both row-major, so they pair up row by row
+        jn = j[in_r, in_p] - k  # chunk index within this tile
+        self.vals.view(b * k, c)[free_r * k + free_s] = flat[in_r * nc + jn]
+        self.ext[free_r, free_s] = ext[in_r, jn]
+        self.base[free_r, free_s] = offset + c * jn
+        return row_ext
+
+    def result(self, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(values, ids), each (n, k), best first, ties by smaller id."""
+        b, kk, c = self.vals.shape
+        k = min(self.k if k is None else k, kk * c)
+        v, j = self.vals.reshape(b, kk * c).topk(k, 1, largest=self.largest)  # (b, k)
+        ids = (self.base[:, :, None] + torch.arange(c, device=self.base.device)).reshape(b, kk * c).gather(1, j)
+        return sort_topk(v.double().cpu().numpy(), ids.cpu().numpy(), largest=self.largest)
+
+
 class StreamingTopK:
     """Running top-k per row over column tiles, without materialising all columns.
 
     A tile only costs a ``torch.topk`` on the rows whose best entry in the tile
-    (``extreme``, which the caller has from one ``aminmax`` pass) beats their
+    (``extreme``, which the caller has from one ``amax``/``amin`` pass) beats their
     current k-th value; after the first few tiles those are few, so the cost is
     close to one read of each tile. ``largest=False`` keeps the k smallest.
     """
@@ -162,9 +236,18 @@ class StreamingTopK:
         if extreme is None:
             extreme = tile.amax(1) if self.largest else tile.amin(1)
         kth = self.vals[:, -1]  # (n,)
-        rows = (extreme > kth if self.largest else extreme < kth).nonzero(as_tuple=True)[0]  # (r,)
-        if rows.numel() == 0:
+        better = extreme > kth if self.largest else extreme < kth  # (n,)
+        n_better = int(better.sum())
+        if n_better == 0:
             return
+        if n_better == tile.shape[0]:
+            # every row has a candidate (the usual case while k is large against the
+            # columns seen so far): no copy of the tile's rows, no scatter back
+            v, i = tile.topk(min(self.k, tile.shape[1]), dim=1, largest=self.largest)  # (n, <=k)
+            p = None if payload is None else payload.gather(1, i)  # (n, <=k)
+            self.vals, self.ids, self.payload = self._merge(self.vals, self.ids, self.payload, v, i + offset, p)
+            return
+        rows = better.nonzero(as_tuple=True)[0]  # (r,)
         v, i = tile[rows].topk(min(self.k, tile.shape[1]), dim=1, largest=self.largest)  # (r, <=k)
         p = None if payload is None else payload[rows].gather(1, i)  # (r, <=k)
         old_p = None if self.payload is None else self.payload[rows]
@@ -232,15 +315,14 @@ def vocab_scores(dirs: torch.Tensor, W: torch.Tensor, k: int, *, block_rows: int
         acc = torch.zeros(5, b, device=X.device, dtype=torch.float64)  # s1..s4 (centred), and sum exp
         T = torch.zeros(b, device=X.device, dtype=torch.float64)  # sum exp(c - m) * c
         m = torch.full((b,), float("-inf"), device=X.device, dtype=torch.float64)  # running max of c
-        hi = StreamingTopK(k, largest=True)
-        lo = StreamingTopK(k, largest=False)
+        hi = ChunkTopK(k, largest=True)
+        lo = ChunkTopK(k, largest=False)
         for v0, v1 in chunks(0, d_vocab, tile):
             t = v1 - v0
             L = torch.mm(X, W[:, v0:v1], out=buf[:, :t])  # (b, t)
             s = buf2[:, :t]
-            tmin, tmax = torch.aminmax(L, dim=1)  # (b,), (b,)
-            hi.update(L, v0, tmax)
-            lo.update(L, v0, tmin)
+            tmax = hi.update(L, v0)  # (b,) row max of the tile
+            lo.update(L, v0)
             L.sub_(shift[:, None])  # (b, t) centred
             acc[0] += L.sum(1)
             C2 = torch.mul(L, L, out=s)  # (b, t)
