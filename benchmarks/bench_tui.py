@@ -7,6 +7,10 @@ Measures, with the targets of issue 5:
   launch -> first screen drawn (overview with its SAE table)   < 1 s
   Enter on a feature in the list -> its card drawn             < 100 ms
   typing a search -> results drawn                             < 300 ms
+"Card drawn" is the first frame the app composes that shows the new card
+(frames are recorded as Textual hands them to its driver). A second, more
+conservative figure waits for that, then asks for one more full repaint and
+waits for it: the card's frame plus up to one frame interval and a repaint.
 plus the launch time of a fresh process (Python start and imports included),
 when the overview's plots arrive (they aggregate every feature, in a worker),
 and raw atlas.listing page times (first and deep pages). Figures go to stdout
@@ -115,7 +119,18 @@ async def measure_card_and_search(path: Path, repeat: int, queries: list[str]) -
     from tui.widgets.feature_table import FeatureTable
 
     app = make_app(path)
-    card_ms, search_ms, search_worker_ms, page_ms = [], {}, {}, []
+    card_ms, first_frame_ms, search_ms, search_worker_ms, page_ms = [], [], {}, {}, []
+    # Every frame the app composes (headless: composed, not written to a terminal), with what it showed.
+    frames: list[tuple[float, int | None]] = []
+    display = app._display
+
+    def recording_display(screen, renderable):
+        display(screen, renderable)
+        if renderable is not None:
+            shown = screen.card.feature.feature_id if isinstance(screen, FeatureCardScreen) and screen.card else None
+            frames.append((time.perf_counter(), shown))
+
+    app._display = recording_display
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.screen.query_one("#sae-table", DataTable).row_count > 0)
         t0 = time.perf_counter()
@@ -129,11 +144,13 @@ async def measure_card_and_search(path: Path, repeat: int, queries: list[str]) -
         for _ in range(repeat):
             await pilot.press("down")
             want = table.feature_id_at_cursor()
+            frames.clear()
             t0 = time.perf_counter()
             app.simulate_key("enter")  # the real key path (App -> focused table), without pilot's wait for idle
             t1 = await wait_until(pilot, lambda: isinstance(app.screen, FeatureCardScreen) and app.screen.card is not None
                                   and app.screen.card.feature.feature_id == want)  # noqa: B023 (awaited at once)  # fmt: skip
             card_ms.append((t1 - t0) * 1e3)
+            first_frame_ms.append((next(t for t, shown in frames if shown == want) - t0) * 1e3)
             await pilot.press("escape")
             await wait_until(pilot, lambda: app.screen is listing)
         await pilot.press("slash")
@@ -156,7 +173,9 @@ async def measure_card_and_search(path: Path, repeat: int, queries: list[str]) -
             search_worker_ms[q] = statistics.median(worker)
     return {
         "first_list_page_ms": page_ms[0],
-        "enter_to_card_ms": {"median": statistics.median(card_ms), "max": max(card_ms), "n": len(card_ms)},
+        "enter_to_card_ms": {"median": statistics.median(first_frame_ms), "max": max(first_frame_ms),
+                             "n": len(first_frame_ms)},  # fmt: skip
+        "enter_to_card_then_forced_frame_ms": {"median": statistics.median(card_ms), "max": max(card_ms)},
         "search_to_results_ms": search_ms,
         "search_query_in_worker_ms": search_worker_ms,
     }
@@ -223,6 +242,7 @@ def main() -> None:
     }
     for k, v in checks.items():
         print(f"{k:22s} {v:9.1f} ms   target < {TARGETS_MS[k]:.0f} ms   {'ok' if v < TARGETS_MS[k] else 'MISSED'}")
+    print(f"{'  + one forced repaint':22s} {res['enter_to_card_then_forced_frame_ms']['median']:9.1f} ms   (conservative)")
     out = REPO / "benchmarks" / "out"
     out.mkdir(exist_ok=True)
     (out / "tui.json").write_text(json.dumps(res, indent=2))

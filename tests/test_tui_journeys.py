@@ -43,6 +43,11 @@ def run(coro) -> None:
     asyncio.run(coro)
 
 
+def painted_line(screen, selector: str, y: int) -> str:
+    """The text of line ``y`` of a widget as it is painted (its strips, not its data)."""
+    return "".join(seg.text for seg in screen.query_one(selector).render_line(y))
+
+
 def rows(table: DataTable) -> list[list]:
     return [table.get_row_at(i) for i in range(table.row_count)]
 
@@ -75,9 +80,16 @@ def test_search_token_open_feature_follow_edge_and_go_back(fixture_db):
             edges = card.query_one("#card-edges", DataTable)
             assert edges.row_count == len(card.card.edges_out) + len(card.card.edges_in) > 0
             target = card.card.edges_out[1].dst_feature
+            assert painted_line(card, "#tok-promoted", 1).startswith(f" 0 {card.card.promoted[0].token}")
             await pilot.press("e", "down", "enter")  # follow the second edge
             await settle(pilot)
             assert app.screen is card and card.card.feature.feature_id == target
+            # the token lists repaint with the new card's tokens (their strips are cached per card)
+            for wid, scores in (("#tok-promoted", card.card.promoted), ("#tok-suppressed", card.card.suppressed)):
+                top = scores[0]
+                assert painted_line(card, wid, 1).startswith(f" 0 {top.token}") and f"{top.value:.2f}" in painted_line(
+                    card, wid, 1
+                )
             await pilot.press("backspace")
             await settle(pilot)
             assert card.card.feature.feature_id == first.feature_id

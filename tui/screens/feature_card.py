@@ -158,6 +158,18 @@ class FeatureCardScreen(AtlasScreen):
         self.query_one("#tok-inputs", TokenBars).set_scores(card.inputs)
         self.query_one("#card-labels", Static).update(_labels_text(card))
         self.query_one(HeadBars).set_scores(card.heads)
+        self.query_one("#card-edges", DataTable).clear()
+        # The edge table sits below the fold and measures every cell before its first
+        # paint: fill it once the card above it is on screen.
+        self.call_after_refresh(self._fill_edges, card)
+        # A new card starts at its top, like a new page in a browser.
+        card_view = self.query_one("#card", VerticalScroll)
+        card_view.scroll_home(animate=False)
+        card_view.focus()
+
+    def _fill_edges(self, card: FeatureCard) -> None:
+        if card is not self.card:  # another card was drawn meanwhile
+            return
         table = self.query_one("#card-edges", DataTable)
         table.clear()
         for i, e in enumerate(card.edges_out):
@@ -168,10 +180,6 @@ class FeatureCardScreen(AtlasScreen):
             head = f"L{e.head_layer}.H{e.head}" if e.head is not None else ""
             table.add_row(EDGE_KINDS.get(e.kind, e.kind), "←", e.src, head, f"{e.score:.3f}", e.rank,
                           key=f"in{i}:{e.src_feature}")  # fmt: skip
-        # A new card starts at its top, like a new page in a browser.
-        card_view = self.query_one("#card", VerticalScroll)
-        card_view.scroll_home(animate=False)
-        card_view.focus()
 
     @on(DataTable.RowSelected, "#card-edges")
     def edge_selected(self, event: DataTable.RowSelected) -> None:

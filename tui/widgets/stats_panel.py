@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual.widget import Widget
 
 from atlas.read import describe_criterion
 from atlas.types import Feature
-from tui.widgets.bars import fmt
+from tui.widgets.bars import SizedText, fmt
 
 # The evidence for each verdict: the shape of the logit (du) or input (ee) distribution.
 EVIDENCE = {
@@ -38,7 +37,7 @@ def verdict_text(name: str, value: Any, metrics: dict[str, Any], criterion: Any 
     return t
 
 
-class StatsPanel(Widget):
+class StatsPanel(SizedText):
     """Verdicts with evidence, then the remaining statistics in as many columns as fit."""
 
     DEFAULT_CSS = """
@@ -52,9 +51,9 @@ class StatsPanel(Widget):
 
     def set_feature(self, feature: Feature, criteria: dict[str, Any] | None = None) -> None:
         self.feature, self.criteria = feature, criteria or {}
-        self.refresh(layout=True)
+        self.changed()
 
-    def render(self) -> Text:
+    def make_lines(self, width: int) -> Text:  # wraps: the verdict and criterion lines can be long
         if self.feature is None:
             return Text("")
         m, c = self.feature.metrics, self.criteria
@@ -64,7 +63,7 @@ class StatsPanel(Widget):
         out.append_text(verdict_text("reads_tokens", m.get("reads_tokens"), m, c.get("reads_tokens")))
         # The verdicts' evidence is printed with them; the grid holds the rest.
         cells = [(k, fmt(m.get(k))) for k in OTHER if m.get(k) is not None]
-        per_row = max(1, max(self.content_size.width, 26) // 26)
+        per_row = max(1, max(width, 26) // 26)
         for i, (k, v) in enumerate(cells):
             out.append("\n" if i % per_row == 0 else "  ")
             out.append(f"{k:<14}", style="dim")

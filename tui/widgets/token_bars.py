@@ -1,21 +1,18 @@
 """A titled list of tokens with their values and bars (promoted, suppressed, input tokens).
 
-Rendered as plain styled text sized to the widget's width: a rich Table per
-list re-measured on every layout pass made opening a card cost ~100 ms.
+Drawn as plain styled lines sized to the widget's width (see SizedText): a rich
+Table per list, re-measured on every layout pass, made opening a card cost ~100 ms.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich.text import Text
-from textual.widget import Widget
-
 from atlas.types import TokenScore
-from tui.widgets.bars import bar, clip
+from tui.widgets.bars import Line, SizedText, bar, clip
 
 
-class TokenBars(Widget):
+class TokenBars(SizedText):
     """Rank, token, value and a bar scaled to the strongest value in the list."""
 
     DEFAULT_CSS = """
@@ -30,21 +27,21 @@ class TokenBars(Widget):
 
     def set_scores(self, scores: Sequence[TokenScore]) -> None:
         self.scores = list(scores)
-        self.refresh(layout=True)
+        self.changed()
 
-    def render(self) -> Text:
-        width = max(self.content_size.width, 20)
+    def make_lines(self, width: int) -> list[Line]:
+        width = max(width, 20)
         bar_w = max(3, min(10, width // 4))
         tok_w = max(4, width - bar_w - 2 - 1 - 7 - 1)  # rank(2) space token value(7) space bar
-        out = Text(clip(self.title, width) + "\n", style="bold", no_wrap=True)
+        out: list[Line] = [[(clip(self.title, width), "bold")]]
         if not self.scores:
-            out.append("(none stored)", style="dim")
+            out.append([("(none stored)", "dim")])
             return out
         scale = max(abs(s.value) for s in self.scores)
-        for i, s in enumerate(self.scores):
-            out.append(f"{s.rank:>2} ", style="dim")
-            out.append(f"{clip(s.token, tok_w):<{tok_w}}{s.value:>7.2f} ")
-            out.append(bar(s.value, scale, bar_w), style=self.bar_style)
-            if i < len(self.scores) - 1:
-                out.append("\n")
+        for s in self.scores:
+            out.append([
+                (f"{s.rank:>2} ", "dim"),
+                (f"{clip(s.token, tok_w):<{tok_w}}{s.value:>7.2f} ", ""),
+                (bar(s.value, scale, bar_w), self.bar_style),
+            ])  # fmt: skip
         return out
