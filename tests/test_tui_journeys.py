@@ -103,6 +103,25 @@ def test_search_token_open_feature_follow_edge_and_go_back(fixture_db):
     run(journey())
 
 
+
+def test_down_then_enter_typed_fast_opens_the_result(fixture_db):
+    """Keys typed faster than the app handles them: enter right after down reaches the results."""
+
+    async def journey():
+        app = make_app(fixture_db)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await settle(pilot)
+            await pilot.press("slash", *"paris")
+            await settle(pilot)
+            screen = app.screen
+            first = screen.query_one("#search-results", DataTable).get_row_at(0)[1]
+            app.simulate_key("down")  # both queued before either is handled
+            app.simulate_key("enter")
+            await settle(pilot)
+            assert isinstance(app.screen, FeatureCardScreen) and app.screen.card.feature.name == str(first)
+
+    run(journey())
+
 # ---------------------------------------------------------------- feature list: sort, filter, page
 def test_feature_list_sort_filter_and_lazy_paging(fixture_db):
     with sqlite3.connect(fixture_db) as c:
@@ -329,7 +348,14 @@ def test_small_terminal_80x24(fixture_db):
             assert app.screen.query_one(FeatureTable).row_count == 100
             await pilot.press("enter")
             await settle(pilot)
-            assert isinstance(app.screen, FeatureCardScreen) and app.screen.card is not None
+            card = app.screen
+            assert isinstance(card, FeatureCardScreen) and card.card is not None
+            # three token lists side by side still fit: each painted line is exactly its widget's width
+            for wid in ("#tok-promoted", "#tok-suppressed", "#tok-inputs"):
+                widget = card.query_one(wid)
+                line = widget.render_line(1)
+                assert line.cell_length == widget.size.width > 0
+                assert painted_line(card, wid, 1).startswith(" 0 ")
 
     run(journey())
 

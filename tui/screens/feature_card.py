@@ -124,7 +124,7 @@ class FeatureCardScreen(AtlasScreen):
 
     def action_focus_edges(self) -> None:
         table = self.query_one("#card-edges", DataTable)
-        table.focus()
+        self.set_focus(table)  # now, so a down key typed right after `e` moves in the table
         table.scroll_visible(animate=False)
 
     # ------------------------------------------------------------ loading

@@ -98,7 +98,9 @@ class SearchScreen(AtlasScreen):
     def action_focus_results(self) -> None:
         table = self.query_one("#search-results", DataTable)
         if table.row_count:
-            table.focus()
+            # at once, not on the next loop turn (widget.focus() defers): an enter typed
+            # right after the down key must reach the results, not the input again
+            self.set_focus(table)
 
     def action_focus_input(self) -> None:
-        self.query_one("#search-input", Input).focus()
+        self.set_focus(self.query_one("#search-input", Input))

@@ -142,7 +142,7 @@ class SqlConsoleScreen(AtlasScreen):
             self.atlas_app.action_back()
 
     def action_focus_input(self) -> None:
-        self.query_one("#sql-input", Input).focus()
+        self.set_focus(self.query_one("#sql-input", Input))  # now, not on the next loop turn
 
     def action_export(self) -> None:
         if not self.sql or self.error:
