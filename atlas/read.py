@@ -204,22 +204,30 @@ class AtlasReader:
         return row[0]
 
     def token_scores(
-        self, feature_id: int, phase: str | None = None, sign: int | None = None, limit: int | None = None
+        self,
+        feature_id: int,
+        phase: str | None = None,
+        sign: int | None = None,
+        limit: int | None = None,
+        *,
+        max_rank: int | None = None,
     ) -> list[TokenScore]:
+        """A feature's token lists in (phase, sign desc, rank) order; ``max_rank`` keeps ranks below it."""
+        # the feature's own model picks the vocabulary: one lookup, not a join per row
         sql = (
-            "SELECT ts.feature_id, ts.phase, ts.sign, ts.rank, ts.token_id, COALESCE(v.display, '#' || ts.token_id) AS token, "
-            "ts.value FROM token_scores ts "
-            "JOIN features f ON f.feature_id = ts.feature_id JOIN saes s ON s.sae_id = f.sae_id "
-            "LEFT JOIN vocab v ON v.model_id = s.model_id AND v.token_id = ts.token_id "
-            "WHERE ts.feature_id = ?"
+            "SELECT ts.feature_id, ts.phase, ts.sign, ts.rank, ts.token_id, COALESCE(v.display, '#' || ts.token_id) "
+            "AS token, ts.value FROM token_scores ts LEFT JOIN vocab v ON v.model_id = "
+            "(SELECT s.model_id FROM features f JOIN saes s ON s.sae_id = f.sae_id WHERE f.feature_id = ?) "
+            "AND v.token_id = ts.token_id WHERE ts.feature_id = ?"
         )
-        params: list[Any] = [feature_id]
-        if phase is not None:
-            sql += " AND ts.phase = ?"
-            params.append(phase)
-        if sign is not None:
-            sql += " AND ts.sign = ?"
-            params.append(sign)
+        params: list[Any] = [feature_id, feature_id]
+        for col, value in (("phase", phase), ("sign", sign)):
+            if value is not None:
+                sql += f" AND ts.{col} = ?"
+                params.append(value)
+        if max_rank is not None:
+            sql += " AND ts.rank < ?"
+            params.append(max_rank)
         sql += " ORDER BY ts.phase, ts.sign DESC, ts.rank"
         if limit is not None:
             sql += " LIMIT ?"
@@ -249,88 +257,32 @@ class AtlasReader:
     ) -> list[Edge]:
         """Edges leaving (``out``) or entering (``in``) a feature, strongest first within each kind.
 
-        ``per_kind`` keeps at most that many of each kind (the strongest), in one query.
+        ``per_kind`` keeps at most that many of each kind (the strongest); ``limit`` cuts the whole list.
         """
-        col = {"out": "src_feature", "in": "dst_feature"}[direction]
-        where, params = f"e.{col} = ?", [feature_id]
-        if kind is not None:
-            where += " AND e.kind = ?"
-            params.append(kind)
-        table = "edges e"
-        if per_kind is not None:
-            # rank within each kind on the edges alone, then join names for the few kept
-            table = (
-                "(SELECT *, ROW_NUMBER() OVER (PARTITION BY kind ORDER BY ABS(score) DESC) AS kind_rank "
-                f"FROM edges e WHERE {where}) e"
-            )
-            where = "e.kind_rank <= ?"
-            params.append(per_kind)
-        sql = (
-            "SELECT e.kind, ss.name || '/' || fs.idx AS src, sd.name || '/' || fd.idx AS dst, "
-            "e.src_feature, e.dst_feature, h.layer AS head_layer, h.head, e.score, e.rank "
-            f"FROM {table} "
-            "JOIN features fs ON fs.feature_id = e.src_feature JOIN saes ss ON ss.sae_id = fs.sae_id "
-            "JOIN features fd ON fd.feature_id = e.dst_feature JOIN saes sd ON sd.sae_id = fd.sae_id "
-            f"LEFT JOIN heads h ON h.head_pk = e.head_pk WHERE {where}"
-        )
-        sql += " ORDER BY e.kind, ABS(e.score) DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [Edge(*r) for r in self.conn.execute(sql, params)]  # columns in field order
+        if direction not in ("out", "in"):
+            raise ValueError(f"direction must be 'out' or 'in', not {direction!r}")
+        return self._edges(feature_id, (direction,), kind, per_kind)[direction][:limit]
 
-    def labels(self, feature_id: int) -> list[Label]:
-        rows = self.conn.execute(
-            "SELECT * FROM labels WHERE feature_id = ? ORDER BY source = 'user' DESC, label_id DESC", (feature_id,)
-        ).fetchall()
-        return [Label(**{**dict(r), "evidence": json.loads(r["evidence"]) if r["evidence"] else None}) for r in rows]
+    def _edges(
+        self, feature_id: int, directions: tuple[str, ...], kind: str | None, per_kind: int | None
+    ) -> dict[str, list[Edge]]:
+        """Edges of a feature in the given directions, by kind then strength, at most ``per_kind`` of each.
 
-    def card(self, spec: str | int, *, k: int = 20, edge_limit: int = 50) -> FeatureCard:
-        """Everything about one feature: the top ``k`` tokens of each phase and sign,
-        heads, labels, and the ``edge_limit`` strongest edges of each kind in each direction."""
-        f = self.feature(spec)
-        fid = f.feature_id
-        # only ranks below k, and the vocabulary of this feature's model (no join back through saes)
-        rows = self.conn.execute(
-            "SELECT ts.feature_id, ts.phase, ts.sign, ts.rank, ts.token_id, COALESCE(v.display, '#' || ts.token_id), "
-            "ts.value FROM token_scores ts "
-            "LEFT JOIN vocab v ON v.model_id = (SELECT model_id FROM saes WHERE sae_id = ?) AND v.token_id = ts.token_id "
-            "WHERE ts.feature_id = ? AND ts.rank < ? ORDER BY ts.phase, ts.sign DESC, ts.rank",
-            (f.sae_id, fid, k),
-        ).fetchall()
-        picked: dict[tuple[str, int], list[TokenScore]] = {}
-        for r in rows:
-            picked.setdefault((r[1], r[2]), []).append(TokenScore(*r))
-        edges_out, edges_in = self._edges_both(fid, edge_limit) if edge_limit else ([], [])
-        return FeatureCard(
-            feature=f,
-            promoted=picked.get(("du", 1), []),
-            suppressed=picked.get(("du", -1), []),
-            inputs=picked.get(("ee", 1), []),
-            inputs_negative=picked.get(("ee", -1), []),
-            heads=self.head_scores(fid),
-            edges_out=edges_out,
-            edges_in=edges_in,
-            labels=self.labels(fid),
-        )
-
-    def _edges_both(self, feature_id: int, per_kind: int) -> tuple[list[Edge], list[Edge]]:
-        """Out- and in-edges of a feature, at most ``per_kind`` of each kind and direction,
-        strongest first within a kind.
-
-        Two short queries: the edges themselves (both directions), then the names of
-        the features they reach, looked up once each. Joining names per edge row in
-        SQL reads more pages, which is most of the cost on a freshly opened file.
+        Two short queries: the edges themselves (all directions at once), then the
+        names of the features they reach, looked up once each. Joining names onto
+        every edge row in SQL reads more pages, which is most of the cost of a
+        short command on a freshly opened file.
         """
-        rows = self.conn.execute(
-            "SELECT 0, e.kind, e.src_feature, e.dst_feature, h.layer, h.head, e.score, e.rank "
-            "FROM edges e LEFT JOIN heads h ON h.head_pk = e.head_pk WHERE e.src_feature = ?1 "
-            "UNION ALL SELECT 1, e.kind, e.src_feature, e.dst_feature, h.layer, h.head, e.score, e.rank "
-            "FROM edges e LEFT JOIN heads h ON h.head_pk = e.head_pk WHERE e.dst_feature = ?1",
-            (feature_id,),
-        ).fetchall()
-        groups: dict[tuple[int, str], list] = {}
-        for r in rows:
+        where = " AND e.kind = ?2" if kind is not None else ""
+        arms = [
+            f"SELECT '{d}', e.kind, e.src_feature, e.dst_feature, h.layer, h.head, e.score, e.rank "
+            f"FROM edges e LEFT JOIN heads h ON h.head_pk = e.head_pk WHERE e.{col} = ?1{where}"
+            for d, col in (("out", "src_feature"), ("in", "dst_feature"))
+            if d in directions
+        ]
+        params = (feature_id, kind) if kind is not None else (feature_id,)
+        groups: dict[tuple[str, str], list] = {}
+        for r in self.conn.execute(" UNION ALL ".join(arms), params):
             groups.setdefault((r[0], r[1]), []).append(r)
         kept = []
         for key in sorted(groups):
@@ -343,10 +295,37 @@ class AtlasReader:
                 list(ids),
             ).fetchall()
         ) if ids else {}  # fmt: skip
-        out: tuple[list[Edge], list[Edge]] = ([], [])
-        for d, kind, src, dst, layer, head, score, rank in kept:
-            out[d].append(Edge(kind, names.get(src, f"#{src}"), names.get(dst, f"#{dst}"), src, dst, layer, head, score, rank))
+        out: dict[str, list[Edge]] = {d: [] for d in directions}
+        for d, k, src, dst, layer, head, score, rank in kept:
+            out[d].append(Edge(k, names.get(src, f"#{src}"), names.get(dst, f"#{dst}"), src, dst, layer, head, score, rank))
         return out
+
+    def labels(self, feature_id: int) -> list[Label]:
+        rows = self.conn.execute(
+            "SELECT * FROM labels WHERE feature_id = ? ORDER BY source = 'user' DESC, label_id DESC", (feature_id,)
+        ).fetchall()
+        return [Label(**{**dict(r), "evidence": json.loads(r["evidence"]) if r["evidence"] else None}) for r in rows]
+
+    def card(self, spec: str | int, *, k: int = 20, edge_limit: int = 50) -> FeatureCard:
+        """Everything about one feature: the top ``k`` tokens of each phase and sign,
+        heads, labels, and the ``edge_limit`` strongest edges of each kind in each direction."""
+        f = self.feature(spec)
+        fid = f.feature_id
+        picked: dict[tuple[str, int], list[TokenScore]] = {}
+        for t in self.token_scores(fid, max_rank=k):
+            picked.setdefault((t.phase, t.sign), []).append(t)
+        edges = self._edges(fid, ("out", "in"), None, edge_limit) if edge_limit else {"out": [], "in": []}
+        return FeatureCard(
+            feature=f,
+            promoted=picked.get(("du", 1), []),
+            suppressed=picked.get(("du", -1), []),
+            inputs=picked.get(("ee", 1), []),
+            inputs_negative=picked.get(("ee", -1), []),
+            heads=self.head_scores(fid),
+            edges_out=edges["out"],
+            edges_in=edges["in"],
+            labels=self.labels(fid),
+        )
 
     # ------------------------------------------------------------ search
     def find_tokens(self, text: str, *, exact: bool = True, limit: int = 50) -> list[tuple[int, int, str]]:
