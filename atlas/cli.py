@@ -85,6 +85,12 @@ class LazyGroup(click.Group):
             raise click.ClickException(
                 _one_line(f"SQLite error: {e} (is the atlas damaged? `sae-atlas validate` checks it)")
             ) from None
+        except UnicodeDecodeError as e:
+            # SQLite stores any bytes as TEXT; a damaged file can hold some that are not UTF-8
+            raise click.ClickException(
+                _one_line(f"text in the atlas is not valid UTF-8 ({e.reason} at byte {e.start}): "
+                          "is the atlas damaged? `sae-atlas validate` checks it")
+            ) from None  # fmt: skip
         except (FileExistsError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
             raise click.ClickException(_one_line(str(e))) from None
         except OSError as e:

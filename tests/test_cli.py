@@ -131,6 +131,27 @@ def test_bad_files_one_line(runner: CliRunner, synthetic_atlas_master: Path, tmp
 
 
 # ---------------------------------------------------------------- info
+@pytest.mark.parametrize("damage", ["text", "blob"])
+@pytest.mark.parametrize("argv", [["info"], ["show", "L2.res/3"]])
+def test_bytes_that_are_not_utf8_are_one_line(
+    runner: CliRunner, synthetic_atlas: Path, argv: list[str], damage: str
+) -> None:
+    """A damaged file can hold bytes that are not UTF-8, as TEXT (SQLite's decoder refuses them) or as a
+    BLOB where text belongs (Python's does; found by test_damaged_atlas): a one-line error naming it."""
+    with sqlite3.connect(synthetic_atlas) as c:
+        c.execute("PRAGMA ignore_check_constraints = ON")
+        if damage == "text":
+            c.execute("UPDATE models SET architecture = CAST(X'80FF' AS TEXT)")
+            c.execute("UPDATE vocab SET display = CAST(X'80' AS TEXT)")
+        else:
+            c.execute("UPDATE atlas_info SET provenance = ?", (b'{"criteria": "\x80"}',))
+            c.execute("UPDATE labels SET evidence = ?", (b'{"why": "\x80"}',))
+    result = runner.invoke(cli, [*argv, "--db", str(synthetic_atlas)])
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert "\n" not in line and "UTF-8" in line and "validate" in line and "unexpected" not in line, line
+
+
 def test_info(runner: CliRunner, synthetic_atlas: Path) -> None:
     out = ok(run(runner, synthetic_atlas, "info"))
     assert "model synthetic: Synthetic, 8 layers, d_model 64, 4 heads over 2 kv" in out
