@@ -156,9 +156,9 @@ class ChunkTopK:
         ext = tiles.amax(2) if largest else tiles.amin(2)  # (b, nc)
         row_ext = ext.amax(1) if largest else ext.amin(1)  # (b,) exact, as a reduction of the tile would be
         flat = tiles.view(b * nc, c)
-        rows = torch.arange(b, device=tile.device)
         if self.ext is None or self.ext.shape[1] < k:
             # filling: keep the best of everything seen until there are k chunks
+            rows = torch.arange(b, device=tile.device)
             old = self.ext if self.ext is not None else ext[:, :0]
             kk_old = old.shape[1]
             kk = min(k, kk_old + nc)
@@ -189,10 +189,10 @@ class ChunkTopK:
         self.base[free_r, free_s] = offset + c * jn
         return row_ext
 
-    def result(self, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(values, ids), each (n, k), best first, ties by smaller id."""
         b, kk, c = self.vals.shape
-        k = min(self.k if k is None else k, kk * c)
+        k = min(self.k, kk * c)
         v, j = self.vals.reshape(b, kk * c).topk(k, 1, largest=self.largest)  # (b, k)
         ids = (self.base[:, :, None] + torch.arange(c, device=self.base.device)).reshape(b, kk * c).gather(1, j)
         return sort_topk(v.double().cpu().numpy(), ids.cpu().numpy(), largest=self.largest)
