@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import atlas.maintenance as maint
+import atlas.merge
 from atlas import AtlasError, open_atlas
 from atlas.maintenance import ProvenanceConflict, export_atlas, merge_atlases, merge_provenance, validate
 from atlas.synthetic import build_synthetic_atlas
@@ -115,7 +115,7 @@ def test_export_failure_leaves_nothing(synthetic_atlas: Path, tmp_path: Path, mo
     def boom(conn: sqlite3.Connection) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(maint, "_finish", boom)
+    monkeypatch.setattr(atlas.merge, "finish", boom)
     with pytest.raises(RuntimeError):
         export_atlas(synthetic_atlas, tmp_path / "out.db", ["L2.res"])
     assert list(tmp_path.iterdir()) == [synthetic_atlas]  # no OUT, no temp file, no journal

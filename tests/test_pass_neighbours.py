@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from builders.passes.neighbours import cosine_pass, flow_pass, unit_decoders
+from builders.passes.flow import flow_pass
+from builders.passes.neighbours import cosine_pass, unit_decoders
 from builders.passes.semantic import SemanticSettings, embed_baseline, is_word, semantic_pass
 from tests.passes_fixtures import tiny_model, tiny_sae
 

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from atlas.domain import HEURISTIC_SOURCE
+from builders.passes import du, ee
+from builders.passes.base import Context, Pass, Rows, Step, Unit, each_sae
 from builders.weights import ModelWeights
 
 
@@ -152,3 +155,35 @@ def semantic_pass(
         else:
             rows.append(("non-semantic: " + _reason(d), "non_semantic", max(ev["score"] for _, ev in lists), evidence))
     return rows
+
+
+# ---------------------------------------------------------------- in a build
+
+
+def _top_ids(ctx: Context, u: Unit, phase: str) -> np.ndarray:
+    """The unit's promoted token lists: as an earlier unit stored them, else (its unit ran in another shard, or
+    the pass is not in this build) recomputed: the same numbers."""
+    ids = ctx.stored_top_ids(u.sae, u.start, u.end, phase)
+    if ids is not None:
+        return ids
+    cfg = ctx.cfg
+    run = du.du_pass if phase == "du" else ee.ee_pass
+    return run(
+        ctx.model, ctx.saes[u.sae], u.start, u.end, k=cfg.top_k, fold_norms=cfg.fold_norms,
+        block_rows=ctx.block_rows, vocab_tile=ctx.vocab_tile,
+    ).top_ids  # fmt: skip
+
+
+def _run(ctx: Context, u: Unit) -> Rows:
+    cfg = ctx.cfg
+    du_ids = _top_ids(ctx, u, "du")
+    ee_ids = _top_ids(ctx, u, "ee") if "ee" in cfg.passes else None
+    base = ctx.cached("embed_baseline", lambda: embed_baseline(ctx.model, cfg.semantic))
+    return Rows(labels=semantic_pass(ctx.model, du_ids, ee_ids, cfg.semantic, base))
+
+
+PASS = Pass(
+    name="semantic", order=90, help="a heuristic semantic / non-semantic label per feature from its token lists",
+    reads="one", targets=each_sae, steps=(Step("semantic", _run),), writes=("labels",),
+    label_source=HEURISTIC_SOURCE,
+)  # fmt: skip
