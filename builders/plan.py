@@ -38,8 +38,16 @@ def sae_names(saes: list[SAEWeights], given: tuple[str | None, ...] | None = Non
     return names
 
 
+def check_settings(cfg: BuildConfig, names: list[str]) -> None:
+    """Refuse settings that cannot fit these SAEs (a QK pair naming a missing SAE), before any weights load."""
+    for p in registry().values():
+        if p.name in cfg.passes and p.check is not None:
+            p.check(cfg, names)
+
+
 def units(ctx: Context) -> list[Unit]:
     """Every unit of the build ``ctx`` describes, in the order they run."""
+    check_settings(ctx.cfg, ctx.names)
     out: list[Unit] = []
     for p in registry().values():
         if p.name not in ctx.cfg.passes:

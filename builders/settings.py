@@ -25,12 +25,12 @@ ALL_PASSES = pass_names()
 class BuildConfig:
     """Every setting of a build. All of it goes into the atlas provenance."""
 
-    passes: tuple[str, ...] = ALL_PASSES  # passes to run, any subset of all the passes
+    passes: tuple[str, ...] = ALL_PASSES  # passes to run (comma-separated), any subset of all the passes
     top_k: int = 20  # tokens kept per feature, phase (du/ee) and sign
     fold_norms: bool = True  # fold norm gains into directions; False = raw W_U/W_E like Neuronpedia
-    predicts_z: float | None = None  # fixed du_top1_z threshold; None = random-direction quantile below
-    reads_z: float | None = None  # fixed ee_top1_z threshold; None = random-direction quantile below
-    predicts_quantile: float = 0.99  # quantile of top1_z over random directions that sets tau
+    predicts_z: float | None = None  # fixed du_top1_z threshold of predicts_tokens; None = set by predicts_quantile
+    reads_z: float | None = None  # fixed ee_top1_z threshold of reads_tokens; None = set by predicts_quantile
+    predicts_quantile: float = 0.99  # quantile of top1_z over random directions that sets both thresholds
     reach: int = 1  # attention layers scored per SAE: its reading layer and the next reach-1
     percentile: float = 75.0  # head_scores keeps (feature, head) at or above this baseline percentile
     store_percentile: float | None = None  # stricter cut for the stored head_scores rows only; None = percentile
@@ -38,7 +38,7 @@ class BuildConfig:
     qk_k: int = 10  # key features kept per (query feature, head)
     qk_cap: int | None = None  # at most this many QK edges per query feature across heads; None = all
     qk_exclude_self: bool = False  # drop the (i, i) pair from QK top-k lists
-    qk_pairs: tuple[tuple[str, str], ...] | None = None  # (query SAE, key SAE) names; None = each SAE with itself
+    qk_pairs: tuple[tuple[str, str], ...] | None = None  # (query SAE, key SAE) name pairs; None = each SAE with itself
     ov_k: int = 10  # target features kept per (source feature, head)
     ov_cap: int | None = None  # at most this many OV edges per source feature across heads; None = all
     ov_target: str = "auto"  # auto: nearest later residual SAE, else attn_out/attn_z SAE of the layer; resid; z
@@ -54,7 +54,7 @@ class BuildConfig:
     cache_mb: float | None = None  # cache a QK/OV/cosine "other side" iff it fits; None = memory_mb / 2; 0 = stream
     device: str = "auto"  # device the passes run on (the model's tensors decide; recorded)
     seed: int = 0  # seeds every random baseline
-    sae_names: tuple[str | None, ...] | None = None  # atlas names per SAE; None = L12.res style, de-duplicated
+    sae_names: tuple[str | None, ...] | None = None  # atlas name per SAE, in order; None = L12.res style, de-duplicated
 
     def __post_init__(self) -> None:
         if isinstance(self.passes, str):

@@ -79,6 +79,7 @@ class Pass:
     key_names_other: bool = False  # an SAE may pair with several others: name the other in build_units.pass
     conventions: Mapping[str, str] = field(default_factory=dict)  # recorded in provenance["conventions"]
     criteria: Callable[[Context], dict[str, dict[str, Any]]] | None = None  # provenance["criteria"] entries
+    check: Callable[[BuildConfig, list[str]], object] | None = None  # refuse bad settings, given the SAE names
 
     def __post_init__(self) -> None:
         unknown = set(self.writes) - set(ROW_TABLES)

@@ -20,6 +20,8 @@ Both give bit-identical edges.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -27,6 +29,9 @@ from builders.errors import BuildError
 from builders.passes.base import Context, EdgeRows, Pass, Rows, Step, Target, Unit
 from builders.passes.common import COMPUTE_DTYPE, Columns, chunks, fold_direction, resid_directions, stream_topk
 from builders.weights import ModelWeights, SAEWeights
+
+if TYPE_CHECKING:
+    from builders.settings import BuildConfig
 
 
 def folded_dirs(
@@ -112,19 +117,21 @@ def qk_pass(
 # ---------------------------------------------------------------- in a build
 
 
+def pair_indices(cfg: BuildConfig, names: list[str]) -> list[tuple[int, int]]:
+    """(query SAE, key SAE) indices: ``qk_pairs`` by name, else each SAE with itself."""
+    if cfg.qk_pairs is None:
+        return [(i, i) for i in range(len(names))]
+    index = {n: i for i, n in enumerate(names)}
+    for q, k in cfg.qk_pairs:
+        if q not in index or k not in index:
+            missing = q if q not in index else k
+            raise BuildError(f"QK pair names an SAE not in this build: {missing} (have {', '.join(names)})")
+    return [(index[q], index[k]) for q, k in cfg.qk_pairs]
+
+
 def targets(ctx: Context) -> list[Target]:
-    """(query SAE, key SAE) pairs: ``qk_pairs`` by name, else each SAE with itself; the query SAE must be read."""
-    if ctx.cfg.qk_pairs is None:
-        pairs = [(i, i) for i in range(len(ctx.saes))]
-    else:
-        index = {n: i for i, n in enumerate(ctx.names)}
-        pairs = []
-        for q, k in ctx.cfg.qk_pairs:
-            if q not in index or k not in index:
-                missing = q if q not in index else k
-                raise BuildError(f"QK pair names an SAE not in this build: {missing} (have {', '.join(ctx.names)})")
-            pairs.append((index[q], index[k]))
-    return [Target(q, k) for q, k in pairs if ctx.reads[q] is not None]
+    """The (query SAE, key SAE) pairs whose query SAE an attention layer reads."""
+    return [Target(q, k) for q, k in pair_indices(ctx.cfg, ctx.names) if ctx.reads[q] is not None]
 
 
 def _run(ctx: Context, u: Unit) -> Rows:
@@ -144,6 +151,6 @@ def _run(ctx: Context, u: Unit) -> Rows:
 PASS = Pass(
     name="qk", order=50, help="QK edges: which key-side feature a query-side feature attends to, per head",
     reads="pair", targets=targets, steps=(Step("qk", _run),), writes=("edges",), edge_kind="qk",
-    key_names_other=True,  # one query SAE may pair with several key SAEs (qk_pairs)
+    check=pair_indices, key_names_other=True,  # one query SAE may pair with several key SAEs (qk_pairs)
     conventions={"qk score": "x_i W_Q[h] W_K[h]^T x_j * qk_scale; top-k by |score| per (i, h)"},
 )  # fmt: skip

@@ -41,11 +41,11 @@ class SemanticSettings:
     n_tokens: int = 10  # how many top tokens of each list are judged
     word_min_len: int = 3  # letters a whole word needs
     stem_len: int = 4  # shared prefix that counts as a shared stem
-    min_word_frac: float = 0.5  # at least half the tokens are whole words ...
-    min_stem_frac: float = 0.3  # ... and 30% of them share a stem,
-    min_embed_z: float = 2.0  # ... or their embeddings cohere 2 sd above random sets
+    min_word_frac: float = 0.5  # a semantic list has at least this fraction of whole words, and
+    min_stem_frac: float = 0.3  # at least this fraction of its words share a stem, or
+    min_embed_z: float = 2.0  # its tokens' embeddings cohere this many sd above random token sets
     n_baseline: int = 256  # random token sets for the embedding baseline
-    seed: int = 0
+    seed: int = 0  # seeds the random token sets
 
 
 def is_word(tok: str, min_len: int) -> bool:
