@@ -157,7 +157,8 @@ class Atlas(AtlasReader, AtlasWriter):
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite ends it itself on some errors (a full disk)
+                self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from atlas.db import Atlas, create_atlas, open_atlas
-from atlas.errors import AtlasError
+from atlas.errors import NotAnAtlas
 from atlas.files import require_folder, storage_errors
 from builders import plan as planning
 from builders.errors import BuildError
@@ -111,13 +111,16 @@ def _open_partial(partial: Path, prov: dict[str, Any], say: Callable[[str], None
     """The partial to resume, or None to start over (none there, or nothing finished in it)."""
     if not partial.exists():
         return None
+    db = None
     try:
         db = open_atlas(partial, readonly=False)
         old, done = db.provenance(), len(db.finished_units())
-    except (AtlasError, sqlite3.DatabaseError, ValueError):
-        # empty, or killed before its tables and provenance were written: it holds no finished unit
+    except (NotAnAtlas, sqlite3.DatabaseError, ValueError) as e:
+        # empty, or killed before its tables and provenance were written: nothing in it can be resumed
+        if db is not None:
+            db.close()
         if say is not None:
-            say(f"{partial.name} holds no usable atlas (a build killed as it started): starting over")
+            say(f"{partial.name} is not a partial atlas to resume ({e}): starting over")
         return None
     same = old.get("build", {}).get("fingerprint") == prov["build"]["fingerprint"] and old.get("shard") == prov.get(
         "shard"

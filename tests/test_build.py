@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from atlas import open_atlas
+from atlas.files import DiskFull, NoSuchFolder
 from atlas.maintenance import validate
 from builders.build import BuildConfig, BuildError, build_atlas, merge_shards, plan_units, sae_names, shard_path
 from tests.passes_fixtures import tiny_model, tiny_sae
@@ -269,3 +270,67 @@ def test_store_percentile_keeps_a_subset_of_head_rows_and_the_same_profiles(buil
     assert strict["depth_profiles"] == base["depth_profiles"]  # profiles still use the 75th percentile
     with pytest.raises(BuildError):
         config(store_percentile=50.0)  # stricter than --percentile or nothing
+
+
+@pytest.mark.parametrize("content", [b"", b"SQLite format 3\x00" + b"\x00" * 84, b"not a database at all"])
+def test_resume_starts_over_from_an_empty_or_unusable_partial(built, tmp_path, content):
+    """A build killed right after it created OUT.partial leaves nothing to resume: --resume starts over."""
+    m, saes, out = built
+    target = tmp_path / "e.db"
+    target.with_name("e.db.partial").write_bytes(content)
+    notes = []
+    build_atlas(m, saes, target, config=config(), resume=True, progress=False, say=notes.append)
+    assert dump(out) == dump(target)
+    assert len(notes) == 1 and "starting over" in notes[0]
+
+
+def test_resume_starts_over_from_a_partial_killed_before_its_first_unit(built, tmp_path):
+    m, saes, out = built
+    target = tmp_path / "k.db"
+
+    def crash(unit):
+        raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        build_atlas(m, saes, target, config=config(top_k=K + 1), progress=False, after_unit=crash)
+    partial = target.with_name("k.db.partial")
+    # one finished unit, other settings: that is never discarded silently
+    with pytest.raises(BuildError, match="other settings"):
+        build_atlas(m, saes, target, config=config(), resume=True, progress=False)
+    conn = sqlite3.connect(partial)
+    conn.execute("DELETE FROM build_units")  # as if killed inside its first unit
+    conn.commit()
+    conn.close()
+    notes = []
+    build_atlas(m, saes, target, config=config(), resume=True, progress=False, say=notes.append)
+    assert dump(out) == dump(target) and "no finished unit" in notes[0]
+
+
+def _small_disk(monkeypatch, module, name, pages):
+    """Make every atlas ``module.name`` creates as full as a disk of ``pages`` pages (SQLite's max_page_count)."""
+    real = getattr(module, name)
+
+    def create(*args, **kw):
+        db = real(*args, **kw)
+        conn = db.conn if hasattr(db, "conn") else db
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        return db
+
+    monkeypatch.setattr(module, name, create)
+
+
+def test_a_full_disk_says_so(built, tmp_path, monkeypatch):
+    import builders.run
+
+    m, saes, _ = built
+    target = tmp_path / "full.db"
+    _small_disk(monkeypatch, builders.run, "create_atlas", 60)
+    with pytest.raises(DiskFull, match=r"full\.db\.partial: disk full; free some space, then rerun with --resume"):
+        build_atlas(m, saes, target, config=config(), progress=False)
+    assert not target.exists()
+
+
+def test_an_output_in_a_missing_folder_says_so(built, tmp_path):
+    m, saes, _ = built
+    with pytest.raises(NoSuchFolder, match=r"missing: no such folder"):
+        build_atlas(m, saes, tmp_path / "missing" / "a.db", config=config(), progress=False)
