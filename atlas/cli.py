@@ -26,13 +26,13 @@ import click
 
 import atlas as _atlas_pkg
 from atlas import db as _db
+from atlas.dbpath import resolve_db_path
 from atlas.domain import EDGE_KINDS, LABEL_KINDS
 from atlas.errors import AtlasError, ReadOnlyAtlas
 from atlas.output import cell, dump_json, emit, output_options, table
 from atlas.read import METRIC_COLUMNS, describe_criterion
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-DEFAULT_ATLAS = Path(_atlas_pkg.__file__).resolve().parent.parent / "atlas.db.example"
 DEBUG_ENV = "SAE_ATLAS_DEBUG"
 
 # name -> (module, attribute, short help, what to install when the import fails)
@@ -147,29 +147,6 @@ def db_option(fn: Callable) -> Callable:
         default=None,
         help="Atlas file (default: the group's --db, $SAE_ATLAS_DB, then the bundled atlas.db.example)",
     )(fn)
-
-
-def resolve_db_path(db: Path | str | None = None) -> Path:
-    """The atlas a command works on: its --db, the group's --db / $SAE_ATLAS_DB, then atlas.db.example.
-
-    Public so that the lazy commands (build, browse, report) resolve it the same way.
-    """
-    if db:
-        return Path(db)
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None:
-        root = ctx.find_root()
-        group_db = (root.obj or {}).get("db") if isinstance(root.obj, dict) else None
-        if group_db:
-            return Path(group_db)
-    env = os.environ.get("SAE_ATLAS_DB")
-    if env:
-        return Path(env)
-    if not DEFAULT_ATLAS.exists():
-        raise click.ClickException(
-            f"no atlas given (--db PATH or SAE_ATLAS_DB) and the bundled atlas.db.example is missing ({DEFAULT_ATLAS})"
-        )
-    return DEFAULT_ATLAS
 
 
 def open_ro(db: Path | None) -> _db.Atlas:
