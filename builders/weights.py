@@ -15,9 +15,7 @@ from typing import Any
 
 import torch
 
-NORM_KINDS = ("layernorm", "rmsnorm", "gemma_rmsnorm")
-SITES = ("resid_pre", "resid_mid", "resid_post", "attn_z", "attn_out", "mlp_out")
-SAE_ARCHITECTURES = ("relu", "jumprelu", "topk", "gated")
+from atlas.domain import SITES
 
 # The one place that maps a TransformerLens hook name to an atlas site. Per layer L the
 # hook is f"blocks.{L}.{suffix}". hook_attn_out / hook_mlp_out are what the sublayer adds

@@ -83,3 +83,12 @@ def test_site_order_and_stream_position() -> None:
     positions = [domain.stream_position(s, 5) for s in domain.SITES]
     assert positions == sorted(positions)  # SITES is in forward-pass order
     assert set(domain.SITE_SHORT) == set(domain.SITES)
+
+
+def test_the_tui_names_every_kind() -> None:
+    """The TUI's display names (for edge and label kinds) cover the domain's lists, so none shows raw."""
+    from tui.screens.feature_card import EDGE_KINDS
+    from tui.screens.label_editor import KINDS
+
+    assert set(EDGE_KINDS) == set(domain.EDGE_KINDS)
+    assert {kind for _, kind in KINDS} == set(domain.LABEL_KINDS)
