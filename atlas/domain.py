@@ -56,7 +56,8 @@ MODEL_SOURCE_KINDS: tuple[str, ...] = ("hub", "path", "gguf", "synthetic")
 NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm", "gemma_rmsnorm")
 SAE_ARCHITECTURES: tuple[str, ...] = ("relu", "jumprelu", "topk", "gated")
 
-# Columns of `features` a build fills and a user can rank, filter and show (schema order).
+# Columns of `features` a build fills and a user can rank, filter and show: schema order, one line per group
+# of columns as in schema.sql.
 METRIC_COLUMNS: tuple[str, ...] = (
     "dec_norm", "enc_norm", "b_enc", "threshold",
     "du_max", "du_min", "du_mean", "du_std", "du_skew", "du_kurtosis", "du_entropy", "du_top1_z",
@@ -64,7 +65,8 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "predicts_tokens", "reads_tokens",
     "attn_q_mean", "attn_k_mean", "attn_v_mean", "attn_q_max", "attn_k_max", "attn_v_max",
     "top_head", "top_head_share",
-)  # fmt: skip  (one line per group of columns, as in schema.sql)
+)  # fmt: skip
+
 
 # ---------------------------------------------------------------- tables
 @dataclass(frozen=True)

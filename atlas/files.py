@@ -71,7 +71,9 @@ def storage_errors(path: str | os.PathLike, *, then: str = "") -> Iterator[None]
         if _is_full(e):
             raise DiskFull(f"{path}: disk full{hint}") from None
         folder_gone = not Path(path).parent.is_dir()
-        cant_open = getattr(e, "sqlite_errorcode", None) == _SQLITE_CANTOPEN or getattr(e, "errno", None) == errno.ENOENT
+        cant_open = (
+            getattr(e, "sqlite_errorcode", None) == _SQLITE_CANTOPEN or getattr(e, "errno", None) == errno.ENOENT
+        )
         if folder_gone and cant_open:
             raise NoSuchFolder(f"{Path(path).parent}: no such folder") from None
         raise

@@ -26,9 +26,16 @@ from atlas.merge import (
 from atlas.migrations import SCHEMA_VERSION
 
 __all__ = [
-    "VOLATILE_PROVENANCE_KEYS", "ProvenanceConflict", "ValidationReport", "atomic_output", "describe",
-    "export_atlas", "merge_atlases", "merge_provenance", "validate",
-]  # fmt: skip
+    "VOLATILE_PROVENANCE_KEYS",
+    "ProvenanceConflict",
+    "ValidationReport",
+    "atomic_output",
+    "describe",
+    "export_atlas",
+    "merge_atlases",
+    "merge_provenance",
+    "validate",
+]
 
 
 # ------------------------------------------------------------------ describe

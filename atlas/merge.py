@@ -180,16 +180,46 @@ def _copy_kept(conn: sqlite3.Connection, table: Table, seed: str | None) -> None
 # what each run covered); every other key present in both must agree.
 VOLATILE_PROVENANCE_KEYS = frozenset(
     {
-        "created_at", "started_at", "finished_at", "elapsed_s", "seconds", "timings", "timing", "host",
-        "hostname", "machine", "user", "argv", "command", "exported", "merged", "saes", "sae_files",
-        "peak_memory", "load_seconds", "device",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "elapsed_s",
+        "seconds",
+        "timings",
+        "timing",
+        "host",
+        "hostname",
+        "machine",
+        "user",
+        "argv",
+        "command",
+        "exported",
+        "merged",
+        "saes",
+        "sae_files",
+        "peak_memory",
+        "load_seconds",
+        "device",
     }
-)  # fmt: skip
+)
 
 _MODEL_IDENTITY = (
-    "source", "source_kind", "architecture", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_vocab",
-    "tied_embeddings", "norm_kind", "embed_scale", "attn_softcap", "final_softcap", "sha256",
-)  # fmt: skip
+    "source",
+    "source_kind",
+    "architecture",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "n_kv_heads",
+    "d_head",
+    "d_vocab",
+    "tied_embeddings",
+    "norm_kind",
+    "embed_scale",
+    "attn_softcap",
+    "final_softcap",
+    "sha256",
+)
 
 # Rows of a shared feature the merged atlas takes from a later input only when missing: labels (a
 # user may have labelled the same SAE in two copies). Columns that make two such rows the same.
@@ -291,7 +321,9 @@ def _merge_one(conn: sqlite3.Connection, b: str, path: Path) -> tuple[list[str],
     """
     for ref in ("models", "heads", "saes", "features"):
         conn.execute(f"DROP TABLE IF EXISTS temp.map_{ref}")
-        conn.execute(f"CREATE TEMP TABLE map_{ref} (old INTEGER PRIMARY KEY, new INTEGER NOT NULL, fresh INTEGER NOT NULL)")
+        conn.execute(
+            f"CREATE TEMP TABLE map_{ref} (old INTEGER PRIMARY KEY, new INTEGER NOT NULL, fresh INTEGER NOT NULL)"
+        )
     conn.row_factory = sqlite3.Row
     try:
         _map_models(conn, b, path)
@@ -310,10 +342,14 @@ def _map_models(conn: sqlite3.Connection, b: str, path: Path) -> None:
     for mb in conn.execute(f"SELECT * FROM {b}.models").fetchall():
         ma = conn.execute("SELECT * FROM main.models WHERE name = ?", (mb["name"],)).fetchone()
         if ma is None:
-            raise ProvenanceConflict(f"{path.name}: model {mb['name']!r} is not in the first atlas; merge needs one model")
+            raise ProvenanceConflict(
+                f"{path.name}: model {mb['name']!r} is not in the first atlas; merge needs one model"
+            )
         for col in _MODEL_IDENTITY:
             if ma[col] != mb[col]:
-                raise ProvenanceConflict(f"{path.name}: model {mb['name']!r} differs in {col} ({ma[col]!r} vs {mb[col]!r})")
+                raise ProvenanceConflict(
+                    f"{path.name}: model {mb['name']!r} differs in {col} ({ma[col]!r} vs {mb[col]!r})"
+                )
         na, da = _vocab_digest(conn, ma["model_id"], "main")
         nb, db_ = _vocab_digest(conn, mb["model_id"], b)
         if na and nb and da != db_:
@@ -485,9 +521,7 @@ def combine_partials(
             raise AtlasError(f"{name}: {total[name] - got} rows of the partial atlases belong to no unit of this build")
         table = TABLE_BY_NAME[name]
         cols = ", ".join(c for c in columns(conn, name) if c != table.id)
-        conn.execute(
-            f"INSERT INTO main.{name} ({cols}) SELECT {cols} FROM temp._merge_{name} ORDER BY pos, {table.id}"
-        )
+        conn.execute(f"INSERT INTO main.{name} ({cols}) SELECT {cols} FROM temp._merge_{name} ORDER BY pos, {table.id}")
         conn.execute(f"DROP TABLE temp._merge_{name}")
     conn.execute("COMMIT")
 

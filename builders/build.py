@@ -57,6 +57,15 @@ from builders.settings import ALL_PASSES, BuildConfig
 from builders.shards import find_shards, merge_shards, shard_path
 
 __all__ = [
-    "ALL_PASSES", "BuildConfig", "BuildError", "Unit", "build_atlas", "find_shards", "merge_shards", "plan_units",
-    "release_freed_blocks", "sae_names", "shard_path",
-]  # fmt: skip
+    "ALL_PASSES",
+    "BuildConfig",
+    "BuildError",
+    "Unit",
+    "build_atlas",
+    "find_shards",
+    "merge_shards",
+    "plan_units",
+    "release_freed_blocks",
+    "sae_names",
+    "shard_path",
+]

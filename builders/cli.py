@@ -131,19 +131,20 @@ def _option(name: str, tp: Any, default: Any, help_text: str, prefix: str) -> cl
         flag, metavar = _MULTIPLE[name]
         return click.Option([flag, dest], multiple=True, metavar=metavar, help=f"{help_text} (repeat the option)")
     if prefix == "" and name == "passes":
-        return click.Option([flag, dest], type=PassList(list(ALL_PASSES)), default=",".join(default),
-                            show_default=True, help=help_text)  # fmt: skip
+        return click.Option(
+            [flag, dest], type=PassList(list(ALL_PASSES)), default=",".join(default), show_default=True, help=help_text
+        )
     if prefix == "" and name == "ov_target":
-        return click.Option([flag, dest], type=click.Choice(OV_TARGETS), default=default, show_default=True,
-                            help=help_text)  # fmt: skip
+        return click.Option(
+            [flag, dest], type=click.Choice(OV_TARGETS), default=default, show_default=True, help=help_text
+        )
     if prefix == "" and name == "device":
         return click.Option([flag, dest], type=DeviceSpec(), default=default, show_default=True, help=help_text)
     if base is bool:
         return click.Option([f"{flag}/--no-{flag[2:]}", dest], default=default, show_default=True, help=help_text)
     if base in (int, float):
         kind = OptionalNumber(base) if optional else base
-        return click.Option([flag, dest], type=kind, default=default, show_default=default is not None,
-                            help=help_text)  # fmt: skip
+        return click.Option([flag, dest], type=kind, default=default, show_default=default is not None, help=help_text)
     return click.Option([flag, dest], type=str, default=default, show_default=True, help=help_text)
 
 
@@ -186,21 +187,30 @@ def _qk_pair(text: str) -> tuple[str, str]:
 _INPUTS = [
     click.Option(["--model", "model_source"], help="Hub id, local model folder, or .gguf file. [required]"),
     click.Option(["--gguf-file"], help="GGUF file name inside the --model folder."),
-    click.Option(["--no-tokenizer"], is_flag=True,
-                 help="Build although the model has no tokenizer (tokens then show as <id>)."),  # fmt: skip
+    click.Option(
+        ["--no-tokenizer"], is_flag=True, help="Build although the model has no tokenizer (tokens then show as <id>)."
+    ),
     click.Option(["--sae", "sae_paths"], multiple=True, help="SAE file or folder; repeat for several SAEs. [required]"),
     click.Option(["--sae-format"], type=click.Choice(SAE_FORMATS), help="Read every --sae as this format."),
-    click.Option(["--sae-hook", "sae_hooks"], multiple=True, metavar="HOOK",
-                 help="Hook per --sae, in order, for SAEs whose files do not say where they read "
-                      "(e.g. blocks.12.hook_resid_post; '' keeps what the files say)."),  # fmt: skip
+    click.Option(
+        ["--sae-hook", "sae_hooks"],
+        multiple=True,
+        metavar="HOOK",
+        help="Hook per --sae, in order, for SAEs whose files do not say where they read "
+        "(e.g. blocks.12.hook_resid_post; '' keeps what the files say).",
+    ),
     click.Option(["-o", "--out"], type=click.Path(dir_okay=False), help="Atlas file to write. [required]"),
 ]
 _RUN = [
     click.Option(["--resume"], is_flag=True, help="Continue OUT.partial left by a killed build."),
     click.Option(["--overwrite"], is_flag=True, help="Replace OUT if it exists."),
     click.Option(["--shard"], type=Shard(), default=None, help="Run only units I mod N into OUT.shardI-of-N.partial."),
-    click.Option(["--merge-shards", "merge_out"], type=click.Path(dir_okay=False), metavar="OUT",
-                 help="Combine the finished OUT.shardI-of-N.partial files into OUT (no model or SAE needed)."),  # fmt: skip
+    click.Option(
+        ["--merge-shards", "merge_out"],
+        type=click.Path(dir_okay=False),
+        metavar="OUT",
+        help="Combine the finished OUT.shardI-of-N.partial files into OUT (no model or SAE needed).",
+    ),
     click.Option(["--progress/--no-progress"], default=True, help="Progress bars on stderr."),
 ]
 _PASSES_HELP = "\n".join(f"  {name:<12} {p.help}" for name, p in registry().items())
@@ -211,10 +221,21 @@ def _one_line(e: BaseException) -> str:
 
 
 def run_build(
-    *, model_source: str | None, gguf_file: str | None, no_tokenizer: bool, sae_paths: tuple[str, ...],
-    sae_format: str | None, sae_hooks: tuple[str, ...], out: str | None, resume: bool, overwrite: bool,
-    shard: tuple[int, int] | None, merge_out: str | None, progress: bool, **settings: Any,
-) -> None:  # fmt: skip
+    *,
+    model_source: str | None,
+    gguf_file: str | None,
+    no_tokenizer: bool,
+    sae_paths: tuple[str, ...],
+    sae_format: str | None,
+    sae_hooks: tuple[str, ...],
+    out: str | None,
+    resume: bool,
+    overwrite: bool,
+    shard: tuple[int, int] | None,
+    merge_out: str | None,
+    progress: bool,
+    **settings: Any,
+) -> None:
     """Build an atlas from a model and its SAEs, from the weights alone.
 
     Runs the weight passes over every --sae (all of one model) and writes one
@@ -245,14 +266,25 @@ def run_build(
             param_hint="--sae-hook",
         )
     if len(settings["sae_names"]) > len(sae_paths):
-        raise click.BadParameter(f"more names ({len(settings['sae_names'])}) than --sae ({len(sae_paths)})",
-                                 param_hint="--sae-name")  # fmt: skip
+        raise click.BadParameter(
+            f"more names ({len(settings['sae_names'])}) than --sae ({len(sae_paths)})", param_hint="--sae-name"
+        )
     t0 = time.perf_counter()
     try:
         path = _build(
-            model_source, gguf_file, no_tokenizer, sae_paths, sae_format, sae_hooks, out, resume, overwrite, shard,
-            progress, config_from_options(settings),
-        )  # fmt: skip
+            model_source,
+            gguf_file,
+            no_tokenizer,
+            sae_paths,
+            sae_format,
+            sae_hooks,
+            out,
+            resume,
+            overwrite,
+            shard,
+            progress,
+            config_from_options(settings),
+        )
     except AtlasError as e:
         raise click.ClickException(_one_line(e)) from None
     except (FileNotFoundError, PermissionError) as e:
@@ -263,8 +295,20 @@ def run_build(
     sys.stdout.flush()
 
 
-def _build(model_source, gguf_file, no_tokenizer, sae_paths, sae_format, sae_hooks, out, resume, overwrite, shard,
-           progress, config) -> Path:  # fmt: skip
+def _build(
+    model_source,
+    gguf_file,
+    no_tokenizer,
+    sae_paths,
+    sae_format,
+    sae_hooks,
+    out,
+    resume,
+    overwrite,
+    shard,
+    progress,
+    config,
+) -> Path:
     """Check every argument, then load (SAEs first: a bad SAE file fails before the slower model), then build."""
     from builders.device import resolve_device
     from builders.plan import check_settings, check_shard, sae_names
@@ -288,7 +332,9 @@ def _build(model_source, gguf_file, no_tokenizer, sae_paths, sae_format, sae_hoo
     from builders.models import load_model
     from builders.saes import check_sae_fits, load_sae
 
-    saes = [load_sae(p, fmt=sae_format, hook_name=h, device=config.device) for p, h in zip(sae_paths, hooks, strict=True)]
+    saes = [
+        load_sae(p, fmt=sae_format, hook_name=h, device=config.device) for p, h in zip(sae_paths, hooks, strict=True)
+    ]
     check_settings(config, sae_names(saes, config.sae_names))
     model = load_model(model_source, gguf_file=gguf_file, device=config.device)
     if model.meta.get("tokens") and not no_tokenizer:

@@ -77,10 +77,14 @@ def plan_rows(plan: list[Unit], names: list[str]) -> list[dict[str, Any]]:
     passes = registry()
     return [
         {
-            "unit": u.key, "sae": names[u.sae], "other": None if u.other is None else names[u.other],
-            "start": u.start, "end": u.end, "edges": passes[u.pass_name].edge_kind,
+            "unit": u.key,
+            "sae": names[u.sae],
+            "other": None if u.other is None else names[u.other],
+            "start": u.start,
+            "end": u.end,
+            "edges": passes[u.pass_name].edge_kind,
             "labels": passes[u.pass_name].label_source,
-        }  # fmt: skip
+        }
         for u in plan
     ]
 

@@ -70,23 +70,41 @@ def provenance(model: ModelWeights, saes: list[SAEWeights], names: list[str], cf
     for p in registry().values():
         conventions.update(p.conventions)
     model_info = dict(
-        source=model.source, source_kind=model.source_kind, architecture=model.architecture,
-        sha256=model.sha256, dtype=model.dtype, notes=model.notes, qk_scale=model.qk_scale,
-        embed_scale=model.embed_scale, norm_kind=model.norm_kind,
-    )  # fmt: skip
+        source=model.source,
+        source_kind=model.source_kind,
+        architecture=model.architecture,
+        sha256=model.sha256,
+        dtype=model.dtype,
+        notes=model.notes,
+        qk_scale=model.qk_scale,
+        embed_scale=model.embed_scale,
+        norm_kind=model.norm_kind,
+    )
     sae_info = [
         dict(
-            name=n, source=s.source, source_format=s.source_format, sha256=s.sha256, hook_name=s.hook_name,
-            site=s.site, layer=s.layer, d_in=s.d_in, d_sae=s.d_sae, architecture=s.architecture,
-            normalization=s.normalization, input_scale=s.input_scale, release=s.release, sae_ref=s.sae_ref,
-        )  # fmt: skip
+            name=n,
+            source=s.source,
+            source_format=s.source_format,
+            sha256=s.sha256,
+            hook_name=s.hook_name,
+            site=s.site,
+            layer=s.layer,
+            d_in=s.d_in,
+            d_sae=s.d_sae,
+            architecture=s.architecture,
+            normalization=s.normalization,
+            input_scale=s.input_scale,
+            release=s.release,
+            sae_ref=s.sae_ref,
+        )
         for n, s in zip(names, saes, strict=True)
     ]
     config = cfg.as_dict()
     fingerprint_src = json.dumps(
         {k: v for k, v in config.items() if k not in HOW_NOT_WHAT} | {"model": model_info, "saes": sae_info},
-        sort_keys=True, default=str,
-    )  # fmt: skip
+        sort_keys=True,
+        default=str,
+    )
     return {
         "build": {
             "config": config,

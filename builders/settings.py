@@ -64,7 +64,9 @@ class BuildConfig:
         if unknown:
             raise BuildError(f"unknown pass(es) {', '.join(unknown)}; choose from {', '.join(ALL_PASSES)}")
         if self.ov_target not in OV_TARGETS:
-            raise BuildError(f"ov_target must be {', '.join(OV_TARGETS[:-1])} or {OV_TARGETS[-1]}, not {self.ov_target!r}")
+            raise BuildError(
+                f"ov_target must be {', '.join(OV_TARGETS[:-1])} or {OV_TARGETS[-1]}, not {self.ov_target!r}"
+            )
         for name in ("top_k", "reach", "n_random", "qk_k", "ov_k", "neighbour_k", "flow_k", "unit_size"):
             if getattr(self, name) < 1:
                 raise BuildError(f"{name} must be at least 1")

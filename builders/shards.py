@@ -144,4 +144,3 @@ def merge_shards(
         for p in paths:
             p.unlink()
     return out
-

@@ -266,8 +266,10 @@ def test_a_full_disk_says_disk_full(
     a, b = two_halves
     _small_disk(monkeypatch, "new_copy_target")
     _small_disk(monkeypatch, "page_copy")
-    for argv in (["export", "--db", str(a), "--sae", "L1.res", str(tmp_path / "e.db")],
-                 ["merge", str(a), str(b), "-o", str(tmp_path / "m.db")]):  # fmt: skip
+    for argv in (
+        ["export", "--db", str(a), "--sae", "L1.res", str(tmp_path / "e.db")],
+        ["merge", str(a), str(b), "-o", str(tmp_path / "m.db")],
+    ):
         r = CliRunner().invoke(cli, argv)
         assert r.exit_code == 1 and r.output.strip().endswith(": disk full"), r.output
         assert len(r.output.strip().splitlines()) == 1
@@ -280,7 +282,13 @@ def test_an_output_in_a_missing_folder_says_no_such_folder(two_halves: tuple[Pat
     from atlas.cli import cli
 
     a, b = two_halves
-    for argv in (["export", "--db", str(a), "--sae", "L1.res", str(tmp_path / "no" / "e.db")],
-                 ["merge", str(a), str(b), "-o", str(tmp_path / "no" / "m.db")]):  # fmt: skip
+    for argv in (
+        ["export", "--db", str(a), "--sae", "L1.res", str(tmp_path / "no" / "e.db")],
+        ["merge", str(a), str(b), "-o", str(tmp_path / "no" / "m.db")],
+    ):
         r = CliRunner().invoke(cli, argv)
-        assert r.exit_code == 1 and r.output.strip() == f"Error: {tmp_path / 'no'}: no such folder (create it first, or write the atlas elsewhere)", r.output
+        assert (
+            r.exit_code == 1
+            and r.output.strip()
+            == f"Error: {tmp_path / 'no'}: no such folder (create it first, or write the atlas elsewhere)"
+        ), r.output

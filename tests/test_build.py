@@ -29,8 +29,19 @@ def setup():
 
 
 def config(**kw):
-    base = dict(top_k=K, qk_k=3, ov_k=3, neighbour_k=4, flow_k=2, n_random=128, unit_size=16, block_rows=8,
-                vocab_tile=32, key_block=16, semantic=__import__("builders.passes.semantic", fromlist=["x"]).SemanticSettings(n_baseline=32))  # fmt: skip
+    base = dict(
+        top_k=K,
+        qk_k=3,
+        ov_k=3,
+        neighbour_k=4,
+        flow_k=2,
+        n_random=128,
+        unit_size=16,
+        block_rows=8,
+        vocab_tile=32,
+        key_block=16,
+        semantic=__import__("builders.passes.semantic", fromlist=["x"]).SemanticSettings(n_baseline=32),
+    )
     base.update(kw)
     return BuildConfig(**base)
 
@@ -39,11 +50,18 @@ def dump(path) -> dict[str, list]:
     conn = sqlite3.connect(path)
     out = {}
     for table, cols in {
-        "models": "*", "saes": "*", "features": "*", "vocab": "*", "heads": "*", "token_scores": "*",
-        "head_scores": "*", "edges": "*", "depth_profiles": "*",
+        "models": "*",
+        "saes": "*",
+        "features": "*",
+        "vocab": "*",
+        "heads": "*",
+        "token_scores": "*",
+        "head_scores": "*",
+        "edges": "*",
+        "depth_profiles": "*",
         "labels": "label_id, feature_id, text, kind, source, score, evidence",
         "build_units": "sae_id, pass, chunk_start, chunk_end",
-    }.items():  # fmt: skip
+    }.items():
         out[table] = conn.execute(f"SELECT {cols} FROM {table} ORDER BY 1, 2, 3").fetchall()
     out["provenance"] = json.loads(conn.execute("SELECT provenance FROM atlas_info").fetchone()[0])
     conn.close()
@@ -118,7 +136,9 @@ def test_rows_match_the_pure_passes(built):
         base = a.feature_id_base(a.sae("L1.res.33").sae_id)
         rows = a.conn.execute(
             "SELECT token_id FROM token_scores WHERE phase='du' AND sign=1 AND feature_id BETWEEN ? AND ? "
-            "ORDER BY feature_id, rank", (base, base + saes[2].d_sae - 1)).fetchall()  # fmt: skip
+            "ORDER BY feature_id, rank",
+            (base, base + saes[2].d_sae - 1),
+        ).fetchall()
         np.testing.assert_array_equal(np.array(rows).reshape(-1, K), r.top_ids)
         z = a.conn.execute("SELECT du_top1_z FROM features WHERE sae_id = ? ORDER BY idx", (a.sae("L1.res.33").sae_id,))
         np.testing.assert_allclose([x[0] for x in z.fetchall()], r.stats["top1_z"])

@@ -175,8 +175,10 @@ def _import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
                 if isinstance(node, ast.Import):
                     found |= {alias.name for alias in node.names}
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in paths else node.module
-                              for a in node.names}  # fmt: skip
+                    found |= {
+                        f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in paths else node.module
+                        for a in node.names
+                    }
                 todo.append(node)
         parents = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
         graph[module] = {m for m in found if m in paths and m != module and m not in parents}

@@ -158,8 +158,15 @@ def _run(ctx: Context, u: Unit) -> Rows:
         f, li, h = np.nonzero(r.percentiles[role] >= keep)  # row-major: feature, layer, head
         if len(f):
             rows.head_scores.append(
-                HeadRows(u.start + f, np.asarray(layers)[li], h, role, r.scores[role][f, li, h], r.percentiles[role][f, li, h])
-            )  # fmt: skip
+                HeadRows(
+                    u.start + f,
+                    np.asarray(layers)[li],
+                    h,
+                    role,
+                    r.scores[role][f, li, h],
+                    r.percentiles[role][f, li, h],
+                )
+            )
     return rows
 
 
@@ -186,11 +193,15 @@ def _run_profile(ctx: Context, u: Unit) -> Rows:
 
 
 PASS = Pass(
-    name="attn", order=30, help="attention participation of every head of the reading layer(s), and depth profiles",
-    reads="one", targets=read_by_attention, steps=(Step("attn", _run), Step("attn_profile", _run_profile, whole=True)),
+    name="attn",
+    order=30,
+    help="attention participation of every head of the reading layer(s), and depth profiles",
+    reads="one",
+    targets=read_by_attention,
+    steps=(Step("attn", _run), Step("attn_profile", _run_profile, whole=True)),
     writes=("features", "head_scores", "depth_profiles"),
     conventions={
         "attention score": "||W_X[h] (g * u_f)|| / mean over random unit r of ||W_X[h] (g * r)||, u_f unit",
         "attention percentile": "100 * fraction of the head's random-direction scores <= the feature's",
     },
-)  # fmt: skip
+)

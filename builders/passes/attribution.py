@@ -45,7 +45,11 @@ def _run(ctx: Context, u: Unit) -> Rows:
 
 
 PASS = Pass(
-    name="attribution", order=40, help="hook_z SAEs: each head's share of a feature (Kissane et al.)",
-    reads="one", targets=lambda ctx: [Target(i) for i, s in enumerate(ctx.saes) if s.site == "attn_z"],
-    steps=(Step("attribution", _run),), writes=("features", "head_scores"),
-)  # fmt: skip
+    name="attribution",
+    order=40,
+    help="hook_z SAEs: each head's share of a feature (Kissane et al.)",
+    reads="one",
+    targets=lambda ctx: [Target(i) for i, s in enumerate(ctx.saes) if s.site == "attn_z"],
+    steps=(Step("attribution", _run),),
+    writes=("features", "head_scores"),
+)

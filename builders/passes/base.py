@@ -145,10 +145,13 @@ class Rows:
     def tables(self) -> set[str]:
         """The tables these rows fill."""
         filled = {
-            "features": bool(self.features), "token_scores": bool(self.token_scores),
-            "head_scores": bool(self.head_scores), "edges": self.edges is not None, "labels": bool(self.labels),
+            "features": bool(self.features),
+            "token_scores": bool(self.token_scores),
+            "head_scores": bool(self.head_scores),
+            "edges": self.edges is not None,
+            "labels": bool(self.labels),
             "depth_profiles": bool(self.depth_profiles),
-        }  # fmt: skip
+        }
         return {t for t, full in filled.items() if full}
 
 

@@ -51,14 +51,26 @@ def du_pass(
 def _run(ctx: Context, u: Unit) -> Rows:
     cfg = ctx.cfg
     r = du_pass(
-        ctx.model, ctx.saes[u.sae], u.start, u.end, k=cfg.top_k, fold_norms=cfg.fold_norms,
-        block_rows=ctx.block_rows, vocab_tile=ctx.vocab_tile,
-    )  # fmt: skip
+        ctx.model,
+        ctx.saes[u.sae],
+        u.start,
+        u.end,
+        k=cfg.top_k,
+        fold_norms=cfg.fold_norms,
+        block_rows=ctx.block_rows,
+        vocab_tile=ctx.vocab_tile,
+    )
     return predicts.vocab_rows(ctx, "du", r)
 
 
 PASS = Pass(
-    name="du", order=10, help="decoder -> unembedding: promoted/suppressed tokens, logit statistics, predicts_tokens",
-    reads="one", targets=each_sae, steps=(Step("du", _run),), writes=("features", "token_scores"),
-    conventions=predicts.VOCAB_CONVENTIONS, criteria=predicts.criteria("du"),
-)  # fmt: skip
+    name="du",
+    order=10,
+    help="decoder -> unembedding: promoted/suppressed tokens, logit statistics, predicts_tokens",
+    reads="one",
+    targets=each_sae,
+    steps=(Step("du", _run),),
+    writes=("features", "token_scores"),
+    conventions=predicts.VOCAB_CONVENTIONS,
+    criteria=predicts.criteria("du"),
+)

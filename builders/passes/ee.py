@@ -59,14 +59,26 @@ def ee_pass(
 def _run(ctx: Context, u: Unit) -> Rows:
     cfg = ctx.cfg
     r = ee_pass(
-        ctx.model, ctx.saes[u.sae], u.start, u.end, k=cfg.top_k, fold_norms=cfg.fold_norms,
-        block_rows=ctx.block_rows, vocab_tile=ctx.vocab_tile,
-    )  # fmt: skip
+        ctx.model,
+        ctx.saes[u.sae],
+        u.start,
+        u.end,
+        k=cfg.top_k,
+        fold_norms=cfg.fold_norms,
+        block_rows=ctx.block_rows,
+        vocab_tile=ctx.vocab_tile,
+    )
     return predicts.vocab_rows(ctx, "ee", r)
 
 
 PASS = Pass(
-    name="ee", order=20, help="embedding -> encoder: tokens that drive a feature directly, score statistics, reads_tokens",
-    reads="one", targets=each_sae, steps=(Step("ee", _run),), writes=("features", "token_scores"),
-    conventions=predicts.VOCAB_CONVENTIONS, criteria=predicts.criteria("ee"),
-)  # fmt: skip
+    name="ee",
+    order=20,
+    help="embedding -> encoder: tokens that drive a feature directly, score statistics, reads_tokens",
+    reads="one",
+    targets=each_sae,
+    steps=(Step("ee", _run),),
+    writes=("features", "token_scores"),
+    conventions=predicts.VOCAB_CONVENTIONS,
+    criteria=predicts.criteria("ee"),
+)

@@ -52,14 +52,23 @@ def targets(ctx: Context) -> list[Target]:
 def _run(ctx: Context, u: Unit) -> Rows:
     cfg, m, j = ctx.cfg, ctx.model, u.other
     cols = ctx.columns(
-        ("unit_dec", j, True), m.d_model,
-        lambda block, cache: unit_decoders(m, ctx.saes[j], resid=True, fold_norms=cfg.fold_norms, block=block, cache=cache),
-    )  # fmt: skip
+        ("unit_dec", j, True),
+        m.d_model,
+        lambda block, cache: unit_decoders(
+            m, ctx.saes[j], resid=True, fold_norms=cfg.fold_norms, block=block, cache=cache
+        ),
+    )
     return Rows(edges=flow_pass(m, ctx.saes[u.sae], u.start, u.end, cols, k=cfg.flow_k, fold_norms=cfg.fold_norms))
 
 
 PASS = Pass(
-    name="flow", order=80, help="flow edges: each feature's best decoder matches in the next SAE along the forward pass",
-    reads="pair", targets=targets, steps=(Step("flow", _run),), writes=("edges",), edge_kind="flow",
+    name="flow",
+    order=80,
+    help="flow edges: each feature's best decoder matches in the next SAE along the forward pass",
+    reads="pair",
+    targets=targets,
+    steps=(Step("flow", _run),),
+    writes=("edges",),
+    edge_kind="flow",
     conventions={"flow": "signed cosine of residual-stream decoder directions into the next SAE by site position"},
-)  # fmt: skip
+)

@@ -78,22 +78,32 @@ def cosine_pass(
 def cosine_edges(vals: np.ndarray, ids: np.ndarray, start: int) -> EdgeRows:
     n, k = vals.shape
     return EdgeRows(
-        src=np.repeat(np.arange(start, start + n), k), dst=ids.reshape(-1), head=None,
-        score=vals.reshape(-1), rank=np.tile(np.arange(k), n),
-    )  # fmt: skip
+        src=np.repeat(np.arange(start, start + n), k),
+        dst=ids.reshape(-1),
+        head=None,
+        score=vals.reshape(-1),
+        rank=np.tile(np.arange(k), n),
+    )
 
 
 def _run(ctx: Context, u: Unit) -> Rows:
     m, sae = ctx.model, ctx.saes[u.sae]
     cols = ctx.columns(
-        ("unit_dec", u.sae, False), sae.d_in,
+        ("unit_dec", u.sae, False),
+        sae.d_in,
         lambda block, cache: unit_decoders(m, sae, resid=False, block=block, cache=cache),
-    )  # fmt: skip
+    )
     return Rows(edges=cosine_pass(m, sae, u.start, u.end, cols, k=ctx.cfg.neighbour_k))
 
 
 PASS = Pass(
-    name="neighbours", order=70, help="decoder-cosine neighbours of each feature within its SAE",
-    reads="one", targets=each_sae, steps=(Step("neighbours", _run),), writes=("edges",), edge_kind="cosine",
+    name="neighbours",
+    order=70,
+    help="decoder-cosine neighbours of each feature within its SAE",
+    reads="one",
+    targets=each_sae,
+    steps=(Step("neighbours", _run),),
+    writes=("edges",),
+    edge_kind="cosine",
     conventions={"cosine": "signed decoder cosine within an SAE (SAE space), self excluded"},
-)  # fmt: skip
+)

@@ -89,9 +89,10 @@ def target_index(saes: list[SAEWeights], layer: int, how: str) -> int | None:
     """Which SAE the OV edges of an SAE read by attention ``layer`` point into (see OV_TARGETS)."""
     after = stream_position("resid_mid", layer)  # the head output lands in resid_mid of `layer`
     resid = sorted(
-        (stream_position(s.site, s.layer), i) for i, s in enumerate(saes)
+        (stream_position(s.site, s.layer), i)
+        for i, s in enumerate(saes)
         if s.site in RESIDUAL_SITES and stream_position(s.site, s.layer) >= after
-    )  # fmt: skip
+    )
     same_layer = {s.site: i for i, s in enumerate(saes) if s.layer == layer and s.site in ("attn_out", "attn_z")}
     if how in ("auto", "resid") and resid:
         return resid[0][1]
@@ -116,18 +117,33 @@ def _run(ctx: Context, u: Unit) -> Rows:
     cfg, m, i, t = ctx.cfg, ctx.model, u.sae, u.other
     layer = ctx.reads[i]
     cols = ctx.columns(
-        ("ov_targets", t, layer), m.n_heads * m.d_head,
+        ("ov_targets", t, layer),
+        m.n_heads * m.d_head,
         lambda block, cache: ov_targets(m, layer, ctx.saes[t], fold_norms=cfg.fold_norms, block=block, cache=cache),
-    )  # fmt: skip
+    )
     e = ov_pass(
-        m, ctx.saes[i], layer, u.start, u.end, cols, k=cfg.ov_k, cap=cfg.ov_cap, fold_norms=cfg.fold_norms,
+        m,
+        ctx.saes[i],
+        layer,
+        u.start,
+        u.end,
+        cols,
+        k=cfg.ov_k,
+        cap=cfg.ov_cap,
+        fold_norms=cfg.fold_norms,
         block_rows=ctx.block_rows,
-    )  # fmt: skip
+    )
     return Rows(edges=e)
 
 
 PASS = Pass(
-    name="ov", order=60, help="OV edges: what a feature, moved by a head, writes into a later SAE's encoder",
-    reads="pair", targets=targets, steps=(Step("ov", _run),), writes=("edges",), edge_kind="ov",
+    name="ov",
+    order=60,
+    help="OV edges: what a feature, moved by a head, writes into a later SAE's encoder",
+    reads="pair",
+    targets=targets,
+    steps=(Step("ov", _run),),
+    writes=("edges",),
+    edge_kind="ov",
     conventions={"ov score": "x_j W_V[h] W_O[h] e_k (W_O dropped for a hook_z target); top-k by |score| per (j, h)"},
-)  # fmt: skip
+)

@@ -46,9 +46,14 @@ class TokenCriterion:
 
     def as_dict(self) -> dict:
         return dict(
-            column=self.column, tau=self.tau, how=self.how, quantile=self.quantile,
-            n_random=self.n_random, seed=self.seed, sql=self.sql(),
-        )  # fmt: skip
+            column=self.column,
+            tau=self.tau,
+            how=self.how,
+            quantile=self.quantile,
+            n_random=self.n_random,
+            seed=self.seed,
+            sql=self.sql(),
+        )
 
 
 @torch.inference_mode()
@@ -90,11 +95,17 @@ def criterion(ctx: Context, phase: str) -> TokenCriterion:
     return ctx.cached(
         ("criterion", phase),
         lambda: token_criterion(
-            ctx.model, phase, z=cfg.predicts_z if phase == "du" else cfg.reads_z, quantile=cfg.predicts_quantile,
-            n_random=cfg.n_random, seed=cfg.seed, fold_norms=cfg.fold_norms, block_rows=ctx.block_rows,
+            ctx.model,
+            phase,
+            z=cfg.predicts_z if phase == "du" else cfg.reads_z,
+            quantile=cfg.predicts_quantile,
+            n_random=cfg.n_random,
+            seed=cfg.seed,
+            fold_norms=cfg.fold_norms,
+            block_rows=ctx.block_rows,
             vocab_tile=ctx.vocab_tile,
         ),
-    )  # fmt: skip
+    )
 
 
 VERDICT_COLUMN = {"du": "predicts_tokens", "ee": "reads_tokens"}

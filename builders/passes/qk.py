@@ -138,19 +138,36 @@ def _run(ctx: Context, u: Unit) -> Rows:
     cfg, m, qi, ki = ctx.cfg, ctx.model, u.sae, u.other
     layer = ctx.reads[qi]
     keys = ctx.columns(
-        ("qk_keys", ki, layer), m.n_heads * m.d_head,
+        ("qk_keys", ki, layer),
+        m.n_heads * m.d_head,
         lambda block, cache: qk_keys(m, ctx.saes[ki], layer, fold_norms=cfg.fold_norms, block=block, cache=cache),
-    )  # fmt: skip
+    )
     e = qk_pass(
-        m, ctx.saes[qi], layer, u.start, u.end, keys, k=cfg.qk_k, cap=cfg.qk_cap, fold_norms=cfg.fold_norms,
-        exclude_self=cfg.qk_exclude_self and qi == ki, block_rows=ctx.block_rows,
-    )  # fmt: skip
+        m,
+        ctx.saes[qi],
+        layer,
+        u.start,
+        u.end,
+        keys,
+        k=cfg.qk_k,
+        cap=cfg.qk_cap,
+        fold_norms=cfg.fold_norms,
+        exclude_self=cfg.qk_exclude_self and qi == ki,
+        block_rows=ctx.block_rows,
+    )
     return Rows(edges=e)
 
 
 PASS = Pass(
-    name="qk", order=50, help="QK edges: which key-side feature a query-side feature attends to, per head",
-    reads="pair", targets=targets, steps=(Step("qk", _run),), writes=("edges",), edge_kind="qk",
-    check=pair_indices, key_names_other=True,  # one query SAE may pair with several key SAEs (qk_pairs)
+    name="qk",
+    order=50,
+    help="QK edges: which key-side feature a query-side feature attends to, per head",
+    reads="pair",
+    targets=targets,
+    steps=(Step("qk", _run),),
+    writes=("edges",),
+    edge_kind="qk",
+    check=pair_indices,
+    key_names_other=True,  # one query SAE may pair with several key SAEs (qk_pairs)
     conventions={"qk score": "x_i W_Q[h] W_K[h]^T x_j * qk_scale; top-k by |score| per (i, h)"},
-)  # fmt: skip
+)

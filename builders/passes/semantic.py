@@ -105,10 +105,18 @@ def _judge(model, ids: np.ndarray, s: SemanticSettings, base: EmbedBaseline) -> 
         z = (c - base.mean) / base.std
         semantic = word_frac >= s.min_word_frac and (stem_frac >= s.min_stem_frac or z >= s.min_embed_z)
         score = word_frac * max(stem_frac, min(1.0, max(0.0, z / (2 * s.min_embed_z))))
-        out.append(dict(
-            tokens=toks, words=words, word_frac=round(word_frac, 3), stem_frac=round(stem_frac, 3),
-            embed_cos=round(c, 3), embed_z=round(z, 2), semantic=semantic, score=round(score, 4),
-        ))  # fmt: skip
+        out.append(
+            dict(
+                tokens=toks,
+                words=words,
+                word_frac=round(word_frac, 3),
+                stem_frac=round(stem_frac, 3),
+                embed_cos=round(c, 3),
+                embed_z=round(z, 2),
+                semantic=semantic,
+                score=round(score, 4),
+            )
+        )
     return out
 
 
@@ -146,8 +154,11 @@ def semantic_pass(
         sem = [(name, ev) for name, ev in lists if ev["semantic"]]
         # the judged tokens are the feature's token_scores rows, and embed_z carries embed_cos: keep the
         # sub-scores only (atlas size)
-        evidence = {name: {k: v for k, v in ev.items() if k not in ("tokens", "words", "embed_cos")} | {"n_words": len(ev["words"])}
-                    for name, ev in lists}  # fmt: skip
+        evidence = {
+            name: {k: v for k, v in ev.items() if k not in ("tokens", "words", "embed_cos")}
+            | {"n_words": len(ev["words"])}
+            for name, ev in lists
+        }
         if sem:
             name, best = max(sem, key=lambda p: p[1]["score"])
             text = "semantic: " + ", ".join(best["words"][:5])
@@ -169,9 +180,15 @@ def _top_ids(ctx: Context, u: Unit, phase: str) -> np.ndarray:
     cfg = ctx.cfg
     run = du.du_pass if phase == "du" else ee.ee_pass
     return run(
-        ctx.model, ctx.saes[u.sae], u.start, u.end, k=cfg.top_k, fold_norms=cfg.fold_norms,
-        block_rows=ctx.block_rows, vocab_tile=ctx.vocab_tile,
-    ).top_ids  # fmt: skip
+        ctx.model,
+        ctx.saes[u.sae],
+        u.start,
+        u.end,
+        k=cfg.top_k,
+        fold_norms=cfg.fold_norms,
+        block_rows=ctx.block_rows,
+        vocab_tile=ctx.vocab_tile,
+    ).top_ids
 
 
 def _run(ctx: Context, u: Unit) -> Rows:
@@ -183,7 +200,12 @@ def _run(ctx: Context, u: Unit) -> Rows:
 
 
 PASS = Pass(
-    name="semantic", order=90, help="a heuristic semantic / non-semantic label per feature from its token lists",
-    reads="one", targets=each_sae, steps=(Step("semantic", _run),), writes=("labels",),
+    name="semantic",
+    order=90,
+    help="a heuristic semantic / non-semantic label per feature from its token lists",
+    reads="one",
+    targets=each_sae,
+    steps=(Step("semantic", _run),),
+    writes=("labels",),
     label_source=HEURISTIC_SOURCE,
-)  # fmt: skip
+)
