@@ -346,9 +346,16 @@ def _build(
         check_sae_fits(s, model)
     if progress:
         click.echo(f"loaded model and {len(saes)} SAE(s) in {time.perf_counter() - t0:.1f}s", err=True)
-    say = (lambda line: click.echo(line, err=True)) if progress else None
     return build_atlas(
-        model, saes, out, config=config, resume=resume, progress=progress, overwrite=overwrite, shard=shard, say=say
+        model,
+        saes,
+        out,
+        config=config,
+        resume=resume,
+        progress=progress,
+        overwrite=overwrite,
+        shard=shard,
+        say=lambda line: click.echo(line, err=True),
     )
 
 

@@ -49,19 +49,14 @@ def versions() -> dict[str, str]:
 
 def folding(fold: bool) -> dict[str, str]:
     """How norm gains enter each kind of direction (recorded, since fold_norms changes every number)."""
-    return {
-        "du": "d_f * ln_final.gain (LayerNorm: centred first)" if fold else "none: raw W_U (as Neuronpedia)",
-        "ee": (
-            "embed_scale * W_E @ (g * e_f), g = gain of the norm that next reads the SAE's site; "
-            "hook_z: g = ln1(L).gain, direction sum_h W_V[h] @ e_f[h]"
-            if fold
-            else "embed_scale * W_E @ e_f (no gain)"
-        ),
-        "attn/qk/ov": "x = ln1(l).gain * d (LayerNorm: centred first)" if fold else "none",
+    out = {
         "hook_z residual direction": "sum_h d_f[h] @ W_O[h]" + (" * ln_attn_out.gain (Gemma-2)" if fold else ""),
-        "ov residual target": "W_O[h] @ (ln_attn_out.gain * e_k) for Gemma-2" if fold else "W_O[h] @ e_k",
         "never": "the data-dependent 1/rms scale; b_U; the final logit softcap (monotonic)",
     }
+    for p in registry().values():
+        if p.folding is not None:
+            out.update(p.folding(fold))
+    return out
 
 
 def provenance(model: ModelWeights, saes: list[SAEWeights], names: list[str], cfg: BuildConfig) -> dict[str, Any]:

@@ -354,3 +354,16 @@ def test_an_output_in_a_missing_folder_says_so(built, tmp_path):
     m, saes, _ = built
     with pytest.raises(NoSuchFolder, match=r"missing: no such folder"):
         build_atlas(m, saes, tmp_path / "missing" / "a.db", config=config(), progress=False)
+
+
+def test_provenance_records_what_the_shipped_atlas_records(built):
+    """Each pass now states its own conventions and folding; together they are what the shipped atlas says."""
+    from pathlib import Path
+
+    _, _, out = built
+    example = Path(__file__).resolve().parent.parent / "atlas.db.example"
+    with open_atlas(example) as shipped_atlas:
+        shipped = shipped_atlas.provenance()
+    prov = dump(out)["provenance"]
+    assert prov["folding"] == shipped["folding"] and prov["conventions"] == shipped["conventions"]
+    assert set(prov["build"]["config"]) == set(shipped["build"]["config"])  # no setting added or lost

@@ -24,7 +24,14 @@ import torch
 
 from atlas.domain import ATTENTION_ROLES as ROLES
 from builders.passes.base import Context, HeadRows, Pass, Rows, Step, Unit, read_by_attention
-from builders.passes.common import COMPUTE_DTYPE, chunks, fold_direction, random_unit_directions, resid_directions
+from builders.passes.common import (
+    COMPUTE_DTYPE,
+    attention_folding,
+    chunks,
+    fold_direction,
+    random_unit_directions,
+    resid_directions,
+)
 from builders.weights import ModelWeights, SAEWeights
 
 
@@ -204,4 +211,5 @@ PASS = Pass(
         "attention score": "||W_X[h] (g * u_f)|| / mean over random unit r of ||W_X[h] (g * r)||, u_f unit",
         "attention percentile": "100 * fraction of the head's random-direction scores <= the feature's",
     },
+    folding=attention_folding,
 )

@@ -78,6 +78,7 @@ class Pass:
     label_source: str | None = None  # labels.source of the labels it writes
     key_names_other: bool = False  # an SAE may pair with several others: name the other in build_units.pass
     conventions: Mapping[str, str] = field(default_factory=dict)  # recorded in provenance["conventions"]
+    folding: Callable[[bool], dict[str, str]] | None = None  # provenance["folding"] entries, given fold_norms
     criteria: Callable[[Context], dict[str, dict[str, Any]]] | None = None  # provenance["criteria"] entries
     check: Callable[[BuildConfig, list[str]], object] | None = None  # refuse bad settings, given the SAE names
 

@@ -50,6 +50,11 @@ def site_reader_norm(model: ModelWeights, site: str, layer: int) -> Norm:
     return model.ln_final
 
 
+def attention_folding(fold: bool) -> dict[str, str]:
+    """provenance["folding"] entry of every pass that reads a direction through an attention layer's input norm."""
+    return {"attn/qk/ov": "x = ln1(l).gain * d (LayerNorm: centred first)" if fold else "none"}
+
+
 def fold_direction(x: torch.Tensor, norm: Norm | None, *, center: bool = True) -> torch.Tensor:
     """g * x, with LayerNorm's centring when ``center``. x: (n, d_model)."""
     if norm is None:

@@ -73,4 +73,7 @@ PASS = Pass(
     writes=("features", "token_scores"),
     conventions=predicts.VOCAB_CONVENTIONS,
     criteria=predicts.criteria("du"),
+    folding=lambda fold: {
+        "du": "d_f * ln_final.gain (LayerNorm: centred first)" if fold else "none: raw W_U (as Neuronpedia)"
+    },
 )

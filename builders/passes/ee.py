@@ -81,4 +81,12 @@ PASS = Pass(
     writes=("features", "token_scores"),
     conventions=predicts.VOCAB_CONVENTIONS,
     criteria=predicts.criteria("ee"),
+    folding=lambda fold: {
+        "ee": (
+            "embed_scale * W_E @ (g * e_f), g = gain of the norm that next reads the SAE's site; "
+            "hook_z: g = ln1(L).gain, direction sum_h W_V[h] @ e_f[h]"
+            if fold
+            else "embed_scale * W_E @ e_f (no gain)"
+        )
+    },
 )

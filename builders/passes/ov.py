@@ -23,7 +23,7 @@ import torch
 
 from atlas.domain import RESIDUAL_SITES, stream_position
 from builders.passes.base import Context, EdgeRows, Pass, Rows, Step, Target, Unit
-from builders.passes.common import COMPUTE_DTYPE, Columns, chunks, encoder_columns, stream_topk
+from builders.passes.common import COMPUTE_DTYPE, Columns, attention_folding, chunks, encoder_columns, stream_topk
 from builders.passes.qk import edges_from_topk, folded_dirs
 from builders.weights import ModelWeights, SAEWeights
 
@@ -146,4 +146,8 @@ PASS = Pass(
     writes=("edges",),
     edge_kind="ov",
     conventions={"ov score": "x_j W_V[h] W_O[h] e_k (W_O dropped for a hook_z target); top-k by |score| per (j, h)"},
+    folding=lambda fold: (
+        attention_folding(fold)
+        | {"ov residual target": "W_O[h] @ (ln_attn_out.gain * e_k) for Gemma-2" if fold else "W_O[h] @ e_k"}
+    ),
 )

@@ -27,7 +27,15 @@ import torch
 
 from builders.errors import BuildError
 from builders.passes.base import Context, EdgeRows, Pass, Rows, Step, Target, Unit
-from builders.passes.common import COMPUTE_DTYPE, Columns, chunks, fold_direction, resid_directions, stream_topk
+from builders.passes.common import (
+    COMPUTE_DTYPE,
+    Columns,
+    attention_folding,
+    chunks,
+    fold_direction,
+    resid_directions,
+    stream_topk,
+)
 from builders.weights import ModelWeights, SAEWeights
 
 if TYPE_CHECKING:
@@ -170,4 +178,5 @@ PASS = Pass(
     check=pair_indices,
     key_names_other=True,  # one query SAE may pair with several key SAEs (qk_pairs)
     conventions={"qk score": "x_i W_Q[h] W_K[h]^T x_j * qk_scale; top-k by |score| per (i, h)"},
+    folding=attention_folding,
 )
