@@ -60,9 +60,10 @@ class BuildConfig:
         if isinstance(self.passes, str):
             self.passes = tuple(p.strip() for p in self.passes.split(",") if p.strip())
         self.passes = tuple(self.passes)
-        unknown = [p for p in self.passes if p not in ALL_PASSES]
+        known = pass_names()
+        unknown = [p for p in self.passes if p not in known]
         if unknown:
-            raise BuildError(f"unknown pass(es) {', '.join(unknown)}; choose from {', '.join(ALL_PASSES)}")
+            raise BuildError(f"unknown pass(es) {', '.join(unknown)}; choose from {', '.join(known)}")
         if self.ov_target not in OV_TARGETS:
             raise BuildError(
                 f"ov_target must be {', '.join(OV_TARGETS[:-1])} or {OV_TARGETS[-1]}, not {self.ov_target!r}"
