@@ -122,9 +122,8 @@ def _open_partial(partial: Path, prov: dict[str, Any], say: Callable[[str], None
         if say is not None:
             say(f"{partial.name} is not a partial atlas to resume ({e}): starting over")
         return None
-    same = old.get("build", {}).get("fingerprint") == prov["build"]["fingerprint"] and old.get("shard") == prov.get(
-        "shard"
-    )
+    fingerprint = old.get("build", {}).get("fingerprint")
+    same = fingerprint == prov["build"]["fingerprint"] and old.get("shard") == prov.get("shard")
     if same and done:
         return db
     db.close()
