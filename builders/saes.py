@@ -166,7 +166,12 @@ def detect_format(path: str | Path, *, layer: int | None = None) -> tuple[str, P
     if re.fullmatch(r"W_(?:enc|dec)_\d+\.safetensors", name):
         return "circuit_tracer_clt", p
     if p.suffix == ".safetensors":
-        return "circuit_tracer", p
+        from builders.sae_io import Safetensors
+
+        # circuit-tracer's per-layer transcoder (any SingleLayerTranscoder.to_safetensors file)
+        if {"W_enc", "W_dec", "b_enc", "b_dec"} <= set(Safetensors(p).keys()):
+            return "circuit_tracer", p
+        raise UnknownSAEFormat(f"{p}: a safetensors file of no known dictionary format; expected {_LAYOUTS}")
     if p.suffix == ".npz":
         return "gemma_scope", p
     if p.suffix in (".pt", ".pth"):
