@@ -175,7 +175,7 @@ def fetch_many(folder: HubRef, names: list[str], optional: tuple[str, ...] = ())
     for name in names:
         p = fetch(folder.child(name), optional=name in optional)
         if p is not None:
-            got = p.parent
+            got = p.parents[len(Path(name).parts) - 1]  # the folder, whatever subfolder the file is in
     if got is None:
         raise LoadError(f"{folder.uri()}: none of {', '.join(names)} is there")
     return got

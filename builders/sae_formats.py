@@ -207,14 +207,17 @@ def load_llama_scope(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
     else:
         raise LoadError(f"{hp_path}: act_fn {act!r} is not one this loader reads")
 
-    scale = hp.get("norm_scaling_factor") or (opts.get("hints") or {}).get("norm_scaling_factor")
+    scale = hp.get("norm_scaling_factor")
     avg = hp.get("dataset_average_activation_norm")
     if isinstance(avg, dict):
         avg = avg.get("in", avg.get(hook_in))
+    registry_scale = (opts.get("hints") or {}).get("norm_scaling_factor")  # only when the files are silent
     if isinstance(scale, (int, float)):
         out["input_scale"] = float(scale)
     elif hp.get("norm_activation") == "dataset-wise" and isinstance(avg, (int, float)) and avg > 0:
         out["input_scale"] = math.sqrt(d_in) / float(avg)
+    elif hp.get("norm_activation") == "dataset-wise" and isinstance(registry_scale, (int, float)):
+        out["input_scale"] = float(registry_scale)
     elif hp.get("norm_activation") == "dataset-wise":
         raise CorruptWeights(f"{hp_path}: norm_activation is dataset-wise but no dataset_average_activation_norm")
     if out.get("input_scale", 1.0) != 1.0:

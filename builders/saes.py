@@ -226,7 +226,14 @@ def _from_hub(ref: hub.HubRef, fmt: str | None, layer: int | None) -> tuple[Path
         if name.startswith(("layer_", "W_enc_", "W_dec_")) and folder.path:  # circuit-tracer: config.yaml at the root
             hub.fetch(hub.HubRef(ref.repo_id, "config.yaml", ref.revision), optional=True)
         return local / name, fmt
-    found, needed, optional = layout_of(set(names), layer=layer, where=ref.uri())
+    try:
+        found, needed, optional = layout_of(set(names), layer=layer, where=ref.uri())
+    except UnknownSAEFormat:
+        if hub.is_offline():  # the cache holds only part of the folder (or a folder of nothing known)
+            have = f" (it holds {', '.join(names[:4])})" if names else ""
+            raise LoadError(f"{ref.uri()}: not a whole dictionary in the Hugging Face cache{have}, "
+                            "and HF_HUB_OFFLINE is set; run once online to fetch it") from None  # fmt: skip
+        raise
     local = hub.fetch_many(ref, needed + optional, optional=tuple(optional))
     if found in ("circuit_tracer", "circuit_tracer_clt") and ref.path:
         hub.fetch(hub.HubRef(ref.repo_id, "config.yaml", ref.revision), optional=True)
