@@ -60,12 +60,74 @@ def tiny_config(arch: str, *, tied: bool = False, **overrides: Any):
             num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
             final_logit_softcapping=3.0, sliding_window=8, max_position_embeddings=32, **common,
         )  # fmt: skip
+    elif arch in NEW_ARCHS or arch == "gemma3_mm":
+        cfg = _tiny_config_2026(arch, common)
     else:
-        raise ValueError(f"unknown tiny arch {arch!r}; one of {ARCHS}")
+        raise ValueError(f"unknown tiny arch {arch!r}; one of {ARCHS + NEW_ARCHS}")
     for k, v in overrides.items():
         setattr(cfg, k, v)
     cfg._attn_implementation = "eager"  # the reference path; sdpa would not apply Gemma's softcap
     return cfg
+
+
+# The model families of 2026 (issue 14): Gemma-3 text (q/k norms, 4 norms per block), Qwen3
+# (per-head q/k norms), Qwen2.5 (q/k/v biases) and Llama-3.x (llama3 rope scaling, 128-row GQA).
+NEW_ARCHS = ("gemma3", "qwen3", "qwen2_5", "llama3")
+ALL_ARCHS = ARCHS + NEW_ARCHS
+
+
+def _tiny_config_2026(arch: str, common: dict[str, Any]):
+    import transformers as T
+
+    if arch in ("gemma3", "gemma3_mm"):
+        # head_dim != d_model / n_heads, query_pre_attn_scalar != head_dim, sliding and full layers.
+        text = T.Gemma3TextConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+            max_position_embeddings=32, layer_types=["sliding_attention", "full_attention"], **common,
+        )  # fmt: skip
+        if arch == "gemma3":
+            return text
+        vision = T.SiglipVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        )
+        return T.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, **common)
+    if arch == "qwen3":
+        return T.Qwen3Config(
+            hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+            head_dim=16, max_position_embeddings=32, **common,
+        )  # fmt: skip
+    if arch == "qwen2_5":
+        return T.Qwen2Config(
+            hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+            max_position_embeddings=32, **common,
+        )  # fmt: skip
+    if arch == "llama3":
+        rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}  # fmt: skip
+        return T.LlamaConfig(
+            hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+            max_position_embeddings=32, rope_parameters=rope, **common,
+        )  # fmt: skip
+    raise ValueError(arch)
+
+
+def tiny_tokenizer(n_base: int, specials: list[str] = ()):
+    """A byte-free word-level tokenizer: ``n_base`` ordinary tokens ``t0..``, then ``specials``
+    as added special tokens (ids n_base..): enough to check which embedding rows are tokens."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(n_base)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    fast.add_special_tokens({"additional_special_tokens": list(specials)})
+    return fast
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
