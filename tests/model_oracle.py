@@ -179,23 +179,21 @@ def a_dtype(model: nn.Module) -> torch.dtype:
 
 @torch.no_grad()
 def check_qk_norm(model: nn.Module, w: ModelWeights, ids: torch.Tensor, layer: int) -> dict[str, tuple]:
-    """(6) The extracted q/k norms applied to the model's own projections against its q_norm /
-    k_norm outputs, captured in a real forward pass (per head, over d_head)."""
+    """(6) The extracted q/k norms on what the model's q_norm / k_norm modules received in a real
+    forward pass (per head, over d_head), against what they returned. Their place in the
+    attention (after W_Q/W_K, before rotary) is checked by check_attention."""
     a, seen = attention(model, layer), {}
     handles = [
-        a.q_proj.register_forward_hook(lambda m, i, o: seen.update(q=o)),
-        a.k_proj.register_forward_hook(lambda m, i, o: seen.update(k=o)),
-        a.q_norm.register_forward_hook(lambda m, i, o: seen.update(qn=o)),
-        a.k_norm.register_forward_hook(lambda m, i, o: seen.update(kn=o)),
+        a.q_norm.register_forward_hook(lambda m, i, o: seen.update(q=(i[0], o))),
+        a.k_norm.register_forward_hook(lambda m, i, o: seen.update(k=(i[0], o))),
     ]
     try:
         model(ids)
     finally:
         for h in handles:
             h.remove()
-    lw, dh = w.layers[layer], w.d_head
-    q = seen["q"].reshape(*seen["q"].shape[:-1], -1, dh)  # (batch, seq, n_heads, d_head)
-    k = seen["k"].reshape(*seen["k"].shape[:-1], -1, dh)  # (batch, seq, n_kv_heads, d_head)
-    qn = seen["qn"].transpose(1, 2)  # the module normalises (batch, heads, seq, d_head)
-    kn = seen["kn"].transpose(1, 2)
-    return {"q": (lw.q_norm(q), qn.float()), "k": (lw.k_norm(k), kn.float())}
+    lw = w.layers[layer]
+    return {
+        "q": (lw.q_norm(seen["q"][0]), seen["q"][1].float()),
+        "k": (lw.k_norm(seen["k"][0]), seen["k"][1].float()),
+    }

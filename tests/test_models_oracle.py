@@ -13,7 +13,7 @@ from builders.hashing import sha256_file
 from builders.models import SUPPORTED_ARCHITECTURES, from_hf_model, load_model, token_strings
 from builders.weights import model_hook_names
 from tests import model_oracle as oracle
-from tests.builders_fixtures import ALL_ARCHS, D_VOCAB, tiny_model, tiny_tokenizer
+from tests.builders_fixtures import ALL_ARCHS, D_VOCAB, tiny_model
 
 ARCHS = ALL_ARCHS + ("gemma3_mm",)  # the families of 2026 too; Gemma-3 4B+ checkpoints are image-text models
 VARIANTS = [(arch, tied) for arch in ARCHS for tied in (False, True)]
@@ -178,7 +178,9 @@ def test_unsupported_architecture_is_named(tmp_path):
     )
     with pytest.raises(UnsupportedArchitecture, match="model_type='phi'; supported: GPT2LMHeadModel"):
         load_model(str(tmp_path), device="cpu")
-    assert {"Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM", "LlamaForCausalLM"} <= set(SUPPORTED_ARCHITECTURES)
+    assert {"Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM", "LlamaForCausalLM"} <= set(
+        SUPPORTED_ARCHITECTURES
+    )
 
 
 def test_bad_sources_give_one_line(tmp_path):
