@@ -448,3 +448,30 @@ def test_hub_errors_are_one_line(monkeypatch, hub_env):
     assert hub.parse_hub_uri("hf://org/repo") == hub.HubRef("org/repo", "", None)
     assert hub.parse_hub_uri("hf://org/repo/x/y@abc").uri("f" * 40) == "hf://org/repo/x/y@" + "f" * 40
     assert torch.__version__  # the module imports torch lazily; this test needs none
+
+
+# ------------------------------------------------------------------------ sae-atlas registry
+
+
+def test_registry_command(hub_env, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from builders.registry_cli import registry as registry_cmd
+
+    r = CliRunner().invoke(registry_cmd, ["info", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert (d["releases"], d["saes"]) == (170, 13857) and d["sha256"].startswith("bea73bf3")
+    r = CliRunner().invoke(registry_cmd, ["list"])
+    assert r.exit_code == 0 and "gemma-scope-2b-pt-res-canonical\tgoogle/gemma-scope-2b-pt-res\tgemma_scope" in r.output
+    assert "(qwen_scope: not read)" in r.output
+    r = CliRunner().invoke(registry_cmd, ["list", "gemma-scope-2b-pt-res-canonical"])
+    assert (
+        "gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical\tlayer_12/width_16k/average_l0_82\tgemma-2-2b/12-gemmascope-res-16k"
+        in r.output
+    )
+    r = CliRunner().invoke(registry_cmd, ["list", "gemma-scope-2b-pt-rez"])
+    assert r.exit_code == 1 and "nearest: gemma-scope-2b-pt-res" in r.output
+    monkeypatch.setenv(registry.ENV_PATH, str(tmp_path / "nope.yaml"))
+    r = CliRunner().invoke(registry_cmd, ["info"])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "nope.yaml: no such file" in r.output
