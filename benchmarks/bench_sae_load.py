@@ -3,14 +3,15 @@
     python benchmarks/bench_sae_load.py                         # 262,144 x 2304, SAELens layout
     python benchmarks/bench_sae_load.py --format gemma_scope_2  # the same in Gemma Scope 2's layout
     python benchmarks/bench_sae_load.py --d-sae 16384 --keep    # smaller; keep the files in --dir
-    python benchmarks/bench_sae_load.py --naive                 # also safetensors.load_file, to compare
+    python benchmarks/bench_sae_load.py --compare-main          # also main's load_sae, in the same run
 
 Writes a random dictionary of ``d_in x d_sae`` (fp32: W_enc and W_dec are 2.4 GB each at
 262,144 x 2304) into ``--dir``, then in a fresh process for each loader measures the peak
 resident memory (``VmHWM``) above the process's memory after imports, and the wall time.
 ``load_sae`` keeps exactly W_enc + W_dec + the vectors; a second full-size copy would show as a
-peak near 2x that. ``--naive`` runs ``safetensors.torch.load_file`` (what a plain loader does)
-in the same run for the ratio. The files are deleted at the end unless ``--keep``.
+peak near 2x that. ``--compare-main`` also runs the ``load_sae`` of the ``main`` branch
+(``git show main:builders/saes.py``: ``load_file`` then cast, ``contiguous`` and ``isfinite`` on whole
+tensors) in the same run, for the ratio. The files are deleted at the end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -81,19 +82,26 @@ def write(folder: Path, fmt: str, d_in: int, d_sae: int) -> None:
 def child(folder: str, how: str) -> None:
     """Runs in a fresh process: import, note the memory, load, report."""
     sys.path.insert(0, str(ROOT))
-    import safetensors.torch  # noqa: F401
-
     from builders.saes import load_sae
 
+    if how == "main":  # the loader before this change, from git
+        import importlib.util
+
+        src = subprocess.run(
+            ["git", "-C", str(ROOT), "show", "main:builders/saes.py"], capture_output=True, text=True, check=True
+        )
+        mod_path = Path(folder) / "saes_main.py"  # deleted with the folder
+        mod_path.write_text(src.stdout)
+        spec = importlib.util.spec_from_file_location("saes_main", mod_path)
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
+        load = old.load_sae
+    else:
+        load = load_sae
     base = vm("VmRSS")
     t0 = time.perf_counter()
-    if how == "load_sae":
-        sae = load_sae(folder)
-        kept = sum(t.numel() * t.element_size() for t in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec, sae.threshold))
-    else:
-        f = next(Path(folder).glob("*.safetensors"))
-        t = safetensors.torch.load_file(str(f))
-        kept = sum(v.numel() * v.element_size() for v in t.values())
+    sae = load(folder)
+    kept = sum(t.numel() * t.element_size() for t in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec, sae.threshold))
     seconds = time.perf_counter() - t0
     print(json.dumps({"how": how, "seconds": round(seconds, 2), "kept_gb": round(kept / 1e9, 3),
                       "peak_above_imports_gb": round((vm("VmHWM") - base) / 1e9, 3),
@@ -106,7 +114,7 @@ def main() -> None:
     ap.add_argument("--d-sae", type=int, default=262144)
     ap.add_argument("--format", choices=["saelens", "gemma_scope_2"], default="saelens")
     ap.add_argument("--dir", default="/tmp/bench_sae_load")
-    ap.add_argument("--naive", action="store_true", help="also time safetensors.load_file")
+    ap.add_argument("--compare-main", action="store_true", help="also run main's load_sae")
     ap.add_argument("--keep", action="store_true", help="keep the written files")
     ap.add_argument("--child", nargs=2, metavar=("FOLDER", "HOW"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -123,7 +131,7 @@ def main() -> None:
         print(
             json.dumps({"d_in": args.d_in, "d_sae": args.d_sae, "format": args.format, "file_gb": round(size / 1e9, 3)})
         )
-        for how in ["load_sae"] + (["load_file"] if args.naive else []):
+        for how in ["load_sae"] + (["main"] if args.compare_main else []):
             subprocess.run([sys.executable, __file__, "--child", str(folder), how], check=True)
     finally:
         if not args.keep:
