@@ -100,7 +100,11 @@ def child(folder: str, how: str) -> None:
         load = load_sae
     base = vm("VmRSS")
     t0 = time.perf_counter()
-    sae = load(folder)
+    try:
+        sae = load(folder)
+    except Exception as e:  # main does not read the newer formats
+        print(json.dumps({"how": how, "error": " ".join(str(e).split())[:200]}))
+        return
     kept = sum(t.numel() * t.element_size() for t in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec, sae.threshold))
     seconds = time.perf_counter() - t0
     print(json.dumps({"how": how, "seconds": round(seconds, 2), "kept_gb": round(kept / 1e9, 3),
