@@ -262,7 +262,16 @@ def load_dictionary_learning(path: Path, opts: dict[str, Any]) -> dict[str, Any]
     cfg_path = path.parent / "config.json"
     trainer = (read_json(cfg_path).get("trainer") or {}) if cfg_path.is_file() else {}
     out: dict[str, Any] = dict(weight_files=[path], release=path.parent.parent.name or None, sae_ref=path.parent.name)
-    if "W_enc" in t:  # JumpReluAutoEncoder stores SAELens orientation and does not centre the input
+    dict_class = trainer.get("dict_class")
+    thr = t.get("threshold")
+    global_thr = thr is not None and thr.ndim == 0  # BatchTopK / Matryoshka: one learned threshold
+    if "W_enc" in t and ("group_sizes" in t or global_thr):
+        # MatryoshkaBatchTopKSAE: SAELens orientation, centres the input; at inference (its default
+        # use_threshold=True) relu((x - b_dec) W_enc + b_enc) masked by the global threshold.
+        out.update(W_enc=t["W_enc"], W_dec=need(t, "W_dec", path), b_enc=need(t, "b_enc", path),
+                   b_dec=need(t, "b_dec", path), apply_b_dec_to_input=True)  # fmt: skip
+        out.update(_batchtopk_activation(t, path))
+    elif "W_enc" in t:  # JumpReluAutoEncoder stores SAELens orientation and does not centre the input
         out.update(W_enc=t["W_enc"], W_dec=need(t, "W_dec", path), b_enc=need(t, "b_enc", path),
                    b_dec=need(t, "b_dec", path), threshold=need(t, "threshold", path),
                    architecture="jumprelu", apply_b_dec_to_input=False)  # fmt: skip
@@ -277,7 +286,9 @@ def load_dictionary_learning(path: Path, opts: dict[str, Any]) -> dict[str, Any]
         if "r_mag" in t:  # GatedAutoEncoder
             out.update(architecture="gated", r_mag=t["r_mag"], b_gate=need(t, "gate_bias", path),
                        b_mag=need(t, "mag_bias", path))  # fmt: skip
-        elif "k" in t or trainer.get("k") is not None:  # AutoEncoderTopK / BatchTopK
+        elif dict_class == "BatchTopKSAE" and global_thr:  # run with its threshold by default, as JumpReLU
+            out.update(_batchtopk_activation(t, path))
+        elif "k" in t or trainer.get("k") is not None:  # AutoEncoderTopK (top-k at inference)
             out.update(architecture="topk", k=int(t["k"].item() if "k" in t else trainer["k"]))
         else:
             out["architecture"] = "relu"
@@ -287,8 +298,19 @@ def load_dictionary_learning(path: Path, opts: dict[str, Any]) -> dict[str, Any]
         site = next((s for prefix, s in _DL_SITES.items() if sub.startswith(prefix)), None)
         out["site"] = site or ("resid_post" if out["layer"] is not None else None)
         out["cfg_d_in"], out["cfg_d_sae"] = trainer.get("activation_dim"), trainer.get("dict_size")
-        out["meta"] = {"dict_class": trainer.get("dict_class"), "lm_name": trainer.get("lm_name")}
+        out["meta"] = {**out.get("meta", {}), "dict_class": dict_class, "lm_name": trainer.get("lm_name")}
     return out
+
+
+def _batchtopk_activation(t: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """BatchTopK-trained dictionaries run as JumpReLU with their learned global threshold (a
+    negative one means it was never set: then top-k)."""
+    d_sae = need(t, "b_enc" if "b_enc" in t else "encoder.bias", path).shape[0]
+    thr = float(need(t, "threshold", path))
+    if thr >= 0:
+        return {"architecture": "jumprelu", "threshold": torch.full((d_sae,), thr),
+                "meta": {"saved_as": "BatchTopK, run as JumpReLU with its global threshold"}}  # fmt: skip
+    return {"architecture": "topk", "k": int(need(t, "k", path).item())}
 
 
 # ------------------------------------------------------------------------ sparsify (EleutherAI)

@@ -639,3 +639,30 @@ def publish_to_hub_cache(
             link.unlink()
         os.symlink(os.path.relpath(repo / "blobs" / blob, link.parent), link)
     return snap
+
+
+def write_dictionary_learning_batchtopk(
+    folder: str | Path, *, matryoshka: bool = False, d_in: int = 32, d_sae: int = 64, layer: int = 1,
+    k: int = 8, threshold: float = 0.07, seed: int = 0,
+) -> tuple[Path, dict[str, torch.Tensor]]:  # fmt: skip
+    """dictionary_learning's BatchTopKSAE (``encoder.weight``, ``encoder.bias``, ``decoder.weight``,
+    ``b_dec``, ``k``, scalar ``threshold``) or MatryoshkaBatchTopKSAE (``W_enc (d_in, d_sae)``,
+    ``b_enc``, ``W_dec``, ``b_dec``, ``k``, ``threshold``, ``group_sizes``) + config.json; returns
+    (path, SAELens-style tensors)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    t = _rand_sae(d_in, d_sae, seed)
+    extra = {"k": torch.tensor(k, dtype=torch.int), "threshold": torch.tensor(threshold)}
+    if matryoshka:
+        state = {**t, **extra, "group_sizes": torch.tensor([d_sae // 4, d_sae // 4, d_sae // 2])}
+        dict_class, trainer_class = "MatryoshkaBatchTopKSAE", "MatryoshkaBatchTopKTrainer"
+    else:
+        state = {"encoder.weight": t["W_enc"].T.contiguous(), "encoder.bias": t["b_enc"],
+                 "decoder.weight": t["W_dec"].T.contiguous(), "b_dec": t["b_dec"], **extra}  # fmt: skip
+        dict_class, trainer_class = "BatchTopKSAE", "BatchTopKTrainer"
+    torch.save(state, folder / "ae.pt")
+    cfg = {"trainer": {"trainer_class": trainer_class, "dict_class": dict_class, "activation_dim": d_in,
+                       "dict_size": d_sae, "k": k, "layer": layer, "lm_name": "tiny",
+                       "submodule_name": f"resid_post_layer_{layer}"}}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    return folder / "ae.pt", t

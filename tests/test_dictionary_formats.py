@@ -20,6 +20,7 @@ from tests.builders_fixtures import (
     tiny_model,
     write_circuit_tracer_clt,
     write_circuit_tracer_transcoders,
+    write_dictionary_learning_batchtopk,
     write_gemma_scope_2,
     write_gemma_scope_sae,
     write_goodfire,
@@ -90,6 +91,24 @@ def test_saelens_batchtopk_and_matryoshka_saved_as_jumprelu(tmp_path):
     pre = (X - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
     same(sae.encode(X), jumprelu(pre, torch.tensor(0.07)))
     same(sae.threshold, torch.full((64,), 0.07), 0)
+
+
+@pytest.mark.parametrize("matryoshka", [False, True])
+def test_dictionary_learning_batchtopk_and_matryoshka(tmp_path, matryoshka):
+    """dictionary_learning's BatchTopKSAE / MatryoshkaBatchTopKSAE run, by default, as JumpReLU with
+    the learned global threshold: relu(encode(x - b_dec)) * (> threshold)."""
+    path, t = write_dictionary_learning_batchtopk(tmp_path / "dl", matryoshka=matryoshka, threshold=0.07)
+    sae = load_sae(path.parent)
+    assert (sae.architecture, sae.apply_b_dec_to_input, sae.hook_name) == ("jumprelu", True, "blocks.1.hook_resid_post")
+    post_relu = torch.relu((X - t["b_dec"]) @ t["W_enc"] + t["b_enc"])
+    same(sae.encode(X), post_relu * (post_relu > 0.07))
+    same(sae.decode(sae.encode(X)), sae.encode(X) @ t["W_dec"] + t["b_dec"])
+    # a threshold never learned (-1): the top-k it was trained with
+    state = torch.load(path, weights_only=True)
+    state["threshold"] = torch.tensor(-1.0)
+    torch.save(state, path)
+    sae = load_sae(path.parent)
+    assert (sae.architecture, sae.k) == ("topk", 8)
 
 
 # ------------------------------------------------------------------------ Gemma Scope 2
