@@ -56,6 +56,10 @@ CONVERSIONS: dict[str | None, str] = {
 }
 
 
+class RegistryUnavailable(LoadError):
+    """No registry file could be found or read (as opposed to a name it does not have)."""
+
+
 @dataclass(frozen=True)
 class RegistryEntry:
     """One SAE of the registry, and what it says about it."""
@@ -110,7 +114,7 @@ def registry_location() -> tuple[Path, str]:
     if env:
         p = Path(env).expanduser()
         if not p.is_file():
-            raise LoadError(f"{ENV_PATH}={env}: no such file")
+            raise RegistryUnavailable(f"{ENV_PATH}={env}: no such file")
         return p, f"${ENV_PATH}"
     p = installed_saelens_registry()
     if p is not None:
@@ -123,7 +127,7 @@ def registry_location() -> tuple[Path, str]:
         return cache_copy(), f"sae-atlas registry update ({_cached_version()})"
     if SHIPPED.is_file():
         return SHIPPED, "shipped with sae-atlas (sae-lens 6.54.12)"
-    raise LoadError(
+    raise RegistryUnavailable(
         "no SAELens registry found: run `sae-atlas registry update` (needs the network) or pip install sae-lens"
     )
 
@@ -148,14 +152,14 @@ def load_registry(path: Path | None = None) -> tuple[dict[str, Any], str]:
         try:
             import yaml
         except ImportError:
-            raise LoadError("the SAELens registry is YAML: pip install pyyaml") from None
+            raise RegistryUnavailable("the SAELens registry is YAML: pip install pyyaml") from None
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 0.6 s instead of 3 s
         try:
             data = yaml.load(path.read_text(), Loader=loader)
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-            raise LoadError(f"{path}: not a readable SAELens registry ({type(e).__name__})") from None
+            raise RegistryUnavailable(f"{path}: not a readable SAELens registry ({type(e).__name__})") from None
         if not isinstance(data, dict) or not all(isinstance(v, dict) and "saes" in v for v in data.values()):
-            raise LoadError(f"{path}: not a SAELens registry (expected release: {{repo_id, saes}})")
+            raise RegistryUnavailable(f"{path}: not a SAELens registry (expected release: {{repo_id, saes}})")
         _LOADED.clear()
         _LOADED[key] = data
     return _LOADED[key], f"{origin}: {path}"

@@ -132,7 +132,7 @@ def load_gemma_scope(path: Path, opts: dict[str, Any]) -> dict[str, Any]:
     ``-mlp``; ``-transcoders`` read ``ln2.hook_normalized`` and write ``hook_mlp_out``)."""
     t = {("W_" + k[2:] if k.startswith("w_") else k): v for k, v in read_npz(path).items()}
     text = path.resolve().as_posix() + "/" + str(path)  # the snapshot path, and the name the user gave
-    release_m = _GEMMA_RELEASE.search(text.replace("models--google--", "").replace("blobs", ""))
+    release_m = _GEMMA_RELEASE.search(text.replace("models--google--", ""))
     layer_m = re.search(r"layer_(\d+)", str(path)) or re.search(r"layer_(\d+)", text)
     width_m = re.search(r"width_([0-9]+[km]?)", str(path))
     l0_m = re.search(r"average_l0_(\d+)", str(path))

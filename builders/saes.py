@@ -280,8 +280,11 @@ def _from_registry(entry: registry.RegistryEntry) -> tuple[Path, str, dict[str, 
         hints["gemma_scope_group"] = "transcoders"
     if entry.conversion in _REGISTRY_HOOKS:
         hints["feature_input_hook"], hints["feature_output_hook"] = _REGISTRY_HOOKS[entry.conversion]
-    if re.fullmatch(r"blocks\.\d+\.[\w.]+", entry.sae_id):
-        hints["hook_name"] = entry.sae_id  # SAELens ids that are hook names: the fallback when files are silent
+    try:  # SAELens ids that are hook names: the fallback when the files are silent
+        site_of_hook(entry.sae_id)
+        hints["hook_name"] = entry.sae_id
+    except ValueError:
+        pass
     if fmt == "circuit_tracer_clt":
         hints["layer"] = int(entry.path)
     return target, fmt, hints
@@ -322,7 +325,11 @@ def load_sae(
     elif not p.exists():
         if not _is_name(source):
             raise LoadError(f"no such SAE file or folder: {source}")
-        p, fmt, hints = _from_registry(registry.resolve(source))
+        try:
+            entry = registry.resolve(source)
+        except registry.RegistryUnavailable as e:
+            raise LoadError(f"no such SAE file or folder: {source} (nor a registry name: {e})") from None
+        p, fmt, hints = _from_registry(entry)
         layer = hints.pop("layer", layer)
     if fmt is None:
         fmt, p = detect_format(p, layer=layer)

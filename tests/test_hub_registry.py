@@ -475,3 +475,12 @@ def test_registry_command(hub_env, tmp_path, monkeypatch):
     monkeypatch.setenv(registry.ENV_PATH, str(tmp_path / "nope.yaml"))
     r = CliRunner().invoke(registry_cmd, ["info"])
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "nope.yaml: no such file" in r.output
+
+
+def test_a_mistyped_path_when_no_registry_can_be_read(hub_env, monkeypatch, tmp_path):
+    monkeypatch.setenv(registry.ENV_PATH, str(tmp_path / "gone.yaml"))
+    with pytest.raises(
+        LoadError, match=r"no such SAE file or folder: saes/L12 \(nor a registry name: .*gone.yaml: no such file\)"
+    ) as e:
+        load_sae("saes/L12")
+    one_line(e)
