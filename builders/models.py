@@ -7,6 +7,14 @@ parameters where the layout allows (GPT-2's fused ``c_attn``, GPT-NeoX's
 per-head interleaved ``query_key_value``, transposed Linear weights), so
 extraction copies only the grouped key/value heads it has to expand.
 
+Families: GPT-2, GPT-Neo, GPT-NeoX, Llama (incl. 3.x), Mistral, Qwen2/2.5, Qwen3, Gemma,
+Gemma-2, Gemma-3 (text, and the language model of the image-text checkpoints). Qwen3 and Gemma-3
+normalise each head's query and key: those norms are kept on LayerWeights (``q_norm``,
+``k_norm``) and ``LayerWeights.qk_weights()`` gives the projections a weight-only QK pass uses
+(the definition is in docs/dictionaries.md and in the model's notes). Embedding rows that are not
+tokens (padding past the tokenizer, a trailing run of reserved placeholders) are dropped from
+W_E/W_U (:func:`real_vocab_size`), so no pass ranks or counts them; notes say so.
+
 Memory (what "lazy" means here): the checkpoint is loaded once, in the dtype
 the build computes in (fp32 on CPU), with transformers' lazy/mmap loading
 (``low_cpu_mem_usage`` on transformers 4.x; the default on 5.x). Peak memory is
