@@ -169,3 +169,13 @@ def test_load_model_trims_with_its_saved_tokenizer(tmp_path):
     w = load_model(str(tmp_path), device="cpu", hash_weights=False)
     assert w.d_vocab == 90 and w.tokens[89] == "<|im_start|>" and "lie past the tokenizer's 90 tokens" in w.notes
     assert w.atlas_model_fields()["notes"] == w.notes
+
+
+def test_gemma3_at_its_real_vocabulary_size():
+    """Gemma-3's 262,144-token vocabulary (tiny everything else): nothing assumes a small one."""
+    model = tiny_model("gemma3", vocab_size=262_144, seed=5)
+    w = from_hf_model(model, source="tiny-gemma3-262k", source_kind="path")
+    assert (w.d_vocab, w.W_U.shape, len(w.tokens)) == (262_144, (32, 262_144), 262_144)
+    ids = torch.tensor([[0, 262_143, 131_072, 7]])
+    close(*oracle.check_logits(model, w, ids))
+    close(*oracle.check_embed(model, w, ids))
