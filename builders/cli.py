@@ -337,13 +337,13 @@ def _build(
     ]
     check_settings(config, sae_names(saes, config.sae_names))
     model = load_model(model_source, gguf_file=gguf_file, device=config.device)
+    for s in saes:
+        check_sae_fits(s, model)
     if model.meta.get("tokens") and not no_tokenizer:
         raise AtlasError(
             f"{model_source}: no tokenizer found, so every token would show as <id>; add the tokenizer files to "
             "the model folder, or pass --no-tokenizer to build with token ids only"
         )
-    for s in saes:
-        check_sae_fits(s, model)
     if progress:
         click.echo(f"loaded model and {len(saes)} SAE(s) in {time.perf_counter() - t0:.1f}s", err=True)
     return build_atlas(
