@@ -26,14 +26,14 @@ import click
 
 import atlas as _atlas_pkg
 from atlas import db as _db
+from atlas.dbpath import resolve_db_path
+from atlas.domain import EDGE_KINDS, LABEL_KINDS
 from atlas.errors import AtlasError, ReadOnlyAtlas
 from atlas.output import cell, dump_json, emit, output_options, table
 from atlas.read import METRIC_COLUMNS, describe_criterion
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-DEFAULT_ATLAS = Path(_atlas_pkg.__file__).resolve().parent.parent / "atlas.db.example"
 DEBUG_ENV = "SAE_ATLAS_DEBUG"
-EDGE_KINDS = ("qk", "ov", "cosine", "flow")
 
 # name -> (module, attribute, short help, what to install when the import fails)
 LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -147,29 +147,6 @@ def db_option(fn: Callable) -> Callable:
         default=None,
         help="Atlas file (default: the group's --db, $SAE_ATLAS_DB, then the bundled atlas.db.example)",
     )(fn)
-
-
-def resolve_db_path(db: Path | str | None = None) -> Path:
-    """The atlas a command works on: its --db, the group's --db / $SAE_ATLAS_DB, then atlas.db.example.
-
-    Public so that the lazy commands (build, browse, report) resolve it the same way.
-    """
-    if db:
-        return Path(db)
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None:
-        root = ctx.find_root()
-        group_db = (root.obj or {}).get("db") if isinstance(root.obj, dict) else None
-        if group_db:
-            return Path(group_db)
-    env = os.environ.get("SAE_ATLAS_DB")
-    if env:
-        return Path(env)
-    if not DEFAULT_ATLAS.exists():
-        raise click.ClickException(
-            f"no atlas given (--db PATH or SAE_ATLAS_DB) and the bundled atlas.db.example is missing ({DEFAULT_ATLAS})"
-        )
-    return DEFAULT_ATLAS
 
 
 def open_ro(db: Path | None) -> _db.Atlas:
@@ -603,7 +580,7 @@ def sql(query: str, db: Path | None, params: tuple[tuple[str, str], ...], limit:
 @click.argument("feature", required=False)
 @click.argument("text", required=False)
 @db_option
-@click.option("--kind", type=click.Choice(["free", "semantic", "non_semantic"]), default="free", show_default=True)
+@click.option("--kind", type=click.Choice(LABEL_KINDS), default="free", show_default=True)
 @click.option("--list", "list_labels", is_flag=True, help="List FEATURE's labels instead of adding one")
 @click.option("--delete", "delete_id", type=int, default=None, metavar="ID", help="Delete your label with this id")
 @output_options
@@ -790,11 +767,11 @@ def stats(db: Path | None, fmt: str) -> None:
             kinds[(sae_id, kind)] = n
     emit(
         [
-            (*tuple(r)[1:], *(kinds.get((r[0], k), 0) for k in ("semantic", "non_semantic", "free")))
+            (*tuple(r)[1:], *(kinds.get((r[0], k), 0) for k in LABEL_KINDS))
             for r in rows
         ],
         ["sae", "layer", "site", "d_sae", "features", "predicts_tokens", "reads_tokens", "attn_q_mean",
-         "attn_k_mean", "attn_v_mean", "semantic", "non_semantic", "free"],
+         "attn_k_mean", "attn_v_mean", *LABEL_KINDS],
         fmt,
         empty="no SAEs in this atlas",
     )  # fmt: skip

@@ -7,7 +7,6 @@ migrate``), never as a side effect of opening it.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import sqlite3
@@ -19,17 +18,13 @@ from urllib.parse import quote
 from atlas.errors import NeedsMigration, NotAnAtlas, ReadOnlyAtlas, SchemaTooNew
 from atlas.migrations import MIGRATIONS, SCHEMA_VERSION, schema_sql
 from atlas.read import AtlasReader
-from atlas.write import AtlasWriter
+from atlas.write import AtlasWriter, utc_now
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # Page cache of a writing connection (negative = KiB): index inserts of a build stay in
 # memory instead of re-reading pages, about twice the insert rate of SQLite's 2 MB default.
 WRITE_CACHE_KIB = -256 * 1024
-
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def _version() -> str:
@@ -162,7 +157,8 @@ class Atlas(AtlasReader, AtlasWriter):
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite ends it itself on some errors (a full disk)
+                self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 

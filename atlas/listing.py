@@ -23,10 +23,10 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas.domain import LABEL_KINDS
 from atlas.errors import BadQuery
 from atlas.read import METRIC_COLUMNS, check_metric
 
-LABEL_KINDS = ("semantic", "non_semantic", "free")
 # Pseudo label kind for "features with no label at all".
 UNLABELLED = "unlabelled"
 

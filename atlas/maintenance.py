@@ -1,29 +1,41 @@
 """Whole-atlas operations: describe, validate, export a subset, merge atlases.
 
 The CLI commands ``info``, ``validate``, ``export`` and ``merge`` are thin
-over these. Export and merge write to a temporary file next to the output
-and rename it at the end, so an interrupted run never leaves a half atlas.
+over these. Export and merge are :mod:`atlas.merge`'s (the one engine that
+copies rows between atlas files, shared with a build's shard merge); they
+write to a temporary file next to the output and rename it at the end, so an
+interrupted run never leaves a half atlas.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from atlas.db import Atlas, connect, create_atlas, file_uri, open_atlas, utc_now
-from atlas.errors import AtlasError
+from atlas.db import Atlas, open_atlas
+from atlas.files import atomic_output
+from atlas.merge import (
+    VOLATILE_PROVENANCE_KEYS,
+    ProvenanceConflict,
+    export_atlas,
+    merge_atlases,
+    merge_provenance,
+)
 from atlas.migrations import SCHEMA_VERSION
 
-
-class ProvenanceConflict(AtlasError):
-    """Atlases that cannot be merged: different models, build parameters or SAE weights."""
+__all__ = [
+    "VOLATILE_PROVENANCE_KEYS",
+    "ProvenanceConflict",
+    "ValidationReport",
+    "atomic_output",
+    "describe",
+    "export_atlas",
+    "merge_atlases",
+    "merge_provenance",
+    "validate",
+]
 
 
 # ------------------------------------------------------------------ describe
@@ -169,362 +181,3 @@ def _check_token_ids(conn: sqlite3.Connection, rep: ValidationReport) -> None:
     if wrong:
         ok, detail = False, "; ".join(filter(None, [detail, *wrong]))
     rep.add("token ids within the vocabulary", ok, detail)
-
-
-# ------------------------------------------------------------------ atomic output
-@contextmanager
-def atomic_output(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``out``; rename it onto ``out`` only on success."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (use --force to replace it)")
-    if out.exists() and out.is_dir():
-        raise AtlasError(f"{out}: is a directory")
-    if not out.parent.exists():
-        raise AtlasError(f"{out.parent}: no such directory")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    for p in (tmp, Path(str(tmp) + "-journal")):
-        p.unlink(missing_ok=True)
-    try:
-        yield tmp
-        os.replace(tmp, out)
-    finally:
-        for p in (tmp, Path(str(tmp) + "-journal")):
-            p.unlink(missing_ok=True)
-
-
-def _columns(conn: sqlite3.Connection, table: str, schema: str = "main") -> list[str]:
-    return [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({table})")]
-
-
-def _copy(conn: sqlite3.Connection, table: str, where: str = "", params: Sequence[Any] = (), src: str = "src") -> int:
-    cols = ", ".join(_columns(conn, table))
-    cur = conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM {src}.{table} {where}", params)
-    return cur.rowcount
-
-
-def _attach(conn: sqlite3.Connection, path: Path, alias: str) -> None:
-    conn.execute(f"ATTACH DATABASE ? AS {alias}", (file_uri(path, mode="ro"),))
-
-
-def _open_for_copy(tmp: Path, provenance: dict) -> sqlite3.Connection:
-    """A new empty atlas at ``tmp``, reopened with URI filenames so ATTACH can be read-only."""
-    create_atlas(tmp, provenance=provenance).close()
-    conn = sqlite3.connect(file_uri(tmp), uri=True, isolation_level=None)
-    conn.execute("PRAGMA foreign_keys = OFF")  # rows are copied table by table; checked at the end
-    conn.execute("PRAGMA synchronous = OFF")  # the file is renamed into place only after COMMIT
-    return conn
-
-
-def _require_current(atlas: Atlas) -> None:
-    if atlas.schema_version != SCHEMA_VERSION:
-        raise AtlasError(
-            f"{atlas.path}: schema version {atlas.schema_version}, expected {SCHEMA_VERSION}: "
-            "run `sae-atlas migrate` on it (or a copy) first"
-        )
-
-
-def _finish(conn: sqlite3.Connection) -> None:
-    bad = conn.execute("PRAGMA foreign_key_check").fetchmany(1)
-    if bad:
-        raise AtlasError(f"internal error: copied rows break a foreign key ({tuple(bad[0])})")
-    # labels_fts is kept up to date by the labels triggers as rows are copied
-    conn.execute("ANALYZE main")
-
-
-# ------------------------------------------------------------------ export
-def export_atlas(
-    src: str | os.PathLike, out: str | os.PathLike, sae_names: Sequence[str], *, overwrite: bool = False
-) -> dict[str, int]:
-    """Write a self-contained atlas holding only the SAEs named.
-
-    It keeps the models, vocab and heads those SAEs need, their features and
-    every row that touches only them (edges to features outside are dropped),
-    and the source's provenance with an ``exported`` note. Ids are kept.
-    Returns row counts of the new file.
-    """
-    if not sae_names:
-        raise AtlasError("name at least one SAE to export (--sae NAME)")
-    with open_atlas(src) as atlas:
-        _require_current(atlas)
-        sae_ids = sorted({atlas.sae(n).sae_id for n in sae_names})
-        names = [s.name for s in atlas.saes() if s.sae_id in sae_ids]
-        provenance = atlas.provenance()
-        src_path = atlas.path
-    provenance["exported"] = {"from": src_path.name, "saes": names, "at": utc_now()}
-    with atomic_output(out, overwrite=overwrite) as tmp:
-        conn = _open_for_copy(tmp, provenance)
-        try:
-            _attach(conn, src_path, "src")
-            conn.execute("BEGIN")
-            conn.execute("CREATE TEMP TABLE keep_saes (sae_id INTEGER PRIMARY KEY)")
-            conn.executemany("INSERT INTO keep_saes VALUES (?)", [(i,) for i in sae_ids])
-            models = "model_id IN (SELECT model_id FROM src.saes WHERE sae_id IN (SELECT sae_id FROM keep_saes))"
-            feats = "feature_id IN (SELECT feature_id FROM main.features)"
-            _copy(conn, "models", f"WHERE {models}")
-            _copy(conn, "vocab", f"WHERE {models}")
-            conn.execute(
-                "INSERT INTO main.vocab_fts (key, model_id, token_id) SELECT key, model_id, token_id FROM main.vocab"
-            )
-            _copy(conn, "heads", f"WHERE {models}")
-            _copy(conn, "saes", "WHERE sae_id IN (SELECT sae_id FROM keep_saes)")
-            _copy(conn, "features", "WHERE sae_id IN (SELECT sae_id FROM keep_saes)")
-            _copy(conn, "token_scores", f"WHERE {feats}")
-            _copy(conn, "head_scores", f"WHERE {feats}")
-            _copy(
-                conn,
-                "edges",
-                "WHERE src_feature IN (SELECT feature_id FROM main.features) "
-                "AND dst_feature IN (SELECT feature_id FROM main.features)",
-            )
-            _copy(conn, "labels", f"WHERE {feats}")
-            _copy(conn, "depth_profiles", "WHERE sae_id IN (SELECT sae_id FROM keep_saes)")
-            _copy(conn, "build_units", "WHERE sae_id IN (SELECT sae_id FROM keep_saes)")
-            _finish(conn)
-            conn.execute("COMMIT")
-            conn.execute("DETACH DATABASE src")
-        finally:
-            conn.close()
-        with open_atlas(tmp) as check:
-            counts = check.counts()
-    return counts
-
-
-# ------------------------------------------------------------------ merge
-# Provenance keys whose values may differ between builds of one atlas (when, where,
-# what each run covered); every other key present in both must agree.
-VOLATILE_PROVENANCE_KEYS = frozenset(
-    {
-        "created_at", "started_at", "finished_at", "elapsed_s", "seconds", "timings", "timing", "host",
-        "hostname", "machine", "user", "argv", "command", "exported", "merged", "saes", "sae_files",
-        "peak_memory", "load_seconds", "device",
-    }
-)  # fmt: skip
-
-_MODEL_IDENTITY = (
-    "source", "source_kind", "architecture", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_vocab",
-    "tied_embeddings", "norm_kind", "embed_scale", "attn_softcap", "final_softcap", "sha256",
-)  # fmt: skip
-
-
-def merge_provenance(a: dict, b: dict, where: str = "", *, strict: bool = True) -> dict:
-    """Deep merge of two provenance dicts; a conflicting leaf raises ProvenanceConflict.
-
-    Below a volatile key (timestamps, hosts, per-run notes) nothing conflicts:
-    dicts are united and the first atlas's value wins.
-    """
-    out = dict(a)
-    for key, vb in b.items():
-        path = f"{where}.{key}" if where else key
-        if key not in out:
-            out[key] = vb
-            continue
-        va = out[key]
-        key_strict = strict and key not in VOLATILE_PROVENANCE_KEYS
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out[key] = merge_provenance(va, vb, path, strict=key_strict)
-        elif va != vb and key_strict:
-            raise ProvenanceConflict(
-                f"build parameter {path} differs ({_short(va)} vs {_short(vb)}): these atlases were built differently"
-            )
-    return out
-
-
-def _short(v: Any) -> str:
-    s = json.dumps(v, sort_keys=True)
-    return s if len(s) <= 40 else s[:37] + "..."
-
-
-def _vocab_digest(conn: sqlite3.Connection, model_id: int, schema: str) -> tuple[int, str]:
-    h = hashlib.sha256()
-    n = 0
-    for (raw,) in conn.execute(f"SELECT raw FROM {schema}.vocab WHERE model_id = ? ORDER BY token_id", (model_id,)):
-        h.update(raw.encode("utf-8", "surrogatepass") + b"\x00")
-        n += 1
-    return n, h.hexdigest()
-
-
-def merge_atlases(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False) -> dict:
-    """Combine atlases of the same model built separately into ``out``.
-
-    The first atlas is copied whole; each further one adds its SAEs with
-    feature ids renumbered after the ones already there (edges, scores and
-    labels follow). Refused with ProvenanceConflict: different models (source,
-    sha256 or shape), different vocabularies, build parameters that disagree,
-    or one SAE name carrying different weights (sha256). An SAE present in
-    both with the same sha256 is kept once; the later atlas's labels on it
-    that the first lacks are added.
-    """
-    if len(paths) < 2:
-        raise AtlasError("merge needs at least two atlases")
-    atlases = [open_atlas(p) for p in paths]
-    try:
-        for a in atlases:
-            _require_current(a)
-        provenance = atlases[0].provenance()
-        for a in atlases[1:]:
-            provenance = merge_provenance(provenance, a.provenance())
-        first = atlases[0].path
-        rest = [a.path for a in atlases[1:]]
-    finally:
-        for a in atlases:
-            a.close()
-    provenance["merged"] = {"inputs": [Path(p).name for p in paths], "at": utc_now()}
-    report: dict[str, Any] = {"added_saes": [], "shared_saes": []}
-    with atomic_output(out, overwrite=overwrite) as tmp:
-        src = connect(first, readonly=True)
-        dst = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            src.backup(dst)  # a consistent page copy of the first atlas
-        finally:
-            src.close()
-            dst.close()
-        conn = sqlite3.connect(file_uri(tmp), uri=True, isolation_level=None)
-        try:
-            conn.execute("PRAGMA foreign_keys = OFF")
-            conn.execute("PRAGMA synchronous = OFF")  # the file is renamed into place only at the end
-            conn.execute("UPDATE atlas_info SET provenance = ? WHERE id = 1", (json.dumps(provenance, sort_keys=True),))
-            for path in rest:
-                # ATTACH cannot run inside a transaction: one attach + transaction per input
-                _attach(conn, Path(path), "b")
-                conn.execute("BEGIN")
-                added, shared = _merge_one(conn, "b", Path(path))
-                conn.execute("COMMIT")
-                conn.execute("DETACH DATABASE b")
-                report["added_saes"] += added
-                report["shared_saes"] += shared
-            conn.execute("BEGIN")
-            _finish(conn)
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-        with open_atlas(tmp) as check:
-            report["counts"] = check.counts()
-    return report
-
-
-def _merge_one(conn: sqlite3.Connection, b: str, path: Path) -> tuple[list[str], list[str]]:
-    """Add atlas ``b`` (attached) into main. Returns (added SAE names, shared SAE names)."""
-    conn.execute("DROP TABLE IF EXISTS temp.mmap")
-    conn.execute("DROP TABLE IF EXISTS temp.smap")
-    conn.execute("DROP TABLE IF EXISTS temp.hmap")
-    conn.execute("DROP TABLE IF EXISTS temp.fmap")
-    conn.execute("CREATE TEMP TABLE mmap (old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
-    conn.execute("CREATE TEMP TABLE smap (old INTEGER PRIMARY KEY, new INTEGER NOT NULL, shared INTEGER NOT NULL)")
-    conn.execute("CREATE TEMP TABLE hmap (old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
-    conn.execute("CREATE TEMP TABLE fmap (old INTEGER PRIMARY KEY, new INTEGER NOT NULL, shared INTEGER NOT NULL)")
-    conn.row_factory = sqlite3.Row
-
-    # models: every model of b must be one of main's, identical
-    for mb in conn.execute(f"SELECT * FROM {b}.models").fetchall():
-        ma = conn.execute("SELECT * FROM main.models WHERE name = ?", (mb["name"],)).fetchone()
-        if ma is None:
-            raise ProvenanceConflict(
-                f"{path.name}: model {mb['name']!r} is not in the first atlas; merge needs one model"
-            )
-        for col in _MODEL_IDENTITY:
-            if ma[col] != mb[col]:
-                raise ProvenanceConflict(
-                    f"{path.name}: model {mb['name']!r} differs in {col} ({ma[col]!r} vs {mb[col]!r})"
-                )
-        na, da = _vocab_digest(conn, ma["model_id"], "main")
-        nb, db_ = _vocab_digest(conn, mb["model_id"], b)
-        if na and nb and da != db_:
-            raise ProvenanceConflict(f"{path.name}: model {mb['name']!r} has a different vocabulary")
-        conn.execute("INSERT INTO temp.mmap VALUES (?, ?)", (mb["model_id"], ma["model_id"]))
-        if nb and not na:
-            conn.execute(
-                f"INSERT INTO main.vocab SELECT ?, token_id, raw, display, key FROM {b}.vocab WHERE model_id = ?",
-                (ma["model_id"], mb["model_id"]),
-            )
-            conn.execute(
-                "INSERT INTO main.vocab_fts (key, model_id, token_id) SELECT key, model_id, token_id "
-                "FROM main.vocab WHERE model_id = ?",
-                (ma["model_id"],),
-            )
-    # heads: add missing ones, map by (model, layer, head)
-    conn.execute(
-        f"INSERT INTO main.heads (model_id, layer, head, kv_group) SELECT m.new, h.layer, h.head, h.kv_group "
-        f"FROM {b}.heads h JOIN temp.mmap m ON m.old = h.model_id "
-        "WHERE NOT EXISTS (SELECT 1 FROM main.heads x WHERE x.model_id = m.new AND x.layer = h.layer AND x.head = h.head)"
-    )
-    conn.execute(
-        f"INSERT INTO temp.hmap SELECT h.head_pk, x.head_pk FROM {b}.heads h JOIN temp.mmap m ON m.old = h.model_id "
-        "JOIN main.heads x ON x.model_id = m.new AND x.layer = h.layer AND x.head = h.head"
-    )
-    # SAEs: new ones get new ids; one already present must carry the same weights
-    added, shared = [], []
-    sae_cols = [c for c in _columns(conn, "saes") if c != "sae_id"]
-    for sb in conn.execute(f"SELECT * FROM {b}.saes ORDER BY sae_id").fetchall():
-        sa = conn.execute("SELECT * FROM main.saes WHERE name = ?", (sb["name"],)).fetchone()
-        if sa is None:
-            vals = [sb[c] for c in sae_cols]
-            vals[sae_cols.index("model_id")] = conn.execute(
-                "SELECT new FROM temp.mmap WHERE old = ?", (sb["model_id"],)
-            ).fetchone()[0]
-            cur = conn.execute(
-                f"INSERT INTO main.saes ({', '.join(sae_cols)}) VALUES ({', '.join('?' * len(sae_cols))})", vals
-            )
-            conn.execute("INSERT INTO temp.smap VALUES (?, ?, 0)", (sb["sae_id"], cur.lastrowid))
-            added.append(sb["name"])
-        else:
-            if sa["sha256"] is None or sb["sha256"] is None or sa["sha256"] != sb["sha256"]:
-                raise ProvenanceConflict(
-                    f"{path.name}: SAE {sb['name']!r} is in both atlases with different or unknown weights "
-                    f"(sha256 {sa['sha256']} vs {sb['sha256']})"
-                )
-            if (sa["d_sae"], sa["layer"], sa["site"]) != (sb["d_sae"], sb["layer"], sb["site"]):
-                raise ProvenanceConflict(f"{path.name}: SAE {sb['name']!r} has the same sha256 but a different shape")
-            conn.execute("INSERT INTO temp.smap VALUES (?, ?, 1)", (sb["sae_id"], sa["sae_id"]))
-            shared.append(sb["name"])
-    # features: shared SAEs map by idx; new SAEs get ids after main's, keeping each SAE contiguous
-    conn.execute(
-        f"INSERT INTO temp.fmap SELECT fb.feature_id, fa.feature_id, 1 FROM {b}.features fb "
-        "JOIN temp.smap s ON s.old = fb.sae_id AND s.shared = 1 "
-        "JOIN main.features fa ON fa.sae_id = s.new AND fa.idx = fb.idx"
-    )
-    base = conn.execute("SELECT COALESCE(MAX(feature_id), -1) + 1 FROM main.features").fetchone()[0]
-    conn.execute(
-        f"INSERT INTO temp.fmap SELECT fb.feature_id, ? + ROW_NUMBER() OVER (ORDER BY fb.sae_id, fb.idx) - 1, 0 "
-        f"FROM {b}.features fb JOIN temp.smap s ON s.old = fb.sae_id AND s.shared = 0",
-        (base,),
-    )
-    fcols = [c for c in _columns(conn, "features") if c not in ("feature_id", "sae_id")]
-    conn.execute(
-        f"INSERT INTO main.features (feature_id, sae_id, {', '.join(fcols)}) "
-        f"SELECT m.new, s.new, {', '.join('f.' + c for c in fcols)} FROM {b}.features f "
-        "JOIN temp.fmap m ON m.old = f.feature_id AND m.shared = 0 JOIN temp.smap s ON s.old = f.sae_id "
-        "ORDER BY m.new"
-    )
-    new_f = "JOIN temp.fmap m ON m.old = t.feature_id AND m.shared = 0"
-    conn.execute(
-        f"INSERT INTO main.token_scores SELECT m.new, t.phase, t.sign, t.rank, t.token_id, t.value "
-        f"FROM {b}.token_scores t {new_f} ORDER BY m.new, t.phase, t.sign, t.rank"
-    )
-    conn.execute(
-        f"INSERT INTO main.head_scores SELECT m.new, h.new, t.role, t.score, t.percentile "
-        f"FROM {b}.head_scores t {new_f} JOIN temp.hmap h ON h.old = t.head_pk"
-    )
-    # edges touching at least one new feature; edges among shared SAEs are already in main
-    conn.execute(
-        "INSERT INTO main.edges (src_feature, dst_feature, head_pk, kind, score, rank) "
-        "SELECT ms.new, md.new, h.new, e.kind, e.score, e.rank "
-        f"FROM {b}.edges e JOIN temp.fmap ms ON ms.old = e.src_feature JOIN temp.fmap md ON md.old = e.dst_feature "
-        "LEFT JOIN temp.hmap h ON h.old = e.head_pk WHERE ms.shared = 0 OR md.shared = 0 ORDER BY e.edge_id"
-    )
-    # labels: all of a new SAE's; on a shared SAE only those main lacks
-    conn.execute(
-        "INSERT INTO main.labels (feature_id, text, kind, source, score, evidence, created_at) "
-        "SELECT m.new, l.text, l.kind, l.source, l.score, l.evidence, l.created_at "
-        f"FROM {b}.labels l JOIN temp.fmap m ON m.old = l.feature_id "
-        "WHERE m.shared = 0 OR NOT EXISTS (SELECT 1 FROM main.labels x WHERE x.feature_id = m.new "
-        "AND x.text = l.text AND x.kind = l.kind AND x.source = l.source) ORDER BY l.label_id"
-    )
-    for table in ("depth_profiles", "build_units"):
-        cols = [c for c in _columns(conn, table) if c != "sae_id"]
-        conn.execute(
-            f"INSERT INTO main.{table} (sae_id, {', '.join(cols)}) SELECT s.new, {', '.join('t.' + c for c in cols)} "
-            f"FROM {b}.{table} t JOIN temp.smap s ON s.old = t.sae_id AND s.shared = 0"
-        )
-    conn.row_factory = None
-    return added, shared

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import re
 
-# Sites get a short suffix in default SAE names: L12.res, L5.attn_z, L3.mlp ...
-SITE_SHORT = {
-    "resid_pre": "res_pre",
-    "resid_mid": "res_mid",
-    "resid_post": "res",
-    "attn_z": "z",
-    "attn_out": "attn",
-    "mlp_out": "mlp",
-}
+from atlas.domain import SITE_SHORT
 
 _FEATURE_RE = re.compile(r"^(?P<sae>.+)/(?P<idx>\d+)$")
 

@@ -10,21 +10,10 @@ import json
 import sqlite3
 from typing import Any
 
+from atlas.domain import METRIC_COLUMNS, PHASES
 from atlas.errors import BadQuery, FeatureNotFound, SAENotFound
 from atlas.names import split_feature_name, token_key
 from atlas.types import SAE, Edge, Feature, FeatureCard, HeadScore, Label, Model, TokenHit, TokenScore
-
-# Columns of `features` that can be ranked, filtered and shown.
-METRIC_COLUMNS: tuple[str, ...] = (
-    "dec_norm", "enc_norm", "b_enc", "threshold",
-    "du_max", "du_min", "du_mean", "du_std", "du_skew", "du_kurtosis", "du_entropy", "du_top1_z",
-    "ee_max", "ee_min", "ee_mean", "ee_std", "ee_skew", "ee_kurtosis", "ee_entropy", "ee_top1_z",
-    "predicts_tokens", "reads_tokens",
-    "attn_q_mean", "attn_k_mean", "attn_v_mean", "attn_q_max", "attn_k_max", "attn_v_max",
-    "top_head", "top_head_share",
-)  # fmt: skip
-
-PHASES = ("du", "ee")
 
 COUNTED_TABLES = ("models", "saes", "features", "vocab", "token_scores", "heads", "head_scores", "edges", "labels")
 

@@ -843,7 +843,7 @@ def report(
         sae-atlas --db atlas.db report --no-plots -o report/
     """
     from atlas import open_atlas
-    from atlas.cli import resolve_db_path  # the same resolution as every other command
+    from atlas.dbpath import resolve_db_path  # the same resolution as every other command
 
     path = resolve_db_path(atlas_path or db)
     t0 = time.perf_counter()

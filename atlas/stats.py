@@ -34,11 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from atlas.domain import ATTENTION_ROLES, site_order
 from atlas.errors import AtlasError
 
-ROLES = ("q", "k", "v")
-# Order of sites within one layer, as the residual stream meets them.
-SITE_ORDER = {"resid_pre": 0, "attn_z": 1, "attn_out": 2, "resid_mid": 3, "mlp_out": 4, "resid_post": 5}
+ROLES = ATTENTION_ROLES
 PAPER_PREDICTS_FRACTION = 0.25  # Liu & Deng: "about 1/4 of SAE features directly predict output tokens"
 
 
@@ -89,7 +88,7 @@ def sae_rows(atlas: Any) -> SAERows:
         )
         .fetchall()
     )
-    rows = sorted(rows, key=lambda r: (r[2], SITE_ORDER.get(r[3], 9), r[1]))
+    rows = sorted(rows, key=lambda r: (r[2], site_order(r[3]), r[1]))
     if not rows:
         raise MissingPass("the atlas has no SAEs: nothing to report")
     return SAERows(

@@ -7,6 +7,7 @@ which keeps writing far from being the bottleneck of a build (see
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,17 +29,8 @@ else:
 
     np = _LazyNumpy()
 
+from atlas.domain import METRIC_COLUMNS
 from atlas.names import default_sae_name, display_token, token_key
-
-# Columns of `features` a builder may fill with update_features().
-FEATURE_METRIC_COLUMNS: tuple[str, ...] = (
-    "dec_norm", "enc_norm", "b_enc", "threshold",
-    "du_max", "du_min", "du_mean", "du_std", "du_skew", "du_kurtosis", "du_entropy", "du_top1_z",
-    "ee_max", "ee_min", "ee_mean", "ee_std", "ee_skew", "ee_kurtosis", "ee_entropy", "ee_top1_z",
-    "predicts_tokens", "reads_tokens",
-    "attn_q_mean", "attn_k_mean", "attn_v_mean", "attn_q_max", "attn_k_max", "attn_v_max",
-    "top_head", "top_head_share",
-)  # fmt: skip
 
 MODEL_COLUMNS = (
     "name", "source", "source_kind", "architecture", "n_layers", "d_model", "n_heads",
@@ -75,10 +67,9 @@ def _py(x: Any) -> Any:
     return x
 
 
-def _now() -> str:
-    from atlas.db import utc_now
-
-    return utc_now()
+def utc_now() -> str:
+    """Now, to the second, as ISO-8601 UTC: the format of every timestamp column."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 class AtlasWriter:
@@ -142,6 +133,11 @@ class AtlasWriter:
         """Refresh sqlite_stat1: the query planner and `sae-atlas info` row counts read it."""
         self.require_writable()
         self.conn.execute("ANALYZE")
+
+    def vacuum(self) -> None:
+        """Rewrite the file without free pages, rows in key order (a finished build does this once)."""
+        self.require_writable()
+        self.conn.execute("VACUUM")
 
     # ------------------------------------------------------------ models, vocab, heads
     def add_model(self, **fields: Any) -> int:
@@ -229,7 +225,7 @@ class AtlasWriter:
     def update_features(self, sae_id: int, idx: np.ndarray, columns: dict[str, np.ndarray]) -> None:
         """Set metric columns for latents ``idx`` of one SAE."""
         self.require_writable()
-        bad = set(columns) - set(FEATURE_METRIC_COLUMNS)
+        bad = set(columns) - set(METRIC_COLUMNS)
         if bad:
             raise ValueError(f"not feature metric columns: {sorted(bad)}")
         if not columns:
@@ -254,9 +250,16 @@ class AtlasWriter:
         fids = np.repeat(np.asarray(feature_ids, dtype=np.int64), k).tolist()
         ranks = np.tile(np.arange(k), n).tolist()
         self.conn.executemany(
-            f"INSERT INTO token_scores (feature_id, phase, sign, rank, token_id, value) "
-            f"VALUES (?, '{phase}', {int(sign)}, ?, ?, ?)",
-            zip(fids, ranks, token_ids.reshape(-1).tolist(), values.reshape(-1).tolist(), strict=True),
+            "INSERT INTO token_scores (feature_id, phase, sign, rank, token_id, value) VALUES (?, ?, ?, ?, ?, ?)",
+            zip(
+                fids,
+                [phase] * len(fids),
+                [int(sign)] * len(fids),
+                ranks,
+                token_ids.reshape(-1).tolist(),
+                values.reshape(-1).tolist(),
+                strict=True,
+            ),
         )
 
     def add_token_score_block(
@@ -332,11 +335,12 @@ class AtlasWriter:
         n = len(src)
         heads = [None] * n if head_pks is None else np.asarray(head_pks, dtype=np.int64).tolist()
         self.conn.executemany(
-            f"INSERT INTO edges (src_feature, dst_feature, head_pk, kind, score, rank) VALUES (?, ?, ?, '{kind}', ?, ?)",
+            "INSERT INTO edges (src_feature, dst_feature, head_pk, kind, score, rank) VALUES (?, ?, ?, ?, ?, ?)",
             zip(
                 np.asarray(src, dtype=np.int64).tolist(),
                 np.asarray(dst, dtype=np.int64).tolist(),
                 heads,
+                [kind] * n,
                 np.asarray(scores, dtype=np.float64).tolist(),
                 np.asarray(ranks, dtype=np.int64).tolist(),
                 strict=True,
@@ -366,14 +370,14 @@ class AtlasWriter:
         cur = self.conn.execute(
             "INSERT INTO labels (feature_id, text, kind, source, score, evidence, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (feature_id, text, kind, source, _py(score), None if evidence is None else json.dumps(evidence, separators=(",", ":")), _now()),
+            (feature_id, text, kind, source, _py(score), None if evidence is None else json.dumps(evidence, separators=(",", ":")), utc_now()),
         )
         return int(cur.lastrowid)
 
     def add_labels(self, rows: Iterable[tuple[int, str, str, str, float | None, Any]]) -> None:
         """Bulk: (feature_id, text, kind, source, score, evidence) tuples."""
         self.require_writable()
-        now = _now()
+        now = utc_now()
         self.conn.executemany(
             "INSERT INTO labels (feature_id, text, kind, source, score, evidence, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -405,12 +409,28 @@ class AtlasWriter:
         self.conn.execute(
             "INSERT OR REPLACE INTO build_units (sae_id, pass, chunk_start, chunk_end, finished_at) "
             "VALUES (?, ?, ?, ?, ?)",
-            (sae_id, pass_name, chunk_start, chunk_end, _now()),
+            (sae_id, pass_name, chunk_start, chunk_end, utc_now()),
         )
 
-    def units_done(self, sae_id: int, pass_name: str) -> set[int]:
-        """chunk_start of every finished unit of one pass on one SAE."""
+    def finished_units(self) -> set[tuple[int, str, int]]:
+        """(sae_id, pass, chunk_start) of every finished unit: what a resumed build skips."""
+        return {(r[0], r[1], r[2]) for r in self.conn.execute("SELECT sae_id, pass, chunk_start FROM build_units")}
+
+    # ------------------------------------------------------------ what a build reads back
+    def top_token_ids(self, first_feature_id: int, n: int, phase: str) -> np.ndarray | None:
+        """Promoted token ids (n, k) of features ``first_feature_id`` .. + n - 1, best first;
+        None unless every one of them has its list (the pass has not run on them)."""
         rows = self.conn.execute(
-            "SELECT chunk_start FROM build_units WHERE sae_id = ? AND pass = ?", (sae_id, pass_name)
+            "SELECT token_id FROM token_scores WHERE phase = ? AND sign = 1 AND feature_id BETWEEN ? AND ? "
+            "ORDER BY feature_id, rank",
+            (phase, int(first_feature_id), int(first_feature_id) + int(n) - 1),
         ).fetchall()
-        return {r[0] for r in rows}
+        if len(rows) < n:
+            return None
+        return np.array([r[0] for r in rows], dtype=np.int64).reshape(n, -1)
+
+    def feature_mean(self, sae_id: int, column: str) -> float | None:
+        """Mean of one metric column over an SAE's features (NULLs skipped): e.g. the fraction predicting tokens."""
+        if column not in METRIC_COLUMNS:
+            raise ValueError(f"not a feature metric column: {column!r}")
+        return self.conn.execute(f"SELECT AVG({column}) FROM features WHERE sae_id = ?", (int(sae_id),)).fetchone()[0]

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from builders.build import BuildConfig, release_freed_blocks  # noqa: E402
-from builders.passes import attention, attribution, du, ee, neighbours, ov, qk, semantic  # noqa: E402
+from builders.passes import attention, attribution, du, ee, flow, neighbours, ov, qk, semantic  # noqa: E402
 from builders.weights import LayerWeights, ModelWeights, Norm, SAEWeights  # noqa: E402
 
 PRESETS = {
@@ -247,7 +247,7 @@ def main() -> None:
     if "flow" in passes:
         cols = other_side(lambda b, c: neighbours.unit_decoders(model, nxt, resid=True, block=b, cache=c), p["d_model"])
         sides["flow"] = cols.cached
-        record("flow", timed(device, lambda: neighbours.flow_pass(model, sae, 0, n, cols))[0])
+        record("flow", timed(device, lambda: flow.flow_pass(model, sae, 0, n, cols))[0])
         del cols
     res["other_side_cached"] = sides
     if sides:

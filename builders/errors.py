@@ -23,3 +23,7 @@ class CorruptWeights(LoadError):
 
 class SAEMismatch(LoadError):
     """The SAE does not fit the model: d_in, layer or hook point disagree."""
+
+
+class BuildError(AtlasError):
+    """A build that cannot start or continue (bad settings, stale partial file, existing output)."""

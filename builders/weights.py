@@ -15,17 +15,14 @@ from typing import Any
 
 import torch
 
+from atlas.domain import SITES
 from builders.errors import LoadError
 
-NORM_KINDS = ("layernorm", "rmsnorm", "gemma_rmsnorm")
-# Sites an SAE reads and an atlas stores (the schema's CHECK list).
-SITES = ("resid_pre", "resid_mid", "resid_post", "attn_z", "attn_out", "mlp_out")
-# Sites a transcoder reads besides those: the MLP's input after the pre-MLP norm, gain included
+# Sites a transcoder reads besides the atlas's SITES: the MLP's input after the pre-MLP norm, gain included
 # (circuit-tracer's mlp.hook_in; Gemma Scope 2's pre_feedforward_layernorm.output), and the same
 # before the gain (TransformerLens's ln2.hook_normalized: unit RMS; Gemma Scope 1 transcoders).
 TRANSCODER_SITES = ("mlp_in", "ln2_normalized")
 READ_SITES = SITES + TRANSCODER_SITES
-SAE_ARCHITECTURES = ("relu", "jumprelu", "topk", "gated")
 # What a dictionary is: an SAE reads and writes one hook; a transcoder reads one hook and writes
 # another; a cross-layer transcoder (CLT) reads one layer and writes that layer and every later one.
 DICTIONARY_KINDS = ("sae", "transcoder", "clt")

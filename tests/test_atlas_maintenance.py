@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import atlas.maintenance as maint
+import atlas.merge
 from atlas import AtlasError, open_atlas
 from atlas.maintenance import ProvenanceConflict, export_atlas, merge_atlases, merge_provenance, validate
 from atlas.synthetic import build_synthetic_atlas
@@ -115,7 +115,7 @@ def test_export_failure_leaves_nothing(synthetic_atlas: Path, tmp_path: Path, mo
     def boom(conn: sqlite3.Connection) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(maint, "_finish", boom)
+    monkeypatch.setattr(atlas.merge, "finish", boom)
     with pytest.raises(RuntimeError):
         export_atlas(synthetic_atlas, tmp_path / "out.db", ["L2.res"])
     assert list(tmp_path.iterdir()) == [synthetic_atlas]  # no OUT, no temp file, no journal
@@ -213,3 +213,82 @@ def test_merge_provenance_rules() -> None:
 def test_merge_needs_two(synthetic_atlas: Path, tmp_path: Path) -> None:
     with pytest.raises(AtlasError):
         merge_atlases([synthetic_atlas], tmp_path / "m.db")
+
+
+# ---------------------------------------------------------------- writing outputs that fail honestly
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_export_and_merge_remove_what_killed_runs_left(two_halves: tuple[Path, Path], tmp_path: Path) -> None:
+    """A killed export/merge leaves .OUT.tmp-PID and its journal: the next run removes them, if PID is dead."""
+    import os
+
+    a, b = two_halves
+    out = tmp_path / "m.db"
+    dead, alive = _dead_pid(), os.getppid()
+    stale = [tmp_path / f".m.db.tmp-{dead}", tmp_path / f".m.db.tmp-{dead}-journal"]
+    live = tmp_path / f".m.db.tmp-{alive}"  # another run, still writing: left alone
+    for p in (*stale, live):
+        p.write_bytes(b"x" * 1000)
+    merge_atlases([a, b], out)
+    assert not any(p.exists() for p in stale) and live.exists()
+    stale[0].write_bytes(b"x")
+    export_atlas(a, tmp_path / "m.db", ["L1.res"], overwrite=True)
+    assert not stale[0].exists() and live.exists()
+
+
+def _small_disk(monkeypatch: pytest.MonkeyPatch, name: str, spare_pages: int = 2) -> None:
+    """Every file ``atlas.merge.name`` opens for writing gets only ``spare_pages`` more pages (SQLITE_FULL)."""
+    real = getattr(atlas.merge, name)
+
+    def opener(*args: object, **kw: object) -> sqlite3.Connection:
+        conn = real(*args, **kw)
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + spare_pages}")
+        return conn
+
+    monkeypatch.setattr(atlas.merge, name, opener)
+
+
+def test_a_full_disk_says_disk_full(
+    two_halves: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from atlas.cli import cli
+
+    a, b = two_halves
+    _small_disk(monkeypatch, "new_copy_target")
+    _small_disk(monkeypatch, "page_copy")
+    for argv in (
+        ["export", "--db", str(a), "--sae", "L1.res", str(tmp_path / "e.db")],
+        ["merge", str(a), str(b), "-o", str(tmp_path / "m.db")],
+    ):
+        r = CliRunner().invoke(cli, argv)
+        assert r.exit_code == 1 and r.output.strip().endswith(": disk full"), r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.db", "b.db"]
+
+
+def test_an_output_in_a_missing_folder_says_no_such_folder(two_halves: tuple[Path, Path], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from atlas.cli import cli
+
+    a, b = two_halves
+    for argv in (
+        ["export", "--db", str(a), "--sae", "L1.res", str(tmp_path / "no" / "e.db")],
+        ["merge", str(a), str(b), "-o", str(tmp_path / "no" / "m.db")],
+    ):
+        r = CliRunner().invoke(cli, argv)
+        assert (
+            r.exit_code == 1
+            and r.output.strip()
+            == f"Error: {tmp_path / 'no'}: no such folder (create it first, or write the atlas elsewhere)"
+        ), r.output

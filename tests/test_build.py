@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from atlas import open_atlas
+from atlas.files import DiskFull, NoSuchFolder
 from atlas.maintenance import validate
 from builders.build import BuildConfig, BuildError, build_atlas, merge_shards, plan_units, sae_names, shard_path
 from tests.passes_fixtures import tiny_model, tiny_sae
@@ -28,8 +29,19 @@ def setup():
 
 
 def config(**kw):
-    base = dict(top_k=K, qk_k=3, ov_k=3, neighbour_k=4, flow_k=2, n_random=128, unit_size=16, block_rows=8,
-                vocab_tile=32, key_block=16, semantic=__import__("builders.passes.semantic", fromlist=["x"]).SemanticSettings(n_baseline=32))  # fmt: skip
+    base = dict(
+        top_k=K,
+        qk_k=3,
+        ov_k=3,
+        neighbour_k=4,
+        flow_k=2,
+        n_random=128,
+        unit_size=16,
+        block_rows=8,
+        vocab_tile=32,
+        key_block=16,
+        semantic=__import__("builders.passes.semantic", fromlist=["x"]).SemanticSettings(n_baseline=32),
+    )
     base.update(kw)
     return BuildConfig(**base)
 
@@ -38,11 +50,18 @@ def dump(path) -> dict[str, list]:
     conn = sqlite3.connect(path)
     out = {}
     for table, cols in {
-        "models": "*", "saes": "*", "features": "*", "vocab": "*", "heads": "*", "token_scores": "*",
-        "head_scores": "*", "edges": "*", "depth_profiles": "*",
+        "models": "*",
+        "saes": "*",
+        "features": "*",
+        "vocab": "*",
+        "heads": "*",
+        "token_scores": "*",
+        "head_scores": "*",
+        "edges": "*",
+        "depth_profiles": "*",
         "labels": "label_id, feature_id, text, kind, source, score, evidence",
         "build_units": "sae_id, pass, chunk_start, chunk_end",
-    }.items():  # fmt: skip
+    }.items():
         out[table] = conn.execute(f"SELECT {cols} FROM {table} ORDER BY 1, 2, 3").fetchall()
     out["provenance"] = json.loads(conn.execute("SELECT provenance FROM atlas_info").fetchone()[0])
     conn.close()
@@ -117,7 +136,9 @@ def test_rows_match_the_pure_passes(built):
         base = a.feature_id_base(a.sae("L1.res.33").sae_id)
         rows = a.conn.execute(
             "SELECT token_id FROM token_scores WHERE phase='du' AND sign=1 AND feature_id BETWEEN ? AND ? "
-            "ORDER BY feature_id, rank", (base, base + saes[2].d_sae - 1)).fetchall()  # fmt: skip
+            "ORDER BY feature_id, rank",
+            (base, base + saes[2].d_sae - 1),
+        ).fetchall()
         np.testing.assert_array_equal(np.array(rows).reshape(-1, K), r.top_ids)
         z = a.conn.execute("SELECT du_top1_z FROM features WHERE sae_id = ? ORDER BY idx", (a.sae("L1.res.33").sae_id,))
         np.testing.assert_allclose([x[0] for x in z.fetchall()], r.stats["top1_z"])
@@ -269,3 +290,80 @@ def test_store_percentile_keeps_a_subset_of_head_rows_and_the_same_profiles(buil
     assert strict["depth_profiles"] == base["depth_profiles"]  # profiles still use the 75th percentile
     with pytest.raises(BuildError):
         config(store_percentile=50.0)  # stricter than --percentile or nothing
+
+
+@pytest.mark.parametrize("content", [b"", b"SQLite format 3\x00" + b"\x00" * 84, b"not a database at all"])
+def test_resume_starts_over_from_an_empty_or_unusable_partial(built, tmp_path, content):
+    """A build killed right after it created OUT.partial leaves nothing to resume: --resume starts over."""
+    m, saes, out = built
+    target = tmp_path / "e.db"
+    target.with_name("e.db.partial").write_bytes(content)
+    notes = []
+    build_atlas(m, saes, target, config=config(), resume=True, progress=False, say=notes.append)
+    assert dump(out) == dump(target)
+    assert len(notes) == 1 and "starting over" in notes[0]
+
+
+def test_resume_starts_over_from_a_partial_killed_before_its_first_unit(built, tmp_path):
+    m, saes, out = built
+    target = tmp_path / "k.db"
+
+    def crash(unit):
+        raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        build_atlas(m, saes, target, config=config(top_k=K + 1), progress=False, after_unit=crash)
+    partial = target.with_name("k.db.partial")
+    # one finished unit, other settings: that is never discarded silently
+    with pytest.raises(BuildError, match="other settings"):
+        build_atlas(m, saes, target, config=config(), resume=True, progress=False)
+    conn = sqlite3.connect(partial)
+    conn.execute("DELETE FROM build_units")  # as if killed inside its first unit
+    conn.commit()
+    conn.close()
+    notes = []
+    build_atlas(m, saes, target, config=config(), resume=True, progress=False, say=notes.append)
+    assert dump(out) == dump(target) and "no finished unit" in notes[0]
+
+
+def _small_disk(monkeypatch, module, name, pages):
+    """Make every atlas ``module.name`` creates as full as a disk of ``pages`` pages (SQLite's max_page_count)."""
+    real = getattr(module, name)
+
+    def create(*args, **kw):
+        db = real(*args, **kw)
+        conn = db.conn if hasattr(db, "conn") else db
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        return db
+
+    monkeypatch.setattr(module, name, create)
+
+
+def test_a_full_disk_says_so(built, tmp_path, monkeypatch):
+    import builders.run
+
+    m, saes, _ = built
+    target = tmp_path / "full.db"
+    _small_disk(monkeypatch, builders.run, "create_atlas", 60)
+    with pytest.raises(DiskFull, match=r"full\.db\.partial: disk full; free some space, then rerun with --resume"):
+        build_atlas(m, saes, target, config=config(), progress=False)
+    assert not target.exists()
+
+
+def test_an_output_in_a_missing_folder_says_so(built, tmp_path):
+    m, saes, _ = built
+    with pytest.raises(NoSuchFolder, match=r"missing: no such folder"):
+        build_atlas(m, saes, tmp_path / "missing" / "a.db", config=config(), progress=False)
+
+
+def test_provenance_records_what_the_shipped_atlas_records(built):
+    """Each pass now states its own conventions and folding; together they are what the shipped atlas says."""
+    from pathlib import Path
+
+    _, _, out = built
+    example = Path(__file__).resolve().parent.parent / "atlas.db.example"
+    with open_atlas(example) as shipped_atlas:
+        shipped = shipped_atlas.provenance()
+    prov = dump(out)["provenance"]
+    assert prov["folding"] == shipped["folding"] and prov["conventions"] == shipped["conventions"]
+    assert set(prov["build"]["config"]) == set(shipped["build"]["config"])  # no setting added or lost

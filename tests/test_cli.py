@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 
 import atlas.cli as cli_mod
 import atlas.db as atlas_db
+import atlas.dbpath
 from atlas.cli import cli
 from atlas.read import AtlasReader
 from tests.conftest import query, sha256_of
@@ -82,7 +83,7 @@ def test_db_from_env_and_options(runner: CliRunner, synthetic_atlas: Path, tmp_p
 
 def test_default_atlas_missing(runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SAE_ATLAS_DB", raising=False)
-    monkeypatch.setattr(cli_mod, "DEFAULT_ATLAS", tmp_path / "atlas.db.example")
+    monkeypatch.setattr(atlas.dbpath, "DEFAULT_ATLAS", tmp_path / "atlas.db.example")
     line = one_line_error(runner.invoke(cli, ["info"]))
     assert "atlas.db.example is missing" in line
 

@@ -142,3 +142,99 @@ def test_tui_never_imports_torch() -> None:
         names={"torch", "transformers", "safetensors", "builders"}
     )
     assert _run(code) == []
+
+
+# ---------------------------------------------------------------- no import cycles
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test)
+
+
+def _import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """module -> the project modules it imports, at any depth (lazy imports in functions too).
+
+    ``from a import b`` counts as importing ``a.b`` when that is a module. Imports only
+    a type checker runs (``if TYPE_CHECKING:``) do not count, and neither does a module
+    importing one of its own parent packages: Python has loaded those before the module.
+    """
+    paths = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            paths[".".join(parts)] = path
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        found: set[str] = set()
+        todo = [ast.parse(path.read_text(encoding="utf-8"))]
+        while todo:
+            for node in ast.iter_child_nodes(todo.pop()):
+                if _is_type_checking(node):
+                    todo.extend(node.orelse)
+                    continue
+                if isinstance(node, ast.Import):
+                    found |= {alias.name for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    found |= {
+                        f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in paths else node.module
+                        for a in node.names
+                    }
+                todo.append(node)
+        parents = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
+        graph[module] = {m for m in found if m in paths and m != module and m not in parents}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles() -> None:
+    """No two modules of atlas/, builders/ and tui/ import each other, directly or round a loop.
+
+    The CLI's lazy commands are imports too (by name, in LAZY_COMMANDS).
+    """
+    import atlas.cli
+
+    graph = _import_graph(ROOT, ("atlas", "builders", "tui"))
+    graph["atlas.cli"] |= {module for module, *_ in atlas.cli.LAZY_COMMANDS.values()}
+    assert _cycles(graph) == []
+
+
+def test_cycle_finder_finds_lazy_and_from_imports(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from pkg.a import f\n")  # a package importing its module: no cycle
+    (pkg / "a.py").write_text("import pkg\n\ndef f():\n    from pkg import b\n")
+    (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.c\nimport pkg.c\n")
+    (pkg / "c.py").write_text("from pkg.a import f\n")
+    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n")
+    assert _cycles(_import_graph(tmp_path, ("pkg",))) == [["pkg.a", "pkg.b", "pkg.c"]]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from builders.passes.neighbours import cosine_pass, flow_pass, unit_decoders
+from builders.passes.flow import flow_pass
+from builders.passes.neighbours import cosine_pass, unit_decoders
 from builders.passes.semantic import SemanticSettings, embed_baseline, is_word, semantic_pass
 from tests.passes_fixtures import tiny_model, tiny_sae
 
@@ -46,12 +47,16 @@ def test_streamed_and_cached_unit_decoders_give_identical_edges():
     z = tiny_sae(m, site="attn_z", layer=1, d_sae=21)
     res = tiny_sae(m, site="resid_post", layer=1, d_sae=34, seed=7)
     for block in (4, 34):
-        a, b = (cosine_pass(m, res, 3, 34, unit_decoders(m, res, resid=False, block=block, cache=c), k=4, block_rows=6)
-                for c in (False, True))  # fmt: skip
+        a, b = (
+            cosine_pass(m, res, 3, 34, unit_decoders(m, res, resid=False, block=block, cache=c), k=4, block_rows=6)
+            for c in (False, True)
+        )
         np.testing.assert_array_equal(a.dst, b.dst)
         np.testing.assert_array_equal(a.score, b.score)
-        a, b = (flow_pass(m, z, 0, 21, unit_decoders(m, res, resid=True, block=block, cache=c), k=3, block_rows=6)
-                for c in (False, True))  # fmt: skip
+        a, b = (
+            flow_pass(m, z, 0, 21, unit_decoders(m, res, resid=True, block=block, cache=c), k=3, block_rows=6)
+            for c in (False, True)
+        )
         np.testing.assert_array_equal(a.dst, b.dst)
         np.testing.assert_array_equal(a.score, b.score)
 

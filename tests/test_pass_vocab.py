@@ -17,9 +17,15 @@ from tests.passes_fixtures import tiny_model, tiny_sae
 def dense_stats(L: np.ndarray) -> dict[str, np.ndarray]:
     p = np.exp(L - L.max(1, keepdims=True))
     return {
-        "max": L.max(1), "min": L.min(1), "mean": L.mean(1), "std": L.std(1), "skew": ss.skew(L, 1),
-        "kurtosis": ss.kurtosis(L, 1), "entropy": ss.entropy(p, axis=1), "top1_z": (L.max(1) - L.mean(1)) / L.std(1),
-    }  # fmt: skip
+        "max": L.max(1),
+        "min": L.min(1),
+        "mean": L.mean(1),
+        "std": L.std(1),
+        "skew": ss.skew(L, 1),
+        "kurtosis": ss.kurtosis(L, 1),
+        "entropy": ss.entropy(p, axis=1),
+        "top1_z": (L.max(1) - L.mean(1)) / L.std(1),
+    }
 
 
 def check(r, L: np.ndarray, k: int) -> None:

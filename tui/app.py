@@ -48,6 +48,7 @@ class SaeAtlasApp(App):
     TITLE = "sae-atlas"
     COMMANDS = App.COMMANDS | {FeatureCommands}
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    HELP_SCREENS = SCREEN_CLASSES  # whose bindings the help screen lists (it cannot import this module)
     BINDINGS = [
         Binding("question_mark,f1", "help", "Help", id="app.help"),
         Binding("slash", "search", "Search", id="app.search"),

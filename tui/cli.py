@@ -25,7 +25,7 @@ def browse(atlas: Path | None, readonly: bool, keymap_path: Path | None, no_hist
         sae-atlas browse gemma-2-2b.atlas.db
         sae-atlas browse --read-only shared/atlas.db
     """
-    from atlas.cli import resolve_db_path
+    from atlas.dbpath import resolve_db_path
     from tui.app import default_history_path, make_app
 
     atlas = resolve_db_path(atlas)  # same order as every other command; one line if nothing is found

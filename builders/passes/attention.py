@@ -22,16 +22,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from atlas.domain import ATTENTION_ROLES as ROLES
+from builders.passes.base import Context, HeadRows, Pass, Rows, Step, Unit, read_by_attention
 from builders.passes.common import (
+    COMPUTE_DTYPE,
+    attention_folding,
     chunks,
-    compute_dtype,
     fold_direction,
     random_unit_directions,
     resid_directions,
 )
 from builders.weights import ModelWeights, SAEWeights
-
-ROLES = ("q", "k", "v")
 
 
 @dataclass
@@ -71,7 +72,7 @@ def reading_layers(model: ModelWeights, first: int | None, reach: int) -> list[i
 def attention_baseline(
     model: ModelWeights, layers: list[int], *, n_random: int = 1024, seed: int = 0, fold_norms: bool = True
 ) -> AttentionBaseline:
-    r = random_unit_directions(n_random, model.d_model, seed, model.device).to(compute_dtype(model))  # (R, d_model)
+    r = random_unit_directions(n_random, model.d_model, seed, model.device).to(COMPUTE_DTYPE)  # (R, d_model)
     mean_raw, sorted_scores = {}, {}
     for layer in layers:
         for role, raw in _raw(model, layer, r, fold_norms).items():
@@ -98,7 +99,7 @@ def attention_pass(
     scores = {role: np.zeros((n, L, H)) for role in ROLES}
     pct = {role: np.zeros((n, L, H)) for role in ROLES}
     for b0, b1 in chunks(start, end, block_rows):
-        d = resid_directions(model, sae, b0, b1, fold_norms=fold_norms, dtype=compute_dtype(model))  # (b, d_model)
+        d = resid_directions(model, sae, b0, b1, fold_norms=fold_norms, dtype=COMPUTE_DTYPE)  # (b, d_model)
         u = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-30)  # (b, d_model)
         for li, layer in enumerate(layers):
             for role, raw in _raw(model, layer, u, fold_norms).items():
@@ -131,3 +132,84 @@ def depth_profile(
     median = float(np.median(s, overwrite_input=overwrite))
     p75 = float(np.percentile(s, 75, overwrite_input=overwrite))
     return dict(n=int(s.size), mean=mean, median=median, p75=p75, frac_above=n_above / s.size)
+
+
+# ---------------------------------------------------------------- in a build
+
+
+def _layers(ctx: Context, i: int) -> list[int]:
+    return reading_layers(ctx.model, ctx.reads[i], ctx.cfg.reach)
+
+
+def _baseline(ctx: Context) -> AttentionBaseline:
+    """One random baseline for every layer any SAE of the build reads."""
+    cfg = ctx.cfg
+    layers = sorted({layer for i in range(len(ctx.saes)) for layer in _layers(ctx, i)})
+    return ctx.cached(
+        "attn_baseline",
+        lambda: attention_baseline(ctx.model, layers, n_random=cfg.n_random, seed=cfg.seed, fold_norms=cfg.fold_norms),
+    )
+
+
+def _run(ctx: Context, u: Unit) -> Rows:
+    """Per-feature means and maxima over the reading layer's heads, and the (feature, head) rows above the cut."""
+    cfg = ctx.cfg
+    layers = _layers(ctx, u.sae)
+    r = attention_pass(ctx.model, ctx.saes[u.sae], u.start, u.end, layers, _baseline(ctx), fold_norms=cfg.fold_norms)
+    rows = Rows()
+    for role in ROLES:
+        rows.features[f"attn_{role}_mean"] = r.scores[role][:, 0].mean(1)
+        rows.features[f"attn_{role}_max"] = r.scores[role][:, 0].max(1)
+    keep = cfg.percentile if cfg.store_percentile is None else cfg.store_percentile
+    for role in ROLES:
+        f, li, h = np.nonzero(r.percentiles[role] >= keep)  # row-major: feature, layer, head
+        if len(f):
+            rows.head_scores.append(
+                HeadRows(
+                    u.start + f,
+                    np.asarray(layers)[li],
+                    h,
+                    role,
+                    r.scores[role][f, li, h],
+                    r.percentiles[role][f, li, h],
+                )
+            )
+    return rows
+
+
+def _run_profile(ctx: Context, u: Unit) -> Rows:
+    """Depth profiles over every (feature, head): the exact median needs every score, so they are kept,
+    as fp32 (exact: the scores are fp32), d_sae * H * reach * 12 bytes; percentiles are only counted."""
+    cfg, sae = ctx.cfg, ctx.saes[u.sae]
+    layers, H = _layers(ctx, u.sae), ctx.model.n_heads
+    scores = {(li, role): np.empty((sae.d_sae, H), np.float32) for li in range(len(layers)) for role in ROLES}
+    above = dict.fromkeys(scores, 0)
+    # blocks of attention_pass's own block_rows, so every number is the one a whole-SAE call gives
+    for b0, b1 in chunks(0, sae.d_sae, 1024):
+        r = attention_pass(ctx.model, sae, b0, b1, layers, _baseline(ctx), fold_norms=cfg.fold_norms, block_rows=1024)
+        for li, role in scores:
+            scores[li, role][b0:b1] = r.scores[role][:, li]
+            above[li, role] += int((r.percentiles[role][:, li] >= cfg.percentile).sum())
+    rows = Rows()
+    for li, layer in enumerate(layers):
+        for role in ROLES:
+            s = scores.pop((li, role)).astype(np.float64)  # (d_sae, H)
+            prof = depth_profile(s, None, cfg.percentile, n_above=above[li, role], overwrite=True)
+            rows.depth_profiles.append((layer, role, prof))
+    return rows
+
+
+PASS = Pass(
+    name="attn",
+    order=30,
+    help="attention participation of every head of the reading layer(s), and depth profiles",
+    reads="one",
+    targets=read_by_attention,
+    steps=(Step("attn", _run), Step("attn_profile", _run_profile, whole=True)),
+    writes=("features", "head_scores", "depth_profiles"),
+    conventions={
+        "attention score": "||W_X[h] (g * u_f)|| / mean over random unit r of ||W_X[h] (g * r)||, u_f unit",
+        "attention percentile": "100 * fraction of the head's random-direction scores <= the feature's",
+    },
+    folding=attention_folding,
+)

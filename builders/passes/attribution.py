@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from builders.passes.base import Context, HeadRows, Pass, Rows, Step, Target, Unit
 from builders.weights import SAEWeights
 
 
@@ -33,3 +34,22 @@ def attribution_pass(sae: SAEWeights, start: int, end: int, *, n_heads: int, d_h
     shares = torch.where(tot > 0, sq / tot.clamp_min(1e-300), torch.zeros_like(sq)).cpu().numpy()
     top = shares.argmax(-1)  # first maximum -> smaller index on ties
     return Attribution(shares, top, shares[np.arange(len(top)), top])
+
+
+def _run(ctx: Context, u: Unit) -> Rows:
+    m, sae = ctx.model, ctx.saes[u.sae]
+    r = attribution_pass(sae, u.start, u.end, n_heads=m.n_heads, d_head=m.d_head)
+    f, h = np.nonzero(r.shares >= ctx.cfg.attribution_floor)
+    heads = HeadRows(u.start + f, np.full(len(f), sae.layer), h, "attribution", r.shares[f, h])
+    return Rows(features={"top_head": r.top_head, "top_head_share": r.top_head_share}, head_scores=[heads])
+
+
+PASS = Pass(
+    name="attribution",
+    order=40,
+    help="hook_z SAEs: each head's share of a feature (Kissane et al.)",
+    reads="one",
+    targets=lambda ctx: [Target(i) for i, s in enumerate(ctx.saes) if s.site == "attn_z"],
+    steps=(Step("attribution", _run),),
+    writes=("features", "head_scores"),
+)

@@ -28,15 +28,9 @@ import torch
 
 from builders.weights import ModelWeights, Norm, SAEWeights
 
-RESIDUAL_SITES = ("resid_pre", "resid_mid", "resid_post")
-
-# Order of sites inside one block, used to say which SAE is "later" than another.
-_SITE_ORDER = {"resid_pre": 0, "attn_z": 1, "attn_out": 1, "resid_mid": 2, "mlp_out": 3, "resid_post": 4}
-
-
-def site_position(site: str, layer: int) -> int:
-    """A sortable position in the forward pass (resid_post L == resid_pre L+1)."""
-    return 4 * layer + _SITE_ORDER[site]
+# fp32 everywhere: bf16 matmuls on the CPU are emulated and slow, and the statistics want fp32 on a GPU too
+# (weights kept in bf16 there are converted block by block).
+COMPUTE_DTYPE = torch.float32
 
 
 def reading_attention_layer(sae: SAEWeights, n_layers: int) -> int | None:
@@ -54,6 +48,11 @@ def site_reader_norm(model: ModelWeights, site: str, layer: int) -> Norm:
     if layer + 1 < model.n_layers:
         return model.layers[layer + 1].ln1
     return model.ln_final
+
+
+def attention_folding(fold: bool) -> dict[str, str]:
+    """provenance["folding"] entry of every pass that reads a direction through an attention layer's input norm."""
+    return {"attn/qk/ov": "x = ln1(l).gain * d (LayerNorm: centred first)" if fold else "none"}
 
 
 def fold_direction(x: torch.Tensor, norm: Norm | None, *, center: bool = True) -> torch.Tensor:
@@ -96,11 +95,6 @@ def resid_directions(
     if sae.site == "attn_z":
         return z_to_resid(model, sae.layer, d, fold_norms=fold_norms)
     return d
-
-
-def compute_dtype(model: ModelWeights) -> torch.dtype:
-    """fp32 everywhere: CPU bf16 is slow, and statistics want fp32 on GPU too."""
-    return torch.float32
 
 
 def random_unit_directions(n: int, d: int, seed: int, device: torch.device | str) -> torch.Tensor:
@@ -467,18 +461,3 @@ def stream_topk(
             ids[r0:r1, h] = np.take_along_axis(sel_np, order, -1)
         r0 = r1
     return vals, ids
-
-
-def topk_by_magnitude(
-    left: torch.Tensor,
-    right: torch.Tensor | Columns,
-    k: int,
-    *,
-    scale: float = 1.0,
-    key_block: int = 8192,
-    exclude: torch.Tensor | None = None,
-    signed: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`stream_topk` for one row block; ``right`` may be a whole (H, d, n_cols) tensor."""
-    cols = right if isinstance(right, Columns) else Columns.from_tensor(right, block=key_block)
-    return stream_topk([left], cols, k, scale=scale, excludes=None if exclude is None else [exclude], signed=signed)

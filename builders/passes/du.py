@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from builders.passes.common import VocabScores, compute_dtype, fold_direction, resid_directions, vocab_scores
+from builders.passes import predicts
+from builders.passes.base import Context, Pass, Rows, Step, Unit, each_sae
+from builders.passes.common import COMPUTE_DTYPE, VocabScores, fold_direction, resid_directions, vocab_scores
 from builders.weights import ModelWeights, SAEWeights
 
 
@@ -24,7 +26,7 @@ def du_directions(
     model: ModelWeights, sae: SAEWeights, start: int, end: int, *, fold_norms: bool = True
 ) -> torch.Tensor:
     """Directions whose product with W_U gives the du logits: (n, d_model)."""
-    d = resid_directions(model, sae, start, end, fold_norms=fold_norms, dtype=compute_dtype(model))  # (n, d_model)
+    d = resid_directions(model, sae, start, end, fold_norms=fold_norms, dtype=COMPUTE_DTYPE)  # (n, d_model)
     return fold_direction(d, model.ln_final) if fold_norms else d
 
 
@@ -42,5 +44,36 @@ def du_pass(
 ) -> VocabScores:
     """Top-k promoted / suppressed tokens and logit statistics of features [start, end)."""
     dirs = du_directions(model, sae, start, end, fold_norms=fold_norms)  # (n, d_model)
-    W_U = model.W_U.to(compute_dtype(model))  # (d_model, d_vocab); no copy when already fp32
+    W_U = model.W_U.to(COMPUTE_DTYPE)  # (d_model, d_vocab); no copy when already fp32
     return vocab_scores(dirs, W_U, k, block_rows=block_rows, vocab_tile=vocab_tile)
+
+
+def _run(ctx: Context, u: Unit) -> Rows:
+    cfg = ctx.cfg
+    r = du_pass(
+        ctx.model,
+        ctx.saes[u.sae],
+        u.start,
+        u.end,
+        k=cfg.top_k,
+        fold_norms=cfg.fold_norms,
+        block_rows=ctx.block_rows,
+        vocab_tile=ctx.vocab_tile,
+    )
+    return predicts.vocab_rows(ctx, "du", r)
+
+
+PASS = Pass(
+    name="du",
+    order=10,
+    help="decoder -> unembedding: promoted/suppressed tokens, logit statistics, predicts_tokens",
+    reads="one",
+    targets=each_sae,
+    steps=(Step("du", _run),),
+    writes=("features", "token_scores"),
+    conventions=predicts.VOCAB_CONVENTIONS,
+    criteria=predicts.criteria("du"),
+    folding=lambda fold: {
+        "du": "d_f * ln_final.gain (LayerNorm: centred first)" if fold else "none: raw W_U (as Neuronpedia)"
+    },
+)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from builders.passes.common import VocabScores, compute_dtype, encoder_columns, site_reader_norm, vocab_scores
+from builders.passes import predicts
+from builders.passes.base import Context, Pass, Rows, Step, Unit, each_sae
+from builders.passes.common import COMPUTE_DTYPE, VocabScores, encoder_columns, site_reader_norm, vocab_scores
 from builders.weights import ModelWeights, SAEWeights
 
 
@@ -22,7 +24,7 @@ def ee_directions(
     model: ModelWeights, sae: SAEWeights, start: int, end: int, *, fold_norms: bool = True
 ) -> torch.Tensor:
     """Directions whose product with W_E^T gives the ee scores: (n, d_model)."""
-    e = encoder_columns(model, sae, start, end, compute_dtype(model))  # (n, d_in)
+    e = encoder_columns(model, sae, start, end, COMPUTE_DTYPE)  # (n, d_in)
     if sae.site == "attn_z":
         lw = model.layers[sae.layer]
         eh = e.view(e.shape[0], model.n_heads, model.d_head)  # (n, H, d_head)
@@ -50,5 +52,41 @@ def ee_pass(
 ) -> VocabScores:
     """Top-k driving tokens (both signs) and score statistics of features [start, end)."""
     dirs = ee_directions(model, sae, start, end, fold_norms=fold_norms)  # (n, d_model)
-    W_Et = model.W_E.to(compute_dtype(model)).T  # (d_model, d_vocab) view
+    W_Et = model.W_E.to(COMPUTE_DTYPE).T  # (d_model, d_vocab) view
     return vocab_scores(dirs, W_Et, k, block_rows=block_rows, vocab_tile=vocab_tile)
+
+
+def _run(ctx: Context, u: Unit) -> Rows:
+    cfg = ctx.cfg
+    r = ee_pass(
+        ctx.model,
+        ctx.saes[u.sae],
+        u.start,
+        u.end,
+        k=cfg.top_k,
+        fold_norms=cfg.fold_norms,
+        block_rows=ctx.block_rows,
+        vocab_tile=ctx.vocab_tile,
+    )
+    return predicts.vocab_rows(ctx, "ee", r)
+
+
+PASS = Pass(
+    name="ee",
+    order=20,
+    help="embedding -> encoder: tokens that drive a feature directly, score statistics, reads_tokens",
+    reads="one",
+    targets=each_sae,
+    steps=(Step("ee", _run),),
+    writes=("features", "token_scores"),
+    conventions=predicts.VOCAB_CONVENTIONS,
+    criteria=predicts.criteria("ee"),
+    folding=lambda fold: {
+        "ee": (
+            "embed_scale * W_E @ (g * e_f), g = gain of the norm that next reads the SAE's site; "
+            "hook_z: g = ln1(L).gain, direction sum_h W_V[h] @ e_f[h]"
+            if fold
+            else "embed_scale * W_E @ e_f (no gain)"
+        )
+    },
+)

@@ -17,12 +17,15 @@ view.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from builders.passes.common import compute_dtype, fold_direction, random_unit_directions, vocab_scores
+from builders.passes.base import Context, Rows
+from builders.passes.common import COMPUTE_DTYPE, VocabScores, fold_direction, random_unit_directions, vocab_scores
 from builders.weights import ModelWeights
 
 
@@ -43,9 +46,14 @@ class TokenCriterion:
 
     def as_dict(self) -> dict:
         return dict(
-            column=self.column, tau=self.tau, how=self.how, quantile=self.quantile,
-            n_random=self.n_random, seed=self.seed, sql=self.sql(),
-        )  # fmt: skip
+            column=self.column,
+            tau=self.tau,
+            how=self.how,
+            quantile=self.quantile,
+            n_random=self.n_random,
+            seed=self.seed,
+            sql=self.sql(),
+        )
 
 
 @torch.inference_mode()
@@ -65,7 +73,7 @@ def token_criterion(
     column = f"{phase}_top1_z"
     if z is not None:
         return TokenCriterion(column, float(z), "fixed", None, None, None)
-    dtype = compute_dtype(model)
+    dtype = COMPUTE_DTYPE
     r = random_unit_directions(n_random, model.d_model, seed + (0 if phase == "du" else 1), model.device).to(dtype)
     if phase == "du":
         dirs = fold_direction(r, model.ln_final) if fold_norms else r  # (n_random, d_model)
@@ -76,3 +84,48 @@ def token_criterion(
     scores = vocab_scores(dirs, W, 1, block_rows=block_rows, vocab_tile=vocab_tile)
     tau = float(np.quantile(scores.stats["top1_z"], quantile))
     return TokenCriterion(column, round(tau, 6), "random-quantile", quantile, n_random, seed)
+
+
+# ---------------------------------------------------------------- in a build
+
+
+def criterion(ctx: Context, phase: str) -> TokenCriterion:
+    """This build's predicts (``du``) or reads (``ee``) criterion, computed once."""
+    cfg = ctx.cfg
+    return ctx.cached(
+        ("criterion", phase),
+        lambda: token_criterion(
+            ctx.model,
+            phase,
+            z=cfg.predicts_z if phase == "du" else cfg.reads_z,
+            quantile=cfg.predicts_quantile,
+            n_random=cfg.n_random,
+            seed=cfg.seed,
+            fold_norms=cfg.fold_norms,
+            block_rows=ctx.block_rows,
+            vocab_tile=ctx.vocab_tile,
+        ),
+    )
+
+
+VERDICT_COLUMN = {"du": "predicts_tokens", "ee": "reads_tokens"}
+
+
+def vocab_rows(ctx: Context, phase: str, r: VocabScores) -> Rows:
+    """A du or ee unit's rows: its statistics, the verdict column, and the top and bottom token lists."""
+    cols = {f"{phase}_{k}": v for k, v in r.stats.items()}
+    cols[VERDICT_COLUMN[phase]] = criterion(ctx, phase).apply(r.stats["top1_z"])
+    return Rows(features=cols, token_scores={(phase, 1): (r.top_ids, r.top_vals), (phase, -1): (r.bot_ids, r.bot_vals)})
+
+
+def criteria(phase: str) -> Callable[[Context], dict[str, dict[str, Any]]]:
+    """The provenance["criteria"] entry of a du or ee build (the runner adds each SAE's fraction)."""
+    return lambda ctx: {VERDICT_COLUMN[phase]: criterion(ctx, phase).as_dict()}
+
+
+# what the vocabulary statistics mean, recorded with every du/ee build
+VOCAB_CONVENTIONS = {
+    "kurtosis": "excess (normal = 0)",
+    "entropy": "of softmax(scores), nats",
+    "top1_z": "(max - mean) / std over the whole vocabulary",
+}

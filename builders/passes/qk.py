@@ -20,34 +20,32 @@ Both give bit-identical edges.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from builders.passes.common import Columns, chunks, compute_dtype, fold_direction, resid_directions, stream_topk
+from builders.errors import BuildError
+from builders.passes.base import Context, EdgeRows, Pass, Rows, Step, Target, Unit
+from builders.passes.common import (
+    COMPUTE_DTYPE,
+    Columns,
+    attention_folding,
+    chunks,
+    fold_direction,
+    resid_directions,
+    stream_topk,
+)
 from builders.weights import ModelWeights, SAEWeights
 
-
-@dataclass
-class EdgeRows:
-    """Edges between features of two SAEs, indices local to each SAE."""
-
-    src: np.ndarray  # (m,) int
-    dst: np.ndarray  # (m,) int
-    head: np.ndarray | None  # (m,) head index within ``layer``; None for head-less kinds
-    score: np.ndarray  # (m,)
-    rank: np.ndarray  # (m,) 0 = strongest within (src, head)
-    layer: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.src)
+if TYPE_CHECKING:
+    from builders.settings import BuildConfig
 
 
 def folded_dirs(
     model: ModelWeights, sae: SAEWeights, layer: int, start: int, end: int, *, fold_norms: bool
 ) -> torch.Tensor:
-    d = resid_directions(model, sae, start, end, fold_norms=fold_norms, dtype=compute_dtype(model))  # (n, d_model)
+    d = resid_directions(model, sae, start, end, fold_norms=fold_norms, dtype=COMPUTE_DTYPE)  # (n, d_model)
     return fold_direction(d, model.layers[layer].ln1) if fold_norms else d
 
 
@@ -55,7 +53,7 @@ def qk_keys(
     model: ModelWeights, sae: SAEWeights, layer: int, *, fold_norms: bool, block: int = 8192, cache: bool = True
 ) -> Columns:
     """Key vectors of every feature of ``sae`` for every head: (H, d_head, d_sae), cached or streamed."""
-    W_K = model.layers[layer].W_K.to(compute_dtype(model))  # (H, d_model, d_head)
+    W_K = model.layers[layer].W_K.to(COMPUTE_DTYPE)  # (H, d_model, d_head)
 
     @torch.inference_mode()
     def make(s: int, e: int) -> torch.Tensor:
@@ -114,7 +112,7 @@ def qk_pass(
     """
     if isinstance(keys, torch.Tensor):
         keys = Columns.from_tensor(keys, block=key_block)
-    W_Q = model.layers[layer].W_Q.to(compute_dtype(model))  # (H, d_model, d_head)
+    W_Q = model.layers[layer].W_Q.to(COMPUTE_DTYPE)  # (H, d_model, d_head)
     lefts, excludes = [], []
     for b0, b1 in chunks(start, end, block_rows):
         x = folded_dirs(model, q_sae, layer, b0, b1, fold_norms=fold_norms)  # (b, d_model)
@@ -122,3 +120,63 @@ def qk_pass(
         excludes.append(torch.arange(b0, b1, device=x.device))
     vals, ids = stream_topk(lefts, keys, k, scale=model.qk_scale, excludes=excludes if exclude_self else None)
     return edges_from_topk(vals, ids, start, cap=cap, layer=layer)
+
+
+# ---------------------------------------------------------------- in a build
+
+
+def pair_indices(cfg: BuildConfig, names: list[str]) -> list[tuple[int, int]]:
+    """(query SAE, key SAE) indices: ``qk_pairs`` by name, else each SAE with itself."""
+    if cfg.qk_pairs is None:
+        return [(i, i) for i in range(len(names))]
+    index = {n: i for i, n in enumerate(names)}
+    for q, k in cfg.qk_pairs:
+        if q not in index or k not in index:
+            missing = q if q not in index else k
+            raise BuildError(f"QK pair names an SAE not in this build: {missing} (have {', '.join(names)})")
+    return [(index[q], index[k]) for q, k in cfg.qk_pairs]
+
+
+def targets(ctx: Context) -> list[Target]:
+    """The (query SAE, key SAE) pairs whose query SAE an attention layer reads."""
+    return [Target(q, k) for q, k in pair_indices(ctx.cfg, ctx.names) if ctx.reads[q] is not None]
+
+
+def _run(ctx: Context, u: Unit) -> Rows:
+    cfg, m, qi, ki = ctx.cfg, ctx.model, u.sae, u.other
+    layer = ctx.reads[qi]
+    keys = ctx.columns(
+        ("qk_keys", ki, layer),
+        m.n_heads * m.d_head,
+        lambda block, cache: qk_keys(m, ctx.saes[ki], layer, fold_norms=cfg.fold_norms, block=block, cache=cache),
+    )
+    e = qk_pass(
+        m,
+        ctx.saes[qi],
+        layer,
+        u.start,
+        u.end,
+        keys,
+        k=cfg.qk_k,
+        cap=cfg.qk_cap,
+        fold_norms=cfg.fold_norms,
+        exclude_self=cfg.qk_exclude_self and qi == ki,
+        block_rows=ctx.block_rows,
+    )
+    return Rows(edges=e)
+
+
+PASS = Pass(
+    name="qk",
+    order=50,
+    help="QK edges: which key-side feature a query-side feature attends to, per head",
+    reads="pair",
+    targets=targets,
+    steps=(Step("qk", _run),),
+    writes=("edges",),
+    edge_kind="qk",
+    check=pair_indices,
+    key_names_other=True,  # one query SAE may pair with several key SAEs (qk_pairs)
+    conventions={"qk score": "x_i W_Q[h] W_K[h]^T x_j * qk_scale; top-k by |score| per (i, h)"},
+    folding=attention_folding,
+)

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from atlas.domain import HEURISTIC_SOURCE
+from builders.passes import du, ee
+from builders.passes.base import Context, Pass, Rows, Step, Unit, each_sae
 from builders.weights import ModelWeights
 
 
@@ -38,11 +41,11 @@ class SemanticSettings:
     n_tokens: int = 10  # how many top tokens of each list are judged
     word_min_len: int = 3  # letters a whole word needs
     stem_len: int = 4  # shared prefix that counts as a shared stem
-    min_word_frac: float = 0.5  # at least half the tokens are whole words ...
-    min_stem_frac: float = 0.3  # ... and 30% of them share a stem,
-    min_embed_z: float = 2.0  # ... or their embeddings cohere 2 sd above random sets
+    min_word_frac: float = 0.5  # a semantic list has at least this fraction of whole words, and
+    min_stem_frac: float = 0.3  # at least this fraction of its words share a stem, or
+    min_embed_z: float = 2.0  # its tokens' embeddings cohere this many sd above random token sets
     n_baseline: int = 256  # random token sets for the embedding baseline
-    seed: int = 0
+    seed: int = 0  # seeds the random token sets
 
 
 def is_word(tok: str, min_len: int) -> bool:
@@ -102,10 +105,18 @@ def _judge(model, ids: np.ndarray, s: SemanticSettings, base: EmbedBaseline) -> 
         z = (c - base.mean) / base.std
         semantic = word_frac >= s.min_word_frac and (stem_frac >= s.min_stem_frac or z >= s.min_embed_z)
         score = word_frac * max(stem_frac, min(1.0, max(0.0, z / (2 * s.min_embed_z))))
-        out.append(dict(
-            tokens=toks, words=words, word_frac=round(word_frac, 3), stem_frac=round(stem_frac, 3),
-            embed_cos=round(c, 3), embed_z=round(z, 2), semantic=semantic, score=round(score, 4),
-        ))  # fmt: skip
+        out.append(
+            dict(
+                tokens=toks,
+                words=words,
+                word_frac=round(word_frac, 3),
+                stem_frac=round(stem_frac, 3),
+                embed_cos=round(c, 3),
+                embed_z=round(z, 2),
+                semantic=semantic,
+                score=round(score, 4),
+            )
+        )
     return out
 
 
@@ -143,8 +154,11 @@ def semantic_pass(
         sem = [(name, ev) for name, ev in lists if ev["semantic"]]
         # the judged tokens are the feature's token_scores rows, and embed_z carries embed_cos: keep the
         # sub-scores only (atlas size)
-        evidence = {name: {k: v for k, v in ev.items() if k not in ("tokens", "words", "embed_cos")} | {"n_words": len(ev["words"])}
-                    for name, ev in lists}  # fmt: skip
+        evidence = {
+            name: {k: v for k, v in ev.items() if k not in ("tokens", "words", "embed_cos")}
+            | {"n_words": len(ev["words"])}
+            for name, ev in lists
+        }
         if sem:
             name, best = max(sem, key=lambda p: p[1]["score"])
             text = "semantic: " + ", ".join(best["words"][:5])
@@ -152,3 +166,46 @@ def semantic_pass(
         else:
             rows.append(("non-semantic: " + _reason(d), "non_semantic", max(ev["score"] for _, ev in lists), evidence))
     return rows
+
+
+# ---------------------------------------------------------------- in a build
+
+
+def _top_ids(ctx: Context, u: Unit, phase: str) -> np.ndarray:
+    """The unit's promoted token lists: as an earlier unit stored them, else (its unit ran in another shard, or
+    the pass is not in this build) recomputed: the same numbers."""
+    ids = ctx.stored_top_ids(u.sae, u.start, u.end, phase)
+    if ids is not None:
+        return ids
+    cfg = ctx.cfg
+    run = du.du_pass if phase == "du" else ee.ee_pass
+    return run(
+        ctx.model,
+        ctx.saes[u.sae],
+        u.start,
+        u.end,
+        k=cfg.top_k,
+        fold_norms=cfg.fold_norms,
+        block_rows=ctx.block_rows,
+        vocab_tile=ctx.vocab_tile,
+    ).top_ids
+
+
+def _run(ctx: Context, u: Unit) -> Rows:
+    cfg = ctx.cfg
+    du_ids = _top_ids(ctx, u, "du")
+    ee_ids = _top_ids(ctx, u, "ee") if "ee" in cfg.passes else None
+    base = ctx.cached("embed_baseline", lambda: embed_baseline(ctx.model, cfg.semantic))
+    return Rows(labels=semantic_pass(ctx.model, du_ids, ee_ids, cfg.semantic, base))
+
+
+PASS = Pass(
+    name="semantic",
+    order=90,
+    help="a heuristic semantic / non-semantic label per feature from its token lists",
+    reads="one",
+    targets=each_sae,
+    steps=(Step("semantic", _run),),
+    writes=("labels",),
+    label_source=HEURISTIC_SOURCE,
+)

@@ -15,11 +15,9 @@ from tui.keymap import default_keymap_path
 
 def binding_rows(app) -> list[tuple[str, str, str, str]]:
     """(where, keys, id, description) of every binding with an id, with the user's keymap applied."""
-    from tui.app import SCREEN_CLASSES
-
     keymap = getattr(app, "_keymap", {})
     rows = []
-    for where, cls in (("everywhere", type(app)), *SCREEN_CLASSES):
+    for where, cls in (("everywhere", type(app)), *getattr(app, "HELP_SCREENS", ())):
         for b in cls.BINDINGS:
             if not isinstance(b, Binding) or not b.id:
                 continue
