@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from builders.passes.attention import attention_baseline, attention_pass, depth_profile
 from builders.passes.attribution import attribution_pass
 from builders.passes.ov import ov_pass, ov_targets
 from builders.passes.qk import edges_from_topk, qk_keys, qk_pass
+from builders.weights import Norm
 from tests.passes_fixtures import tiny_model, tiny_sae
 
 
@@ -183,3 +185,31 @@ def test_streamed_and_cached_columns_give_identical_edges():
     keys._make = lambda c0, c1: calls.append(c0) or make(c0, c1)
     qk_pass(m, a, 1, 0, 37, keys, k=3, block_rows=4)
     assert calls == [0, 10, 20, 30, 40]
+
+
+def test_qk_and_participation_fold_the_per_head_qk_norm_gains():
+    """Qwen3/Gemma-3 normalise each head's query and key: the passes use W_Q, W_K times those gains."""
+    m = tiny_model(seed=5)
+    gen = torch.Generator().manual_seed(9)
+    for lw in m.layers:
+        lw.q_norm = Norm(kind="rmsnorm", weight=0.2 + 3 * torch.rand(m.d_head, generator=gen), bias=None, eps=1e-6)
+        lw.k_norm = Norm(kind="rmsnorm", weight=0.2 + 3 * torch.rand(m.d_head, generator=gen), bias=None, eps=1e-6)
+    sae = tiny_sae(m, layer=0, site="resid_post", d_sae=31, seed=2)
+    lw = m.layers[1]
+    x = fold(sae.W_dec, lw.ln1)
+    Wq, Wk = lw.W_Q * lw.q_norm.gain, lw.W_K * lw.k_norm.gain
+    dense = np.stack([((x @ Wq[h]) @ (x @ Wk[h]).T * m.qk_scale).numpy() for h in range(m.n_heads)], 1)
+    e = qk_pass(m, sae, 1, 0, 31, qk_keys(m, sae, 1, fold_norms=True), k=3)
+    for s, d, h, v in zip(e.src, e.dst, e.head, e.score, strict=True):
+        assert v == pytest.approx(dense[s, h, d], rel=1e-4, abs=1e-6)  # fp32 matmul order differs
+    top = np.argsort(-np.abs(dense), axis=2, kind="stable")[:, :, :3]
+    got = {(int(s), int(h), int(d)) for s, d, h in zip(e.src, e.dst, e.head, strict=True)}
+    assert got == {(s, h, int(top[s, h, r])) for s in range(31) for h in range(m.n_heads) for r in range(3)}
+    # participation: ||W_Q[h] (g * u)|| with the q-norm gain in W_Q (raw scores, before the baseline)
+    from builders.passes.attention import _raw
+
+    u = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
+    raw = _raw(m, 1, u, True)
+    want = torch.einsum("nm,hmd->nhd", fold(u, lw.ln1), Wq).norm(dim=-1)
+    torch.testing.assert_close(raw["q"], want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(raw["q"], torch.einsum("nm,hmd->nhd", fold(u, lw.ln1), lw.W_Q).norm(dim=-1), rtol=1e-2)

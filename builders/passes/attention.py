@@ -57,7 +57,8 @@ def _raw(model: ModelWeights, layer: int, u: torch.Tensor, fold_norms: bool) -> 
     lw = model.layers[layer]
     x = fold_direction(u, lw.ln1) if fold_norms else u  # (n, d_model)
     out = {}
-    for role, W in (("q", lw.W_Q), ("k", lw.W_K), ("v", lw.W_V)):
+    W_Q, W_K = lw.qk_weights()  # q/k norms' gains folded in (Qwen3, Gemma-3); see LayerWeights.qk_weights
+    for role, W in (("q", W_Q), ("k", W_K), ("v", lw.W_V)):
         out[role] = torch.einsum("nm,hmd->nhd", x, W.to(x)).norm(dim=-1)  # (n, H)
     return out
 

@@ -53,7 +53,7 @@ def qk_keys(
     model: ModelWeights, sae: SAEWeights, layer: int, *, fold_norms: bool, block: int = 8192, cache: bool = True
 ) -> Columns:
     """Key vectors of every feature of ``sae`` for every head: (H, d_head, d_sae), cached or streamed."""
-    W_K = model.layers[layer].W_K.to(COMPUTE_DTYPE)  # (H, d_model, d_head)
+    W_K = model.layers[layer].qk_weights()[1].to(COMPUTE_DTYPE)  # (H, d_model, d_head), k-norm gain folded
 
     @torch.inference_mode()
     def make(s: int, e: int) -> torch.Tensor:
@@ -112,7 +112,7 @@ def qk_pass(
     """
     if isinstance(keys, torch.Tensor):
         keys = Columns.from_tensor(keys, block=key_block)
-    W_Q = model.layers[layer].W_Q.to(COMPUTE_DTYPE)  # (H, d_model, d_head)
+    W_Q = model.layers[layer].qk_weights()[0].to(COMPUTE_DTYPE)  # (H, d_model, d_head), q-norm gain folded
     lefts, excludes = [], []
     for b0, b1 in chunks(start, end, block_rows):
         x = folded_dirs(model, q_sae, layer, b0, b1, fold_norms=fold_norms)  # (b, d_model)
