@@ -26,12 +26,12 @@ import click
 
 import atlas as _atlas_pkg
 from atlas import db as _db
-from atlas.errors import AtlasError, ReadOnlyAtlas
+from atlas.bundled import bundled_example, is_bundled_example
+from atlas.errors import AtlasError
 from atlas.output import cell, dump_json, emit, output_options, table
 from atlas.read import METRIC_COLUMNS, describe_criterion
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-DEFAULT_ATLAS = Path(_atlas_pkg.__file__).resolve().parent.parent / "atlas.db.example"
 DEBUG_ENV = "SAE_ATLAS_DEBUG"
 EDGE_KINDS = ("qk", "ov", "cosine", "flow")
 
@@ -39,7 +39,7 @@ EDGE_KINDS = ("qk", "ov", "cosine", "flow")
 LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "build": ("builders.cli", "build", "Build an atlas from model and SAE weights.", "the build extra: pip install 'sae-atlas[build]'"),
     "browse": ("tui.cli", "browse", "Browse an atlas in the terminal (Textual).", "textual: pip install 'sae-atlas'"),
-    "report": ("atlas.report", "report", "Write the paper-style report of an atlas.", "the report extra: pip install 'sae-atlas[report]'"),
+    "report": ("atlas.report", "report", "Write the paper-style report of an atlas.", "matplotlib: pip install 'sae-atlas'"),
 }  # fmt: skip
 
 
@@ -165,11 +165,12 @@ def resolve_db_path(db: Path | str | None = None) -> Path:
     env = os.environ.get("SAE_ATLAS_DB")
     if env:
         return Path(env)
-    if not DEFAULT_ATLAS.exists():
+    example = bundled_example()
+    if example is None:
         raise click.ClickException(
-            f"no atlas given (--db PATH or SAE_ATLAS_DB) and the bundled atlas.db.example is missing ({DEFAULT_ATLAS})"
+            "no atlas given (--db PATH or SAE_ATLAS_DB) and this installation has no bundled atlas.db.example"
         )
-    return DEFAULT_ATLAS
+    return example
 
 
 def open_ro(db: Path | None) -> _db.Atlas:
@@ -345,7 +346,8 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
     if card.labels:
         for lab in card.labels:
             score = f" {lab.score:.2f}" if lab.score is not None else ""
-            out.append(f"  label [{lab.source}, {lab.kind}{score}] {lab.text}  (id {lab.label_id})")
+            where = ", your overlay" if lab.stored_in == "overlay" else ""
+            out.append(f"  label [{lab.source}, {lab.kind}{score}{where}] {lab.text}  (id {lab.label_id})")
     else:
         out.append("  no labels")
     out.append("  " + _verdict("predicts tokens", m.get("predicts_tokens"), "du_top1_z", m.get("du_top1_z")))
@@ -481,8 +483,8 @@ def search(
                 prefix = atlas.sae(sae).name + "/"
                 found = [(name, lab) for name, lab in found if name.startswith(prefix)]
             emit(
-                [(name, lab.kind, lab.source, lab.text, lab.label_id) for name, lab in found],
-                ["feature", "kind", "source", "label", "label_id"],
+                [(name, lab.kind, lab.source, lab.stored_in, lab.text, lab.label_id) for name, lab in found],
+                ["feature", "kind", "source", "stored_in", "label", "label_id"],
                 fmt,
                 empty=f"no label matches {label_query!r}",
             )
@@ -604,8 +606,15 @@ def sql(query: str, db: Path | None, params: tuple[tuple[str, str], ...], limit:
 @click.argument("text", required=False)
 @db_option
 @click.option("--kind", type=click.Choice(["free", "semantic", "non_semantic"]), default="free", show_default=True)
-@click.option("--list", "list_labels", is_flag=True, help="List FEATURE's labels instead of adding one")
+@click.option("--list", "list_labels", is_flag=True, help="List FEATURE's labels (the file's and your overlay's)")
 @click.option("--delete", "delete_id", type=int, default=None, metavar="ID", help="Delete your label with this id")
+@click.option(
+    "--overlay",
+    "use_overlay",
+    is_flag=True,
+    help="Write to (or delete from) your label overlay even if the file is writable",
+)
+@click.option("--where", "where", is_flag=True, help="Say where your labels of this atlas go, and why")
 @output_options
 def label(
     feature: str | None,
@@ -614,56 +623,61 @@ def label(
     kind: str,
     list_labels: bool,
     delete_id: int | None,
+    use_overlay: bool,
+    where: bool,
     fmt: str,
 ) -> None:
-    """Add your own label TEXT to FEATURE (needs a writable atlas file), list or delete labels.
+    """Add your own label TEXT to FEATURE, list a feature's labels, or delete one of yours.
+
+    Your labels go into the atlas file when you can write it (your own,
+    writable file at the current schema); otherwise (the bundled example, a
+    read-only or older atlas, --overlay) into your label overlay, a small file
+    of your own found again by the atlas's identity, read with the atlas's
+    labels everywhere. `export`/`merge --with-overlay` fold it into a new atlas.
+    Every label written says where it went.
 
     \b
     Example:
-        sae-atlas label L3.res/1234 "French capital cities" --kind semantic
-        sae-atlas label --list L3.res/1234
-        sae-atlas label --delete 17
+        sae-atlas label L26.res/260 "kings and royalty" --kind semantic
+        sae-atlas label --list L26.res/260
+        sae-atlas label --where
     """
-    path = resolve_db_path(db)
+    from atlas.labels import add_user_label, delete_user_label, label_target
+
+    force = "--overlay" if use_overlay else None
+    if where:
+        if feature or text or list_labels or delete_id is not None:
+            raise click.UsageError("--where takes no FEATURE, TEXT, --list or --delete")
+        with open_ro(db) as atlas:
+            target = label_target(atlas, force_overlay=force)
+        click.echo(f"your labels of {atlas.path} go {target.describe()}")
+        return
     if delete_id is not None:
         if feature or text or list_labels:
             raise click.UsageError("--delete ID takes no FEATURE or TEXT")
-        with _open_rw(path, "delete a label") as atlas, atlas.transaction():
-            fid, old, _ = atlas.delete_label(delete_id)
-            name = atlas.feature_name(fid)
-        click.echo(f"deleted label {delete_id} of {name}: {old}")
+        with open_ro(db) as atlas:
+            name, old, target = delete_user_label(atlas, delete_id, force_overlay=force)
+        click.echo(f"deleted label {delete_id} of {name} from {target.short()}: {old}")
         return
     if list_labels:
         if not feature or text:
             raise click.UsageError("--list takes one FEATURE and no TEXT")
-        with _db.open_atlas(path) as atlas:
-            fid = atlas.resolve_feature(feature)
-            labs = atlas.labels(fid)
+        with open_ro(db) as atlas:
+            labs = atlas.labels(atlas.resolve_feature(feature))
         emit(
-            [(lab.label_id, lab.source, lab.kind, lab.score, lab.text, lab.created_at) for lab in labs],
-            ["id", "source", "kind", "score", "text", "created_at"],
+            [(lab.label_id, lab.stored_in, lab.source, lab.kind, lab.score, lab.text, lab.created_at) for lab in labs],
+            ["id", "stored_in", "source", "kind", "score", "text", "created_at"],
             fmt,
             empty="no labels",
         )
         return
     if not feature or text is None:
-        raise click.UsageError("give FEATURE and TEXT (or --list FEATURE, or --delete ID)")
+        raise click.UsageError("give FEATURE and TEXT (or --list FEATURE, --delete ID, --where)")
     if not text.strip():
         raise click.UsageError("TEXT is empty")
-    with _open_rw(path, "add a label") as atlas, atlas.transaction():
-        fid = atlas.resolve_feature(feature)
-        label_id = atlas.add_label(fid, text.strip(), kind=kind, source="user")
-        name = atlas.feature_name(fid)
-    click.echo(f"label {label_id} added to {name}")
-
-
-def _open_rw(path: Path, what: str) -> _db.Atlas:
-    try:
-        return _db.open_atlas(path, readonly=False)
-    except ReadOnlyAtlas as e:
-        raise click.ClickException(
-            f"cannot {what}: {e}. Labels are written into the atlas file; copy it somewhere writable and pass --db COPY"
-        ) from None
+    with open_ro(db) as atlas:
+        lab, name, target = add_user_label(atlas, feature, text, kind, force_overlay=force)
+    click.echo(f"label {lab.label_id} added to {name} {target.describe()}")
 
 
 # ---------------------------------------------------------------- validate
@@ -695,25 +709,37 @@ def validate(ctx: click.Context, db: Path | None, quick: bool, as_json: bool) ->
 
 
 # ---------------------------------------------------------------- export / merge / migrate
+WITH_OVERLAY_HELP = "Also copy your label overlay's labels (see `sae-atlas label`) into the new atlas"
+
+
 @cli.command()
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @db_option
-@click.option("--sae", "saes", multiple=True, required=True, help="SAE to keep (repeat for several)")
+@click.option("--sae", "saes", multiple=True, help="SAE to keep (repeat for several; default: every SAE)")
+@click.option("--with-overlay", is_flag=True, help=WITH_OVERLAY_HELP)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists")
-def export(out: Path, db: Path | None, saes: tuple[str, ...], force: bool) -> None:
-    """Write OUT, a self-contained atlas with only the SAEs named by --sae.
+def export(out: Path, db: Path | None, saes: tuple[str, ...], with_overlay: bool, force: bool) -> None:
+    """Write OUT, a self-contained atlas with only the SAEs named by --sae (all of them by default).
 
     It keeps the model, vocabulary and heads, those SAEs' features and every
-    row that touches only them, and the provenance. OUT appears only when complete.
+    row that touches only them, and the provenance. OUT is a new atlas (its
+    own identity) at the current schema, yours to write; --with-overlay folds
+    your overlay labels into it. OUT appears only when complete.
 
     \b
     Example:
-        sae-atlas export --sae L3.res --sae L4.res layers3-4.db
+        sae-atlas export --sae L2.res --sae L8.res early.db
+        sae-atlas export --with-overlay mine.db
     """
     from atlas.maintenance import export_atlas
 
-    counts = export_atlas(resolve_db_path(db), out, list(saes), overwrite=force)
-    click.echo(f"wrote {out}: {counts['saes']} SAEs, {counts['features']:,} features, {counts['edges']:,} edges")
+    src = resolve_db_path(db)
+    _refuse_bundled_output(out)
+    with open_ro(src) as atlas:
+        names = list(saes) or [s.name for s in atlas.saes()]
+        folding = atlas.overlay_store().all_labels() if with_overlay else None
+    counts, note = _with_folded(out, force, folding, lambda tmp: export_atlas(src, tmp, names, overwrite=True))
+    click.echo(f"wrote {out}: {counts['saes']} SAEs, {counts['features']:,} features, {counts['edges']:,} edges{note}")
 
 
 @cli.command()
@@ -721,47 +747,104 @@ def export(out: Path, db: Path | None, saes: tuple[str, ...], force: bool) -> No
 @click.option(
     "-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Atlas to write"
 )
+@click.option("--with-overlay", is_flag=True, help=WITH_OVERLAY_HELP)
 @click.option("--force", is_flag=True, help="Replace the output if it exists")
-def merge(atlases: tuple[Path, ...], out: Path, force: bool) -> None:
+def merge(atlases: tuple[Path, ...], out: Path, with_overlay: bool, force: bool) -> None:
     """Combine ATLASES of the same model, built separately, into one (feature ids renumbered).
 
     Refused when they disagree: another model or vocabulary, other build
     parameters, or one SAE name with different weights (sha256).
+    --with-overlay folds each atlas's overlay labels into the result.
 
     \b
     Example:
-        sae-atlas merge layers0-9.db layers10-19.db -o all.db
+        sae-atlas merge early.db late.db -o both.db
     """
     from atlas.maintenance import merge_atlases
 
     if len(atlases) < 2:
         raise click.UsageError("merge needs at least two atlases")
-    rep = merge_atlases(list(atlases), out, overwrite=force)
+    _refuse_bundled_output(out)
+    folding = None
+    if with_overlay:
+        folding = []
+        for path in atlases:
+            with _db.open_atlas(path) as atlas:
+                folding += atlas.overlay_store().all_labels()
+    rep, note = _with_folded(out, force, folding, lambda tmp: merge_atlases(list(atlases), tmp, overwrite=True))
     shared = f"; kept once: {', '.join(rep['shared_saes'])}" if rep["shared_saes"] else ""
     click.echo(
         f"wrote {out}: {rep['counts']['saes']} SAEs, {rep['counts']['features']:,} features "
-        f"(added {', '.join(rep['added_saes']) or 'none'}{shared})"
+        f"(added {', '.join(rep['added_saes']) or 'none'}{shared}){note}"
     )
+
+
+def _refuse_bundled_output(out: Path) -> None:
+    if is_bundled_example(out):
+        raise click.ClickException(f"{out} is the bundled example, which is read-only: choose another output")
+
+
+def _with_folded(out: Path, force: bool, folding: list | None, write: Callable[[Path], Any]) -> tuple[Any, str]:
+    """Run ``write`` (export or merge) into ``out``; with overlay labels, fold them in before ``out`` appears."""
+    if folding is None:
+        if out.exists() and not force:
+            raise FileExistsError(f"{out}: already exists (use --force to replace it)")
+        return write(out), ""
+    from atlas.labels import fold_overlay
+    from atlas.maintenance import atomic_output
+
+    with atomic_output(out, overwrite=force) as tmp:
+        result = write(tmp)
+        folded, skipped = fold_overlay(tmp, folding)
+    left = f" ({skipped} of features not in it left out)" if skipped else ""
+    return result, f"; folded {folded} overlay label{'s' * (folded != 1)} in{left}"
 
 
 @cli.command()
 @db_option
-def migrate(db: Path | None) -> None:
-    """Upgrade an atlas written by an older sae-atlas to this schema version, in place.
+@click.option(
+    "-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Write an upgraded copy to OUT and leave the atlas as it is",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace OUT if it exists")
+def migrate(db: Path | None, out: Path | None, force: bool) -> None:
+    """Upgrade an atlas written by an older sae-atlas to this schema version, in place or into a copy (-o).
 
-    Older atlases otherwise open read-only. The upgrade is one transaction.
+    Older atlases otherwise open read-only. The upgrade is one transaction;
+    a copy appears only when complete. The bundled example is never changed:
+    -o makes an upgraded copy of it.
 
     \b
     Example:
+        sae-atlas migrate -o mine.db
         sae-atlas migrate --db old.db
     """
     path = resolve_db_path(db)
-    applied = _db.migrate(path)
+    if out is None:
+        if is_bundled_example(path):
+            raise click.ClickException(
+                f"{path} is the bundled example, which is read-only: `sae-atlas migrate -o COPY.db` upgrades a copy"
+            )
+        applied = _db.migrate(path)
+        where = str(path)
+    else:
+        from atlas.maintenance import atomic_output
+
+        if is_bundled_example(out):
+            raise click.ClickException(f"{out} is the bundled example, which is read-only")
+        with _db.open_atlas(path) as src, atomic_output(out, overwrite=force) as tmp:
+            copy = sqlite3.connect(tmp)
+            try:
+                src.conn.backup(copy)  # a consistent copy, page by page
+            finally:
+                copy.close()
+            applied = _db.migrate(tmp)
+        where = f"{out} (a copy of {path})"
     if not applied:
-        click.echo(f"{path}: already at schema version {_db.SCHEMA_VERSION}")
+        click.echo(f"{where}: already at schema version {_db.SCHEMA_VERSION}")
     else:
         steps = ", ".join(f"{v} ({name})" for v, name in applied)
-        click.echo(f"{path}: migrated to schema version {_db.SCHEMA_VERSION}: applied {steps}")
+        click.echo(f"{where}: migrated to schema version {_db.SCHEMA_VERSION}: applied {steps}")
 
 
 # ---------------------------------------------------------------- stats

@@ -19,7 +19,7 @@ from typing import Any
 
 from atlas.db import Atlas, connect, create_atlas, file_uri, open_atlas, utc_now
 from atlas.errors import AtlasError
-from atlas.migrations import SCHEMA_VERSION
+from atlas.migrations import SAME_DATA_TABLES, SCHEMA_VERSION
 
 
 class ProvenanceConflict(AtlasError):
@@ -133,9 +133,10 @@ def _check_schema(conn: sqlite3.Connection, rep: ValidationReport) -> None:
         problems.append(f"atlas_info says version {info[0]}, PRAGMA user_version says {user_version}")
     if applied != list(range(1, user_version + 1)):
         problems.append(f"schema_migrations lists {applied}, expected 1..{user_version}")
-    if user_version < SCHEMA_VERSION:
-        problems.append(f"schema version {user_version} is older than {SCHEMA_VERSION}: run `sae-atlas migrate`")
-    rep.add(f"schema version {user_version}", not problems, "; ".join(problems))
+    note = ""
+    if user_version < SCHEMA_VERSION:  # older is not damaged: it opens read-only until migrated
+        note = f"older than {SCHEMA_VERSION}: opens read-only; `sae-atlas migrate` upgrades it (or a copy, -o)"
+    rep.add(f"schema version {user_version}", not problems, "; ".join(problems) or note)
 
 
 def _check_feature_counts(conn: sqlite3.Connection, rep: ValidationReport) -> None:
@@ -217,7 +218,7 @@ def _open_for_copy(tmp: Path, provenance: dict) -> sqlite3.Connection:
 
 
 def _require_current(atlas: Atlas) -> None:
-    if atlas.schema_version != SCHEMA_VERSION:
+    if atlas.schema_version not in SAME_DATA_TABLES:  # e.g. the v1 example exports as it is
         raise AtlasError(
             f"{atlas.path}: schema version {atlas.schema_version}, expected {SCHEMA_VERSION}: "
             "run `sae-atlas migrate` on it (or a copy) first"

@@ -124,6 +124,7 @@ class Label:
     score: float | None
     evidence: Any
     created_at: str
+    stored_in: str = "atlas"  # atlas (the file) | overlay (the user's label overlay, atlas/overlay.py)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,16 @@ from atlas.synthetic import build_synthetic_atlas
 SYNTHETIC_KW = {"n_features": 400, "layers": (2, 6), "d_vocab": 1000, "seed": 0}
 
 
+@pytest.fixture(autouse=True)
+def own_label_overlays(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets an empty folder of label overlays: never the developer's own."""
+    from atlas.overlay import OVERLAY_DIR_ENV
+
+    path = tmp_path_factory.mktemp("overlays")
+    monkeypatch.setenv(OVERLAY_DIR_ENV, str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def synthetic_atlas_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built once per session; never written to. Tests get copies (``synthetic_atlas``)."""
