@@ -147,6 +147,13 @@ class LabelOverlay:
                 raise OverlayError(f"label overlay {self.path} was written by a newer sae-atlas: upgrade sae-atlas")
             if write:
                 self._check_objects(conn)
+        except sqlite3.OperationalError as e:
+            conn.close()
+            if "locked" in str(e) or "busy" in str(e):
+                raise OverlayError(
+                    f"label overlay {self.path} is busy (another sae-atlas is writing it): try again"
+                ) from None
+            raise OverlayError(f"label overlay {self.path} is damaged or not an overlay ({e}); move it away") from None
         except sqlite3.DatabaseError as e:
             conn.close()
             raise OverlayError(f"label overlay {self.path} is damaged or not an overlay ({e}); move it away") from None
@@ -165,7 +172,11 @@ class LabelOverlay:
         want = {_trigger_key(s) for s in split_sql(label_fts_sql()) if s.startswith("CREATE TRIGGER")}
         have = {_trigger_key(r[0]) for r in conn.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger'")}
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type != 'trigger'")}
-        if have != want or not names <= _OBJECTS or conn.execute("PRAGMA main.integrity_check(1)").fetchone()[0] != "ok":
+        if (
+            have != want
+            or not names <= _OBJECTS
+            or conn.execute("PRAGMA main.integrity_check(1)").fetchone()[0] != "ok"
+        ):
             raise OverlayError(f"label overlay {self.path} holds things sae-atlas did not put there; move it away")
         conn.execute("PRAGMA trusted_schema = ON")
 

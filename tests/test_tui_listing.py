@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 
@@ -192,21 +191,13 @@ def test_keymap_file(tmp_path):
         load_keymap(tmp_path / "missing.toml")
 
 
-def test_readonly_reasons_and_copy(atlas_path, tmp_path, monkeypatch):
-    src = AtlasSource(atlas_path)
-    assert src.readonly_reason() is None
-    assert "--read-only" in AtlasSource(atlas_path, force_readonly=True).readonly_reason()
-    monkeypatch.setattr("tui.source.os.access", lambda p, mode: False)
-    assert "read-only" in src.readonly_reason()
-    monkeypatch.undo()
-    monkeypatch.setattr("tui.source.bundled_atlas", lambda: atlas_path.resolve())
-    assert "bundled example" in src.readonly_reason()
-    monkeypatch.undo()
-    copy = src.copy_to(tmp_path / "copy.db")
-    with sqlite3.connect(copy) as c:
-        assert c.execute("SELECT COUNT(*) FROM features").fetchone()[0] == 600
-    with pytest.raises(FileExistsError):
-        src.copy_to(copy)
+def test_label_targets(atlas_path, monkeypatch):
+    assert AtlasSource(atlas_path).label_target().where == "atlas"
+    t = AtlasSource(atlas_path, force_readonly=True).label_target()
+    assert (t.where, t.reason) == ("overlay", "opened with --read-only")
+    monkeypatch.setattr("atlas.labels.is_bundled_example", lambda p: True)
+    t = AtlasSource(atlas_path).label_target()
+    assert (t.where, t.reason) == ("overlay", "the bundled example is read-only")
 
 
 def test_label_search_ranks_small_answers_and_bounds_big_ones(conn, monkeypatch, atlas_path):
