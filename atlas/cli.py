@@ -191,14 +191,14 @@ def open_ro(db: Path | None) -> _db.Atlas:
 def cli(ctx: click.Context, db: Path | None) -> None:
     """What SAE features do, read from the weights alone, in one SQLite atlas.
 
-    Features are named PREFIX/INDEX, e.g. L3.res/1234 (`sae-atlas info` lists
+    Features are named PREFIX/INDEX, e.g. L14.res/1234 (`sae-atlas info` lists
     the prefixes), or #ID by atlas-wide id.
 
     \b
     Example:
         sae-atlas info
-        sae-atlas show L3.res/1234
-        sae-atlas --db my.db search --promotes Paris
+        sae-atlas show L14.res/1234
+        sae-atlas --db my.db search --promotes king
     """
     ctx.obj = {"db": db}
 
@@ -217,7 +217,8 @@ def info(db: Path | None, as_json: bool, full_provenance: bool) -> None:
     \b
     Example:
         sae-atlas info
-        sae-atlas info --json | jq '.saes[].name'
+        sae-atlas info --provenance
+        sae-atlas --db my.db info --json
     """
     from atlas.maintenance import describe
 
@@ -318,12 +319,12 @@ def _brief(v: Any) -> str:
 def show(feature: str, db: Path | None, k: int, edge_limit: int, as_json: bool) -> None:
     """The full card of one FEATURE: metrics, tokens, labels, heads, edges, neighbours.
 
-    FEATURE is PREFIX/INDEX (e.g. L3.res/1234, or <sae_ref>/1234) or #ID.
+    FEATURE is PREFIX/INDEX (e.g. L14.res/1234, or <sae_ref>/1234) or #ID.
 
     \b
     Example:
-        sae-atlas show L3.res/1234
-        sae-atlas show '#98765' --json
+        sae-atlas show L14.res/1234
+        sae-atlas show '#16644' --json
     """
     with open_ro(db) as atlas:
         if as_json:
@@ -430,7 +431,7 @@ def _bar(frac: float, width: int = 12) -> str:
 @click.option("--token", metavar="TOKEN", help="Token search with --phase and --sign")
 @click.option("--phase", type=click.Choice(["du", "ee"]), default="du", show_default=True, help="With --token")
 @click.option("--sign", type=click.Choice(["+1", "-1", "1"]), default="+1", show_default=True, help="With --token")
-@click.option("--substring", is_flag=True, help="Match tokens containing the text, not equal to it")
+@click.option("--exact", "exact_only", is_flag=True, help="Only tokens equal to TOKEN (no partial matches)")
 @click.option("--max-rank", type=click.IntRange(0), default=None, help="Only hits at rank <= N in a feature's list")
 @click.option("--label", "label_query", metavar="QUERY", help="Full-text search over labels (FTS5 syntax)")
 @click.option("--metric", type=click.Choice(METRIC_COLUMNS), help="Features with --min <= METRIC <= --max")
@@ -441,19 +442,22 @@ def _bar(frac: float, width: int = 12) -> str:
 @output_options
 def search(
     db: Path | None, promotes: str | None, suppresses: str | None, driven_by: str | None, token: str | None,
-    phase: str, sign: str, substring: bool, max_rank: int | None, label_query: str | None, metric: str | None,
+    phase: str, sign: str, exact_only: bool, max_rank: int | None, label_query: str | None, metric: str | None,
     lo: float | None, hi: float | None, sae: str | None, limit: int, fmt: str,
 ) -> None:  # fmt: skip
     """Find features by token (promotes / suppresses / driven by), by label text, or by metric range.
 
-    Token text matches case-insensitively with surrounding spaces ignored, so
-    `Paris` finds both "Paris" and " Paris"; --substring matches inside tokens.
+    Token text matches the way you type it: exact matches first (case and
+    surrounding spaces ignored, so `king` finds "king", " King" and " king"),
+    then partial matches (tokens containing the text), each marked in the
+    match column; --exact keeps only the exact ones. Label search covers the
+    atlas's labels and your overlay labels (FTS5 syntax).
 
     \b
     Example:
-        sae-atlas search --promotes Paris
-        sae-atlas search --driven-by the --sae L3.res --limit 10
-        sae-atlas search --label 'capital city'
+        sae-atlas search --promotes king
+        sae-atlas search --driven-by the --sae L2.res --limit 10
+        sae-atlas search --label 'king'
         sae-atlas search --metric du_top1_z --min 8 --csv
     """
     token_modes = [(promotes, "du", 1), (suppresses, "du", -1), (driven_by, "ee", 1)]
@@ -467,15 +471,18 @@ def search(
         raise click.UsageError("--min/--max go with --metric")
     with open_ro(db) as atlas:
         if chosen:
+            from atlas.search import match_tokens, search_tokens
+
             text, ph, sg = chosen[0]
-            hits = atlas.search_token(
-                text, phase=ph, sign=sg, sae=sae, max_rank=max_rank, exact=not substring, limit=limit
+            matches = match_tokens(atlas, text, partial=not exact_only)
+            hits = search_tokens(
+                atlas, text, phase=ph, sign=sg, sae=sae, max_rank=max_rank, limit=limit, matches=matches
             )
             emit(
-                [(h.feature, h.token, h.phase, h.sign, h.rank, h.value) for h in hits],
-                ["feature", "token", "phase", "sign", "rank", "value"],
+                [(h.feature, h.token, h.match, h.phase, h.sign, h.rank, h.value) for h in hits],
+                ["feature", "token", "match", "phase", "sign", "rank", "value"],
                 fmt,
-                empty=_no_token_hits(atlas, text, substring),
+                empty=_no_token_hits(text, matches, exact_only),
             )
         elif label_query is not None:
             found = atlas.search_labels(label_query, limit=limit)
@@ -498,9 +505,10 @@ def search(
             )
 
 
-def _no_token_hits(atlas: Any, text: str, substring: bool) -> str:
-    if not atlas.find_tokens(text, exact=not substring, limit=1):
-        return f"no token in the vocabulary matches {text!r}" + ("" if substring else " (try --substring)")
+def _no_token_hits(text: str, matches: Any, exact_only: bool) -> str:
+    if not matches.exact and not matches.partial:
+        how = "exactly" if exact_only else "exactly or in part"
+        return f"no token in the vocabulary matches {text!r} ({how})"
     return f"no feature has a token matching {text!r} in that list"
 
 
@@ -524,7 +532,7 @@ def top(
     \b
     Example:
         sae-atlas top du_top1_z --limit 10
-        sae-atlas top attn_k_mean --layer 3 --json
+        sae-atlas top attn_k_mean --layer 14 --json
     """
     with open_ro(db) as atlas:
         feats = atlas.top(metric, sae=sae, layer=layer, lo=lo, hi=hi, ascending=ascending, limit=limit)
@@ -552,8 +560,8 @@ def edges(
 
     \b
     Example:
-        sae-atlas edges L3.res/1234
-        sae-atlas edges L3.res/1234 --kind qk --in --csv
+        sae-atlas edges L14.res/1234
+        sae-atlas edges L14.res/4018 --kind qk --in --csv
     """
     directions = [d for d, on in (("out", outgoing), ("in", incoming)) if on] or ["out", "in"]
     rows = []
@@ -586,11 +594,14 @@ def sql(query: str, db: Path | None, params: tuple[tuple[str, str], ...], limit:
     The connection cannot write: the file is opened read-only, with
     query_only and an authorizer that allows only reads. See the views
     (features_view, token_scores_view, edges_view, labels_view, sae_summary).
+    In token_scores_view, token is the shown form ('␣king'), token_raw the
+    text itself (' king') and token_key what search matches ('king'); an
+    atlas of schema 1 has only token (`sae-atlas migrate -o` adds the others).
 
     \b
     Example:
         sae-atlas sql "SELECT name, d_sae FROM saes"
-        sae-atlas sql "SELECT * FROM token_scores_view WHERE feature = :f" -p f L3.res/12 --json
+        sae-atlas sql "SELECT * FROM token_scores_view WHERE feature = :f" -p f L26.res/260 --json
     """
     from atlas.query import run_sql
 
@@ -692,7 +703,8 @@ def validate(ctx: click.Context, db: Path | None, quick: bool, as_json: bool) ->
 
     \b
     Example:
-        sae-atlas validate --db my.db
+        sae-atlas validate
+        sae-atlas validate --db my.db --quick
     """
     from atlas.maintenance import validate as run_validate
 
@@ -858,7 +870,7 @@ def stats(db: Path | None, fmt: str) -> None:
     \b
     Example:
         sae-atlas stats
-        sae-atlas stats --csv > saes.csv
+        sae-atlas stats --csv
     """
     with open_ro(db) as atlas:
         rows = atlas.conn.execute(

@@ -214,3 +214,25 @@ def overlay_of(path: Path) -> LabelOverlay:
 
     with open_atlas(path) as atlas:
         return atlas.overlay_store()
+
+
+def with_overlay_labels(atlas, page):
+    """A feature-list page (atlas.listing.Page) whose rows show the user's overlay label where there is one.
+
+    The overlay holds user labels, which the list prefers over the file's (as
+    listing.first_labels does for the file's own user labels).
+    """
+    import dataclasses
+
+    mine = atlas.overlay_store().labels(r.feature_id for r in page.rows) if atlas.use_overlay else {}
+    if not mine:
+        return page
+    rows = [
+        dataclasses.replace(
+            r, label=mine[r.feature_id][0].text, label_kind=mine[r.feature_id][0].kind, label_source="user"
+        )
+        if r.feature_id in mine
+        else r
+        for r in page.rows
+    ]
+    return dataclasses.replace(page, rows=rows)

@@ -409,11 +409,28 @@ class AtlasReader:
         if phase not in PHASES:
             raise BadQuery(f"phase must be one of {PHASES}")
         tokens = self.find_tokens(text, exact=exact, limit=64)
-        if not tokens:
+        return self.token_hits(
+            [(m, t) for m, t, _ in tokens], phase=phase, sign=sign, sae=sae, max_rank=max_rank, limit=limit
+        )
+
+    def token_hits(
+        self,
+        tokens: list[tuple[int, int]],
+        *,
+        phase: str = "du",
+        sign: int = 1,
+        sae: str | None = None,
+        max_rank: int | None = None,
+        limit: int = 50,
+    ) -> list[TokenHit]:
+        """Features whose top-k list for (phase, sign) holds one of ``tokens`` ((model_id, token_id)), best rank first."""
+        if phase not in PHASES:
+            raise BadQuery(f"phase must be one of {PHASES}")
+        if not tokens or limit <= 0:
             return []
         sae_id = self.sae(sae).sae_id if sae is not None else None
         by_model: dict[int, list[int]] = {}
-        for model_id, token_id, _ in tokens:
+        for model_id, token_id in tokens:
             by_model.setdefault(model_id, []).append(token_id)
         hits: list[TokenHit] = []
         for model_id, ids in by_model.items():

@@ -88,6 +88,7 @@ class TokenHit:
     sign: int
     rank: int
     value: float
+    match: str = "exact"  # exact (the token, case and surrounding spaces aside) | partial (contains the text)
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,12 @@ READ_ONLY_REASON = "opened with --read-only"
 class AtlasSource:
     path: Path
     force_readonly: bool = False  # --read-only on the command line: labels go to the overlay
+    schema_version: int = 0  # known after check()
 
     def check(self) -> None:
         """Raise NotAnAtlas / SchemaTooNew (one clear line) if the file cannot be browsed."""
-        open_atlas(self.path, readonly=True).close()
+        with open_atlas(self.path, readonly=True) as atlas:
+            self.schema_version = atlas.schema_version
 
     def open(self) -> Atlas:
         """A new read-only Atlas for the calling thread; close it when done (it is a context manager)."""
