@@ -47,7 +47,41 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "error"
 
 
-class LazyGroup(click.Group):
+def one_line_usage(e: click.UsageError) -> click.UsageError:
+    """The same usage error, shown as one line: ``Error: ... (see 'sae-atlas top -h')``.
+
+    click prints a usage error as the usage line, a hint and the message (3-4
+    lines); without a context it prints the message alone, so the hint joins it.
+    """
+    hint = f" (see '{e.ctx.command_path} -h')" if e.ctx is not None else ""
+    out = click.UsageError(_one_line(e.format_message()) + hint)
+    out.exit_code = e.exit_code
+    return out
+
+
+class OneLineUsageGroup(click.Group):
+    """A group whose usage errors (bad options, arguments, choices; its own and its commands') are one line."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `sae-atlas` alone prints its help
+        except click.UsageError as e:
+            raise one_line_usage(e) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            if e.ctx is None and "(see '" in str(e):
+                raise  # already one line
+            raise one_line_usage(e) from None
+
+
+class LazyGroup(OneLineUsageGroup):
     """A click group that imports some subcommands only when they run, and turns
     every failure into one line on stderr."""
 

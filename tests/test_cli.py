@@ -226,7 +226,9 @@ def test_show_unknown_feature(runner: CliRunner, synthetic_atlas: Path, spec: st
 
 # ---------------------------------------------------------------- search
 def test_search_by_token(runner: CliRunner, synthetic_atlas: Path) -> None:
-    rows = json.loads(ok(run(runner, synthetic_atlas, "search", "--promotes", "Paris", "--limit", "500", "--json")))
+    rows = json.loads(
+        ok(run(runner, synthetic_atlas, "search", "--promotes", "Paris", "--exact", "--limit", "500", "--json"))
+    )
     want = query(
         synthetic_atlas,
         "SELECT COUNT(*) FROM token_scores ts JOIN vocab v USING (token_id) WHERE v.key='paris' AND phase='du' AND sign=1",
@@ -265,14 +267,21 @@ def test_search_by_token(runner: CliRunner, synthetic_atlas: Path) -> None:
     assert all(r["rank"] <= 2 for r in top_rank) and len(top_rank) < len(rows)
 
 
-def test_search_substring_and_no_hits(runner: CliRunner, synthetic_atlas: Path) -> None:
+def test_search_partial_exact_and_no_hits(runner: CliRunner, synthetic_atlas: Path) -> None:
     r = run(runner, synthetic_atlas, "search", "--promotes", "xyzzyq")
     assert r.exit_code == 0 and r.stdout == ""
-    assert "no token in the vocabulary matches 'xyzzyq'" in r.stderr
-    rows = json.loads(
-        ok(run(runner, synthetic_atlas, "search", "--promotes", "ari", "--substring", "--json", "--limit", "1000"))
-    )
-    assert rows and all("ari" in r["token"].lower() for r in rows)
+    assert "no token in the vocabulary matches 'xyzzyq' (exactly or in part)" in r.stderr
+    # no token is "ari": every hit is a partial match, marked so (tests/test_search.py: both kinds at once)
+    rows = json.loads(ok(run(runner, synthetic_atlas, "search", "--promotes", "ari", "--json", "--limit", "1000")))
+    assert rows and all("ari" in r["token"].lower() and r["match"] == "partial" for r in rows)
+    oracle = query(
+        synthetic_atlas,
+        "SELECT COUNT(*) FROM token_scores ts JOIN vocab v USING (token_id) "
+        "WHERE instr(v.key, 'ari') > 0 AND phase = 'du' AND sign = 1",
+    )[0][0]
+    assert len(rows) == oracle
+    r = run(runner, synthetic_atlas, "search", "--promotes", "ari", "--exact")
+    assert r.stdout == "" and "(exactly)" in r.stderr
 
 
 def test_search_by_label_and_metric(runner: CliRunner, synthetic_atlas: Path) -> None:
