@@ -29,6 +29,7 @@ from atlas import db as _db
 from atlas.bundled import bundled_example, is_bundled_example
 from atlas.errors import AtlasError
 from atlas.output import cell, dump_json, emit, output_options, table
+from atlas.provenance_facts import facts_text, provenance_facts
 from atlas.read import METRIC_COLUMNS, describe_criterion
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -243,7 +244,7 @@ def cli(ctx: click.Context, db: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Output everything as one JSON object")
 @click.option("--provenance", "full_provenance", is_flag=True, help="Print the full build provenance (JSON)")
 def info(db: Path | None, as_json: bool, full_provenance: bool) -> None:
-    """Models, SAEs (with their feature-name prefixes), row counts, provenance and file size.
+    """Models, SAEs (with their feature-name prefixes), how the atlas was built, row counts, where your labels go.
 
     Row counts of big tables come from the statistics of the last ANALYZE
     (marked ~), so this stays fast on a million-feature atlas.
@@ -254,10 +255,19 @@ def info(db: Path | None, as_json: bool, full_provenance: bool) -> None:
         sae-atlas info --provenance
         sae-atlas --db my.db info --json
     """
+    from atlas.labels import label_target
     from atlas.maintenance import describe
 
     with open_ro(db) as atlas:
         d = describe(atlas)
+        target = label_target(atlas)
+        overlay = atlas.overlay_store()
+        d["labels"] = {
+            "in_overlay": overlay.count(),
+            "overlay": str(overlay.path),
+            "new_labels_go_to": target.where,
+            "why": target.reason,
+        }
     if as_json:
         click.echo(dump_json(d))
         return
@@ -300,7 +310,13 @@ def info(db: Path | None, as_json: bool, full_provenance: bool) -> None:
         f"{t} {'' if c['exact'] else '~'}{c['rows']:,}" for t, c in d["counts"].items() if t not in ("models", "saes")
     )
     click.echo(f"\nrows: {counts}")
-    click.echo("\nprovenance: " + (_provenance_summary(d["provenance"]) or "(none recorded)"))
+    facts = provenance_facts(d["provenance"], created_at=d["created_at"], sae_atlas_version=d["sae_atlas_version"])
+    click.echo("\nhow it was built (all of it as JSON: sae-atlas info --provenance)")
+    facts = [f for f in facts if f.label != "model"]  # the model block above says it
+    click.echo(facts_text(facts) if facts else "  (no provenance recorded)")
+    n_overlay = d["labels"]["in_overlay"]
+    mine = f"{n_overlay} label{'s' * (n_overlay != 1)} in your label overlay {overlay.path}; " if n_overlay else ""
+    click.echo(f"\nyour labels: {mine}new ones go {target.describe()}")
 
 
 def _size(n: int) -> str:
@@ -313,25 +329,6 @@ def _size(n: int) -> str:
 
 def _indent(text: str, pad: str = "  ") -> str:
     return "\n".join(pad + line for line in text.splitlines())
-
-
-def _provenance_summary(p: dict, limit: int = 12) -> str:
-    parts = []
-    for key, value in p.items():
-        if isinstance(value, dict):
-            inner = ", ".join(f"{k}={_brief(v)}" for k, v in list(value.items())[:4])
-            more = ", ..." if len(value) > 4 else ""
-            parts.append(f"{key} {{{inner}{more}}}")
-        else:
-            parts.append(f"{key}={_brief(value)}")
-    more = f"; ... ({len(parts) - limit} more; see --provenance)" if len(parts) > limit else ""
-    return "; ".join(parts[:limit]) + more
-
-
-def _brief(v: Any) -> str:
-    s = v if isinstance(v, str) else dump_json(v).replace("\n", " ")
-    s = " ".join(s.split())
-    return s if len(s) <= 40 else s[:37] + "..."
 
 
 # ---------------------------------------------------------------- show
