@@ -201,12 +201,21 @@ def test_label_targets(atlas_path, monkeypatch):
 
 
 def test_label_search_ranks_small_answers_and_bounds_big_ones(conn, monkeypatch, atlas_path):
-    import atlas.listing as listing
+    """The one label search (atlas.read, used by the CLI and the browser): ranked by bm25 when few labels
+    match, the first ones in label order when very many do, so a common word stays cheap."""
+    import atlas.read as read
 
+    oracle = [
+        r[0]
+        for r in conn.execute(
+            "SELECT l.feature_id FROM labels_fts JOIN labels l ON l.label_id = labels_fts.rowid "
+            "WHERE labels_fts MATCH ? ORDER BY labels_fts.rank LIMIT 25",
+            ("feature 9 punctuation",),
+        )
+    ]
     with open_atlas(atlas_path) as a:
-        oracle = [lab.feature_id for _, lab in a.search_labels("feature 9 punctuation", limit=25)]
-    assert [r[1] for r in listing.search_labels_bounded(conn, "feature 9 punctuation")] == oracle and oracle
-    monkeypatch.setattr(listing, "RANKED_LABEL_MATCHES", 5)  # "punctuation" matches ~100 labels here
-    got = listing.search_labels_bounded(conn, "punctuation", limit=10)
-    assert len(got) == 10 and all("punctuation" in text for _, _, text, _ in got)
-    assert listing.search_labels_bounded(conn, 'bad "syntax') == []
+        assert [lab.feature_id for _, lab in a.search_labels("feature 9 punctuation", limit=25)] == oracle and oracle
+        monkeypatch.setattr(read, "RANKED_LABEL_MATCHES", 5)  # "punctuation" matches ~100 labels here
+        got = a.search_labels("punctuation", limit=10)
+        assert len(got) == 10 and all("punctuation" in lab.text for _, lab in got)
+        assert a.search_labels('bad "syntax') == []
