@@ -158,7 +158,7 @@ def test_info(runner: CliRunner, synthetic_atlas: Path) -> None:
     assert "L2.res" in out and "L6.res" in out and "resid_post" in out
     n_tok = query(synthetic_atlas, "SELECT COUNT(*) FROM token_scores")[0][0]
     assert f"token_scores {n_tok:,}" in out
-    assert "provenance: synthetic {seed=0}" in out
+    assert "origin  synthetic atlas, generated rather than built from weights (seed 0)" in out
     d = json.loads(ok(run(runner, synthetic_atlas, "info", "--json")))
     assert [s["name"] for s in d["saes"]] == ["L2.res", "L6.res"]
     assert d["counts"]["edges"] == {"rows": query(synthetic_atlas, "SELECT COUNT(*) FROM edges")[0][0], "exact": True}

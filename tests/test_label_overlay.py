@@ -74,7 +74,7 @@ def test_export_and_merge_fold_the_overlay_in(runner: CliRunner, tmp_path: Path)
     ok(runner.invoke(cli, ["label", "L2.res/5", "early note", "--kind", "semantic"]))
     ok(runner.invoke(cli, ["label", "L26.res/9", "late note"]))
     whole = tmp_path / "whole.db"
-    out = ok(runner.invoke(cli, ["export", "--with-overlay", str(whole)]))
+    out = ok(runner.invoke(cli, ["export", "--sae", "L2.res", "--sae", "L26.res", "--with-overlay", str(whole)]))
     assert "folded 2 overlay labels in" in out
     rows = query(
         whole,
