@@ -7,6 +7,14 @@ parameters where the layout allows (GPT-2's fused ``c_attn``, GPT-NeoX's
 per-head interleaved ``query_key_value``, transposed Linear weights), so
 extraction copies only the grouped key/value heads it has to expand.
 
+Families: GPT-2, GPT-Neo, GPT-NeoX, Llama (incl. 3.x), Mistral, Qwen2/2.5, Qwen3, Gemma,
+Gemma-2, Gemma-3 (text, and the language model of the image-text checkpoints). Qwen3 and Gemma-3
+normalise each head's query and key: those norms are kept on LayerWeights (``q_norm``,
+``k_norm``) and ``LayerWeights.qk_weights()`` gives the projections a weight-only QK pass uses
+(the definition is in docs/dictionaries.md and in the model's notes). Embedding rows that are not
+tokens (padding past the tokenizer, a trailing run of reserved placeholders) are dropped from
+W_E/W_U (:func:`real_vocab_size`), so no pass ranks or counts them; notes say so.
+
 Memory (what "lazy" means here): the checkpoint is loaded once, in the dtype
 the build computes in (fp32 on CPU), with transformers' lazy/mmap loading
 (``low_cpu_mem_usage`` on transformers 4.x; the default on 5.x). Peak memory is
@@ -31,6 +39,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -59,6 +68,9 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "Qwen2ForCausalLM": "llama",
     "GemmaForCausalLM": "gemma",
     "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3",
+    "Gemma3ForConditionalGeneration": "gemma3",  # the 4B-27B checkpoints: its language model is read
+    "Qwen3ForCausalLM": "qwen3",
 }
 # config.model_type -> class name, to refuse an unsupported model before reading its weights.
 _MODEL_TYPES = {
@@ -70,6 +82,9 @@ _MODEL_TYPES = {
     "qwen2": "Qwen2ForCausalLM",
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "gemma3": "Gemma3ForConditionalGeneration",
+    "qwen3": "Qwen3ForCausalLM",
 }
 
 # GGUF general.architecture names that differ from transformers' model_type.
@@ -145,6 +160,8 @@ class _Layer:
     ln_attn_out: Norm | None = None
     ln_mlp_out: Norm | None = None
     attn_scale: float | None = None
+    q_norm: Norm | None = None
+    k_norm: Norm | None = None
 
 
 @dataclass
@@ -260,12 +277,19 @@ def _neox(model: nn.Module) -> _Body:
     )  # fmt: skip
 
 
+def text_model(model: nn.Module) -> nn.Module:
+    """The decoder stack of a causal LM (for Gemma-3's image-text checkpoints, its language model)."""
+    body = model.model
+    return getattr(body, "language_model", None) or body
+
+
 def _llama_like(model: nn.Module, family: str) -> _Body:
-    cfg, body = model.config, model.model
+    body = text_model(model)
+    cfg = body.config
     d, n = cfg.hidden_size, cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or n
     dh = getattr(cfg, "head_dim", None) or d // n
-    gemma = family in ("gemma", "gemma2")
+    gemma = family in ("gemma", "gemma2", "gemma3")
     layers = []
     for blk in body.layers:
         a = blk.self_attn
@@ -278,8 +302,12 @@ def _llama_like(model: nn.Module, family: str) -> _Body:
             b_Q=_bias_heads(a.q_proj.bias, n, dh), b_K=_bias_heads(a.k_proj.bias, n_kv, dh),
             b_V=_bias_heads(a.v_proj.bias, n_kv, dh), b_O=_detach(a.o_proj.bias),
         )  # fmt: skip
-        if family == "gemma2":
-            # Gemma-2's post_attention_layernorm normalises the attention OUTPUT; the MLP reads
+        if getattr(a, "q_norm", None) is not None:
+            # Qwen3 / Gemma-3: an RMSNorm over each head's query and key, after the projection.
+            lw.q_norm = _norm(a.q_norm, one_plus=gemma)
+            lw.k_norm = _norm(a.k_norm, one_plus=gemma)
+        if family in ("gemma2", "gemma3"):
+            # Gemma-2/3's post_attention_layernorm normalises the attention OUTPUT; the MLP reads
             # the residual through pre_feedforward_layernorm.
             lw.ln_attn_out = _norm(blk.post_attention_layernorm, one_plus=True)
             lw.ln2 = _norm(blk.pre_feedforward_layernorm, one_plus=True)
@@ -296,7 +324,7 @@ def _llama_like(model: nn.Module, family: str) -> _Body:
     if gemma:
         # HF Gemma multiplies by sqrt(d_model) rounded to the model dtype; record that exact value.
         out.embed_scale = float(torch.tensor(d**0.5, dtype=embed.weight.dtype))
-    if family == "gemma2":
+    if family in ("gemma2", "gemma3"):
         scale = float(cfg.query_pre_attn_scalar) ** -0.5
         out.attn_scale = None if math.isclose(scale, dh**-0.5, rel_tol=1e-12) else scale
         out.attn_softcap = _float_or_none(getattr(cfg, "attn_logit_softcapping", None))
@@ -315,10 +343,52 @@ _EXTRACTORS: dict[str, Callable[[nn.Module], _Body]] = {
     "llama": lambda m: _llama_like(m, "llama"),
     "gemma": lambda m: _llama_like(m, "gemma"),
     "gemma2": lambda m: _llama_like(m, "gemma2"),
+    "gemma3": lambda m: _llama_like(m, "gemma3"),
+    "qwen3": lambda m: _llama_like(m, "llama"),
 }
 
 
 # --------------------------------------------------------------------------- tokens
+
+# Placeholder tokens models reserve but never train: Llama-3's <|reserved_special_token_N|>,
+# Gemma's <unusedN>.
+_PLACEHOLDER = re.compile(r"^(?:<\|reserved_special_token_\d+\|>|<unused\d+>)$")
+
+QK_NORM_NOTE = (
+    "q/k norms (RMSNorm on each head's query and key after W_Q/W_K): QK participation and edges use "
+    "W_Q * g_q and W_K * g_k, the first-order effect of a feature on the normalised query or key up "
+    "to the 1/rms factor every feature at a position shares (docs/dictionaries.md)"
+)
+
+
+def real_vocab_size(tokenizer: Any, d_vocab: int) -> tuple[int, str | None]:
+    """How many leading embedding rows are tokens, and a note when that is fewer than the rows.
+
+    Rows at or past ``len(tokenizer)`` are padding (Qwen2.5's 151,936 rows for 151,665 tokens);
+    a trailing run of reserved placeholders is not a token either (Llama-3's 128,256 rows end in
+    245 <|reserved_special_token_N|>). Only trailing rows are dropped, so every token id stays
+    the row it was; placeholders between real tokens (a few in Llama-3) stay.
+    """
+    if tokenizer is None:
+        return d_vocab, None
+    try:
+        n = min(len(tokenizer), d_vocab)
+        if n < d_vocab // 2:  # not this model's tokenizer (transformers 5 makes an empty stub when none is saved)
+            return d_vocab, None
+        pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
+    except Exception:  # a tokenizer that cannot list itself: keep every row
+        return d_vocab, None
+    end = n
+    while end > 1 and (pieces[end - 1] is None or _PLACEHOLDER.match(str(pieces[end - 1]))):
+        end -= 1
+    if end == d_vocab:
+        return d_vocab, None
+    why = []
+    if n < d_vocab:
+        why.append(f"rows {n:,}..{d_vocab - 1:,} lie past the tokenizer's {n:,} tokens")
+    if end < n:
+        why.append(f"ids {end:,}..{n - 1:,} are reserved placeholder tokens")
+    return end, f"W_E/W_U keep the first {end:,} of {d_vocab:,} embedding rows: {' and '.join(why)}"
 
 
 def token_strings(tokenizer: Any, d_vocab: int) -> list[str]:
@@ -364,6 +434,7 @@ def from_hf_model(
     sha256: str | None = None,
     notes: str | None = None,
     self_check: bool = True,
+    trim_vocab: bool = True,
 ) -> ModelWeights:
     """Extract ModelWeights from an instantiated transformers causal LM.
 
@@ -371,7 +442,8 @@ def from_hf_model(
     modified). With ``device``/``dtype`` differing from the model's, the needed
     weights are copied there. ``self_check`` compares the extracted norms and
     unembedding with the model's own modules on random inputs (cheap) and
-    raises CorruptWeights if they disagree.
+    raises CorruptWeights if they disagree. ``trim_vocab`` keeps only the rows of W_E/W_U
+    that are tokens (:func:`real_vocab_size`), and says so in ``notes``.
     """
     arch = type(model).__name__
     family = SUPPORTED_ARCHITECTURES.get(arch)
@@ -387,6 +459,15 @@ def from_hf_model(
     d_vocab, d_model = W_E.shape
     if W_U.shape != (d_model, d_vocab):
         raise CorruptWeights(f"{source}: W_U is {tuple(W_U.shape)} but W_E is {tuple(W_E.shape)}")
+    # Rows that are not tokens (padding past the tokenizer, trailing reserved placeholders) are
+    # dropped here, so no pass ever ranks them or counts them in a statistic.
+    n_real, vocab_note = real_vocab_size(tokenizer, d_vocab) if trim_vocab else (d_vocab, None)
+    if n_real < d_vocab:
+        W_E, W_U = W_E[:n_real], W_U[:, :n_real]  # views: no copy
+        b_U = None if b_U is None else b_U[:n_real]
+        notes = "; ".join(x for x in (notes, vocab_note) if x)
+    rows = d_vocab
+    d_vocab = n_real
 
     n, n_kv, dh = body.n_heads, body.n_kv_heads, body.d_head
     group = n // n_kv
@@ -415,6 +496,8 @@ def from_hf_model(
                 ln2=lw.ln2,
                 ln_mlp_out=lw.ln_mlp_out,
                 attn_scale=lw.attn_scale,
+                q_norm=lw.q_norm,
+                k_norm=lw.k_norm,
             )  # fmt: skip
         )
 
@@ -425,9 +508,12 @@ def from_hf_model(
         embed_scale=body.embed_scale, attn_scale=body.attn_scale, attn_softcap=body.attn_softcap,
         final_softcap=body.final_softcap, tied_embeddings=tied, norm_kind=body.norm_kind,
         dtype=str(W_E.dtype).replace("torch.", ""), sha256=sha256, notes=notes,
-        hook_names=model_hook_names(len(layers), body.parallel_attn_mlp), W_pos=body.W_pos,
-        parallel_attn_mlp=body.parallel_attn_mlp,
+        hook_names=model_hook_names(len(layers), body.parallel_attn_mlp, any(lw.ln_mlp_out is not None for lw in body.layers)),
+        W_pos=body.W_pos, parallel_attn_mlp=body.parallel_attn_mlp,
     )  # fmt: skip
+    weights.meta["vocab"] = {"embedding_rows": rows, "tokens_kept": d_vocab}
+    if any(lw.q_norm is not None for lw in layers):
+        weights.notes = "; ".join(x for x in (weights.notes, QK_NORM_NOTE) if x)
     if self_check:
         _self_check(model, weights, body)
     if device is not None or dtype is not None:
@@ -445,8 +531,8 @@ def _self_check(model: nn.Module, w: ModelWeights, body: _Body) -> None:
     tol = 1e-4 if ref.dtype == torch.float32 else 3e-2
     final_norm = {"gpt2": lambda: model.transformer.ln_f, "neo": lambda: model.transformer.ln_f,
                   "neox": lambda: model.gpt_neox.final_layer_norm}.get(
-        SUPPORTED_ARCHITECTURES[w.architecture], lambda: model.model.norm)()  # fmt: skip
-    want = model.get_output_embeddings()(final_norm(h)).float()  # (2, d_vocab)
+        SUPPORTED_ARCHITECTURES[w.architecture], lambda: text_model(model).norm)()  # fmt: skip
+    want = model.get_output_embeddings()(final_norm(h)).float()[:, : w.d_vocab]  # (2, d_vocab): the kept rows
     if w.final_softcap:
         want = torch.tanh(want / w.final_softcap) * w.final_softcap
     got = w.logits(h)

@@ -1,381 +1,160 @@
-"""Read sparse autoencoders from their released on-disk layouts into SAEWeights.
+"""Open a dictionary (SAE, transcoder, cross-layer transcoder) by path, hub reference or name.
 
-Formats (auto-detected from the path; ``fmt=`` forces one):
+``load_sae(source)`` takes:
 
-* ``saelens`` — a folder with ``cfg.json`` + ``sae_weights.safetensors``. Both the
-  6.x config (``metadata.hook_name``, ``architecture``, ``k``,
-  ``reshape_activations``) and the older flat one (``hook_name``/``hook_point``,
-  ``hook_layer``, ``activation_fn_str``/``activation_fn``,
-  ``activation_fn_kwargs.k``). Pre-6 configs default ``apply_b_dec_to_input``
-  to true, as SAELens does. A ``scaling_factor`` tensor (SAELens'
-  finetuning scaling) is folded into ``W_dec``'s rows.
-* ``gemma_scope`` — ``params.npz`` (``W_enc, W_dec, b_enc, b_dec, threshold``),
-  JumpReLU, no ``b_dec`` subtraction. Layer, width and L0 come from the path
-  ``layer_12/width_16k/average_l0_82``; the site from the release folder name
-  (``gemma-scope-2b-pt-res`` -> resid_post, ``-att`` -> attn.hook_z, ``-mlp`` ->
-  mlp_out; Gemma Scope's attention SAEs read the concatenated z), or options.
-* ``llama_scope`` — OpenMOSS Llama Scope: ``hyperparams.json`` +
-  ``checkpoints/final.safetensors`` with nn.Linear layouts (``encoder.weight``
-  is ``(d_sae, d_in)``: transposed here). Its activations were normalised
-  dataset-wise to norm sqrt(d_model), so ``input_scale = sqrt(d_model) /
-  dataset_average_activation_norm.in`` (or ``norm_scaling_factor`` when the
-  file states it) and the scalar ``jump_relu_threshold`` applies to the scaled
-  pre-activations; a per-feature ``log_jumprelu_threshold`` tensor wins when
-  present. ``SAEWeights.fold_input_scale()`` gives the equivalent unscaled SAE.
-  Assumption (documented, not verifiable offline): with
-  ``sparsity_include_decoder_norm`` the gate is ``pre * ||W_dec_i|| >
-  threshold``; the released inference checkpoints have unit decoder rows, so
-  this only changes anything for checkpoints that do not.
-* ``kissane`` — Kissane et al. attention-output SAEs: ``<name>.pt`` state dict
-  (``W_enc, W_dec, b_enc, b_dec``) + ``<name>_cfg.json`` (``act_name``,
-  ``layer``, ``act_size``, ``dict_size``); hook_z; ``b_dec`` subtracted first.
-* ``dictionary_learning`` — ``ae.pt`` (``encoder.weight (d_sae, d_in)``,
-  ``encoder.bias``, ``decoder.weight (d_in, d_sae)``, ``bias`` = b_dec; TopK,
-  Gated and JumpReLU variants too) + optional ``config.json`` (``trainer.layer``,
-  ``trainer.submodule_name``).
+* a local file or folder in any of :data:`SAE_FORMATS` (auto-detected; ``fmt=`` forces one);
+* ``hf://ORG/REPO/PATH[@REVISION]``: any file or folder of a hub repository, fetched into the
+  Hugging Face cache (only the files its format needs) and read offline once there;
+* ``RELEASE/SAE_ID`` or ``RELEASE:SAE_ID``: a name from SAELens's registry
+  (:mod:`builders.registry`), which gives the repository, path, format and Neuronpedia id.
 
-``.pt`` files are only ever opened with ``torch.load(weights_only=True)``.
-Every loader checks shapes and finiteness and records the sha256 of the weight
-file; a bad file is refused with one line naming it.
+The formats' loaders are in :mod:`builders.sae_formats` and :mod:`builders.transcoder_formats`;
+this module detects the format, fetches, checks shapes, finiteness and the fit to a model, and
+assembles an :class:`~builders.weights.SAEWeights`. Matrices are read a block at a time into
+their final tensor on the target device and dtype (:mod:`builders.sae_io`). ``.pt``/``.pth``
+files are only ever opened with ``torch.load(weights_only=True)``. Every refusal is one line
+naming the file (LoadError and its subclasses).
 """
 
 from __future__ import annotations
 
-import json
-import math
+import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from builders import hub, registry
 from builders.device import resolve_device
 from builders.errors import CorruptWeights, LoadError, SAEMismatch, UnknownSAEFormat
-from builders.hashing import sha256_file
-from builders.weights import SITES, ModelWeights, SAEWeights, hook_name_of, site_of_hook
+from builders.sae_formats import (
+    kissane_cfg,
+    load_dictionary_learning,
+    load_gemma_scope,
+    load_goodfire,
+    load_kissane,
+    load_llama_scope,
+    load_saelens,
+    load_sparsify,
+)
+from builders.sae_io import finite_blockwise, read_pt, sha256_and_verify
+from builders.transcoder_formats import (
+    gemma_scope_2_folder,
+    load_circuit_tracer,
+    load_circuit_tracer_clt,
+    load_gemma_scope_2,
+)
+from builders.weights import READ_SITES, SITES, ModelWeights, SAEWeights, hook_name_of, site_of_hook
 
-SAE_FORMATS = ("saelens", "gemma_scope", "llama_scope", "kissane", "dictionary_learning")
+# The CLI derives --sae-format's choices from this tuple: keep its name.
+SAE_FORMATS = (
+    "saelens", "gemma_scope", "llama_scope", "kissane", "dictionary_learning", "gemma_scope_2",
+    "circuit_tracer", "circuit_tracer_clt", "sparsify", "goodfire",
+)  # fmt: skip
+_LOADERS: dict[str, Callable[[Path, dict[str, Any]], dict[str, Any]]] = {
+    "saelens": load_saelens,
+    "gemma_scope": load_gemma_scope,
+    "llama_scope": load_llama_scope,
+    "kissane": load_kissane,
+    "dictionary_learning": load_dictionary_learning,
+    "gemma_scope_2": load_gemma_scope_2,
+    "circuit_tracer": load_circuit_tracer,
+    "circuit_tracer_clt": load_circuit_tracer_clt,
+    "sparsify": load_sparsify,
+    "goodfire": load_goodfire,
+}
 _LAYOUTS = (
-    "a SAELens folder (cfg.json + sae_weights.safetensors), Gemma Scope params.npz, "
-    "a Llama Scope folder (hyperparams.json + checkpoints/final.safetensors), "
-    "a Kissane <name>.pt + <name>_cfg.json, or a dictionary_learning ae.pt"
+    "a SAELens folder (cfg.json + sae_weights.safetensors), Gemma Scope params.npz, a Gemma Scope 2 "
+    "folder (params.safetensors + config.json), a Llama Scope folder (hyperparams.json + checkpoints/), "
+    "a Kissane <name>.pt + <name>_cfg.json, a dictionary_learning ae.pt, a sparsify folder (cfg.json + "
+    "sae.safetensors), a circuit-tracer layer_N.safetensors or W_enc_N/W_dec_N.safetensors, or a Goodfire .pth"
 )
 
 
-# ------------------------------------------------------------------------ file reading
+# ------------------------------------------------------------------------ layouts
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LoadError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptWeights(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CorruptWeights(f"{path}: expected a JSON object")
-    return data
+def layout_of(names: set[str], *, layer: int | None = None, where: str = "") -> tuple[str, list[str], list[str]]:
+    """``(format, files needed, files read if present)`` for a folder holding these file names."""
+    if "cfg.json" in names and "sae_weights.safetensors" in names:
+        return "saelens", ["cfg.json", "sae_weights.safetensors"], []
+    if "cfg.json" in names and "sae.safetensors" in names:
+        return "sparsify", ["cfg.json", "sae.safetensors"], []
+    if "params.safetensors" in names:
+        return "gemma_scope_2", ["params.safetensors"], ["config.json"]
+    if "hyperparams.json" in names:
+        return "llama_scope", ["hyperparams.json", "checkpoints/final.safetensors"], []
+    if "params.npz" in names:
+        return "gemma_scope", ["params.npz"], []
+    if "ae.pt" in names:
+        return "dictionary_learning", ["ae.pt"], ["config.json"]
+    clt = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"W_enc_(\d+)\.safetensors", n)))
+    if clt:
+        if layer is None:
+            raise LoadError(
+                f"{where}: a cross-layer transcoder (layers {clt[0]}..{clt[-1]}): name one layer, e.g. {where}/W_enc_{clt[0]}.safetensors"
+            )
+        return "circuit_tracer_clt", [f"W_enc_{layer}.safetensors", f"W_dec_{layer}.safetensors"], ["config.yaml"]
+    plt = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"layer_(\d+)\.safetensors", n)))
+    if plt:
+        if layer is None:
+            raise LoadError(
+                f"{where}: transcoders for layers {plt[0]}..{plt[-1]}: name one, e.g. {where}/layer_{plt[0]}.safetensors"
+            )
+        return "circuit_tracer", [f"layer_{layer}.safetensors"], ["config.yaml"]
+    pts = sorted(n for n in names if n.endswith((".pt", ".pth")))
+    kiss = [n for n in pts if n[: n.rfind(".")] + "_cfg.json" in names]
+    if len(kiss) == 1:
+        return "kissane", [kiss[0], kiss[0][: kiss[0].rfind(".")] + "_cfg.json"], []
+    if len(pts) == 1:
+        return "", [pts[0]], []  # decided from the keys once it is here
+    raise UnknownSAEFormat(f"{where}: not a dictionary folder; expected {_LAYOUTS}")
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise LoadError(f"{path}: file not found")
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as e:  # SafetensorError, OSError: truncated header or data
-        raise CorruptWeights(f"{path}: truncated or corrupt safetensors file ({_short(e)})") from None
-
-
-def _read_npz(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise LoadError(f"{path}: file not found")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: torch.from_numpy(np.array(data[k])) for k in data.files}
-    except Exception as e:  # BadZipFile, ValueError, EOFError, zlib.error
-        raise CorruptWeights(f"{path}: truncated or corrupt .npz file ({_short(e)})") from None
-
-
-def _read_pt(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise LoadError(f"{path}: file not found")
-    try:
-        # weights_only: never run code from a downloaded pickle.
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:
-        raise CorruptWeights(f"{path}: truncated, corrupt or unsafe .pt file ({_short(e)})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CorruptWeights(f"{path}: expected a state dict of tensors")
-    return state
+def companions(name: str) -> tuple[list[str], list[str]]:
+    """For one named file: ``(the files of its dictionary, files read if present)`` beside it."""
+    stem = name[: name.rfind(".")] if "." in name else name
+    if name in ("cfg.json", "sae_weights.safetensors"):
+        return ["cfg.json", "sae_weights.safetensors"], []
+    if name == "sae.safetensors":
+        return ["cfg.json", "sae.safetensors"], []
+    if name in ("params.safetensors", "config.json"):
+        return ["params.safetensors"], ["config.json"]
+    if name == "hyperparams.json":
+        return ["hyperparams.json", "checkpoints/final.safetensors"], []
+    if m := re.fullmatch(r"W_(?:enc|dec)_(\d+)\.safetensors", name):
+        return [f"W_enc_{m.group(1)}.safetensors", f"W_dec_{m.group(1)}.safetensors"], ["config.yaml"]
+    if name.endswith(".safetensors"):
+        return [name], ["config.yaml"]
+    if name.endswith((".pt", ".pth")):
+        return [name], [stem + "_cfg.json", "config.json"]
+    return [name], []
 
 
-def _short(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:160] if lines else ''}"
-
-
-def _need(tensors: dict[str, torch.Tensor], key: str, path: Path) -> torch.Tensor:
-    if key not in tensors:
-        raise CorruptWeights(f"{path}: missing tensor {key!r} (has {', '.join(sorted(tensors)) or 'none'})")
-    return tensors[key]
-
-
-# ------------------------------------------------------------------------ format loaders
-
-
-def _load_saelens(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
-    cfg = _read_json(folder / "cfg.json")
-    weights_path = folder / "sae_weights.safetensors"
-    t = _read_safetensors(weights_path)
-    meta = cfg.get("metadata") or cfg.get("meta") or {}
-    hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
-    if meta.get("hook_head_index", cfg.get("hook_head_index", cfg.get("hook_point_head_index"))) is not None:
-        raise LoadError(f"{folder}: single-head SAEs (hook_head_index set) are not supported")
-    version = str(meta.get("sae_lens_version") or cfg.get("sae_lens_version") or "")
-    pre6 = "metadata" not in cfg and not version.startswith(("6", "7"))
-
-    arch_raw = str(cfg.get("architecture") or "standard")
-    act = str(cfg.get("activation_fn") or cfg.get("activation_fn_str") or "relu")
-    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
-    if arch_raw in ("standard", "relu"):
-        arch = "topk" if act == "topk" else "relu"
-    elif arch_raw in ("jumprelu", "gated", "topk"):
-        arch = arch_raw
-    elif arch_raw in ("batchtopk", "matryoshka_batchtopk"):
-        # BatchTopK SAEs are used at inference as JumpReLU with their learned threshold when saved with one.
-        arch = "jumprelu" if ("threshold" in t or "log_threshold" in t) else "topk"
-    else:
-        raise LoadError(f"{folder}: SAELens architecture {arch_raw!r} is not an SAE this loader reads")
-
-    out: dict[str, Any] = dict(
-        W_enc=_need(t, "W_enc", weights_path), W_dec=_need(t, "W_dec", weights_path),
-        b_dec=_need(t, "b_dec", weights_path), architecture=arch, hook_name=hook,
-        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)), weight_file=weights_path,
-        neuronpedia_id=meta.get("neuronpedia_id") or cfg.get("neuronpedia_id"), release=None,
-        sae_ref=folder.name, cfg_d_in=cfg.get("d_in"), cfg_d_sae=cfg.get("d_sae"),
-        meta={"sae_lens_version": version or None, "config_style": "pre-6" if pre6 else "6.x",
-              "model_name": meta.get("model_name") or cfg.get("model_name")},
-    )  # fmt: skip
-    d_sae = out["W_enc"].shape[-1]
-    out["b_enc"] = t["b_enc"] if "b_enc" in t else torch.zeros(d_sae)  # gated SAEs have no b_enc
-    if arch == "jumprelu":
-        out["threshold"] = t["threshold"] if "threshold" in t else _need(t, "log_threshold", weights_path).exp()
-    if arch == "topk":
-        if k is None:
-            raise CorruptWeights(f"{folder / 'cfg.json'}: a topk SAE without k")
-        out["k"] = int(k)
-    if arch == "gated":
-        for key in ("b_gate", "r_mag", "b_mag"):
-            out[key] = _need(t, key, weights_path)
-    if "scaling_factor" in t and not torch.allclose(t["scaling_factor"], torch.ones_like(t["scaling_factor"])):
-        # SAELens multiplies feature activations by scaling_factor before decoding: fold into W_dec rows.
-        out["W_dec"] = out["W_dec"] * t["scaling_factor"][:, None]
-        out["meta"]["folded_finetuning_scaling_factor"] = True
-
-    norm = cfg.get("normalize_activations")
-    if isinstance(norm, bool):
-        norm = "expected_average_only_in" if norm else None
-    out["normalization"] = None if norm in (None, "none") else str(norm)
-    factor = cfg.get("norm_scaling_factor") or cfg.get("scaling_factor")
-    if out["normalization"] == "expected_average_only_in" and isinstance(factor, (int, float)):
-        out["input_scale"] = float(factor)
-    elif out["normalization"]:
-        # A per-token or data-estimated normalisation: directions are exact, encode() on raw activations is not.
-        out["meta"]["encode_needs_normalization"] = out["normalization"]
-    if cfg.get("reshape_activations") == "hook_z" and hook and not hook.endswith("attn.hook_z"):
-        raise CorruptWeights(f"{folder / 'cfg.json'}: reshape_activations=hook_z but hook_name is {hook}")
-    layer_cfg = cfg.get("hook_layer", cfg.get("hook_point_layer"))
-    if layer_cfg is not None:
-        out["meta"]["hook_layer"] = int(layer_cfg)
-    return out
-
-
-_GEMMA_RELEASE = re.compile(r"gemma-scope-[a-z0-9.-]*?-(res|att|mlp|transcoders)(?:-canonical)?(?=$|[/\\])")
-_GEMMA_SITE = {"res": "resid_post", "att": "attn_z", "mlp": "mlp_out"}
-
-
-def _load_gemma_scope(path: Path, opts: dict[str, Any]) -> dict[str, Any]:
-    t = {("W_" + k[2:] if k.startswith("w_") else k): v for k, v in _read_npz(path).items()}
-    text = path.resolve().as_posix()
-    release_m = _GEMMA_RELEASE.search(text.replace("models--google--", ""))
-    layer_m = re.search(r"layer_(\d+)", text)
-    width_m = re.search(r"width_([0-9]+[km]?)", text)
-    l0_m = re.search(r"average_l0_(\d+)", text)
-    site = None
-    if release_m:
-        if release_m.group(1) == "transcoders":
-            raise LoadError(f"{path}: Gemma Scope transcoders are not SAEs")
-        site = _GEMMA_SITE[release_m.group(1)]
-    if "embedding" in text and not layer_m:
-        raise LoadError(f"{path}: Gemma Scope embedding SAEs (hook_embed) have no layer site")
-    layer = int(layer_m.group(1)) if layer_m else None
-    parts = [m.group(0) for m in (layer_m, width_m, l0_m) if m]
-    release = release_m.group(0).rstrip("/") if release_m else None
-    return dict(
-        W_enc=_need(t, "W_enc", path), W_dec=_need(t, "W_dec", path), b_enc=_need(t, "b_enc", path),
-        b_dec=_need(t, "b_dec", path), threshold=_need(t, "threshold", path), architecture="jumprelu",
-        apply_b_dec_to_input=False, layer=layer, site=site, weight_file=path, release=release,
-        sae_ref="/".join(parts) or None,
-        meta={"width": width_m.group(1) if width_m else None, "average_l0": int(l0_m.group(1)) if l0_m else None},
-    )  # fmt: skip
-
-
-def _load_llama_scope(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
-    hp_path = folder / "hyperparams.json"
-    hp = _read_json(hp_path)
-    weights_path = folder / "checkpoints" / "final.safetensors"
-    if not weights_path.is_file():
-        found = sorted((folder / "checkpoints").glob("*.safetensors")) or sorted(folder.glob("*.safetensors"))
-        weights_path = found[-1] if found else weights_path
-    t = _read_safetensors(weights_path)
-    hook_in, hook_out = hp.get("hook_point_in") or hp.get("hook_point"), hp.get("hook_point_out")
-    if hook_out and hook_in and hook_out != hook_in:
-        raise LoadError(f"{folder}: a transcoder ({hook_in} -> {hook_out}), not an SAE")
-    enc = _need(t, "encoder.weight", weights_path).float()  # (d_sae, d_in): nn.Linear layout
-    dec = _need(t, "decoder.weight", weights_path).float()  # (d_in, d_sae)
-    d_sae, d_in = enc.shape
-    W_dec = dec.T  # (d_sae, d_in)
-    out: dict[str, Any] = dict(
-        W_enc=enc.T, W_dec=W_dec, b_enc=_need(t, "encoder.bias", weights_path),
-        b_dec=t["decoder.bias"] if "decoder.bias" in t else torch.zeros(d_in), hook_name=hook_in,
-        apply_b_dec_to_input=bool(hp.get("apply_decoder_bias_to_pre_encoder", False)), weight_file=weights_path,
-        release=folder.parent.name or None, sae_ref=folder.name, cfg_d_in=hp.get("d_model"), cfg_d_sae=hp.get("d_sae"),
-        meta={"act_fn": hp.get("act_fn"), "norm_activation": hp.get("norm_activation")},
-    )  # fmt: skip
-    act = str(hp.get("act_fn", "jumprelu")).lower()
-    if act == "topk":
-        out["architecture"], out["k"] = "topk", int(hp["top_k"])
-    elif act == "relu":
-        out["architecture"] = "relu"
-    elif act == "jumprelu":
-        out["architecture"] = "jumprelu"
-        if "log_jumprelu_threshold" in t:
-            out["threshold"] = t["log_jumprelu_threshold"].float().exp()
-        elif "jump_relu_threshold" in hp:
-            threshold = float(hp["jump_relu_threshold"]) * torch.ones(d_sae)
-            norms = W_dec.norm(dim=1)  # (d_sae,)
-            if hp.get("sparsity_include_decoder_norm") and (norms - 1).abs().max() > 1e-2:
-                # The gate is on pre * ||W_dec_i||: the same as pre > threshold / ||W_dec_i||.
-                threshold = threshold / norms
-                out["meta"]["threshold_divided_by_decoder_norm"] = True
-            out["threshold"] = threshold
-            out["meta"]["jump_relu_threshold"] = float(hp["jump_relu_threshold"])
-        else:
-            raise CorruptWeights(f"{hp_path}: jumprelu without jump_relu_threshold or log_jumprelu_threshold")
-    else:
-        raise LoadError(f"{hp_path}: act_fn {act!r} is not one this loader reads")
-
-    scale = hp.get("norm_scaling_factor")
-    avg = hp.get("dataset_average_activation_norm")
-    if isinstance(avg, dict):
-        avg = avg.get("in", avg.get(hook_in))
-    if isinstance(scale, (int, float)):
-        out["input_scale"] = float(scale)
-    elif hp.get("norm_activation") == "dataset-wise" and isinstance(avg, (int, float)) and avg > 0:
-        out["input_scale"] = math.sqrt(d_in) / float(avg)
-    elif hp.get("norm_activation") == "dataset-wise":
-        raise CorruptWeights(f"{hp_path}: norm_activation is dataset-wise but no dataset_average_activation_norm")
-    if out.get("input_scale", 1.0) != 1.0:
-        out["normalization"] = f"dataset-wise: x * {out['input_scale']:.6g} before encoding"
-        out["meta"]["norm_scaling_factor"] = out["input_scale"]
-    return out
-
-
-def _kissane_cfg(path: Path) -> Path:
-    return path.with_name(path.stem + "_cfg.json")
-
-
-def _load_kissane(path: Path, opts: dict[str, Any]) -> dict[str, Any]:
-    t = _read_pt(path)
-    cfg_path = _kissane_cfg(path)
-    cfg = _read_json(cfg_path) if cfg_path.is_file() else {}
-    out: dict[str, Any] = dict(
-        W_enc=_need(t, "W_enc", path), W_dec=_need(t, "W_dec", path), b_enc=_need(t, "b_enc", path),
-        b_dec=_need(t, "b_dec", path), architecture="relu", apply_b_dec_to_input=True, weight_file=path,
-        hook_name=cfg.get("act_name"), layer=cfg.get("layer"), cfg_d_in=cfg.get("act_size"),
-        cfg_d_sae=cfg.get("dict_size"), release=path.parent.name or None, sae_ref=path.stem,
-        meta={"model_name": cfg.get("model_name"), "config": cfg_path.name if cfg else None},
-    )  # fmt: skip
-    if out["hook_name"] is None and out["layer"] is not None:
-        out["site"] = "attn_z"  # the release is all hook_z SAEs
-    return out
-
-
-_DL_SITES = {"resid_post": "resid_post", "resid_pre": "resid_pre", "attn_out": "attn_out", "mlp_out": "mlp_out"}
-
-
-def _load_dictionary_learning(path: Path, opts: dict[str, Any]) -> dict[str, Any]:
-    t = _read_pt(path)
-    cfg_path = path.parent / "config.json"
-    trainer = (_read_json(cfg_path).get("trainer") or {}) if cfg_path.is_file() else {}
-    out: dict[str, Any] = dict(weight_file=path, release=path.parent.parent.name or None, sae_ref=path.parent.name)
-    if "W_enc" in t:  # JumpReluAutoEncoder stores SAELens orientation and does not centre the input
-        out.update(W_enc=t["W_enc"], W_dec=_need(t, "W_dec", path), b_enc=_need(t, "b_enc", path),
-                   b_dec=_need(t, "b_dec", path), threshold=_need(t, "threshold", path),
-                   architecture="jumprelu", apply_b_dec_to_input=False)  # fmt: skip
-    else:
-        enc = _need(t, "encoder.weight", path)  # (d_sae, d_in)
-        dec = _need(t, "decoder.weight", path)  # (d_in, d_sae)
-        b_dec = next((t[k] for k in ("bias", "b_dec", "decoder_bias") if k in t), None)
-        if b_dec is None:
-            raise CorruptWeights(f"{path}: missing the decoder bias ('bias', 'b_dec' or 'decoder_bias')")
-        out.update(W_enc=enc.T, W_dec=dec.T, b_dec=b_dec, apply_b_dec_to_input=True)
-        out["b_enc"] = t["encoder.bias"] if "encoder.bias" in t else torch.zeros(enc.shape[0])
-        if "r_mag" in t:  # GatedAutoEncoder
-            out.update(architecture="gated", r_mag=t["r_mag"], b_gate=_need(t, "gate_bias", path),
-                       b_mag=_need(t, "mag_bias", path))  # fmt: skip
-        elif "k" in t or trainer.get("k") is not None:  # AutoEncoderTopK / BatchTopK
-            out.update(architecture="topk", k=int(t["k"].item() if "k" in t else trainer["k"]))
-        else:
-            out["architecture"] = "relu"
-    if trainer:
-        out["layer"] = trainer.get("layer")
-        sub = str(trainer.get("submodule_name") or "")
-        site = next((s for prefix, s in _DL_SITES.items() if sub.startswith(prefix)), None)
-        out["site"] = site or ("resid_post" if out["layer"] is not None else None)
-        out["cfg_d_in"], out["cfg_d_sae"] = trainer.get("activation_dim"), trainer.get("dict_size")
-        out["meta"] = {"dict_class": trainer.get("dict_class"), "lm_name": trainer.get("lm_name")}
-    return out
-
-
-_LOADERS = {
-    "saelens": _load_saelens,
-    "gemma_scope": _load_gemma_scope,
-    "llama_scope": _load_llama_scope,
-    "kissane": _load_kissane,
-    "dictionary_learning": _load_dictionary_learning,
-}
-
-
-# ------------------------------------------------------------------------ detection
-
-
-def detect_format(path: str | Path) -> tuple[str, Path]:
-    """``(format, the path its loader takes)`` for a file or folder; UnknownSAEFormat if none fits."""
+def detect_format(path: str | Path, *, layer: int | None = None) -> tuple[str, Path]:
+    """``(format, the path its loader takes)`` for a local file or folder; UnknownSAEFormat if none fits."""
     p = Path(path).expanduser()
     if not p.exists():
         raise LoadError(f"no such SAE file or folder: {path}")
     if p.is_dir():
-        if (p / "cfg.json").is_file() and (p / "sae_weights.safetensors").is_file():
-            return "saelens", p
-        if (p / "hyperparams.json").is_file():
-            return "llama_scope", p
-        if (p / "params.npz").is_file():
-            return "gemma_scope", p / "params.npz"
-        if (p / "ae.pt").is_file():
-            return "dictionary_learning", p / "ae.pt"
-        kissane = [q for q in sorted(p.glob("*.pt")) if _kissane_cfg(q).is_file()]
-        if len(kissane) == 1:
-            return "kissane", kissane[0]
-        raise UnknownSAEFormat(f"{p}: not an SAE folder; expected {_LAYOUTS}")
+        names = {q.name for q in p.iterdir() if q.is_file()}
+        if gemma_scope_2_folder(p) and "params.safetensors" not in names:
+            raise LoadError(f"{p}: a Gemma Scope 2 folder without params.safetensors")
+        fmt, needed, _ = layout_of(names, layer=layer, where=str(p))
+        if fmt in ("saelens", "sparsify", "gemma_scope_2", "llama_scope"):
+            return fmt, p
+        if fmt == "circuit_tracer_clt":
+            return fmt, p / needed[0]
+        return detect_format(p / needed[0], layer=layer) if not fmt else (fmt, p / needed[0])
     name = p.name
-    if name in ("cfg.json", "sae_weights.safetensors"):
+    if name in ("cfg.json", "sae_weights.safetensors") and (p.parent / "sae_weights.safetensors").exists():
         return "saelens", p.parent
+    if name in ("cfg.json", "sae.safetensors") and (p.parent / "sae.safetensors").exists():
+        return "sparsify", p.parent
+    if name in ("params.safetensors", "config.json") and (p.parent / "params.safetensors").exists():
+        return "gemma_scope_2", p.parent
     if name == "hyperparams.json":
         return "llama_scope", p.parent
     if (
@@ -384,34 +163,136 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
         and (p.parent.parent / "hyperparams.json").is_file()
     ):
         return "llama_scope", p.parent.parent
+    if re.fullmatch(r"W_(?:enc|dec)_\d+\.safetensors", name):
+        return "circuit_tracer_clt", p
+    if p.suffix == ".safetensors":
+        from builders.sae_io import Safetensors
+
+        # circuit-tracer's per-layer transcoder (any SingleLayerTranscoder.to_safetensors file)
+        if {"W_enc", "W_dec", "b_enc", "b_dec"} <= set(Safetensors(p).keys()):
+            return "circuit_tracer", p
+        raise UnknownSAEFormat(f"{p}: a safetensors file of no known dictionary format; expected {_LAYOUTS}")
     if p.suffix == ".npz":
         return "gemma_scope", p
-    if p.suffix == ".pt":
-        if _kissane_cfg(p).is_file():
+    if p.suffix in (".pt", ".pth"):
+        if kissane_cfg(p).is_file():
             return "kissane", p
         if name == "ae.pt":
             return "dictionary_learning", p
-        keys = _read_pt(p).keys()
+        keys = read_pt(p).keys()
+        if "encoder_linear.weight" in keys or (
+            "encoder.weight" in keys and "decoder.bias" in keys and "bias" not in keys
+        ):
+            return "goodfire", p
         if "encoder.weight" in keys:
             return "dictionary_learning", p
         if "W_enc" in keys:
             return "kissane", p
+        raise UnknownSAEFormat(
+            f"{p}: a state dict with none of the known SAE tensors (has {', '.join(sorted(keys)[:6])})"
+        )
     raise UnknownSAEFormat(f"{p}: unknown SAE file; expected {_LAYOUTS}")
 
 
 def _canonical(fmt: str, path: Path) -> Path:
     """The path a loader takes, when the format was given explicitly."""
-    if fmt in ("saelens", "llama_scope"):
+    if fmt in ("saelens", "llama_scope", "sparsify", "gemma_scope_2"):
         return path if path.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
     if path.is_dir():
         name = {"gemma_scope": "params.npz", "dictionary_learning": "ae.pt"}.get(fmt)
         if name:
             return path / name
-        found = [q for q in sorted(path.glob("*.pt")) if _kissane_cfg(q).is_file()] or sorted(path.glob("*.pt"))
+        if fmt == "circuit_tracer_clt":
+            return path
+        pattern = "*.safetensors" if fmt == "circuit_tracer" else "*.pt*"
+        found = [q for q in sorted(path.glob("*.pt")) if kissane_cfg(q).is_file()] or sorted(path.glob(pattern))
         if not found:
-            raise LoadError(f"{path}: no .pt file in this folder")
+            raise LoadError(f"{path}: no {pattern} file in this folder")
         return found[0]
     return path
+
+
+# ------------------------------------------------------------------------ sources
+
+
+def _from_hub(ref: hub.HubRef, fmt: str | None, layer: int | None) -> tuple[Path, str | None]:
+    """Fetch what a hub file or folder's dictionary needs; ``(local path, format or None)``."""
+    names, is_file = hub.list_folder(ref)
+    if is_file:
+        folder = hub.HubRef(ref.repo_id, ref.path.rsplit("/", 1)[0] if "/" in ref.path else "", ref.revision)
+        name = ref.path.rsplit("/", 1)[-1]
+        needed, optional = companions(name)
+        local = hub.fetch_many(folder, needed + optional, optional=tuple(optional))
+        if name.startswith(("layer_", "W_enc_", "W_dec_")) and folder.path:  # circuit-tracer: config.yaml at the root
+            hub.fetch(hub.HubRef(ref.repo_id, "config.yaml", ref.revision), optional=True)
+        return local / name, fmt
+    try:
+        found, needed, optional = layout_of(set(names), layer=layer, where=ref.uri())
+    except UnknownSAEFormat:
+        if hub.is_offline():  # the cache holds only part of the folder (or a folder of nothing known)
+            have = f" (it holds {', '.join(names[:4])})" if names else ""
+            raise LoadError(f"{ref.uri()}: not a whole dictionary in the Hugging Face cache{have}, "
+                            "and HF_HUB_OFFLINE is set; run once online to fetch it") from None  # fmt: skip
+        raise
+    local = hub.fetch_many(ref, needed + optional, optional=tuple(optional))
+    if found in ("circuit_tracer", "circuit_tracer_clt") and ref.path:
+        hub.fetch(hub.HubRef(ref.repo_id, "config.yaml", ref.revision), optional=True)
+    return (
+        local if found in ("saelens", "sparsify", "gemma_scope_2", "llama_scope") else local / needed[0]
+    ), fmt or found or None
+
+
+def _registry_files(entry: registry.RegistryEntry) -> tuple[hub.HubRef, list[str], list[str]]:
+    """The folder and files a registry entry's format needs (no listing of the repository needed)."""
+    fmt, path = entry.fmt, entry.path.strip("/")
+    if fmt == "circuit_tracer_clt":
+        return (
+            hub.HubRef(entry.repo_id, ""),
+            [f"W_enc_{path}.safetensors", f"W_dec_{path}.safetensors"],
+            ["config.yaml"],
+        )
+    if fmt in ("circuit_tracer", "kissane", "goodfire"):
+        folder, _, name = path.rpartition("/")
+        needed, optional = companions(name)
+        return hub.HubRef(entry.repo_id, folder), needed, optional
+    names = {"saelens": ["cfg.json", "sae_weights.safetensors"], "sparsify": ["cfg.json", "sae.safetensors"],
+             "gemma_scope": ["params.npz"], "gemma_scope_2": ["params.safetensors"], "dictionary_learning": ["ae.pt"],
+             "llama_scope": ["hyperparams.json", "checkpoints/final.safetensors"]}[fmt]  # fmt: skip
+    optional = {"gemma_scope_2": ["config.json"], "dictionary_learning": ["config.json"]}.get(fmt, [])
+    return hub.HubRef(entry.repo_id, path), names, optional
+
+
+# SAELens's own loaders say where these releases read and write when the files do not.
+_REGISTRY_HOOKS = {"mwhanna_transcoder": ("mlp.hook_in", "hook_mlp_out")}
+
+
+def _from_registry(entry: registry.RegistryEntry) -> tuple[Path, str, dict[str, Any]]:
+    folder, needed, optional = _registry_files(entry)
+    local = hub.fetch_many(folder, needed + optional, optional=tuple(optional))
+    fmt = entry.fmt
+    target = local if fmt in ("saelens", "sparsify", "gemma_scope_2", "llama_scope") else local / needed[0]
+    hints: dict[str, Any] = {
+        "release": entry.release, "sae_ref": entry.sae_id, "neuronpedia_id": entry.neuronpedia_id,
+        "norm_scaling_factor": entry.norm_scaling_factor, "config_overrides": entry.config_overrides,
+        "registry": f"{entry.release}/{entry.sae_id} ({entry.registry})", "model": entry.model, "l0": entry.l0,
+    }  # fmt: skip
+    if entry.conversion == "gemma_2_transcoder":
+        hints["gemma_scope_group"] = "transcoders"
+    if entry.conversion in _REGISTRY_HOOKS:
+        hints["feature_input_hook"], hints["feature_output_hook"] = _REGISTRY_HOOKS[entry.conversion]
+    try:  # SAELens ids that are hook names: the fallback when the files are silent
+        site_of_hook(entry.sae_id)
+        hints["hook_name"] = entry.sae_id
+    except ValueError:
+        pass
+    if fmt == "circuit_tracer_clt":
+        hints["layer"] = int(entry.path)
+    return target, fmt, hints
+
+
+def _is_name(source: str) -> bool:
+    """Looks like ``RELEASE/SAE_ID`` or ``RELEASE:SAE_ID`` rather than a path."""
+    return not source.startswith(("/", ".", "~")) and ("/" in source or ":" in source)
 
 
 # ------------------------------------------------------------------------ public API
@@ -426,65 +307,132 @@ def load_sae(
     hook_name: str | None = None,
     device: str | torch.device | None = None,
 ) -> SAEWeights:
-    """Load one SAE from a local file or folder (see the module docstring for the formats).
+    """Load one dictionary from a local path, an ``hf://`` reference or a registry name.
 
-    ``hook_name`` (or ``layer`` and/or ``site``) override what the files say,
-    for formats whose files do not record it. ``device`` is a
-    :func:`builders.device.resolve_device` spec; by default the SAE stays on
-    the CPU in fp32.
+    ``hook_name`` (or ``layer`` and/or ``site``) override where the files say it reads, for
+    formats whose files do not record it; for a set of per-layer transcoders or a cross-layer
+    transcoder, ``layer`` picks the layer. ``device`` is a :func:`builders.device.resolve_device`
+    spec; the matrices are read straight onto it (by default the CPU, fp32).
     """
-    p = Path(path).expanduser()
-    if not p.exists() and ":" in str(path) and not str(path).startswith(("/", ".", "~")):
-        raise LoadError(f"{path}: hub references (release:sae_id) are not fetched; download the SAE and pass its path")
-    if fmt is None:
-        fmt, p = detect_format(p)
-    elif fmt not in _LOADERS:
+    source = str(path)
+    if fmt is not None and fmt not in _LOADERS:
         raise UnknownSAEFormat(f"unknown SAE format {fmt!r}; formats: {', '.join(SAE_FORMATS)}")
+    dev, dtype = resolve_device(device) if device is not None else (None, torch.float32)
+    hints: dict[str, Any] = {}
+    p = Path(source).expanduser()
+    if hub.is_hub_uri(source):
+        p, fmt = _from_hub(hub.parse_hub_uri(source), fmt, layer)
     elif not p.exists():
-        raise LoadError(f"no such SAE file or folder: {path}")
+        if not _is_name(source):
+            raise LoadError(f"no such SAE file or folder: {source}")
+        try:
+            entry = registry.resolve(source)
+        except registry.RegistryUnavailable as e:
+            raise LoadError(f"no such SAE file or folder: {source} (nor a registry name: {e})") from None
+        p, fmt, hints = _from_registry(entry)
+        layer = hints.pop("layer", layer)
+    if fmt is None:
+        fmt, p = detect_format(p, layer=layer)
     else:
         p = _canonical(fmt, p)
-    opts = {"layer": layer, "site": site, "hook_name": hook_name}
+    opts = {"layer": layer, "site": site, "hook_name": hook_name, "device": dev, "dtype": dtype, "hints": hints}
     raw = _LOADERS[fmt](p, opts)
-    sae = _assemble(raw, fmt, source=str(path), opts=opts)
-    if device is not None:
-        dev, dtype = resolve_device(device)
-        sae = sae.to(dev, dtype)
-    return sae
+    return _assemble(raw, fmt, source=_source_name(source, p, hints), opts=opts)
+
+
+def _source_name(source: str, local: Path, hints: dict[str, Any]) -> str:
+    """What the atlas records as the source: a hub file pinned to its commit, else the path given."""
+    commit = hub.snapshot_commit(local)
+    if commit is None:
+        return source
+    parts = Path(local).parts
+    i = parts.index(commit)
+    repo = parts[i - 2].removeprefix("models--").replace("--", "/")
+    return f"hf://{repo}/{'/'.join(parts[i + 1 :])}@{commit}"
+
+
+_TENSORS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold", "r_mag", "b_mag", "b_gate", "W_skip")
 
 
 def _assemble(raw: dict[str, Any], fmt: str, *, source: str, opts: dict[str, Any]) -> SAEWeights:
-    wfile: Path = raw["weight_file"]
-    # Where the SAE reads: explicit hook, then explicit layer/site, then what the files said.
+    files: list[Path] = raw["weight_files"]
+    wfile = files[0]
+    hints = opts.get("hints") or {}
+    kind = raw.get("kind", "sae")
+    # Where it reads: explicit hook, then explicit layer/site, then what the files said, then the registry.
     hook = opts["hook_name"] or raw.get("hook_name")
-    if opts["hook_name"] is None and (opts["layer"] is not None or opts["site"] is not None):
-        base_layer, base_site = (None, None)
-        if hook:
-            base_layer, base_site = _parse_hook(hook, wfile)
+    if opts["hook_name"] is None and (opts["layer"] is not None or opts["site"] is not None) and kind == "sae":
+        base_layer, base_site = _parse_hook(hook, wfile) if hook else (None, None)
         lay = (
             opts["layer"] if opts["layer"] is not None else (base_layer if base_layer is not None else raw.get("layer"))
         )
-        sit = opts["site"] or base_site or raw.get("site")
-        hook = _hook_from(lay, sit, wfile)
+        hook = _hook_from(lay, opts["site"] or base_site or raw.get("site"), wfile)
     elif hook is None:
-        hook = _hook_from(raw.get("layer"), raw.get("site"), wfile)
+        if raw.get("layer") is None and raw.get("site") is None and hints.get("hook_name"):
+            hook = hints["hook_name"]
+        else:
+            hook = _hook_from(raw.get("layer"), raw.get("site"), wfile)
     layer, site = _parse_hook(hook, wfile)
+    if kind == "sae" and site not in SITES:
+        raise SAEMismatch(f"{wfile}: an SAE on {hook}; sae-atlas reads SAEs at {', '.join(SITES)}")
+    out_hook = raw.get("out_hook_name")
+    if kind != "sae":
+        if not out_hook:
+            raise CorruptWeights(f"{wfile}: a {kind} that does not say which hook it writes")
+        _parse_hook(out_hook, wfile)
 
-    tensors = {k: raw.get(k) for k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold", "r_mag", "b_mag", "b_gate")}
-    tensors = {k: (None if v is None else v.detach().to(torch.float32).contiguous()) for k, v in tensors.items()}
-    _check_tensors(tensors, wfile, raw.get("cfg_d_in"), raw.get("cfg_d_sae"))
+    target = opts.get("dtype") or torch.float32
+    tensors = {k: raw.get(k) for k in _TENSORS}
+    for k, v in tensors.items():
+        if v is not None and k not in ("W_enc", "W_dec", "W_skip"):
+            tensors[k] = v.detach().to(device=opts.get("device"), dtype=target).contiguous()
+        elif v is not None and (
+            v.dtype != target or (opts.get("device") is not None and v.device != torch.device(opts["device"]))
+        ):
+            tensors[k] = v.detach().to(device=opts.get("device"), dtype=target).contiguous()
+        elif v is not None and not v.is_contiguous():
+            tensors[k] = v.contiguous()
+    _check_tensors(tensors, wfile, raw, kind)
     arch = raw["architecture"]
     if arch == "jumprelu" and tensors["threshold"] is None:
-        raise CorruptWeights(f"{wfile}: a JumpReLU SAE without a threshold")
+        raise CorruptWeights(f"{wfile}: a JumpReLU dictionary without a threshold")
     if arch == "topk" and not (raw.get("k") or 0) > 0:
-        raise CorruptWeights(f"{wfile}: a TopK SAE needs k > 0")
+        raise CorruptWeights(f"{wfile}: a TopK dictionary needs k > 0")
+    for extra in raw.get("checked_files") or []:
+        sha256_and_verify(extra)  # a corrupt cached config is refused too
+    meta = {k: v for k, v in (raw.get("meta") or {}).items() if v is not None}
+    for key in ("registry", "model", "l0"):
+        if hints.get(key) is not None:
+            meta[f"registry_{key}"] = hints[key]
     return SAEWeights(
         **tensors, architecture=arch, hook_name=hook, site=site, layer=layer, source=source,
         source_format=fmt, k=raw.get("k"), apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input")),
         input_scale=float(raw.get("input_scale", 1.0)), normalization=raw.get("normalization"),
-        release=raw.get("release"), sae_ref=raw.get("sae_ref"), neuronpedia_id=raw.get("neuronpedia_id"),
-        sha256=sha256_file(wfile), meta={k: v for k, v in (raw.get("meta") or {}).items() if v is not None},
+        release=hints.get("release") or raw.get("release"), sae_ref=hints.get("sae_ref") or raw.get("sae_ref"),
+        neuronpedia_id=hints.get("neuronpedia_id") or raw.get("neuronpedia_id"), sha256=_sha256(files),
+        meta=meta, kind=kind, out_hook_name=out_hook if kind != "sae" else None,
+        out_layers=tuple(raw.get("out_layers") or ()), W_dec_layers=raw.get("W_dec_layers"),
+        notes=_notes(source, fmt, hints),
     )  # fmt: skip
+
+
+def _sha256(files: list[Path]) -> str:
+    """One file: its sha256 (checked against the hub blob's name when cached); several: the sha256
+    of their ``name sha256`` lines, as :func:`builders.hashing.sha256_files` does."""
+    digests = [(Path(f).name, sha256_and_verify(f)) for f in files]
+    if len(digests) == 1:
+        return digests[0][1]
+    lines = "".join(f"{n} {d}\n" for n, d in sorted(digests))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _notes(source: str, fmt: str, hints: dict[str, Any]) -> str | None:
+    parts = []
+    if hints.get("registry"):
+        parts.append(f"SAELens registry {hints['registry']}")
+    if source.startswith("hf://"):
+        parts.append(f"read from {source} ({fmt})")
+    return "; ".join(parts) or None
 
 
 def _parse_hook(hook: str, wfile: Path) -> tuple[int, str]:
@@ -498,47 +446,86 @@ def _hook_from(layer: Any, site: Any, wfile: Path) -> str:
     if layer is None or site is None:
         missing = " and ".join(n for n, v in (("layer", layer), ("site", site)) if v is None)
         raise LoadError(f"{wfile}: the files do not say the SAE's {missing}; pass it (or hook_name=)")
-    if site not in SITES:
+    if site not in READ_SITES:
         raise LoadError(f"{wfile}: unknown site {site!r}; sites are {', '.join(SITES)}")
     return hook_name_of(int(layer), site)
 
 
-def _check_tensors(t: dict[str, torch.Tensor | None], wfile: Path, cfg_d_in: Any, cfg_d_sae: Any) -> None:
+def _check_tensors(t: dict[str, torch.Tensor | None], wfile: Path, raw: dict[str, Any], kind: str) -> None:
     W_enc, W_dec = t["W_enc"], t["W_dec"]
-    if W_enc is None or W_dec is None or W_enc.ndim != 2:
-        raise CorruptWeights(f"{wfile}: W_enc must be a matrix (d_in, d_sae)")
+    if W_enc is None or W_dec is None or W_enc.ndim != 2 or W_dec.ndim != 2:
+        raise CorruptWeights(f"{wfile}: W_enc must be a matrix (d_in, d_sae) and W_dec (d_sae, d_out)")
     d_in, d_sae = W_enc.shape
-    want = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,), "r_mag": (d_sae,),
-            "b_mag": (d_sae,), "b_gate": (d_sae,)}  # fmt: skip
+    d_out = W_dec.shape[1] if kind != "sae" else d_in
+    want = {"W_dec": (d_sae, d_out), "b_enc": (d_sae,), "b_dec": (d_out,), "threshold": (d_sae,), "r_mag": (d_sae,),
+            "b_mag": (d_sae,), "b_gate": (d_sae,), "W_skip": (d_in, d_out)}  # fmt: skip
     for name, shape in want.items():
         if t[name] is not None and tuple(t[name].shape) != shape:
             raise CorruptWeights(
                 f"{wfile}: {name} is {tuple(t[name].shape)}, expected {shape} for W_enc {(d_in, d_sae)}"
             )
-    if cfg_d_in is not None and int(cfg_d_in) != d_in or cfg_d_sae is not None and int(cfg_d_sae) != d_sae:
-        raise CorruptWeights(f"{wfile}: config says d_in={cfg_d_in}, d_sae={cfg_d_sae}, weights are {d_in} x {d_sae}")
+    cfg = {
+        "d_in": (raw.get("cfg_d_in"), d_in),
+        "d_sae": (raw.get("cfg_d_sae"), d_sae),
+        "d_out": (raw.get("cfg_d_out"), d_out),
+    }
+    bad = [f"{k}={c}" for k, (c, real) in cfg.items() if c is not None and int(c) != real]
+    if bad:
+        raise CorruptWeights(
+            f"{wfile}: config says {', '.join(bad)}, but the weights are W_enc {(d_in, d_sae)}, W_dec {tuple(W_dec.shape)}"
+        )
+    if raw.get("apply_b_dec_to_input") and d_out != d_in:
+        raise CorruptWeights(f"{wfile}: apply_b_dec_to_input with d_out {d_out} != d_in {d_in}")
     for name, x in t.items():
-        if x is not None and not bool(torch.isfinite(x).all()):
-            raise CorruptWeights(f"{wfile}: {name} has NaN or inf values")
+        if x is not None:
+            finite_blockwise(x, wfile, name)
 
 
-def check_sae_fits(sae: SAEWeights, model: ModelWeights) -> None:
-    """Raise SAEMismatch (one line, naming the SAE's file) unless the SAE reads a hook this model has."""
+def check_sae_fits(sae: SAEWeights, model: ModelWeights, *, for_atlas: bool = True) -> None:
+    """Raise SAEMismatch (one line, naming the dictionary) unless it reads and writes hooks this model has.
+
+    ``for_atlas``: also refuse what an atlas cannot store yet (transcoders and CLTs load and are
+    checked, but their passes and schema are the next step); pass False to check the fit alone.
+    """
     src = sae.source
     try:
         layer, site = site_of_hook(sae.hook_name)
     except ValueError as e:
         raise SAEMismatch(f"{src}: {e}") from None
-    if layer >= model.n_layers:
+    hooks = [("reads", sae.hook_name)] + ([("writes", h) for h in sae.write_hooks] if sae.kind != "sae" else [])
+    post_norm = any(lw.ln_mlp_out is not None for lw in model.layers)
+    for verb, hook in hooks:
+        at, _ = site_of_hook(hook)
+        if at >= model.n_layers:
+            raise SAEMismatch(
+                f"{src}: layer {at} is past the model's depth ({model.n_layers} layers: 0..{model.n_layers - 1}); "
+                f"it {verb} {hook}"
+            )
+        if hook.endswith(".mlp.hook_out") and post_norm:
+            raise SAEMismatch(
+                f"{src}: {verb} {hook}, the MLP's output before {model.architecture}'s post-feedforward norm; "
+                "sae-atlas reads hook_mlp_out (after it)"
+            )
+        if hook not in model.hook_names:
+            why = " (attention and MLP run in parallel: no resid_mid)" if model.parallel_attn_mlp else ""
+            raise SAEMismatch(f"{src}: hook {hook} does not exist in {model.architecture}{why}")
+    if sae.kind == "clt" and sae.write_layers[-1] != model.n_layers - 1:
         raise SAEMismatch(
-            f"{src}: layer {layer} is past the model's depth ({model.n_layers} layers: 0..{model.n_layers - 1})"
+            f"{src}: a cross-layer transcoder writing layers {sae.write_layers[0]}..{sae.write_layers[-1]}; "
+            f"this model's last layer is {model.n_layers - 1}"
         )
-    if sae.hook_name not in model.hook_names:
-        why = " (attention and MLP run in parallel: no resid_mid)" if model.parallel_attn_mlp else ""
-        raise SAEMismatch(f"{src}: hook {sae.hook_name} does not exist in {model.architecture}{why}")
     if site == "attn_z":
         want, what = model.n_heads * model.d_head, f"n_heads*d_head = {model.n_heads}*{model.d_head}"
     else:
         want, what = model.d_model, "d_model"
     if sae.d_in != want:
         raise SAEMismatch(f"{src}: SAE d_in {sae.d_in} does not match the model's {what} = {want}")
+    if sae.kind != "sae" and sae.d_out != model.hook_d_in(sae.write_hooks[0]):
+        raise SAEMismatch(
+            f"{src}: d_out {sae.d_out} does not match the model's width {model.hook_d_in(sae.write_hooks[0])} at {sae.write_hooks[0]}"
+        )
+    if for_atlas and sae.kind != "sae":
+        what = "a cross-layer transcoder" if sae.kind == "clt" else "a transcoder"
+        raise SAEMismatch(
+            f"{src}: {what} ({sae.hook_name} -> {sae.write_hooks[-1]}); sae-atlas reads it but does not build atlases of transcoders yet"
+        )

@@ -15,13 +15,24 @@ from typing import Any
 
 import torch
 
+from builders.errors import LoadError
+
 NORM_KINDS = ("layernorm", "rmsnorm", "gemma_rmsnorm")
+# Sites an SAE reads and an atlas stores (the schema's CHECK list).
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn_z", "attn_out", "mlp_out")
+# Sites a transcoder reads besides those: the MLP's input after the pre-MLP norm, gain included
+# (circuit-tracer's mlp.hook_in; Gemma Scope 2's pre_feedforward_layernorm.output), and the same
+# before the gain (TransformerLens's ln2.hook_normalized: unit RMS; Gemma Scope 1 transcoders).
+TRANSCODER_SITES = ("mlp_in", "ln2_normalized")
+READ_SITES = SITES + TRANSCODER_SITES
 SAE_ARCHITECTURES = ("relu", "jumprelu", "topk", "gated")
+# What a dictionary is: an SAE reads and writes one hook; a transcoder reads one hook and writes
+# another; a cross-layer transcoder (CLT) reads one layer and writes that layer and every later one.
+DICTIONARY_KINDS = ("sae", "transcoder", "clt")
 
 # The one place that maps a TransformerLens hook name to an atlas site. Per layer L the
 # hook is f"blocks.{L}.{suffix}". hook_attn_out / hook_mlp_out are what the sublayer adds
-# to the residual stream (for Gemma-2: after its post-attention / post-feedforward norm).
+# to the residual stream (for Gemma-2/3: after its post-attention / post-feedforward norm).
 HOOK_SUFFIX_OF_SITE = {
     "resid_pre": "hook_resid_pre",
     "resid_mid": "hook_resid_mid",  # absent when attention and MLP run in parallel (GPT-NeoX/Pythia)
@@ -29,8 +40,16 @@ HOOK_SUFFIX_OF_SITE = {
     "attn_z": "attn.hook_z",  # every head's z concatenated: (n_heads * d_head,)
     "attn_out": "hook_attn_out",
     "mlp_out": "hook_mlp_out",
+    "mlp_in": "mlp.hook_in",
+    "ln2_normalized": "ln2.hook_normalized",
 }
-_SITE_OF_SUFFIX = {suffix: site for site, suffix in HOOK_SUFFIX_OF_SITE.items()}
+# Other spellings of the same points. hook_mlp_in is the name SAELens gives Gemma Scope 2's
+# pre_feedforward_layernorm.output (and TransformerLens 3's bridge an alias of mlp.hook_in); in the
+# old HookedTransformer it was the raw residual, which no published transcoder reads.
+# mlp.hook_out is the MLP module's own output: hook_mlp_out wherever the model has no
+# post-feedforward norm (every family but Gemma-2/3); check_sae_fits refuses it on Gemma.
+HOOK_ALIASES = {"hook_mlp_in": "mlp_in", "mlp.hook_out": "mlp_out"}
+_SITE_OF_SUFFIX = {suffix: site for site, suffix in HOOK_SUFFIX_OF_SITE.items()} | HOOK_ALIASES
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
@@ -46,14 +65,17 @@ def site_of_hook(hook_name: str) -> tuple[int, str]:
 def hook_name_of(layer: int, site: str) -> str:
     """``(12, "resid_post")`` -> ``"blocks.12.hook_resid_post"``."""
     if site not in HOOK_SUFFIX_OF_SITE:
-        raise ValueError(f"unknown site {site!r}; sites are {', '.join(SITES)}")
+        raise ValueError(f"unknown site {site!r}; sites are {', '.join(READ_SITES)}")
     return f"blocks.{int(layer)}.{HOOK_SUFFIX_OF_SITE[site]}"
 
 
-def model_hook_names(n_layers: int, parallel_attn_mlp: bool = False) -> set[str]:
-    """Every hook a model of this depth has (no resid_mid when attention and MLP are parallel)."""
-    sites = [s for s in SITES if not (parallel_attn_mlp and s == "resid_mid")]
-    return {hook_name_of(layer, site) for layer in range(n_layers) for site in sites}
+def model_hook_names(n_layers: int, parallel_attn_mlp: bool = False, post_mlp_norm: bool = False) -> set[str]:
+    """Every hook a model of this depth has (no resid_mid when attention and MLP are parallel;
+    mlp.hook_out only where it is hook_mlp_out, i.e. without Gemma's post-feedforward norm)."""
+    sites = [s for s in READ_SITES if not (parallel_attn_mlp and s == "resid_mid")]
+    hooks = {hook_name_of(layer, site) for layer in range(n_layers) for site in sites}
+    suffixes = ["hook_mlp_in"] + ([] if post_mlp_norm else ["mlp.hook_out"])
+    return hooks | {f"blocks.{layer}.{s}" for layer in range(n_layers) for s in suffixes}
 
 
 @dataclass
@@ -109,6 +131,27 @@ class LayerWeights:
     attn_scale: float | None = (
         None  # this layer's multiplier on q.k when layers differ (GPT-2 scale_attn_by_inverse_layer_idx)
     )
+    q_norm: Norm | None = None  # per-head RMSNorm on each query after W_Q, before rotary (Qwen3, Gemma-3); (d_head,)
+    k_norm: Norm | None = None  # the same on each key
+
+    def qk_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W_Q, W_K)`` with the query/key norms' gains folded in: what a weight-only QK pass uses.
+
+        With q/k norms the query is ``q = g_q * (x W_Q) / rms(x W_Q)`` (per head), which is not
+        linear in ``x``. Its Jacobian is ``(1 / rms) * diag(g_q) (I - q_hat q_hat^T)`` (q_hat the unit
+        pre-norm query): the gain-folded projection, times a positive factor every feature at that
+        position shares, minus the one component along the current query. So the first-order
+        (mixed second derivative) effect of a query feature i and a key feature j on the pre-softmax
+        score is ``(x_i W_Q g_q) . (x_j W_K g_k) * qk_scale`` up to the shared factor
+        ``d_head / (||q|| ||k||)`` and the dropped rank-one projections. Without q/k norms this is
+        ``(W_Q, W_K)`` unchanged. Shapes ``(n_heads, d_model, d_head)`` each.
+        """
+        W_Q, W_K = self.W_Q, self.W_K
+        if self.q_norm is not None:
+            W_Q = W_Q * self.q_norm.gain.to(W_Q)
+        if self.k_norm is not None:
+            W_K = W_K * self.k_norm.gain.to(W_K)
+        return W_Q, W_K
 
 
 @dataclass
@@ -166,6 +209,11 @@ class ModelWeights:
         _, site = site_of_hook(hook_name)
         return self.n_heads * self.d_head if site == "attn_z" else self.d_model
 
+    @property
+    def has_qk_norm(self) -> bool:
+        """Whether attention normalises each head's query and key (Qwen3, Gemma-3)."""
+        return any(lw.q_norm is not None or lw.k_norm is not None for lw in self.layers)
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ModelWeights:
         """A copy with every tensor moved/cast (norm parameters stay fp32: they are tiny and exact)."""
 
@@ -184,6 +232,8 @@ class ModelWeights:
                 ln2=mv_norm(lw.ln2),
                 ln_attn_out=mv_norm(lw.ln_attn_out),
                 ln_mlp_out=mv_norm(lw.ln_mlp_out),
+                q_norm=mv_norm(lw.q_norm),
+                k_norm=mv_norm(lw.k_norm),
                 W_Q=mv(lw.W_Q),
                 W_K=mv(lw.W_K),
                 W_V=mv(lw.W_V),
@@ -230,23 +280,32 @@ class ModelWeights:
 
 @dataclass
 class SAEWeights:
-    """One sparse autoencoder, in SAELens conventions.
+    """One dictionary (an SAE, a transcoder or one layer of a cross-layer transcoder), in SAELens
+    conventions.
 
     ``encode(x) = act(x' @ W_enc + b_enc)`` with ``x' = x - b_dec`` when
     ``apply_b_dec_to_input``, and ``decode(a) = a @ W_dec + b_dec``. For
     ``hook_z`` SAEs, ``x`` is all heads' z concatenated: ``(n_heads * d_head,)``.
+
+    Where it reads: ``hook_name`` (``layer``, ``site``), always one hook. Where it writes:
+    ``write_hooks``: the same hook for an SAE; ``out_hook_name`` for a transcoder (e.g. reads
+    ``blocks.3.mlp.hook_in``, writes ``blocks.3.hook_mlp_out``); for a CLT the output site at every
+    layer of ``out_layers`` (its own layer and each later one). A CLT's ``W_dec`` is the sum of its
+    per-layer decoders (its direct effect on the residual stream, hence on the logits);
+    ``W_dec_layers`` holds them apart, ``(d_sae, len(out_layers), d_out)``, possibly left in its file
+    (:class:`builders.sae_io.StoredTensor`, read a block of features at a time).
     """
 
     W_enc: torch.Tensor  # (d_in, d_sae)
-    W_dec: torch.Tensor  # (d_sae, d_in)
+    W_dec: torch.Tensor  # (d_sae, d_out); d_out == d_in for an SAE
     b_enc: torch.Tensor  # (d_sae,)
-    b_dec: torch.Tensor  # (d_in,)
-    architecture: str  # relu | jumprelu | topk | gated
-    hook_name: str  # TransformerLens-style, e.g. blocks.12.hook_resid_post
-    site: str  # resid_pre | resid_mid | resid_post | attn_z | attn_out | mlp_out
+    b_dec: torch.Tensor  # (d_out,)
+    architecture: str  # relu | jumprelu | topk | gated: the activation
+    hook_name: str  # where it reads, TransformerLens-style, e.g. blocks.12.hook_resid_post
+    site: str  # resid_pre | resid_mid | resid_post | attn_z | attn_out | mlp_out | mlp_in | ln2_normalized
     layer: int
     source: str  # path or hub reference
-    source_format: str  # saelens | gemma_scope | llama_scope | kissane | dictionary_learning
+    source_format: str  # one of builders.saes.SAE_FORMATS
     threshold: torch.Tensor | None = None  # (d_sae,) JumpReLU
     k: int | None = None  # TopK
     r_mag: torch.Tensor | None = None  # (d_sae,) gated SAEs
@@ -260,6 +319,12 @@ class SAEWeights:
     neuronpedia_id: str | None = None
     sha256: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # anything else the config said
+    kind: str = "sae"  # sae | transcoder | clt
+    out_hook_name: str | None = None  # transcoder / CLT: the hook it writes (a CLT: at its own layer)
+    out_layers: tuple[int, ...] = ()  # CLT: every layer it writes, ascending
+    W_skip: torch.Tensor | None = None  # (d_in, d_out): a skip transcoder's output adds x @ W_skip
+    W_dec_layers: Any = None  # CLT: (d_sae, len(out_layers), d_out) tensor or StoredTensor
+    notes: str | None = None  # where it came from, for the atlas (hub repo, path, revision, registry)
 
     @property
     def d_in(self) -> int:
@@ -268,6 +333,30 @@ class SAEWeights:
     @property
     def d_sae(self) -> int:
         return self.W_enc.shape[1]
+
+    @property
+    def d_out(self) -> int:
+        return self.W_dec.shape[1]
+
+    @property
+    def out_site(self) -> str:
+        """The site it writes (an SAE: the one it reads)."""
+        return self.site if self.out_hook_name is None else site_of_hook(self.out_hook_name)[1]
+
+    @property
+    def write_layers(self) -> tuple[int, ...]:
+        """The layers it writes: one for an SAE or transcoder, several for a CLT."""
+        if self.out_layers:
+            return self.out_layers
+        return (self.layer if self.out_hook_name is None else site_of_hook(self.out_hook_name)[0],)
+
+    @property
+    def write_hooks(self) -> tuple[str, ...]:
+        """Every hook it writes, in layer order."""
+        if self.kind == "sae" or self.out_hook_name is None:
+            return (self.hook_name,)
+        suffix = self.out_hook_name.split(".", 2)[2]
+        return tuple(f"blocks.{layer}.{suffix}" for layer in self.write_layers)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() * self.input_scale
@@ -287,7 +376,24 @@ class SAEWeights:
         return torch.relu(pre)
 
     def decode(self, a: torch.Tensor) -> torch.Tensor:
+        """The reconstruction at the hook it writes (a CLT: summed over its output layers)."""
         return (a.float() @ self.W_dec.float() + self.b_dec.float()) / self.input_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """What it predicts at its output hook from ``x`` at its input: decode(encode(x)) + skip."""
+        out = self.decode(self.encode(x))
+        if self.W_skip is not None:
+            out = out + x.float() @ self.W_skip.float()
+        return out
+
+    def decoder_layers(self, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Per-output-layer decoder rows ``[start, end)``: ``(n, len(write_layers), d_out)`` fp32."""
+        end = self.d_sae if end is None else end
+        if self.W_dec_layers is None:
+            return self.W_dec[start:end, None, :].float()
+        if isinstance(self.W_dec_layers, torch.Tensor):
+            return self.W_dec_layers[start:end].float()
+        return self.W_dec_layers.read(start, end)
 
     def fold_input_scale(self) -> SAEWeights:
         """An equivalent SAE with ``input_scale == 1`` (the SAELens fold).
@@ -306,19 +412,27 @@ class SAEWeights:
         )  # fmt: skip
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SAEWeights:
-        """A copy with every tensor moved/cast."""
+        """A copy with every tensor moved/cast (a decoder left in its file stays there)."""
+        names = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold", "r_mag", "b_mag", "b_gate", "W_skip")
         mv = {
             name: getattr(self, name).to(device=device, dtype=dtype)
-            for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold", "r_mag", "b_mag", "b_gate")
+            for name in names
             if getattr(self, name) is not None
         }
+        if isinstance(self.W_dec_layers, torch.Tensor):
+            mv["W_dec_layers"] = self.W_dec_layers.to(device=device, dtype=dtype)
         return replace(self, **mv)
 
     def atlas_sae_fields(self, model_id: int) -> dict[str, Any]:
-        """Row for atlas.add_sae()."""
+        """Row for atlas.add_sae(). Transcoders and CLTs load, but the atlas stores SAEs only so far."""
+        if self.kind != "sae":
+            raise LoadError(
+                f"{self.source}: a {'cross-layer transcoder' if self.kind == 'clt' else 'transcoder'} "
+                f"({self.hook_name} -> {self.out_hook_name}); sae-atlas reads it but cannot store it in an atlas yet"
+            )
         return dict(
             model_id=model_id, release=self.release, sae_ref=self.sae_ref, hook_name=self.hook_name,
             site=self.site, layer=self.layer, d_in=self.d_in, d_sae=self.d_sae,
             architecture=self.architecture, k=self.k, source=self.source, source_format=self.source_format,
-            sha256=self.sha256, neuronpedia_id=self.neuronpedia_id,
+            sha256=self.sha256, neuronpedia_id=self.neuronpedia_id, notes=self.notes,
         )  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from builders.models import SUPPORTED_ARCHITECTURES
+from builders.models import SUPPORTED_ARCHITECTURES, text_model
 from builders.weights import ModelWeights
 
 
@@ -25,7 +25,7 @@ def blocks(model: nn.Module) -> nn.ModuleList:
         return model.transformer.h
     if fam == "neox":
         return model.gpt_neox.layers
-    return model.model.layers
+    return text_model(model).layers
 
 
 def final_norm(model: nn.Module) -> nn.Module:
@@ -34,7 +34,7 @@ def final_norm(model: nn.Module) -> nn.Module:
         return model.transformer.ln_f
     if fam == "neox":
         return model.gpt_neox.final_layer_norm
-    return model.model.norm
+    return text_model(model).norm
 
 
 def attention(model: nn.Module, layer: int) -> nn.Module:
@@ -52,14 +52,14 @@ def out_proj(model: nn.Module, layer: int) -> nn.Module:
 @torch.no_grad()
 def check_logits(model: nn.Module, w: ModelWeights, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(1) The final residual state of a real forward pass, through the extracted final norm,
-    W_U, bias and softcap, against the model's output logits."""
+    W_U, bias and softcap, against the model's output logits (the rows kept as tokens)."""
     seen = {}
     handle = final_norm(model).register_forward_pre_hook(lambda mod, args: seen.update(h=args[0]))
     try:
-        want = model(ids).logits.float()  # (batch, seq, d_vocab)
+        want = model(ids).logits.float()  # (batch, seq, rows)
     finally:
         handle.remove()
-    return w.logits(seen["h"]), want
+    return w.logits(seen["h"]), want[..., : w.d_vocab]
 
 
 @torch.no_grad()
@@ -147,8 +147,12 @@ def check_attention(model: nn.Module, w: ModelWeights, layer: int, seq: int = 4,
     if fam in ("gpt2", "neo"):
         want = a(x, attention_mask=mask)[0]
     else:
-        rotary = model.gpt_neox.rotary_emb if fam == "neox" else model.model.rotary_emb
-        cos, sin = rotary(x, torch.zeros(1, seq, dtype=torch.long))  # angle 0 at every position
+        rotary = model.gpt_neox.rotary_emb if fam == "neox" else text_model(model).rotary_emb
+        pos = torch.zeros(1, seq, dtype=torch.long)  # angle 0 at every position
+        if fam == "gemma3":  # one rotary per layer type (sliding / full attention)
+            cos, sin = rotary(x, pos, text_model(model).config.layer_types[layer])
+        else:
+            cos, sin = rotary(x, pos)
         want = a(x, attention_mask=mask, position_embeddings=(cos, sin))[0]
 
     lw, xf = w.layers[layer], x.float()
@@ -157,6 +161,8 @@ def check_attention(model: nn.Module, w: ModelWeights, layer: int, seq: int = 4,
     v = torch.einsum("bsd,hde->bhse", xf, lw.W_V.float())
     if lw.b_Q is not None:
         q, k, v = q + lw.b_Q.float()[:, None], k + lw.b_K.float()[:, None], v + lw.b_V.float()[:, None]
+    if lw.q_norm is not None:  # per-head norms over d_head (Qwen3, Gemma-3)
+        q, k = lw.q_norm(q), lw.k_norm(k)
     scores = q @ k.transpose(-1, -2) * w.layer_qk_scale(layer)  # (1, n_heads, seq, seq)
     if w.attn_softcap:
         scores = torch.tanh(scores / w.attn_softcap) * w.attn_softcap
@@ -169,3 +175,25 @@ def check_attention(model: nn.Module, w: ModelWeights, layer: int, seq: int = 4,
 
 def a_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
+
+
+@torch.no_grad()
+def check_qk_norm(model: nn.Module, w: ModelWeights, ids: torch.Tensor, layer: int) -> dict[str, tuple]:
+    """(6) The extracted q/k norms on what the model's q_norm / k_norm modules received in a real
+    forward pass (per head, over d_head), against what they returned. Their place in the
+    attention (after W_Q/W_K, before rotary) is checked by check_attention."""
+    a, seen = attention(model, layer), {}
+    handles = [
+        a.q_norm.register_forward_hook(lambda m, i, o: seen.update(q=(i[0], o))),
+        a.k_norm.register_forward_hook(lambda m, i, o: seen.update(k=(i[0], o))),
+    ]
+    try:
+        model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    lw = w.layers[layer]
+    return {
+        "q": (lw.q_norm(seen["q"][0]), seen["q"][1].float()),
+        "k": (lw.k_norm(seen["k"][0]), seen["k"][1].float()),
+    }

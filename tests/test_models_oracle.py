@@ -13,8 +13,9 @@ from builders.hashing import sha256_file
 from builders.models import SUPPORTED_ARCHITECTURES, from_hf_model, load_model, token_strings
 from builders.weights import model_hook_names
 from tests import model_oracle as oracle
-from tests.builders_fixtures import ARCHS, D_VOCAB, tiny_model
+from tests.builders_fixtures import ALL_ARCHS, D_VOCAB, tiny_model
 
+ARCHS = ALL_ARCHS + ("gemma3_mm",)  # the families of 2026 too; Gemma-3 4B+ checkpoints are image-text models
 VARIANTS = [(arch, tied) for arch in ARCHS for tied in (False, True)]
 IDS = torch.tensor([[3, 96, 0, 41, 7, 58], [12, 12, 95, 1, 33, 2]])  # (2, 6): first and last ids included
 
@@ -172,12 +173,14 @@ def test_unsupported_architecture_is_named(tmp_path):
     with pytest.raises(UnsupportedArchitecture, match="BertForMaskedLM.*Gemma2ForCausalLM"):
         from_hf_model(bert, source="bert", source_kind="path")
     # Refused from the config, before any weights are read (there are none in this folder).
-    T.Qwen3Config(vocab_size=D_VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4).save_pretrained(
+    T.PhiConfig(vocab_size=D_VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4).save_pretrained(
         tmp_path
     )
-    with pytest.raises(UnsupportedArchitecture, match="qwen3.*; supported: GPT2LMHeadModel"):
+    with pytest.raises(UnsupportedArchitecture, match="model_type='phi'; supported: GPT2LMHeadModel"):
         load_model(str(tmp_path), device="cpu")
-    assert "Qwen2ForCausalLM" in SUPPORTED_ARCHITECTURES
+    assert {"Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM", "LlamaForCausalLM"} <= set(
+        SUPPORTED_ARCHITECTURES
+    )
 
 
 def test_bad_sources_give_one_line(tmp_path):

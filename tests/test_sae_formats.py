@@ -126,8 +126,11 @@ def test_saelens_overrides_and_unknown_hook(tmp_path):
     assert load_sae(tmp_path / "s", site="resid_pre").hook_name == "blocks.1.hook_resid_pre"
     assert load_sae(tmp_path / "s", hook_name="blocks.1.hook_mlp_out").site == "mlp_out"
     with pytest.raises(SAEMismatch, match="unknown hook") as e:
-        load_sae(tmp_path / "s", hook_name="blocks.1.ln2.hook_normalized")
+        load_sae(tmp_path / "s", hook_name="blocks.1.ln2.hook_scale")
     assert "sae_weights.safetensors" in one_line(e)
+    # a hook transcoders read, but not a site the atlas stores SAEs at
+    with pytest.raises(SAEMismatch, match="an SAE on blocks.1.ln2.hook_normalized; sae-atlas reads SAEs at") as e:
+        load_sae(tmp_path / "s", hook_name="blocks.1.ln2.hook_normalized")
 
 
 # ------------------------------------------------------------------------- Gemma Scope
@@ -315,8 +318,8 @@ def test_unknown_layout_and_missing(tmp_path):
         load_sae(tmp_path / "empty")
     with pytest.raises(LoadError, match="no such SAE"):
         load_sae(tmp_path / "nope")
-    with pytest.raises(LoadError, match="hub references"):
-        load_sae("gemma-scope-2b-pt-res:layer_12/width_16k/average_l0_82")
+    with pytest.raises(LoadError, match="no such SAE file or folder"):
+        load_sae("nothing-here")
     with pytest.raises(UnknownSAEFormat, match="unknown SAE format"):
         load_sae(tmp_path / "empty", fmt="npz-ish")
 

@@ -151,7 +151,9 @@ class ChunkTopK:
         if t % c == 0 and tile.is_contiguous():
             tiles = tile.view(b, nc, c)  # (b, nc, c) no copy
         else:  # a ragged last tile: pad with values that never win
-            tiles = torch.full((b, nc, c), float("-inf") if largest else float("inf"), dtype=tile.dtype, device=tile.device)
+            tiles = torch.full(
+                (b, nc, c), float("-inf") if largest else float("inf"), dtype=tile.dtype, device=tile.device
+            )
             tiles.view(b, nc * c)[:, :t] = tile
         ext = tiles.amax(2) if largest else tiles.amin(2)  # (b, nc)
         row_ext = ext.amax(1) if largest else ext.amin(1)  # (b,) exact, as a reduction of the tile would be
