@@ -26,10 +26,12 @@ import click
 
 import atlas as _atlas_pkg
 from atlas import db as _db
+from atlas.bundled import is_bundled_example
 from atlas.dbpath import resolve_db_path
 from atlas.domain import EDGE_KINDS, LABEL_KINDS
-from atlas.errors import AtlasError, ReadOnlyAtlas
+from atlas.errors import AtlasError
 from atlas.output import cell, dump_json, emit, output_options, table
+from atlas.provenance_facts import facts_text, provenance_facts
 from atlas.read import METRIC_COLUMNS, describe_criterion
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -39,7 +41,7 @@ DEBUG_ENV = "SAE_ATLAS_DEBUG"
 LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "build": ("builders.cli", "build", "Build an atlas from model and SAE weights.", "the build extra: pip install 'sae-atlas[build]'"),
     "browse": ("tui.cli", "browse", "Browse an atlas in the terminal (Textual).", "textual: pip install 'sae-atlas'"),
-    "report": ("atlas.report", "report", "Write the paper-style report of an atlas.", "the report extra: pip install 'sae-atlas[report]'"),
+    "report": ("atlas.report", "report", "Write the paper-style report of an atlas.", "matplotlib: pip install 'sae-atlas'"),
 }  # fmt: skip
 
 
@@ -47,7 +49,41 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "error"
 
 
-class LazyGroup(click.Group):
+def one_line_usage(e: click.UsageError) -> click.UsageError:
+    """The same usage error, shown as one line: ``Error: ... (see 'sae-atlas top -h')``.
+
+    click prints a usage error as the usage line, a hint and the message (3-4
+    lines); without a context it prints the message alone, so the hint joins it.
+    """
+    hint = f" (see '{e.ctx.command_path} -h')" if e.ctx is not None else ""
+    out = click.UsageError(_one_line(e.format_message()) + hint)
+    out.exit_code = e.exit_code
+    return out
+
+
+class OneLineUsageGroup(click.Group):
+    """A group whose usage errors (bad options, arguments, choices; its own and its commands') are one line."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `sae-atlas` alone prints its help
+        except click.UsageError as e:
+            raise one_line_usage(e) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            if e.ctx is None and "(see '" in str(e):
+                raise  # already one line
+            raise one_line_usage(e) from None
+
+
+class LazyGroup(OneLineUsageGroup):
     """A click group that imports some subcommands only when they run, and turns
     every failure into one line on stderr."""
 
@@ -167,14 +203,14 @@ def open_ro(db: Path | None) -> _db.Atlas:
 def cli(ctx: click.Context, db: Path | None) -> None:
     """What SAE features do, read from the weights alone, in one SQLite atlas.
 
-    Features are named PREFIX/INDEX, e.g. L3.res/1234 (`sae-atlas info` lists
+    Features are named PREFIX/INDEX, e.g. L14.res/1234 (`sae-atlas info` lists
     the prefixes), or #ID by atlas-wide id.
 
     \b
     Example:
         sae-atlas info
-        sae-atlas show L3.res/1234
-        sae-atlas --db my.db search --promotes Paris
+        sae-atlas show L14.res/1234
+        sae-atlas --db my.db search --promotes king
     """
     ctx.obj = {"db": db}
 
@@ -185,7 +221,7 @@ def cli(ctx: click.Context, db: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Output everything as one JSON object")
 @click.option("--provenance", "full_provenance", is_flag=True, help="Print the full build provenance (JSON)")
 def info(db: Path | None, as_json: bool, full_provenance: bool) -> None:
-    """Models, SAEs (with their feature-name prefixes), row counts, provenance and file size.
+    """Models, SAEs (with their feature-name prefixes), how the atlas was built, row counts, where your labels go.
 
     Row counts of big tables come from the statistics of the last ANALYZE
     (marked ~), so this stays fast on a million-feature atlas.
@@ -193,12 +229,22 @@ def info(db: Path | None, as_json: bool, full_provenance: bool) -> None:
     \b
     Example:
         sae-atlas info
-        sae-atlas info --json | jq '.saes[].name'
+        sae-atlas info --provenance
+        sae-atlas --db my.db info --json
     """
+    from atlas.labels import label_target
     from atlas.maintenance import describe
 
     with open_ro(db) as atlas:
         d = describe(atlas)
+        target = label_target(atlas)
+        overlay = atlas.overlay_store()
+        d["labels"] = {
+            "in_overlay": overlay.count(),
+            "overlay": str(overlay.path),
+            "new_labels_go_to": target.where,
+            "why": target.reason,
+        }
     if as_json:
         click.echo(dump_json(d))
         return
@@ -241,7 +287,13 @@ def info(db: Path | None, as_json: bool, full_provenance: bool) -> None:
         f"{t} {'' if c['exact'] else '~'}{c['rows']:,}" for t, c in d["counts"].items() if t not in ("models", "saes")
     )
     click.echo(f"\nrows: {counts}")
-    click.echo("\nprovenance: " + (_provenance_summary(d["provenance"]) or "(none recorded)"))
+    facts = provenance_facts(d["provenance"], created_at=d["created_at"], sae_atlas_version=d["sae_atlas_version"])
+    click.echo("\nhow it was built (all of it as JSON: sae-atlas info --provenance)")
+    facts = [f for f in facts if f.label != "model"]  # the model block above says it
+    click.echo(facts_text(facts) if facts else "  (no provenance recorded)")
+    n_overlay = d["labels"]["in_overlay"]
+    mine = f"{n_overlay} label{'s' * (n_overlay != 1)} in your label overlay {overlay.path}; " if n_overlay else ""
+    click.echo(f"\nyour labels: {mine}new ones go {target.describe()}")
 
 
 def _size(n: int) -> str:
@@ -254,25 +306,6 @@ def _size(n: int) -> str:
 
 def _indent(text: str, pad: str = "  ") -> str:
     return "\n".join(pad + line for line in text.splitlines())
-
-
-def _provenance_summary(p: dict, limit: int = 12) -> str:
-    parts = []
-    for key, value in p.items():
-        if isinstance(value, dict):
-            inner = ", ".join(f"{k}={_brief(v)}" for k, v in list(value.items())[:4])
-            more = ", ..." if len(value) > 4 else ""
-            parts.append(f"{key} {{{inner}{more}}}")
-        else:
-            parts.append(f"{key}={_brief(value)}")
-    more = f"; ... ({len(parts) - limit} more; see --provenance)" if len(parts) > limit else ""
-    return "; ".join(parts[:limit]) + more
-
-
-def _brief(v: Any) -> str:
-    s = v if isinstance(v, str) else dump_json(v).replace("\n", " ")
-    s = " ".join(s.split())
-    return s if len(s) <= 40 else s[:37] + "..."
 
 
 # ---------------------------------------------------------------- show
@@ -294,12 +327,12 @@ def _brief(v: Any) -> str:
 def show(feature: str, db: Path | None, k: int, edge_limit: int, as_json: bool) -> None:
     """The full card of one FEATURE: metrics, tokens, labels, heads, edges, neighbours.
 
-    FEATURE is PREFIX/INDEX (e.g. L3.res/1234, or <sae_ref>/1234) or #ID.
+    FEATURE is PREFIX/INDEX (e.g. L14.res/1234, or <sae_ref>/1234) or #ID.
 
     \b
     Example:
-        sae-atlas show L3.res/1234
-        sae-atlas show '#98765' --json
+        sae-atlas show L14.res/1234
+        sae-atlas show '#16644' --json
     """
     with open_ro(db) as atlas:
         if as_json:
@@ -322,7 +355,8 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
     if card.labels:
         for lab in card.labels:
             score = f" {lab.score:.2f}" if lab.score is not None else ""
-            out.append(f"  label [{lab.source}, {lab.kind}{score}] {lab.text}  (id {lab.label_id})")
+            where = ", your overlay" if lab.stored_in == "overlay" else ""
+            out.append(f"  label [{lab.source}, {lab.kind}{score}{where}] {lab.text}  (id {lab.label_id})")
     else:
         out.append("  no labels")
     out.append("  " + _verdict("predicts tokens", m.get("predicts_tokens"), "du_top1_z", m.get("du_top1_z")))
@@ -405,7 +439,7 @@ def _bar(frac: float, width: int = 12) -> str:
 @click.option("--token", metavar="TOKEN", help="Token search with --phase and --sign")
 @click.option("--phase", type=click.Choice(["du", "ee"]), default="du", show_default=True, help="With --token")
 @click.option("--sign", type=click.Choice(["+1", "-1", "1"]), default="+1", show_default=True, help="With --token")
-@click.option("--substring", is_flag=True, help="Match tokens containing the text, not equal to it")
+@click.option("--exact", "exact_only", is_flag=True, help="Only tokens equal to TOKEN (no partial matches)")
 @click.option("--max-rank", type=click.IntRange(0), default=None, help="Only hits at rank <= N in a feature's list")
 @click.option("--label", "label_query", metavar="QUERY", help="Full-text search over labels (FTS5 syntax)")
 @click.option("--metric", type=click.Choice(METRIC_COLUMNS), help="Features with --min <= METRIC <= --max")
@@ -416,19 +450,22 @@ def _bar(frac: float, width: int = 12) -> str:
 @output_options
 def search(
     db: Path | None, promotes: str | None, suppresses: str | None, driven_by: str | None, token: str | None,
-    phase: str, sign: str, substring: bool, max_rank: int | None, label_query: str | None, metric: str | None,
+    phase: str, sign: str, exact_only: bool, max_rank: int | None, label_query: str | None, metric: str | None,
     lo: float | None, hi: float | None, sae: str | None, limit: int, fmt: str,
 ) -> None:  # fmt: skip
     """Find features by token (promotes / suppresses / driven by), by label text, or by metric range.
 
-    Token text matches case-insensitively with surrounding spaces ignored, so
-    `Paris` finds both "Paris" and " Paris"; --substring matches inside tokens.
+    Token text matches the way you type it: exact matches first (case and
+    surrounding spaces ignored, so `king` finds "king", " King" and " king"),
+    then partial matches (tokens containing the text), each marked in the
+    match column; --exact keeps only the exact ones. Label search covers the
+    atlas's labels and your overlay labels (FTS5 syntax).
 
     \b
     Example:
-        sae-atlas search --promotes Paris
-        sae-atlas search --driven-by the --sae L3.res --limit 10
-        sae-atlas search --label 'capital city'
+        sae-atlas search --promotes king
+        sae-atlas search --driven-by the --sae L2.res --limit 10
+        sae-atlas search --label 'king'
         sae-atlas search --metric du_top1_z --min 8 --csv
     """
     token_modes = [(promotes, "du", 1), (suppresses, "du", -1), (driven_by, "ee", 1)]
@@ -442,15 +479,18 @@ def search(
         raise click.UsageError("--min/--max go with --metric")
     with open_ro(db) as atlas:
         if chosen:
+            from atlas.search import match_tokens, search_tokens
+
             text, ph, sg = chosen[0]
-            hits = atlas.search_token(
-                text, phase=ph, sign=sg, sae=sae, max_rank=max_rank, exact=not substring, limit=limit
+            matches = match_tokens(atlas, text, partial=not exact_only)
+            hits = search_tokens(
+                atlas, text, phase=ph, sign=sg, sae=sae, max_rank=max_rank, limit=limit, matches=matches
             )
             emit(
-                [(h.feature, h.token, h.phase, h.sign, h.rank, h.value) for h in hits],
-                ["feature", "token", "phase", "sign", "rank", "value"],
+                [(h.feature, h.token, h.match, h.phase, h.sign, h.rank, h.value) for h in hits],
+                ["feature", "token", "match", "phase", "sign", "rank", "value"],
                 fmt,
-                empty=_no_token_hits(atlas, text, substring),
+                empty=_no_token_hits(text, matches, exact_only),
             )
         elif label_query is not None:
             found = atlas.search_labels(label_query, limit=limit)
@@ -458,8 +498,8 @@ def search(
                 prefix = atlas.sae(sae).name + "/"
                 found = [(name, lab) for name, lab in found if name.startswith(prefix)]
             emit(
-                [(name, lab.kind, lab.source, lab.text, lab.label_id) for name, lab in found],
-                ["feature", "kind", "source", "label", "label_id"],
+                [(name, lab.kind, lab.source, lab.stored_in, lab.text, lab.label_id) for name, lab in found],
+                ["feature", "kind", "source", "stored_in", "label", "label_id"],
                 fmt,
                 empty=f"no label matches {label_query!r}",
             )
@@ -473,9 +513,10 @@ def search(
             )
 
 
-def _no_token_hits(atlas: Any, text: str, substring: bool) -> str:
-    if not atlas.find_tokens(text, exact=not substring, limit=1):
-        return f"no token in the vocabulary matches {text!r}" + ("" if substring else " (try --substring)")
+def _no_token_hits(text: str, matches: Any, exact_only: bool) -> str:
+    if not matches.exact and not matches.partial:
+        how = "exactly" if exact_only else "exactly or in part"
+        return f"no token in the vocabulary matches {text!r} ({how})"
     return f"no feature has a token matching {text!r} in that list"
 
 
@@ -499,7 +540,7 @@ def top(
     \b
     Example:
         sae-atlas top du_top1_z --limit 10
-        sae-atlas top attn_k_mean --layer 3 --json
+        sae-atlas top attn_k_mean --layer 14 --json
     """
     with open_ro(db) as atlas:
         feats = atlas.top(metric, sae=sae, layer=layer, lo=lo, hi=hi, ascending=ascending, limit=limit)
@@ -527,8 +568,8 @@ def edges(
 
     \b
     Example:
-        sae-atlas edges L3.res/1234
-        sae-atlas edges L3.res/1234 --kind qk --in --csv
+        sae-atlas edges L14.res/1234
+        sae-atlas edges L14.res/4018 --kind qk --in --csv
     """
     directions = [d for d, on in (("out", outgoing), ("in", incoming)) if on] or ["out", "in"]
     rows = []
@@ -561,11 +602,14 @@ def sql(query: str, db: Path | None, params: tuple[tuple[str, str], ...], limit:
     The connection cannot write: the file is opened read-only, with
     query_only and an authorizer that allows only reads. See the views
     (features_view, token_scores_view, edges_view, labels_view, sae_summary).
+    In token_scores_view, token is the shown form ('␣king'), token_raw the
+    text itself (' king') and token_key what search matches ('king'); an
+    atlas of schema 1 has only token (`sae-atlas migrate -o` adds the others).
 
     \b
     Example:
         sae-atlas sql "SELECT name, d_sae FROM saes"
-        sae-atlas sql "SELECT * FROM token_scores_view WHERE feature = :f" -p f L3.res/12 --json
+        sae-atlas sql "SELECT * FROM token_scores_view WHERE feature = :f" -p f L26.res/260 --json
     """
     from atlas.query import run_sql
 
@@ -581,8 +625,15 @@ def sql(query: str, db: Path | None, params: tuple[tuple[str, str], ...], limit:
 @click.argument("text", required=False)
 @db_option
 @click.option("--kind", type=click.Choice(LABEL_KINDS), default="free", show_default=True)
-@click.option("--list", "list_labels", is_flag=True, help="List FEATURE's labels instead of adding one")
+@click.option("--list", "list_labels", is_flag=True, help="List FEATURE's labels (the file's and your overlay's)")
 @click.option("--delete", "delete_id", type=int, default=None, metavar="ID", help="Delete your label with this id")
+@click.option(
+    "--overlay",
+    "use_overlay",
+    is_flag=True,
+    help="Write to (or delete from) your label overlay even if the file is writable",
+)
+@click.option("--where", "where", is_flag=True, help="Say where your labels of this atlas go, and why")
 @output_options
 def label(
     feature: str | None,
@@ -591,56 +642,61 @@ def label(
     kind: str,
     list_labels: bool,
     delete_id: int | None,
+    use_overlay: bool,
+    where: bool,
     fmt: str,
 ) -> None:
-    """Add your own label TEXT to FEATURE (needs a writable atlas file), list or delete labels.
+    """Add your own label TEXT to FEATURE, list a feature's labels, or delete one of yours.
+
+    Your labels go into the atlas file when you can write it (your own,
+    writable file at the current schema); otherwise (the bundled example, a
+    read-only or older atlas, --overlay) into your label overlay, a small file
+    of your own found again by the atlas's identity, read with the atlas's
+    labels everywhere. `export`/`merge --with-overlay` fold it into a new atlas.
+    Every label written says where it went.
 
     \b
     Example:
-        sae-atlas label L3.res/1234 "French capital cities" --kind semantic
-        sae-atlas label --list L3.res/1234
-        sae-atlas label --delete 17
+        sae-atlas label L26.res/260 "kings and royalty" --kind semantic
+        sae-atlas label --list L26.res/260
+        sae-atlas label --where
     """
-    path = resolve_db_path(db)
+    from atlas.labels import add_user_label, delete_user_label, label_target
+
+    force = "--overlay" if use_overlay else None
+    if where:
+        if feature or text or list_labels or delete_id is not None:
+            raise click.UsageError("--where takes no FEATURE, TEXT, --list or --delete")
+        with open_ro(db) as atlas:
+            target = label_target(atlas, force_overlay=force)
+        click.echo(f"your labels of {atlas.path} go {target.describe()}")
+        return
     if delete_id is not None:
         if feature or text or list_labels:
             raise click.UsageError("--delete ID takes no FEATURE or TEXT")
-        with _open_rw(path, "delete a label") as atlas, atlas.transaction():
-            fid, old, _ = atlas.delete_label(delete_id)
-            name = atlas.feature_name(fid)
-        click.echo(f"deleted label {delete_id} of {name}: {old}")
+        with open_ro(db) as atlas:
+            name, old, target = delete_user_label(atlas, delete_id, force_overlay=force)
+        click.echo(f"deleted label {delete_id} of {name} from {target.short()}: {old}")
         return
     if list_labels:
         if not feature or text:
             raise click.UsageError("--list takes one FEATURE and no TEXT")
-        with _db.open_atlas(path) as atlas:
-            fid = atlas.resolve_feature(feature)
-            labs = atlas.labels(fid)
+        with open_ro(db) as atlas:
+            labs = atlas.labels(atlas.resolve_feature(feature))
         emit(
-            [(lab.label_id, lab.source, lab.kind, lab.score, lab.text, lab.created_at) for lab in labs],
-            ["id", "source", "kind", "score", "text", "created_at"],
+            [(lab.label_id, lab.stored_in, lab.source, lab.kind, lab.score, lab.text, lab.created_at) for lab in labs],
+            ["id", "stored_in", "source", "kind", "score", "text", "created_at"],
             fmt,
             empty="no labels",
         )
         return
     if not feature or text is None:
-        raise click.UsageError("give FEATURE and TEXT (or --list FEATURE, or --delete ID)")
+        raise click.UsageError("give FEATURE and TEXT (or --list FEATURE, --delete ID, --where)")
     if not text.strip():
         raise click.UsageError("TEXT is empty")
-    with _open_rw(path, "add a label") as atlas, atlas.transaction():
-        fid = atlas.resolve_feature(feature)
-        label_id = atlas.add_label(fid, text.strip(), kind=kind, source="user")
-        name = atlas.feature_name(fid)
-    click.echo(f"label {label_id} added to {name}")
-
-
-def _open_rw(path: Path, what: str) -> _db.Atlas:
-    try:
-        return _db.open_atlas(path, readonly=False)
-    except ReadOnlyAtlas as e:
-        raise click.ClickException(
-            f"cannot {what}: {e}. Labels are written into the atlas file; copy it somewhere writable and pass --db COPY"
-        ) from None
+    with open_ro(db) as atlas:
+        lab, name, target = add_user_label(atlas, feature, text, kind, force_overlay=force)
+    click.echo(f"label {lab.label_id} added to {name} {target.describe()}")
 
 
 # ---------------------------------------------------------------- validate
@@ -655,7 +711,8 @@ def validate(ctx: click.Context, db: Path | None, quick: bool, as_json: bool) ->
 
     \b
     Example:
-        sae-atlas validate --db my.db
+        sae-atlas validate
+        sae-atlas validate --db my.db --quick
     """
     from atlas.maintenance import validate as run_validate
 
@@ -672,25 +729,37 @@ def validate(ctx: click.Context, db: Path | None, quick: bool, as_json: bool) ->
 
 
 # ---------------------------------------------------------------- export / merge / migrate
+WITH_OVERLAY_HELP = "Also copy your label overlay's labels (see `sae-atlas label`) into the new atlas"
+
+
 @cli.command()
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @db_option
-@click.option("--sae", "saes", multiple=True, required=True, help="SAE to keep (repeat for several)")
+@click.option("--sae", "saes", multiple=True, help="SAE to keep (repeat for several; default: every SAE)")
+@click.option("--with-overlay", is_flag=True, help=WITH_OVERLAY_HELP)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists")
-def export(out: Path, db: Path | None, saes: tuple[str, ...], force: bool) -> None:
-    """Write OUT, a self-contained atlas with only the SAEs named by --sae.
+def export(out: Path, db: Path | None, saes: tuple[str, ...], with_overlay: bool, force: bool) -> None:
+    """Write OUT, a self-contained atlas with only the SAEs named by --sae (all of them by default).
 
     It keeps the model, vocabulary and heads, those SAEs' features and every
-    row that touches only them, and the provenance. OUT appears only when complete.
+    row that touches only them, and the provenance. OUT is a new atlas (its
+    own identity) at the current schema, yours to write; --with-overlay folds
+    your overlay labels into it. OUT appears only when complete.
 
     \b
     Example:
-        sae-atlas export --sae L3.res --sae L4.res layers3-4.db
+        sae-atlas export --sae L2.res --sae L8.res early.db
+        sae-atlas export --with-overlay mine.db
     """
     from atlas.maintenance import export_atlas
 
-    counts = export_atlas(resolve_db_path(db), out, list(saes), overwrite=force)
-    click.echo(f"wrote {out}: {counts['saes']} SAEs, {counts['features']:,} features, {counts['edges']:,} edges")
+    src = resolve_db_path(db)
+    _refuse_bundled_output(out)
+    with open_ro(src) as atlas:
+        names = list(saes) or [s.name for s in atlas.saes()]
+        folding = atlas.overlay_store().all_labels() if with_overlay else None
+    counts, note = _with_folded(out, force, folding, lambda tmp: export_atlas(src, tmp, names, overwrite=True))
+    click.echo(f"wrote {out}: {counts['saes']} SAEs, {counts['features']:,} features, {counts['edges']:,} edges{note}")
 
 
 @cli.command()
@@ -698,47 +767,104 @@ def export(out: Path, db: Path | None, saes: tuple[str, ...], force: bool) -> No
 @click.option(
     "-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Atlas to write"
 )
+@click.option("--with-overlay", is_flag=True, help=WITH_OVERLAY_HELP)
 @click.option("--force", is_flag=True, help="Replace the output if it exists")
-def merge(atlases: tuple[Path, ...], out: Path, force: bool) -> None:
+def merge(atlases: tuple[Path, ...], out: Path, with_overlay: bool, force: bool) -> None:
     """Combine ATLASES of the same model, built separately, into one (feature ids renumbered).
 
     Refused when they disagree: another model or vocabulary, other build
     parameters, or one SAE name with different weights (sha256).
+    --with-overlay folds each atlas's overlay labels into the result.
 
     \b
     Example:
-        sae-atlas merge layers0-9.db layers10-19.db -o all.db
+        sae-atlas merge early.db late.db -o both.db
     """
     from atlas.maintenance import merge_atlases
 
     if len(atlases) < 2:
         raise click.UsageError("merge needs at least two atlases")
-    rep = merge_atlases(list(atlases), out, overwrite=force)
+    _refuse_bundled_output(out)
+    folding = None
+    if with_overlay:
+        folding = []
+        for path in atlases:
+            with _db.open_atlas(path) as atlas:
+                folding += atlas.overlay_store().all_labels()
+    rep, note = _with_folded(out, force, folding, lambda tmp: merge_atlases(list(atlases), tmp, overwrite=True))
     shared = f"; kept once: {', '.join(rep['shared_saes'])}" if rep["shared_saes"] else ""
     click.echo(
         f"wrote {out}: {rep['counts']['saes']} SAEs, {rep['counts']['features']:,} features "
-        f"(added {', '.join(rep['added_saes']) or 'none'}{shared})"
+        f"(added {', '.join(rep['added_saes']) or 'none'}{shared}){note}"
     )
+
+
+def _refuse_bundled_output(out: Path) -> None:
+    if is_bundled_example(out):
+        raise click.ClickException(f"{out} is the bundled example, which is read-only: choose another output")
+
+
+def _with_folded(out: Path, force: bool, folding: list | None, write: Callable[[Path], Any]) -> tuple[Any, str]:
+    """Run ``write`` (export or merge) into ``out``; with overlay labels, fold them in before ``out`` appears."""
+    if folding is None:
+        if out.exists() and not force:
+            raise FileExistsError(f"{out}: already exists (use --force to replace it)")
+        return write(out), ""
+    from atlas.labels import fold_overlay
+    from atlas.maintenance import atomic_output
+
+    with atomic_output(out, overwrite=force) as tmp:
+        result = write(tmp)
+        folded, skipped = fold_overlay(tmp, folding)
+    left = f" ({skipped} of features not in it left out)" if skipped else ""
+    return result, f"; folded {folded} overlay label{'s' * (folded != 1)} in{left}"
 
 
 @cli.command()
 @db_option
-def migrate(db: Path | None) -> None:
-    """Upgrade an atlas written by an older sae-atlas to this schema version, in place.
+@click.option(
+    "-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Write an upgraded copy to OUT and leave the atlas as it is",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace OUT if it exists")
+def migrate(db: Path | None, out: Path | None, force: bool) -> None:
+    """Upgrade an atlas written by an older sae-atlas to this schema version, in place or into a copy (-o).
 
-    Older atlases otherwise open read-only. The upgrade is one transaction.
+    Older atlases otherwise open read-only. The upgrade is one transaction;
+    a copy appears only when complete. The bundled example is never changed:
+    -o makes an upgraded copy of it.
 
     \b
     Example:
+        sae-atlas migrate -o mine.db
         sae-atlas migrate --db old.db
     """
     path = resolve_db_path(db)
-    applied = _db.migrate(path)
+    if out is None:
+        if is_bundled_example(path):
+            raise click.ClickException(
+                f"{path} is the bundled example, which is read-only: `sae-atlas migrate -o COPY.db` upgrades a copy"
+            )
+        applied = _db.migrate(path)
+        where = str(path)
+    else:
+        from atlas.maintenance import atomic_output
+
+        if is_bundled_example(out):
+            raise click.ClickException(f"{out} is the bundled example, which is read-only")
+        with _db.open_atlas(path) as src, atomic_output(out, overwrite=force) as tmp:
+            copy = sqlite3.connect(tmp)
+            try:
+                src.conn.backup(copy)  # a consistent copy, page by page
+            finally:
+                copy.close()
+            applied = _db.migrate(tmp)
+        where = f"{out} (a copy of {path})"
     if not applied:
-        click.echo(f"{path}: already at schema version {_db.SCHEMA_VERSION}")
+        click.echo(f"{where}: already at schema version {_db.SCHEMA_VERSION}")
     else:
         steps = ", ".join(f"{v} ({name})" for v, name in applied)
-        click.echo(f"{path}: migrated to schema version {_db.SCHEMA_VERSION}: applied {steps}")
+        click.echo(f"{where}: migrated to schema version {_db.SCHEMA_VERSION}: applied {steps}")
 
 
 # ---------------------------------------------------------------- stats
@@ -752,7 +878,7 @@ def stats(db: Path | None, fmt: str) -> None:
     \b
     Example:
         sae-atlas stats
-        sae-atlas stats --csv > saes.csv
+        sae-atlas stats --csv
     """
     with open_ro(db) as atlas:
         rows = atlas.conn.execute(

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from atlas.errors import NeedsMigration, NotAnAtlas, ReadOnlyAtlas, SchemaTooNew
-from atlas.migrations import MIGRATIONS, SCHEMA_VERSION, schema_sql
+from atlas.migrations import MIGRATIONS, SCHEMA_VERSION, run_step, schema_sql
 from atlas.read import AtlasReader
 from atlas.write import AtlasWriter, utc_now
 
@@ -227,10 +227,8 @@ def migrate(path: str | os.PathLike) -> list[tuple[int, str]]:
         now = utc_now()
         conn.execute("BEGIN")
         try:
-            for v, name, sql in todo:
-                if sql:
-                    for statement in _split_sql(sql):
-                        conn.execute(statement)
+            for v, name, step in todo:
+                run_step(conn, step)
                 conn.execute(
                     "INSERT OR REPLACE INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (v, name, now),

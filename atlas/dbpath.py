@@ -11,9 +11,7 @@ from pathlib import Path
 
 import click
 
-import atlas as _atlas_pkg
-
-DEFAULT_ATLAS = Path(_atlas_pkg.__file__).resolve().parent.parent / "atlas.db.example"
+from atlas.bundled import bundled_example
 
 
 def resolve_db_path(db: Path | str | None = None) -> Path:
@@ -32,8 +30,9 @@ def resolve_db_path(db: Path | str | None = None) -> Path:
     env = os.environ.get("SAE_ATLAS_DB")
     if env:
         return Path(env)
-    if not DEFAULT_ATLAS.exists():
+    example = bundled_example()
+    if example is None:
         raise click.ClickException(
-            f"no atlas given (--db PATH or SAE_ATLAS_DB) and the bundled atlas.db.example is missing ({DEFAULT_ATLAS})"
+            "no atlas given (--db PATH or SAE_ATLAS_DB) and this installation has no bundled atlas.db.example"
         )
-    return DEFAULT_ATLAS
+    return example

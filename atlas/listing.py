@@ -1,4 +1,4 @@
-"""Read-only queries for browsing: paged, filtered, sorted feature lists, table counts, label search.
+"""Read-only queries for browsing: paged, filtered, sorted feature lists and table counts.
 
 The TUI's feature list must stay smooth on an atlas of 1,000,000 features, so
 nothing here loads a whole table. A page is fetched with *keyset* paging: the
@@ -283,37 +283,3 @@ def first_labels(conn: sqlite3.Connection, feature_ids: list[int]) -> dict[int, 
     for fid, text, kind, source in conn.execute(sql, feature_ids):
         out.setdefault(fid, (text, kind, source))
     return out
-
-
-# ------------------------------------------------------------------ label search with a bounded cost
-
-RANKED_LABEL_MATCHES = 2000  # rank by relevance (bm25) only when a query matches at most this many labels
-
-
-def search_labels_bounded(conn: sqlite3.Connection, query: str, *, limit: int = 25) -> list[tuple[str, int, str, str]]:
-    """(feature name, feature_id, label text, source) for labels matching an FTS5 query.
-
-    ``ORDER BY rank`` scores every match, which for a word on a third of a
-    million labels costs a quarter of a second; above RANKED_LABEL_MATCHES
-    matches the first ``limit`` in label order are returned instead.
-    Bad FTS syntax is retried as a phrase.
-    """
-
-    def run(q: str) -> list[tuple[str, int, str, str]]:
-        n = conn.execute(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM labels_fts WHERE labels_fts MATCH ? LIMIT ?)",
-            (q, RANKED_LABEL_MATCHES + 1),
-        ).fetchone()[0]
-        order = "ORDER BY labels_fts.rank" if n <= RANKED_LABEL_MATCHES else ""
-        sql = (
-            "SELECT s.name || '/' || f.idx, l.feature_id, l.text, l.source FROM "
-            f"(SELECT rowid, rank FROM labels_fts WHERE labels_fts MATCH ? {order} LIMIT ?) AS labels_fts "
-            "JOIN labels l ON l.label_id = labels_fts.rowid "
-            "JOIN features f ON f.feature_id = l.feature_id JOIN saes s ON s.sae_id = f.sae_id"
-        )
-        return [tuple(r) for r in conn.execute(sql, (q, limit))]
-
-    try:
-        return run(query)
-    except sqlite3.OperationalError:
-        return run('"' + query.replace('"', '""') + '"')

@@ -145,9 +145,10 @@ def _check_schema(conn: sqlite3.Connection, rep: ValidationReport) -> None:
         problems.append(f"atlas_info says version {info[0]}, PRAGMA user_version says {user_version}")
     if applied != list(range(1, user_version + 1)):
         problems.append(f"schema_migrations lists {applied}, expected 1..{user_version}")
-    if user_version < SCHEMA_VERSION:
-        problems.append(f"schema version {user_version} is older than {SCHEMA_VERSION}: run `sae-atlas migrate`")
-    rep.add(f"schema version {user_version}", not problems, "; ".join(problems))
+    note = ""
+    if user_version < SCHEMA_VERSION:  # older is not damaged: it opens read-only until migrated
+        note = f"older than {SCHEMA_VERSION}: opens read-only; `sae-atlas migrate` upgrades it (or a copy, -o)"
+    rep.add(f"schema version {user_version}", not problems, "; ".join(problems) or note)
 
 
 def _check_feature_counts(conn: sqlite3.Connection, rep: ValidationReport) -> None:

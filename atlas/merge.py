@@ -28,7 +28,7 @@ from atlas.db import Atlas, connect, create_atlas, file_uri, open_atlas
 from atlas.domain import TABLE_BY_NAME, TABLES, Table
 from atlas.errors import AtlasError
 from atlas.files import atomic_output
-from atlas.migrations import SCHEMA_VERSION
+from atlas.migrations import SAME_DATA_TABLES, SCHEMA_VERSION
 from atlas.write import utc_now
 
 
@@ -89,7 +89,7 @@ def page_copy(src: Path, tmp: Path) -> sqlite3.Connection:
 
 
 def require_current(atlas: Atlas) -> None:
-    if atlas.schema_version != SCHEMA_VERSION:
+    if atlas.schema_version not in SAME_DATA_TABLES:  # e.g. the v1 example exports as it is
         raise AtlasError(
             f"{atlas.path}: schema version {atlas.schema_version}, expected {SCHEMA_VERSION}: "
             "run `sae-atlas migrate` on it (or a copy) first"
@@ -294,6 +294,8 @@ def merge_atlases(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         conn = page_copy(first, tmp)
         try:
             conn.execute("UPDATE atlas_info SET provenance = ? WHERE id = 1", (json.dumps(provenance, sort_keys=True),))
+            if "atlas_id" in columns(conn, "atlas_info"):  # a merge is a new atlas: its own label overlay
+                conn.execute("UPDATE atlas_info SET atlas_id = lower(hex(randomblob(16))) WHERE id = 1")
             for path in rest:
                 with attached(conn, Path(path), "b"):
                     conn.execute("BEGIN")

@@ -1,24 +1,166 @@
-"""Ordered schema migrations, after sqlite-utils' migrations table.
+"""The schema's text and its ordered migrations, after sqlite-utils' migrations table.
 
-Version 1 is ``schema.sql`` itself. A later change to the schema adds an
-entry ``(N, name, sql)`` here, bumps ``SCHEMA_VERSION`` and edits
-``schema.sql`` so that a new atlas is created at version N directly.
+``schema_sql()`` is the whole current schema: ``schema.sql`` plus the labels'
+full-text index, which sqlite-utils declares (``enable_fts``) so that
+sqlite-utils and Datasette recognise it. A new atlas is created from it at
+``SCHEMA_VERSION`` directly; an older one is brought there by ``MIGRATIONS``.
+
+A migration step is SQL text or a function of the connection; both run inside
+the one transaction of ``atlas.db.migrate``. A later change to the schema adds
+an entry ``(N, name, step)``, bumps ``SCHEMA_VERSION`` and edits ``schema.sql``;
+a test checks that migrating gives exactly the schema a new atlas gets.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import re
+import sqlite3
+from collections.abc import Callable
 from importlib import resources
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+Step = str | Callable[[sqlite3.Connection], None] | None
+
+# The labels' FTS objects, as sqlite-utils names them.
+LABEL_FTS_OBJECTS = ("labels_fts", "labels_ai", "labels_ad", "labels_au")
 
 
-def schema_sql() -> str:
+def schema_file_sql() -> str:
+    """schema.sql as it is on disk."""
     return resources.files("atlas").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
-# (version, name, SQL run to go from version-1 to version). Version 1 is the base schema.
-MIGRATIONS: list[tuple[int, str, str | None]] = [
+@functools.lru_cache(maxsize=1)
+def label_fts_sql() -> str:
+    """The labels' FTS5 table and triggers, exactly as sqlite-utils' ``enable_fts`` declares them.
+
+    sqlite-utils writes them into a scratch in-memory database (its
+    ``enable_fts`` runs ``executescript``, which would commit a caller's
+    transaction); their text is then run wherever it is needed, inside the
+    caller's transaction.
+    """
+    import sqlite_utils
+
+    scratch = sqlite3.connect(":memory:")
+    try:
+        scratch.execute("CREATE TABLE labels (label_id INTEGER PRIMARY KEY, text TEXT NOT NULL)")
+        sqlite_utils.Database(scratch)["labels"].enable_fts(["text"], create_triggers=True)
+        rows = dict(
+            scratch.execute(
+                f"SELECT name, sql FROM sqlite_master WHERE name IN ({', '.join('?' * len(LABEL_FTS_OBJECTS))})",
+                LABEL_FTS_OBJECTS,
+            ).fetchall()
+        )
+    finally:
+        scratch.close()
+    return "".join(rows[name] + ";\n" for name in LABEL_FTS_OBJECTS)
+
+
+def schema_sql() -> str:
+    """The whole current schema: schema.sql and the labels' FTS declared by sqlite-utils."""
+    return schema_file_sql() + "\n" + label_fts_sql()
+
+
+def view_statements() -> list[tuple[str, str]]:
+    """(name, CREATE VIEW statement) of every view in schema.sql, in file order (later views use earlier ones)."""
+    out = []
+    for statement in split_sql(schema_file_sql()):
+        m = re.match(r"(?:--[^\n]*\n\s*)*CREATE\s+VIEW\s+IF\s+NOT\s+EXISTS\s+(\w+)", statement, re.I)
+        if m:
+            out.append((m.group(1), statement))
+    return out
+
+
+def table_statement(name: str) -> str:
+    """The CREATE TABLE statement of one table in schema.sql."""
+    for statement in split_sql(schema_file_sql()):
+        if re.match(rf"(?:--[^\n]*\n\s*)*CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+{name}\s*\(", statement, re.I):
+            return statement
+    raise KeyError(name)
+
+
+def split_sql(sql: str) -> list[str]:
+    """Split a script into complete statements (executescript would COMMIT a caller's transaction)."""
+    out, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
+
+
+def v1_atlas_id(conn: sqlite3.Connection, table: str = "atlas_info") -> str:
+    """The identity of a version-1 atlas, which stores none: a hash of its atlas_info row.
+
+    A v1 atlas is never written (it opens read-only until migrated), so its
+    row, and this id, never change; migrating stores the same id, so labels
+    kept in an overlay for the v1 file are found again after the migration.
+    The row is hashed as the bytes stored, whatever they are.
+    """
+    row = conn.execute(
+        "SELECT CAST(sae_atlas_version AS BLOB), CAST(created_at AS BLOB), CAST(provenance AS BLOB) "
+        f"FROM {table} WHERE id = 1"
+    ).fetchone()
+    h = hashlib.sha256(b"sae-atlas v1 atlas_info\x1f")
+    for part in row or ():
+        h.update((part if isinstance(part, bytes) else b"") + b"\x1f")
+    return h.hexdigest()[:32]
+
+
+def drop_views(conn: sqlite3.Connection) -> None:
+    """Drop schema.sql's views (they hold no data); a user's own views are left alone."""
+    for name, _ in reversed(view_statements()):
+        conn.execute(f"DROP VIEW IF EXISTS {name}")
+
+
+def create_views(conn: sqlite3.Connection) -> None:
+    for _, statement in view_statements():
+        conn.execute(statement)
+
+
+def _to_v2(conn: sqlite3.Connection) -> None:
+    """atlas_info gains atlas_id; labels_fts in sqlite-utils' form; token_raw / token_key in token_scores_view."""
+    drop_views(conn)  # first, so that no view stands in the way of the table changes
+    conn.execute("ALTER TABLE atlas_info RENAME TO _atlas_info_v1")
+    conn.execute(table_statement("atlas_info"))
+    conn.execute(
+        "INSERT INTO atlas_info (id, schema_version, sae_atlas_version, created_at, provenance, atlas_id) "
+        "SELECT id, schema_version, sae_atlas_version, created_at, provenance, ? FROM _atlas_info_v1",
+        (v1_atlas_id(conn, "_atlas_info_v1"),),
+    )
+    conn.execute("DROP TABLE _atlas_info_v1")
+    for trigger in LABEL_FTS_OBJECTS[1:]:
+        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    conn.execute("DROP TABLE IF EXISTS labels_fts")
+    for statement in split_sql(label_fts_sql()):
+        conn.execute(statement)
+    conn.execute("INSERT INTO labels_fts (labels_fts) VALUES ('rebuild')")
+    create_views(conn)
+
+
+# (version, name, step run to go from version-1 to version). Version 1 is the base schema.
+MIGRATIONS: list[tuple[int, str, Step]] = [
     (1, "initial schema", None),
+    (2, "atlas identity, labels FTS as sqlite-utils declares it, raw token text in token_scores_view", _to_v2),
 ]
 
 assert [v for v, _, _ in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+
+# Versions whose data tables (all but atlas_info and the FTS objects) are the current
+# ones, column for column: export and merge copy rows out of them as they are.
+SAME_DATA_TABLES = frozenset({1, 2})
+
+
+def run_step(conn: sqlite3.Connection, step: Step) -> None:
+    """Run one migration step on a connection that is inside a transaction."""
+    if callable(step):
+        step(conn)
+    elif step:
+        for statement in split_sql(step):
+            conn.execute(statement)

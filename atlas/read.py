@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atlas.domain import METRIC_COLUMNS, PHASES
 from atlas.errors import BadQuery, FeatureNotFound, SAENotFound
 from atlas.names import split_feature_name, token_key
 from atlas.types import SAE, Edge, Feature, FeatureCard, HeadScore, Label, Model, TokenHit, TokenScore
+
+if TYPE_CHECKING:
+    from atlas.overlay import LabelOverlay
 
 COUNTED_TABLES = ("models", "saes", "features", "vocab", "token_scores", "heads", "head_scores", "edges", "labels")
 
@@ -56,6 +59,17 @@ _FEATURE_SELECT = (
 
 
 _MAX_ID = 2**63
+
+RANKED_LABEL_MATCHES = 2000  # rank label matches by relevance (bm25) only up to this many
+
+
+def _label_from_row(r: sqlite3.Row) -> Label:
+    d = {k: r[k] for k in _LABEL_FIELDS}
+    d["evidence"] = json.loads(d["evidence"]) if d["evidence"] else None
+    return Label(**d)
+
+
+_LABEL_FIELDS = ("label_id", "feature_id", "text", "kind", "source", "score", "evidence", "created_at")
 
 
 def _quote_ident(name: str) -> str:
@@ -286,14 +300,33 @@ class AtlasReader:
         ) if ids else {}  # fmt: skip
         out: dict[str, list[Edge]] = {d: [] for d in directions}
         for d, k, src, dst, layer, head, score, rank in kept:
-            out[d].append(Edge(k, names.get(src, f"#{src}"), names.get(dst, f"#{dst}"), src, dst, layer, head, score, rank))
+            out[d].append(
+                Edge(k, names.get(src, f"#{src}"), names.get(dst, f"#{dst}"), src, dst, layer, head, score, rank)
+            )
         return out
 
-    def labels(self, feature_id: int) -> list[Label]:
+    # ------------------------------------------------------------ labels (the file's and the user's overlay)
+    use_overlay = True  # read the user's label overlay with the file's labels (atlas/overlay.py)
+
+    def overlay_store(self) -> LabelOverlay:
+        """This atlas's label overlay (found by the atlas's identity; the file may not exist yet)."""
+        cached = getattr(self, "_overlay_store", None)
+        if cached is None:
+            from atlas.overlay import LabelOverlay
+
+            cached = self._overlay_store = LabelOverlay.of(self.conn)
+        return cached
+
+    def labels(self, feature_id: int, *, overlay: bool = True) -> list[Label]:
+        """A feature's labels, the user's first (from the file and the overlay; ``Label.stored_in`` says which)."""
         rows = self.conn.execute(
             "SELECT * FROM labels WHERE feature_id = ? ORDER BY source = 'user' DESC, label_id DESC", (feature_id,)
         ).fetchall()
-        return [Label(**{**dict(r), "evidence": json.loads(r["evidence"]) if r["evidence"] else None}) for r in rows]
+        own = [_label_from_row(r) for r in rows]
+        if not (overlay and self.use_overlay):
+            return own
+        extra = self.overlay_store().labels([feature_id]).get(feature_id, [])
+        return sorted(extra + own, key=lambda lab: lab.source != "user")  # stable: overlay, then the file's
 
     def card(self, spec: str | int, *, k: int = 20, edge_limit: int = 50) -> FeatureCard:
         """Everything about one feature: the top ``k`` tokens of each phase and sign,
@@ -365,11 +398,28 @@ class AtlasReader:
         if phase not in PHASES:
             raise BadQuery(f"phase must be one of {PHASES}")
         tokens = self.find_tokens(text, exact=exact, limit=64)
-        if not tokens:
+        return self.token_hits(
+            [(m, t) for m, t, _ in tokens], phase=phase, sign=sign, sae=sae, max_rank=max_rank, limit=limit
+        )
+
+    def token_hits(
+        self,
+        tokens: list[tuple[int, int]],
+        *,
+        phase: str = "du",
+        sign: int = 1,
+        sae: str | None = None,
+        max_rank: int | None = None,
+        limit: int = 50,
+    ) -> list[TokenHit]:
+        """Features whose top-k list for (phase, sign) holds one of ``tokens`` ((model_id, token_id)), best rank first."""
+        if phase not in PHASES:
+            raise BadQuery(f"phase must be one of {PHASES}")
+        if not tokens or limit <= 0:
             return []
         sae_id = self.sae(sae).sae_id if sae is not None else None
         by_model: dict[int, list[int]] = {}
-        for model_id, token_id, _ in tokens:
+        for model_id, token_id in tokens:
             by_model.setdefault(model_id, []).append(token_id)
         hits: list[TokenHit] = []
         for model_id, ids in by_model.items():
@@ -421,25 +471,35 @@ class AtlasReader:
         return cached == 1
 
     def search_labels(self, query: str, *, limit: int = 50) -> list[tuple[str, Label]]:
-        """Full-text search over labels (FTS5 syntax; plain words are AND-ed)."""
-        sql = (
-            "SELECT s.name || '/' || f.idx AS feature, l.* FROM labels_fts "
-            "JOIN labels l ON l.label_id = labels_fts.rowid "
-            "JOIN features f ON f.feature_id = l.feature_id JOIN saes s ON s.sae_id = f.sae_id "
-            "WHERE labels_fts MATCH ? ORDER BY rank LIMIT ?"
-        )
+        """(feature name, label) of labels matching an FTS5 query (plain words are AND-ed).
+
+        The user's overlay labels come first, then the file's, each list best
+        first. Ranking (bm25) scores every match, so above RANKED_LABEL_MATCHES
+        matches the file's come in label order instead (bounded cost on a
+        million labels). Text that is not FTS5 syntax is searched as a phrase.
+        """
+        found = self.overlay_store().search(query, limit=limit) if self.use_overlay else []
         try:
-            rows = self.conn.execute(sql, (query, limit)).fetchall()
+            found += self._search_labels(query, limit - len(found))
         except sqlite3.OperationalError:
-            # Not valid FTS5 syntax: search for the words as a phrase instead.
-            rows = self.conn.execute(sql, ('"' + query.replace('"', '""') + '"', limit)).fetchall()
-        out = []
-        for r in rows:
-            d = dict(r)
-            name = d.pop("feature")
-            d["evidence"] = json.loads(d["evidence"]) if d["evidence"] else None
-            out.append((name, Label(**d)))
-        return out
+            found += self._search_labels('"' + query.replace('"', '""') + '"', limit - len(found))
+        return found[:limit]
+
+    def _search_labels(self, query: str, limit: int) -> list[tuple[str, Label]]:
+        if limit <= 0:
+            return []
+        n = self.conn.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM labels_fts WHERE labels_fts MATCH ? LIMIT ?)",
+            (query, RANKED_LABEL_MATCHES + 1),
+        ).fetchone()[0]
+        order = "ORDER BY labels_fts.rank" if n <= RANKED_LABEL_MATCHES else ""
+        sql = (
+            "SELECT s.name || '/' || f.idx AS feature, l.* FROM "
+            f"(SELECT rowid, rank FROM labels_fts WHERE labels_fts MATCH ? {order} LIMIT ?) AS labels_fts "
+            "JOIN labels l ON l.label_id = labels_fts.rowid "
+            "JOIN features f ON f.feature_id = l.feature_id JOIN saes s ON s.sae_id = f.sae_id"
+        )
+        return [(r["feature"], _label_from_row(r)) for r in self.conn.execute(sql, (query, limit))]
 
     def top(
         self,

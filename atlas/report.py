@@ -839,8 +839,8 @@ def report(
 
     \b
     Example:
-        sae-atlas report atlas.db -o report/
-        sae-atlas --db atlas.db report --no-plots -o report/
+        sae-atlas report -o report/
+        sae-atlas --db my.db report --no-plots -o report-mine/
     """
     from atlas import open_atlas
     from atlas.dbpath import resolve_db_path  # the same resolution as every other command

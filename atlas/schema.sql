@@ -12,7 +12,12 @@ CREATE TABLE IF NOT EXISTS atlas_info (
     sae_atlas_version TEXT    NOT NULL,
     created_at        TEXT    NOT NULL,                     -- ISO-8601 UTC
     provenance        TEXT    NOT NULL DEFAULT '{}'          -- JSON: every build parameter, sha256 of every weight file
-        CHECK (json_valid(provenance))
+        CHECK (json_valid(provenance)),
+    -- This atlas's identity, 32 hex digits, made when it is created (a migrated v1 atlas
+    -- gets one derived from its atlas_info row). A copy keeps it, so a copied or moved
+    -- atlas finds the same label overlay (atlas/overlay.py); export and merge make new atlases.
+    atlas_id          TEXT    NOT NULL DEFAULT (lower(hex(randomblob(16))))
+        CHECK (length(atlas_id) = 32 AND atlas_id NOT GLOB '*[^0-9a-f]*')
 );
 
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -193,20 +198,10 @@ CREATE TABLE IF NOT EXISTS build_units (
     PRIMARY KEY (sae_id, pass, chunk_start)
 ) WITHOUT ROWID;
 
--- Full-text search over labels and vocab.
-CREATE VIRTUAL TABLE IF NOT EXISTS labels_fts USING fts5 (
-    text, content = 'labels', content_rowid = 'label_id'
-);
-CREATE TRIGGER IF NOT EXISTS labels_ai AFTER INSERT ON labels BEGIN
-    INSERT INTO labels_fts (rowid, text) VALUES (new.label_id, new.text);
-END;
-CREATE TRIGGER IF NOT EXISTS labels_ad AFTER DELETE ON labels BEGIN
-    INSERT INTO labels_fts (labels_fts, rowid, text) VALUES ('delete', old.label_id, old.text);
-END;
-CREATE TRIGGER IF NOT EXISTS labels_au AFTER UPDATE ON labels BEGIN
-    INSERT INTO labels_fts (labels_fts, rowid, text) VALUES ('delete', old.label_id, old.text);
-    INSERT INTO labels_fts (rowid, text) VALUES (new.label_id, new.text);
-END;
+-- Full-text search over labels: labels_fts and its triggers labels_ai / labels_ad / labels_au
+-- are declared by sqlite-utils' enable_fts (atlas/migrations.py appends them to this file's
+-- text), in the form sqlite-utils and Datasette detect: `sqlite-utils search atlas.db labels
+-- QUERY` and Datasette's ?_search= work on the labels table as they are.
 
 -- vocab is WITHOUT ROWID, so its FTS index keeps its own copy of the key text.
 CREATE VIRTUAL TABLE IF NOT EXISTS vocab_fts USING fts5 (
@@ -226,9 +221,12 @@ SELECT s.name || '/' || f.idx AS name, s.name AS sae, s.layer, s.site, f.*,
         ORDER BY l.label_id DESC LIMIT 1) AS label_kind
 FROM features f JOIN saes s USING (sae_id);
 
+-- token is the printable form (' Paris' shows as '␣Paris'); token_raw is the text
+-- itself (WHERE token_raw = ' Paris') and token_key its search key (WHERE token_key = 'paris':
+-- case-folded, surrounding spaces stripped, as `sae-atlas search` matches).
 CREATE VIEW IF NOT EXISTS token_scores_view AS
 SELECT fn.name AS feature, ts.feature_id, ts.phase, ts.sign, ts.rank, ts.token_id,
-       v.display AS token, ts.value
+       v.display AS token, ts.value, v.raw AS token_raw, v.key AS token_key
 FROM token_scores ts
 JOIN feature_names fn USING (feature_id)
 LEFT JOIN vocab v ON v.model_id = fn.model_id AND v.token_id = ts.token_id;

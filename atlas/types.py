@@ -88,6 +88,7 @@ class TokenHit:
     sign: int
     rank: int
     value: float
+    match: str = "exact"  # exact (the token, case and surrounding spaces aside) | partial (contains the text)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class Label:
     score: float | None
     evidence: Any
     created_at: str
+    stored_in: str = "atlas"  # atlas (the file) | overlay (the user's label overlay, atlas/overlay.py)
 
 
 @dataclass(frozen=True)

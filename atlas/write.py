@@ -370,7 +370,15 @@ class AtlasWriter:
         cur = self.conn.execute(
             "INSERT INTO labels (feature_id, text, kind, source, score, evidence, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (feature_id, text, kind, source, _py(score), None if evidence is None else json.dumps(evidence, separators=(",", ":")), utc_now()),
+            (
+                feature_id,
+                text,
+                kind,
+                source,
+                _py(score),
+                None if evidence is None else json.dumps(evidence, separators=(",", ":")),
+                utc_now(),
+            ),
         )
         return int(cur.lastrowid)
 
@@ -381,7 +389,10 @@ class AtlasWriter:
         self.conn.executemany(
             "INSERT INTO labels (feature_id, text, kind, source, score, evidence, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ((int(f), t, k, s, _py(sc), None if ev is None else json.dumps(ev, separators=(",", ":")), now) for f, t, k, s, sc, ev in rows),
+            (
+                (int(f), t, k, s, _py(sc), None if ev is None else json.dumps(ev, separators=(",", ":")), now)
+                for f, t, k, s, sc, ev in rows
+            ),
         )
 
     def delete_label(self, label_id: int, *, user_only: bool = True) -> tuple[int, str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -15,6 +16,20 @@ from atlas.synthetic import build_synthetic_atlas
 
 # Small but in the real shape: 2 SAEs x 200 features, 20 tokens per phase and sign.
 SYNTHETIC_KW = {"n_features": 400, "layers": (2, 6), "d_vocab": 1000, "seed": 0}
+
+
+@pytest.fixture(autouse=True)
+def own_label_overlays(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test gets an empty folder of label overlays: never the developer's own.
+
+    Its own MonkeyPatch, so that a test's ``monkeypatch.undo()`` cannot undo it.
+    """
+    from atlas.overlay import OVERLAY_DIR_ENV
+
+    path = tmp_path_factory.mktemp("overlays")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(OVERLAY_DIR_ENV, str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

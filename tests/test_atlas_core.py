@@ -94,22 +94,23 @@ def test_read_only_file_refuses_writer(synthetic_atlas: Path) -> None:
 
 
 def test_older_atlas_opens_read_only_until_migrated(synthetic_atlas: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Register a version-2 migration: the file on disk is then 'older'."""
-    v2 = (2, "add a notes column to labels", "ALTER TABLE labels ADD COLUMN reviewer TEXT;")
-    monkeypatch.setattr(atlas_db, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(atlas_db, "MIGRATIONS", [*atlas_db.MIGRATIONS, v2])
+    """Register a migration to the next version: the file on disk is then 'older'."""
+    now, nxt = atlas_db.SCHEMA_VERSION, atlas_db.SCHEMA_VERSION + 1
+    v_next = (nxt, "add a notes column to labels", "ALTER TABLE labels ADD COLUMN reviewer TEXT;")
+    monkeypatch.setattr(atlas_db, "SCHEMA_VERSION", nxt)
+    monkeypatch.setattr(atlas_db, "MIGRATIONS", [*atlas_db.MIGRATIONS, v_next])
     before = sha256_of(synthetic_atlas)
     with open_atlas(synthetic_atlas) as atlas:
-        assert atlas.schema_version == 1 and atlas.readonly
+        assert atlas.schema_version == now and atlas.readonly
         assert atlas.feature("L6.res/3").name == "L6.res/3"
     with pytest.raises(NeedsMigration, match="sae-atlas migrate"):
         open_atlas(synthetic_atlas, readonly=False)
     assert sha256_of(synthetic_atlas) == before  # opening never migrates
 
-    assert migrate(synthetic_atlas) == [(2, "add a notes column to labels")]
-    assert query(synthetic_atlas, "PRAGMA user_version") == [(2,)]
-    assert query(synthetic_atlas, "SELECT schema_version FROM atlas_info") == [(2,)]
-    assert (2,) in query(synthetic_atlas, "SELECT version FROM schema_migrations")
+    assert migrate(synthetic_atlas) == [(nxt, "add a notes column to labels")]
+    assert query(synthetic_atlas, "PRAGMA user_version") == [(nxt,)]
+    assert query(synthetic_atlas, "SELECT schema_version FROM atlas_info") == [(nxt,)]
+    assert (nxt,) in query(synthetic_atlas, "SELECT version FROM schema_migrations")
     assert "reviewer" in [r[1] for r in query(synthetic_atlas, "PRAGMA table_info(labels)")]
     with open_atlas(synthetic_atlas, readonly=False) as atlas:
         assert not atlas.readonly
@@ -117,12 +118,13 @@ def test_older_atlas_opens_read_only_until_migrated(synthetic_atlas: Path, monke
 
 
 def test_failed_migration_rolls_back(synthetic_atlas: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bad = (2, "broken", "ALTER TABLE labels ADD COLUMN ok TEXT;\nALTER TABLE no_such_table ADD COLUMN x TEXT;")
-    monkeypatch.setattr(atlas_db, "SCHEMA_VERSION", 2)
+    now = atlas_db.SCHEMA_VERSION
+    bad = (now + 1, "broken", "ALTER TABLE labels ADD COLUMN ok TEXT;\nALTER TABLE no_such_table ADD COLUMN x TEXT;")
+    monkeypatch.setattr(atlas_db, "SCHEMA_VERSION", now + 1)
     monkeypatch.setattr(atlas_db, "MIGRATIONS", [*atlas_db.MIGRATIONS, bad])
     with pytest.raises(sqlite3.OperationalError):
         migrate(synthetic_atlas)
-    assert query(synthetic_atlas, "PRAGMA user_version") == [(1,)]
+    assert query(synthetic_atlas, "PRAGMA user_version") == [(now,)]
     assert "ok" not in [r[1] for r in query(synthetic_atlas, "PRAGMA table_info(labels)")]
 
 

@@ -15,7 +15,6 @@ from click.testing import CliRunner, Result
 
 import atlas.cli as cli_mod
 import atlas.db as atlas_db
-import atlas.dbpath
 from atlas.cli import cli
 from atlas.read import AtlasReader
 from tests.conftest import query, sha256_of
@@ -83,9 +82,9 @@ def test_db_from_env_and_options(runner: CliRunner, synthetic_atlas: Path, tmp_p
 
 def test_default_atlas_missing(runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SAE_ATLAS_DB", raising=False)
-    monkeypatch.setattr(atlas.dbpath, "DEFAULT_ATLAS", tmp_path / "atlas.db.example")
+    monkeypatch.setattr("atlas.bundled.bundled_candidates", lambda: (tmp_path / "atlas.db.example",))
     line = one_line_error(runner.invoke(cli, ["info"]))
-    assert "atlas.db.example is missing" in line
+    assert "no bundled atlas.db.example" in line
 
 
 # ---------------------------------------------------------------- bad files, for every command
@@ -159,7 +158,7 @@ def test_info(runner: CliRunner, synthetic_atlas: Path) -> None:
     assert "L2.res" in out and "L6.res" in out and "resid_post" in out
     n_tok = query(synthetic_atlas, "SELECT COUNT(*) FROM token_scores")[0][0]
     assert f"token_scores {n_tok:,}" in out
-    assert "provenance: synthetic {seed=0}" in out
+    assert "origin  synthetic atlas, generated rather than built from weights (seed 0)" in out
     d = json.loads(ok(run(runner, synthetic_atlas, "info", "--json")))
     assert [s["name"] for s in d["saes"]] == ["L2.res", "L6.res"]
     assert d["counts"]["edges"] == {"rows": query(synthetic_atlas, "SELECT COUNT(*) FROM edges")[0][0], "exact": True}
@@ -227,7 +226,9 @@ def test_show_unknown_feature(runner: CliRunner, synthetic_atlas: Path, spec: st
 
 # ---------------------------------------------------------------- search
 def test_search_by_token(runner: CliRunner, synthetic_atlas: Path) -> None:
-    rows = json.loads(ok(run(runner, synthetic_atlas, "search", "--promotes", "Paris", "--limit", "500", "--json")))
+    rows = json.loads(
+        ok(run(runner, synthetic_atlas, "search", "--promotes", "Paris", "--exact", "--limit", "500", "--json"))
+    )
     want = query(
         synthetic_atlas,
         "SELECT COUNT(*) FROM token_scores ts JOIN vocab v USING (token_id) WHERE v.key='paris' AND phase='du' AND sign=1",
@@ -266,14 +267,21 @@ def test_search_by_token(runner: CliRunner, synthetic_atlas: Path) -> None:
     assert all(r["rank"] <= 2 for r in top_rank) and len(top_rank) < len(rows)
 
 
-def test_search_substring_and_no_hits(runner: CliRunner, synthetic_atlas: Path) -> None:
+def test_search_partial_exact_and_no_hits(runner: CliRunner, synthetic_atlas: Path) -> None:
     r = run(runner, synthetic_atlas, "search", "--promotes", "xyzzyq")
     assert r.exit_code == 0 and r.stdout == ""
-    assert "no token in the vocabulary matches 'xyzzyq'" in r.stderr
-    rows = json.loads(
-        ok(run(runner, synthetic_atlas, "search", "--promotes", "ari", "--substring", "--json", "--limit", "1000"))
-    )
-    assert rows and all("ari" in r["token"].lower() for r in rows)
+    assert "no token in the vocabulary matches 'xyzzyq' (exactly or in part)" in r.stderr
+    # no token is "ari": every hit is a partial match, marked so (tests/test_search.py: both kinds at once)
+    rows = json.loads(ok(run(runner, synthetic_atlas, "search", "--promotes", "ari", "--json", "--limit", "1000")))
+    assert rows and all("ari" in r["token"].lower() and r["match"] == "partial" for r in rows)
+    oracle = query(
+        synthetic_atlas,
+        "SELECT COUNT(*) FROM token_scores ts JOIN vocab v USING (token_id) "
+        "WHERE instr(v.key, 'ari') > 0 AND phase = 'du' AND sign = 1",
+    )[0][0]
+    assert len(rows) == oracle
+    r = run(runner, synthetic_atlas, "search", "--promotes", "ari", "--exact")
+    assert r.stdout == "" and "(exactly)" in r.stderr
 
 
 def test_search_by_label_and_metric(runner: CliRunner, synthetic_atlas: Path) -> None:
@@ -439,51 +447,66 @@ def test_sql_timeout(runner: CliRunner, synthetic_atlas: Path) -> None:
 
 
 # ---------------------------------------------------------------- label
-def test_label_add_list_delete(runner: CliRunner, synthetic_atlas: Path) -> None:
+def test_label_add_list_delete(runner: CliRunner, synthetic_atlas: Path, own_label_overlays: Path) -> None:
+    """A writable atlas of one's own: the label goes into the file, and the output says so."""
     fid = feature_id(synthetic_atlas, "L6.res/11")
     out = ok(run(runner, synthetic_atlas, "label", "L6.res/11", "  capital cities ", "--kind", "semantic"))
     (label_id,) = query(synthetic_atlas, "SELECT label_id FROM labels WHERE feature_id=? AND source='user'", (fid,))[0]
-    assert out.strip() == f"label {label_id} added to L6.res/11"
+    assert out.strip() == f"label {label_id} added to L6.res/11 in the atlas file {synthetic_atlas}"
     assert query(synthetic_atlas, "SELECT text, kind FROM labels WHERE label_id=?", (label_id,)) == [
         ("capital cities", "semantic")
     ]
+    assert list(own_label_overlays.iterdir()) == []  # no overlay was made
     listed = json.loads(ok(run(runner, synthetic_atlas, "label", "--list", "L6.res/11", "--json")))
-    assert listed[0]["id"] == label_id and listed[0]["source"] == "user"
+    assert listed[0]["id"] == label_id and listed[0]["source"] == "user" and listed[0]["stored_in"] == "atlas"
     found = json.loads(ok(run(runner, synthetic_atlas, "search", "--label", "capital", "--json")))
     assert [r["feature"] for r in found] == ["L6.res/11"]
     assert "user" in ok(run(runner, synthetic_atlas, "show", "L6.res/11")).split("\n")[1]
     out = ok(run(runner, synthetic_atlas, "label", "--delete", str(label_id)))
-    assert out.strip() == f"deleted label {label_id} of L6.res/11: capital cities"
+    assert out.strip() == f"deleted label {label_id} of L6.res/11 from the atlas file: capital cities"
     assert query(synthetic_atlas, "SELECT COUNT(*) FROM labels WHERE label_id=?", (label_id,)) == [(0,)]
     heuristic = query(synthetic_atlas, "SELECT label_id FROM labels WHERE source='heuristic' LIMIT 1")[0][0]
     assert "only user labels" in one_line_error(run(runner, synthetic_atlas, "label", "--delete", str(heuristic)))
     assert "no label with id 99999" in one_line_error(run(runner, synthetic_atlas, "label", "--delete", "99999"))
 
 
-def test_label_read_only_file(runner: CliRunner, synthetic_atlas: Path) -> None:
+def test_label_read_only_file_goes_to_the_overlay(
+    runner: CliRunner, synthetic_atlas: Path, own_label_overlays: Path
+) -> None:
     before = sha256_of(synthetic_atlas)
     os.chmod(synthetic_atlas, 0o444)
     try:
-        line = one_line_error(run(runner, synthetic_atlas, "label", "L2.res/0", "hello"))
-        assert "cannot add a label" in line and "not writable" in line and "copy it" in line
-        ok(run(runner, synthetic_atlas, "label", "--list", "L2.res/0"))  # reading is fine
+        out = ok(run(runner, synthetic_atlas, "label", "L2.res/0", "hello"))
+        assert "in your label overlay" in out and "(the file is read-only)" in out
+        listed = json.loads(ok(run(runner, synthetic_atlas, "label", "--list", "L2.res/0", "--json")))
+        assert [(r["text"], r["stored_in"]) for r in listed if r["source"] == "user"] == [("hello", "overlay")]
     finally:
         os.chmod(synthetic_atlas, 0o644)
     assert sha256_of(synthetic_atlas) == before
+    assert [p.suffix for p in own_label_overlays.iterdir()] == [".db"]
 
 
-def test_label_older_schema_needs_migrate(
+def test_label_older_schema_goes_to_the_overlay_and_survives_migration(
     runner: CliRunner, synthetic_atlas: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(atlas_db, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(atlas_db, "MIGRATIONS", [*atlas_db.MIGRATIONS, (2, "v2", "CREATE TABLE v2_marker (x);")])
-    assert "sae-atlas migrate" in one_line_error(run(runner, synthetic_atlas, "label", "L2.res/0", "hi"))
-    ok(run(runner, synthetic_atlas, "show", "L2.res/0"))  # still readable
+    nxt = atlas_db.SCHEMA_VERSION + 1
+    monkeypatch.setattr(atlas_db, "SCHEMA_VERSION", nxt)
+    monkeypatch.setattr("atlas.labels.SCHEMA_VERSION", nxt)
+    monkeypatch.setattr(atlas_db, "MIGRATIONS", [*atlas_db.MIGRATIONS, (nxt, "next", "CREATE TABLE v_marker (x);")])
+    before = sha256_of(synthetic_atlas)
+    out = ok(run(runner, synthetic_atlas, "label", "L2.res/0", "hi"))
+    assert "in your label overlay" in out and "sae-atlas migrate" in out
+    assert sha256_of(synthetic_atlas) == before
     out = ok(run(runner, synthetic_atlas, "migrate"))
-    assert "migrated to schema version 2: applied 2 (v2)" in out
-    assert query(synthetic_atlas, "PRAGMA user_version") == [(2,)]
-    assert "already at schema version 2" in ok(run(runner, synthetic_atlas, "migrate"))
-    ok(run(runner, synthetic_atlas, "label", "L2.res/0", "hi"))
+    assert f"migrated to schema version {nxt}: applied {nxt} (next)" in out
+    assert query(synthetic_atlas, "PRAGMA user_version") == [(nxt,)]
+    assert f"already at schema version {nxt}" in ok(run(runner, synthetic_atlas, "migrate"))
+    assert "in the atlas file" in ok(run(runner, synthetic_atlas, "label", "L2.res/0", "mine now"))
+    listed = json.loads(ok(run(runner, synthetic_atlas, "label", "--list", "L2.res/0", "--json")))
+    assert [(r["text"], r["stored_in"]) for r in listed if r["source"] == "user"] == [
+        ("hi", "overlay"),
+        ("mine now", "atlas"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -494,6 +517,8 @@ def test_label_older_schema_needs_migrate(
         ["label", "L2.res/0", "   "],
         ["label", "--list"],
         ["label", "--delete", "1", "L2.res/0"],
+        ["label", "--where", "L2.res/0"],
+        ["label", "L2.res/0", "x", "--kind", "bogus"],
     ],
 )
 def test_label_usage(runner: CliRunner, synthetic_atlas: Path, argv: list[str]) -> None:

@@ -95,11 +95,11 @@ def test_random_sql(atlas_copy: tuple[Path, str], sql: str, fmt: str | None) -> 
 @given(
     token=st.text(max_size=12),
     mode=st.sampled_from(["--promotes", "--suppresses", "--driven-by", "--label"]),
-    substring=st.booleans(),
+    exact=st.booleans(),
 )
-def test_random_search_text(atlas_copy: tuple[Path, str], token: str, mode: str, substring: bool) -> None:
+def test_random_search_text(atlas_copy: tuple[Path, str], token: str, mode: str, exact: bool) -> None:
     path, digest = atlas_copy
-    argv = ["search", "--db", str(path), *(["--substring"] if substring and mode != "--label" else []), mode, token]
+    argv = ["search", "--db", str(path), *(["--exact"] if exact and mode != "--label" else []), mode, token]
     check(CliRunner().invoke(cli, argv))
     unchanged(path, digest)
 

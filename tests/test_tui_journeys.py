@@ -103,7 +103,6 @@ def test_search_token_open_feature_follow_edge_and_go_back(fixture_db):
     run(journey())
 
 
-
 def test_down_then_enter_typed_fast_opens_the_result(fixture_db):
     """Keys typed faster than the app handles them: enter right after down reaches the results."""
 
@@ -121,6 +120,7 @@ def test_down_then_enter_typed_fast_opens_the_result(fixture_db):
             assert isinstance(app.screen, FeatureCardScreen) and app.screen.card.feature.name == str(first)
 
     run(journey())
+
 
 # ---------------------------------------------------------------- feature list: sort, filter, page
 def test_feature_list_sort_filter_and_lazy_paging(fixture_db):
@@ -272,10 +272,12 @@ def test_label_is_saved_and_persists_after_reopening(own_copy):
         assert [lab.text for lab in mine] == ["rivers and lakes"]  # edited in place, not added twice
 
 
-# ---------------------------------------------------------------- read-only file
-def test_read_only_atlas_offers_a_writable_copy(own_copy, tmp_path):
+# ---------------------------------------------------------------- read-only: the label overlay
+def test_read_only_atlas_keeps_labels_in_the_overlay(own_copy, own_label_overlays):
+    """--read-only: the dialog says where the label goes; it is saved in the overlay, never in the file,
+    and the next session (read-only or not) shows it. No copy of the atlas is made."""
     before = own_copy.read_bytes()
-    copy = tmp_path / "with-my-labels.db"
+    files_before = sorted(own_copy.parent.iterdir())
 
     async def journey():
         app = make_app(own_copy, readonly=True)
@@ -287,29 +289,59 @@ def test_read_only_atlas_offers_a_writable_copy(own_copy, tmp_path):
             await settle(pilot)
             editor = app.screen
             assert isinstance(editor, LabelEditor)
-            assert "cannot be written" in str(editor.query_one("#label-readonly", Static).render())
-            editor.query_one("#label-copy-path", Input).value = str(copy)
-            editor.query_one("#label-text", Input).focus()
+            where = str(editor.query_one("#label-where", Static).render())
+            assert "your label overlay" in where and "--read-only" in where
             await pilot.press(*"my label")
             await pilot.press("enter")
             await settle(pilot)
-            assert app.source.path == copy
-            assert app.screen.card.labels[0].text == "my label"
-            # a second failure mode: the copy path now exists -> error, and the text comes back
-            app.source.force_readonly = True
-            await pilot.press("l")
+            assert app.source.path == own_copy  # still browsing the same file
+            card = app.screen
+            assert card.card.labels[0].text == "my label" and card.card.labels[0].stored_in == "overlay"
+
+    async def reopen():
+        app = make_app(own_copy)
+        async with app.run_test(size=(120, 36)) as pilot:
             await settle(pilot)
-            app.screen.query_one("#label-copy-path", Input).value = str(copy)
-            app.screen.query_one("#label-text", Input).value = "keep me"
-            await pilot.press("enter")
+            app.open_feature(3)
             await settle(pilot)
-            assert isinstance(app.screen, LabelEditor)
-            assert app.screen.query_one("#label-text", Input).value == "keep me"
+            assert [(lab.text, lab.stored_in) for lab in app.screen.card.labels if lab.source == "user"] == [
+                ("my label", "overlay")
+            ]
 
     run(journey())
-    assert own_copy.read_bytes() == before  # the original was never written
-    with open_atlas(copy) as a:
-        assert [lab.text for lab in a.labels(3) if lab.source == "user"] == ["my label"]
+    run(reopen())
+    assert own_copy.read_bytes() == before  # the atlas was never written
+    assert sorted(own_copy.parent.iterdir()) == files_before  # and nothing was copied beside it
+    assert len(list(own_label_overlays.iterdir())) == 1
+
+
+def test_bundled_example_labels_go_to_the_overlay_and_come_back():
+    from atlas.bundled import bundled_example
+
+    example = bundled_example()
+    before = example.stat().st_mtime_ns, example.stat().st_size
+
+    async def journey(text):
+        app = make_app(example)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await settle(pilot)
+            app.open_feature(16644)  # L26.res/260
+            await settle(pilot)
+            labels = [(lab.text, lab.stored_in) for lab in app.screen.card.labels if lab.source == "user"]
+            if text:
+                await pilot.press("l")
+                await settle(pilot)
+                assert "bundled example is read-only" in str(app.screen.query_one("#label-where", Static).render())
+                await pilot.press(*text, "enter")
+                await settle(pilot)
+            return labels
+
+    async def both():
+        assert await journey("royal words") == []
+        assert await journey(None) == [("royal words", "overlay")]
+
+    run(both())
+    assert (example.stat().st_mtime_ns, example.stat().st_size) == before
 
 
 # ---------------------------------------------------------------- help, keymap, small terminal

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 
@@ -192,30 +191,31 @@ def test_keymap_file(tmp_path):
         load_keymap(tmp_path / "missing.toml")
 
 
-def test_readonly_reasons_and_copy(atlas_path, tmp_path, monkeypatch):
-    src = AtlasSource(atlas_path)
-    assert src.readonly_reason() is None
-    assert "--read-only" in AtlasSource(atlas_path, force_readonly=True).readonly_reason()
-    monkeypatch.setattr("tui.source.os.access", lambda p, mode: False)
-    assert "read-only" in src.readonly_reason()
-    monkeypatch.undo()
-    monkeypatch.setattr("tui.source.bundled_atlas", lambda: atlas_path.resolve())
-    assert "bundled example" in src.readonly_reason()
-    monkeypatch.undo()
-    copy = src.copy_to(tmp_path / "copy.db")
-    with sqlite3.connect(copy) as c:
-        assert c.execute("SELECT COUNT(*) FROM features").fetchone()[0] == 600
-    with pytest.raises(FileExistsError):
-        src.copy_to(copy)
+def test_label_targets(atlas_path, monkeypatch):
+    assert AtlasSource(atlas_path).label_target().where == "atlas"
+    t = AtlasSource(atlas_path, force_readonly=True).label_target()
+    assert (t.where, t.reason) == ("overlay", "opened with --read-only")
+    monkeypatch.setattr("atlas.labels.is_bundled_example", lambda p: True)
+    t = AtlasSource(atlas_path).label_target()
+    assert (t.where, t.reason) == ("overlay", "the bundled example is read-only")
 
 
 def test_label_search_ranks_small_answers_and_bounds_big_ones(conn, monkeypatch, atlas_path):
-    import atlas.listing as listing
+    """The one label search (atlas.read, used by the CLI and the browser): ranked by bm25 when few labels
+    match, the first ones in label order when very many do, so a common word stays cheap."""
+    import atlas.read as read
 
+    oracle = [
+        r[0]
+        for r in conn.execute(
+            "SELECT l.feature_id FROM labels_fts JOIN labels l ON l.label_id = labels_fts.rowid "
+            "WHERE labels_fts MATCH ? ORDER BY labels_fts.rank LIMIT 25",
+            ("feature 9 punctuation",),
+        )
+    ]
     with open_atlas(atlas_path) as a:
-        oracle = [lab.feature_id for _, lab in a.search_labels("feature 9 punctuation", limit=25)]
-    assert [r[1] for r in listing.search_labels_bounded(conn, "feature 9 punctuation")] == oracle and oracle
-    monkeypatch.setattr(listing, "RANKED_LABEL_MATCHES", 5)  # "punctuation" matches ~100 labels here
-    got = listing.search_labels_bounded(conn, "punctuation", limit=10)
-    assert len(got) == 10 and all("punctuation" in text for _, _, text, _ in got)
-    assert listing.search_labels_bounded(conn, 'bad "syntax') == []
+        assert [lab.feature_id for _, lab in a.search_labels("feature 9 punctuation", limit=25)] == oracle and oracle
+        monkeypatch.setattr(read, "RANKED_LABEL_MATCHES", 5)  # "punctuation" matches ~100 labels here
+        got = a.search_labels("punctuation", limit=10)
+        assert len(got) == 10 and all("punctuation" in lab.text for _, lab in got)
+        assert a.search_labels('bad "syntax') == []

@@ -7,6 +7,8 @@ intended change with ``python -m pytest tests/test_tui_snapshots.py --snapshot-u
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from textual.widgets import Input
 
@@ -31,6 +33,20 @@ async def settle(pilot) -> None:
 
 def test_overview(snap_compare, fixture_db):
     assert snap_compare(make_app(fixture_db), terminal_size=SIZE, run_before=settle)
+
+
+# The shipped atlas: six SAEs, two at layer 14, so long names that do not all fit. A missing axis
+# label, a legend over the bars or a fractional count axis changes these (tests/test_tui_first_screen.py
+# asserts each of those on the rendered text as well).
+EXAMPLE = Path(__file__).resolve().parent.parent / "atlas.db.example"
+
+
+def test_overview_of_the_example(snap_compare):
+    assert snap_compare(make_app(EXAMPLE), terminal_size=SIZE, run_before=settle)
+
+
+def test_overview_of_the_example_80x24(snap_compare):
+    assert snap_compare(make_app(EXAMPLE), terminal_size=(80, 24), run_before=settle)
 
 
 def test_feature_card(snap_compare, fixture_db):

@@ -1,4 +1,4 @@
-"""The sae-atlas browser app: screens, global keys and the one writing path (labels).
+"""The sae-atlas browser app: screens, global keys and the one writing path (labels, see atlas/labels.py).
 
 ``make_app(path)`` is shared by ``sae-atlas browse`` and the tests: it checks
 the file first (missing, corrupt, not an atlas, too new -> AtlasError, one
@@ -180,14 +180,17 @@ class SaeAtlasApp(App):
         except Exception as e:
             self.post_message(WorkFailed("label", str(e)))
             return
-        reason = self.source.readonly_reason()
+        try:
+            where = self.source.label_target().describe()
+        except Exception as e:
+            self.post_message(WorkFailed("label", str(e)))
+            return
         editor = LabelEditor(
             feature_id, name,
             text=text if text is not None else (mine.text if mine else ""),
             kind=kind or (mine.kind if mine else "free"),
             original_text=mine.text if mine else "",
-            readonly_reason=reason,
-            copy_path=self.source.default_copy_path() if reason else None,
+            where=where,
         )  # fmt: skip
         self.call_from_thread(self.push_screen, editor, self._label_chosen)
 
@@ -198,27 +201,16 @@ class SaeAtlasApp(App):
 
     @work(thread=True, group="label-write")
     def _save_label(self, req: LabelRequest) -> None:
-        source, switched = self.source, False
         try:
-            if req.copy_to is not None:
-                self.call_from_thread(self.notify, f"copying the atlas to {req.copy_to} …")
-                source.copy_to(req.copy_to)
-                source, switched = AtlasSource(req.copy_to), True
-            label = save_user_label(source, req.feature_id, req.text, req.kind)
+            label, target = save_user_label(self.source, req.feature_id, req.text, req.kind)
         except Exception as e:  # the text goes back to the editor: never lost
             self.post_message(LabelNotSaved(req.feature_id, req.text, req.kind, str(e) or type(e).__name__))
             return
-        if switched:
-            self.source = source
-        self.post_message(LabelSaved(req.feature_id, label, str(source.path), switched))
+        self.post_message(LabelSaved(req.feature_id, label, target.describe()))
 
     @on(LabelSaved)
     def label_saved(self, msg: LabelSaved) -> None:
-        if msg.switched:
-            self.sub_title = Path(msg.path).name
-            self.notify(f"label saved in the copy {msg.path}; now browsing that copy")
-        else:
-            self.notify(f"label saved: {msg.label.text}")
+        self.notify(f"label saved {msg.where}: {msg.label.text}")
         for screen in self.screen_stack:
             if (
                 isinstance(screen, FeatureCardScreen)

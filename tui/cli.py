@@ -11,7 +11,9 @@ from atlas.errors import AtlasError
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("atlas", required=False, type=click.Path(dir_okay=True, path_type=Path))
-@click.option("--read-only", "readonly", is_flag=True, help="Never write to the file (labels go to a copy).")
+@click.option(
+    "--read-only", "readonly", is_flag=True, help="Never write to the file (your labels go to your label overlay)."
+)
 @click.option("--keymap", "keymap_path", type=click.Path(path_type=Path), help="TOML keymap: binding id = keys.")
 @click.option("--no-history", is_flag=True, help="Keep the SQL console history in memory only.")
 def browse(atlas: Path | None, readonly: bool, keymap_path: Path | None, no_history: bool) -> None:
@@ -22,8 +24,8 @@ def browse(atlas: Path | None, readonly: bool, keymap_path: Path | None, no_hist
 
     \b
     Example:
-        sae-atlas browse gemma-2-2b.atlas.db
-        sae-atlas browse --read-only shared/atlas.db
+        sae-atlas browse
+        sae-atlas browse --read-only my.db
     """
     from atlas.dbpath import resolve_db_path
     from tui.app import default_history_path, make_app

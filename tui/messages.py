@@ -95,8 +95,7 @@ class QueryFailed(_Msg):
 class LabelSaved(_Msg):
     feature_id: int
     label: Label
-    path: str  # the file it was written to (a copy, when the original was read-only)
-    switched: bool  # the app now browses that copy
+    where: str  # "in the atlas file X" / "in your label overlay Y (why)"
 
 
 @dataclass

@@ -2,90 +2,43 @@
 
 SQLite connections must not be shared between the UI thread and workers, so
 the app holds only a path; every worker calls :meth:`AtlasSource.open` and
-gets its own read-only connection (``mode=ro`` + ``query_only``).
+gets its own read-only connection (``mode=ro`` + ``query_only``). The user's
+label overlay (atlas/overlay.py) is read with the atlas's own labels by the
+library itself; where a new label goes is :func:`atlas.labels.label_target`.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from atlas import open_atlas
 from atlas.db import Atlas
+from atlas.labels import LabelTarget, label_target
 
-BUNDLED_NAME = "atlas.db.example"
-
-
-def bundled_atlas() -> Path:
-    """The example atlas shipped at the repository root, next to the packages."""
-    return Path(__file__).resolve().parent.parent / BUNDLED_NAME
+READ_ONLY_REASON = "opened with --read-only"
 
 
 @dataclass
 class AtlasSource:
     path: Path
-    force_readonly: bool = False  # --read-only on the command line
+    force_readonly: bool = False  # --read-only on the command line: labels go to the overlay
+    schema_version: int = 0  # known after check()
 
     def check(self) -> None:
         """Raise NotAnAtlas / SchemaTooNew (one clear line) if the file cannot be browsed."""
-        open_atlas(self.path, readonly=True).close()
+        with open_atlas(self.path, readonly=True) as atlas:
+            self.schema_version = atlas.schema_version
 
     def open(self) -> Atlas:
         """A new read-only Atlas for the calling thread; close it when done (it is a context manager)."""
         return open_atlas(self.path, readonly=True)
 
-    def open_writable(self) -> Atlas:
-        return open_atlas(self.path, readonly=False)
+    @property
+    def force_overlay(self) -> str | None:
+        return READ_ONLY_REASON if self.force_readonly else None
 
-    def readonly_reason(self) -> str | None:
-        """Why labels cannot be written into this file, or None if they can."""
-        if self.force_readonly:
-            return "opened with --read-only"
-        if self.path.resolve() == bundled_atlas():
-            return "this is the bundled example atlas, shared by everyone who installs sae-atlas"
-        if not os.access(self.path, os.W_OK):
-            return "the file is read-only"
-        if not os.access(self.path.resolve().parent, os.W_OK):
-            return "its folder is read-only (SQLite must write a journal next to the file)"
-        return None
-
-    def default_copy_path(self) -> Path:
-        """Where a writable copy goes by default: next to the file if possible, else the current folder."""
-        stem = self.path.name.removesuffix(".example").removesuffix(".db")
-        folder = self.path.resolve().parent
-        if not os.access(folder, os.W_OK) or self.path.resolve() == bundled_atlas():
-            folder = Path.cwd()
-        candidate = folder / f"{stem}.labels.db"
-        n = 2
-        while candidate.exists():
-            candidate = folder / f"{stem}.labels-{n}.db"
-            n += 1
-        return candidate
-
-    def copy_to(self, dest: Path, progress: Callable[[int, int], None] | None = None) -> Path:
-        """Copy the atlas to ``dest`` with SQLite's online backup (consistent even while it is read)."""
-        dest = Path(dest)
-        if dest.exists():
-            raise FileExistsError(f"{dest}: already exists; choose another name")
-        tmp = dest.with_name(dest.name + ".partial")
-        src = sqlite3.connect(f"file:{self.path.resolve().as_posix()}?mode=ro", uri=True)
-        try:
-            out = sqlite3.connect(tmp)
-            try:
-                src.backup(
-                    out,
-                    pages=4096,
-                    progress=(lambda _s, left, total: progress(total - left, total)) if progress else None,
-                )
-            finally:
-                out.close()
-            os.replace(tmp, dest)  # nothing half-written under the final name
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        finally:
-            src.close()
-        return dest
+    def label_target(self) -> LabelTarget:
+        """Where a label typed in the browser goes (the file or the overlay), and why."""
+        with self.open() as atlas:
+            return label_target(atlas, force_overlay=self.force_overlay)

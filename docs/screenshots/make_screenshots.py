@@ -1,7 +1,7 @@
 """Regenerate the SVG screenshots in this folder from the shipped atlas.db.example.
 
-    python docs/screenshots/make_screenshots.py              # atlas.db.example (what the README shows)
-    python docs/screenshots/make_screenshots.py --fixture    # the pinned synthetic fixture atlas instead
+python docs/screenshots/make_screenshots.py              # atlas.db.example (what the README shows)
+python docs/screenshots/make_screenshots.py --fixture    # the pinned synthetic fixture atlas instead
 """
 
 from __future__ import annotations
@@ -44,6 +44,12 @@ async def shoot(path: Path, size=(120, 36), search: str = "king") -> None:
 
 
 if __name__ == "__main__":
+    import os
+
+    from atlas.overlay import OVERLAY_DIR_ENV
+
+    # An empty label overlay folder: the pictures show the atlas, not this machine's user labels.
+    os.environ[OVERLAY_DIR_ENV] = tempfile.mkdtemp(prefix="sae-atlas-screenshots-")
     example = HERE.parent.parent / "atlas.db.example"
     if "--fixture" in sys.argv or not example.is_file():
         with tempfile.TemporaryDirectory() as tmp:

@@ -203,6 +203,8 @@ def _labels_text(card: FeatureCard) -> Text:
         t.append("\n  ")
         t.append(lab.text, style="italic" if lab.source == "user" else "")
         t.append(f"  [{lab.kind}] {lab.source}", style="dim")
+        if lab.stored_in == "overlay":
+            t.append(" · your overlay", style="dim")
         if lab.score is not None:
             t.append(f" score {fmt(lab.score, 2)}", style="dim")
     return t

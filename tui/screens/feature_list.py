@@ -16,6 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Header, Input, Label, Select, Static
 
 from atlas import listing
+from atlas.labels import with_overlay_labels
 from atlas.listing import LABEL_KINDS, UNLABELLED, FeatureFilter
 from atlas.read import METRIC_COLUMNS
 from tui.messages import CountLoaded, PageLoaded
@@ -84,7 +85,10 @@ class FeatureListScreen(AtlasScreen):
 
     @work(thread=True, exclusive=True, group="page")
     def load_page(self, generation: int, flt: FeatureFilter, after: listing.Cursor | None) -> None:
-        page = self.read("feature list", lambda a: listing.feature_page(a.conn, flt, limit=PAGE_SIZE, after=after))
+        page = self.read(
+            "feature list",
+            lambda a: with_overlay_labels(a, listing.feature_page(a.conn, flt, limit=PAGE_SIZE, after=after)),
+        )
         if page is not None:
             self.post_message(PageLoaded(generation, page, after is None))
 

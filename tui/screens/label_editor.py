@@ -1,15 +1,15 @@
 """Add or edit the user label of a feature.
 
-If the atlas cannot be written (read-only file or folder, the shared example,
---read-only), the dialog says so and offers a writable copy instead. Typed
-text is never dropped silently: escape with unsaved text asks again first,
-and a failed save reopens this dialog with the text in it.
+The dialog says where the label will be kept (atlas.labels' rule): the atlas
+file when the user may write it, else their label overlay, with the reason
+(the bundled example, a read-only file, --read-only ...). Typed text is never
+dropped silently: escape with unsaved text asks again first, and a failed save
+reopens this dialog with the text in it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from textual import on
 from textual.app import ComposeResult
@@ -26,7 +26,6 @@ class LabelRequest:
     feature_id: int
     text: str
     kind: str
-    copy_to: Path | None  # write into a new copy of the atlas at this path first
 
 
 class LabelEditor(ModalScreen[LabelRequest | None]):
@@ -40,8 +39,7 @@ class LabelEditor(ModalScreen[LabelRequest | None]):
         text: str = "",
         kind: str = "free",
         original_text: str = "",
-        readonly_reason: str | None = None,
-        copy_path: Path | None = None,
+        where: str = "",
     ) -> None:
         super().__init__()
         self.feature_id = feature_id
@@ -49,25 +47,19 @@ class LabelEditor(ModalScreen[LabelRequest | None]):
         self.initial_text = text
         self.initial_kind = kind
         self.original_text = original_text  # what is stored now; "dirty" means different from it
-        self.readonly_reason = readonly_reason
-        self.copy_path = copy_path
+        self.where = where  # "in the atlas file X" / "in your label overlay Y (why)"
         self.armed_discard = False
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="label-dialog"):
             yield Static(f"[b]Label for {self.feature_name}[/b]")
-            if self.readonly_reason:
-                yield Static(
-                    f"[b yellow]This atlas cannot be written:[/] {self.readonly_reason}.\n"
-                    "Saving will make a writable copy with your label in it, and browse that copy from now on:",
-                    id="label-readonly",
-                )
-                yield Input(value=str(self.copy_path or ""), id="label-copy-path")
+            if self.where:
+                yield Static(f"[dim]saved {self.where}[/]", id="label-where")
             yield Input(value=self.initial_text, placeholder="what this feature does", id="label-text")
             with Horizontal(classes="dialog-row"):
                 yield Label("kind")
                 yield Select(KINDS, value=self.initial_kind, allow_blank=False, compact=True, id="label-kind")
-                yield Button("Save" if not self.readonly_reason else "Save to copy", variant="primary", id="label-save")
+                yield Button("Save", variant="primary", id="label-save")
                 yield Button("Cancel", id="label-cancel")
             yield Static("enter saves · escape cancels", classes="hint", id="label-hint")
 
@@ -89,15 +81,8 @@ class LabelEditor(ModalScreen[LabelRequest | None]):
         if not text:
             self.notify("type a label first (or escape to cancel)", severity="warning")
             return
-        copy_to = None
-        if self.readonly_reason:
-            raw = self.query_one("#label-copy-path", Input).value.strip()
-            if not raw:
-                self.notify("type a path for the writable copy", severity="warning")
-                return
-            copy_to = Path(raw).expanduser()
         kind = str(self.query_one("#label-kind", Select).value)
-        self.dismiss(LabelRequest(self.feature_id, text, kind, copy_to))
+        self.dismiss(LabelRequest(self.feature_id, text, kind))
 
     @on(Button.Pressed, "#label-cancel")
     def action_cancel(self) -> None:

@@ -1,19 +1,19 @@
-"""Overview: the model, its SAEs with counts and provenance, and per-layer plots."""
+"""Overview: the model, how the atlas was built (provenance as facts), its SAEs, and per-layer plots."""
 
 from __future__ import annotations
 
-import json
-
+from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Header, Static
 from textual.worker import get_current_worker
 
 from atlas import listing
 from atlas.listing import FeatureFilter
+from atlas.provenance_facts import provenance_facts
 from tui.messages import OverviewLoaded, PlotLoaded, WorkFailed
 from tui.screens._base import AtlasScreen
 from tui.widgets.bars import fmt
@@ -37,7 +37,8 @@ class OverviewScreen(AtlasScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         with Vertical(id="overview"):
-            yield Static("Reading the atlas…", id="overview-info")
+            with VerticalScroll(id="overview-info", can_focus=True):
+                yield Static("Reading the atlas…", id="overview-facts")
             yield DataTable(id="sae-table", cursor_type="row", zebra_stripes=True)
             yield LayerPlots(id="layer-plots")
         yield KeyBar()
@@ -87,7 +88,7 @@ class OverviewScreen(AtlasScreen):
     @on(OverviewLoaded)
     def show_overview(self, msg: OverviewLoaded) -> None:
         self.saes = msg.saes
-        self.query_one("#overview-info", Static).update(_info_text(msg, self.atlas_app.source.path.name))
+        self.query_one("#overview-facts", Static).update(_info_text(msg, self.atlas_app.source.path.name))
         table = self.query_one("#sae-table", DataTable)
         table.clear()
         for s in msg.saes:
@@ -132,24 +133,30 @@ class OverviewScreen(AtlasScreen):
         self.query_one(LayerPlots).cycle()
 
 
-def _info_text(msg: OverviewLoaded, filename: str) -> Text:
-    t = Text()
+def _info_text(msg: OverviewLoaded, filename: str) -> Table:  # the model line, then facts
+    """The model, the atlas and its row counts, then how it was built, as facts (never raw JSON)."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    top = Table.grid()
+    top.add_column()
     for m in msg.models:
-        t.append(f"{m.name}", style="bold")
-        t.append(f"  {m.architecture} · {m.n_layers} layers · d_model {m.d_model} · {m.n_heads} heads "
-                 f"({m.n_kv_heads} kv) · d_vocab {m.d_vocab:,} · {m.source_kind}: {m.source}\n")  # fmt: skip
+        shape = Text(m.name, style="bold")
+        shape.append(f"  {m.architecture} · {m.n_layers} layers · d_model {m.d_model} · {m.n_heads} heads "
+                     f"({m.n_kv_heads} kv) · d_vocab {m.d_vocab:,}")  # fmt: skip
+        top.add_row(shape)
     c = msg.counts
-    t.append("atlas ", style="bold")
-    t.append(f"{filename} · schema {msg.info['schema_version']} · sae-atlas {msg.info['sae_atlas_version']} · "
-             f"built {msg.info['created_at']}\n")  # fmt: skip
-    t.append(f"{c['features']:,} features · {c['token_scores']:,} token scores · {c['head_scores']:,} head scores · "
-             f"{c['edges']:,} edges · {c['labels']:,} labels", style="dim")  # fmt: skip
-    prov = msg.info.get("provenance") or {}
-    if prov:
-        t.append("\nprovenance ", style="bold")
-        t.append(_clip(json.dumps(prov, sort_keys=True, separators=(",", ":")), 200), style="dim")
-    return t
-
-
-def _clip(s: str, n: int) -> str:
-    return s if len(s) <= n else s[: n - 1] + "…"
+    grid.add_row("atlas", f"{filename} · schema {msg.info['schema_version']} · {c['features']:,} features · "
+                          f"{c['token_scores']:,} token scores · {c['head_scores']:,} head scores · "
+                          f"{c['edges']:,} edges · {c['labels']:,} labels")  # fmt: skip
+    facts = provenance_facts(
+        msg.info.get("provenance"), created_at=msg.info.get("created_at"),
+        sae_atlas_version=msg.info.get("sae_atlas_version"),
+    )  # fmt: skip
+    for f in facts:
+        if f.label != "SAEs":  # the table below lists them, with their sources
+            grid.add_row(f.label, Text(f.text, style="dim" if f.label in ("settings", "passes") else ""))
+    if not facts:
+        grid.add_row("built", Text("no build provenance recorded", style="dim"))
+    top.add_row(grid)
+    return top

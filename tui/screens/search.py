@@ -1,4 +1,8 @@
-"""Search: one box for feature ids, token text (promotes / suppresses / driven by) and label text."""
+"""Search: one box for feature ids, token text (promotes / suppresses / driven by) and label text.
+
+The search itself is the library's (atlas/search.py, the CLI's too): exact
+token matches first, then partial ones, each marked in the match column.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from tui.widgets.bars import fmt
 from tui.widgets.key_bar import KeyBar
 
 KIND_STYLES = {"id": "bold", "promotes": "green", "suppresses": "red", "driven by": "cyan", "label": "yellow"}
+# The match column: exact / partial token matches; where a matching label is kept.
+_HOW_SHOWN = {"exact": "exact", "partial": "partial", "atlas": "label", "overlay": "your label", "id": "id"}
 
 
 class SearchScreen(AtlasScreen):
@@ -44,7 +50,7 @@ class SearchScreen(AtlasScreen):
 
     def on_mount(self) -> None:
         table = self.query_one("#search-results", DataTable)
-        for key, title in (("kind", "kind"), ("feature", "feature"), ("match", "token / label"),
+        for key, title in (("kind", "kind"), ("feature", "feature"), ("match", "token / label"), ("how", "match"),
                            ("rank", "rank"), ("value", "value")):  # fmt: skip
             table.add_column(title, key=key)
         self.query_one("#search-input", Input).focus()
@@ -77,7 +83,8 @@ class SearchScreen(AtlasScreen):
         table = self.query_one("#search-results", DataTable)
         table.clear()
         for i, h in enumerate(msg.hits):
-            table.add_row(Text(h.kind, style=KIND_STYLES.get(h.kind, "")), h.feature, h.match,
+            how = Text(_HOW_SHOWN.get(h.how, h.how), style="dim" if h.how == "partial" else "")
+            table.add_row(Text(h.kind, style=KIND_STYLES.get(h.kind, "")), h.feature, h.match, how,
                           "" if h.rank is None else h.rank, fmt(h.value, 2), key=f"{i}:{h.feature_id}")  # fmt: skip
         self.last_seconds = msg.seconds
         self.last_query = msg.query
@@ -86,7 +93,9 @@ class SearchScreen(AtlasScreen):
             status.update("Type to search.")
         elif msg.hits:
             took = f" in {msg.seconds * 1000:.0f} ms" if self.atlas_app.show_timings else ""
-            status.update(f"{len(msg.hits)} results for {msg.query!r}{took} · enter opens")
+            hows = {h.how for h in msg.hits}
+            note = " · no token is exactly that: partial matches" if "partial" in hows and "exact" not in hows else ""
+            status.update(f"{len(msg.hits)} results for {msg.query!r}{took}{note} · enter opens")
         else:
             status.update(f"nothing found for {msg.query!r}")
 

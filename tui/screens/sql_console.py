@@ -12,6 +12,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Header, Input, Static
 
 from atlas.errors import BadQuery
+from atlas.search import token_sql_hint
 from tui import sql as sqlmod
 from tui.messages import QueryDone, QueryFailed
 from tui.screens._base import AtlasScreen
@@ -48,8 +49,8 @@ class SqlConsoleScreen(AtlasScreen):
         yield Input(placeholder=f"SQL, read-only · enter runs · ↑/↓ history   e.g. {EXAMPLE}", id="sql-input")
         yield Static("", id="sql-error")
         yield Static("Tables: features, saes, models, token_scores, edges, labels, vocab, heads, head_scores; "
-                     "views: features_view, token_scores_view, edges_view, labels_view, sae_summary.",
-                     id="sql-status")  # fmt: skip
+                     "views: features_view, token_scores_view, edges_view, labels_view, sae_summary.\n"
+                     + token_sql_hint(self.atlas_app.source.schema_version), id="sql-status")  # fmt: skip
         yield DataTable(id="sql-results", zebra_stripes=True)
         yield KeyBar()
 
