@@ -13,9 +13,9 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
 
 from atlas.errors import NeedsMigration, NotAnAtlas, ReadOnlyAtlas, SchemaTooNew
+from atlas.files import file_uri
 from atlas.migrations import MIGRATIONS, SCHEMA_VERSION, run_step, schema_sql
 from atlas.read import AtlasReader
 from atlas.write import AtlasWriter, utc_now
@@ -38,12 +38,6 @@ def _deny_attach(action: int, *args: object) -> int:
     if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
         return sqlite3.SQLITE_DENY
     return sqlite3.SQLITE_OK
-
-
-def file_uri(path: str | os.PathLike, **params: str) -> str:
-    """An SQLite ``file:`` URI; the path is percent-encoded so ``#``, ``?`` or ``%`` in a name survive."""
-    uri = "file:" + quote(Path(path).resolve().as_posix(), safe="/")
-    return uri + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
 
 
 def _wal_without_log(path: Path) -> bool:

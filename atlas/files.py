@@ -17,11 +17,18 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from atlas.errors import AtlasError
 
 _SQLITE_FULL = getattr(sqlite3, "SQLITE_FULL", 13)
 _SQLITE_CANTOPEN = getattr(sqlite3, "SQLITE_CANTOPEN", 14)
+
+
+def file_uri(path: str | os.PathLike, **params: str) -> str:
+    """An SQLite ``file:`` URI; the path is percent-encoded so ``#``, ``?`` or ``%`` in a name survive."""
+    uri = "file:" + quote(Path(path).resolve().as_posix(), safe="/")
+    return uri + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
 
 
 class DiskFull(AtlasError):

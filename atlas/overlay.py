@@ -99,13 +99,13 @@ def atlas_identity(conn: sqlite3.Connection) -> str:
 
 
 def _now() -> str:
-    from atlas.db import utc_now
+    from atlas.write import utc_now
 
     return utc_now()
 
 
 def _file_uri(path: Path, mode: str) -> str:
-    from atlas.db import file_uri
+    from atlas.files import file_uri
 
     return file_uri(path, mode=mode)
 
