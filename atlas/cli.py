@@ -42,6 +42,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "build": ("builders.cli", "build", "Build an atlas from model and SAE weights.", "the build extra: pip install 'sae-atlas[build]'"),
     "browse": ("tui.cli", "browse", "Browse an atlas in the terminal (Textual).", "textual: pip install 'sae-atlas'"),
     "report": ("atlas.report", "report", "Write the paper-style report of an atlas.", "matplotlib: pip install 'sae-atlas'"),
+    "registry": ("builders.registry_cli", "registry", "Show or update SAELens's registry of pretrained dictionaries.", "the build extra: pip install 'sae-atlas[build]'"),
 }  # fmt: skip
 
 

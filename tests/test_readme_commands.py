@@ -26,7 +26,7 @@ from atlas.cli import cli
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 EXAMPLE = ROOT / "atlas.db.example"
-NOT_AN_ATLAS_COMMAND = {"build"}
+NOT_AN_ATLAS_COMMAND = {"build", "registry"}  # registry: about SAELens names; `update` needs the network
 # What a command prints when it found nothing: none of the examples may print this.
 EMPTY = re.compile(r"^(no |\(no rows\)|\(none\)|nothing )")
 
