@@ -8,7 +8,8 @@ difference, and any disagreement between the two systems' weights.
 
 For the top ``top_n`` tokens of each list (tokens compared as their decoded text):
 
-* ``n``: how many are compared, ``min(top_n, len(ours), len(theirs))``; None when a list is empty;
+* ``n``: how many are compared: the fewer distinct texts of the two top lists (two token ids
+  that decode alike count once); None when a list is empty;
 * ``shared``: tokens in both top lists (``shared / n`` is the overlap);
 * ``rank_corr``: Spearman's rho between the two lists' orders of the shared
   tokens (ranks taken within the shared tokens, so it measures ordering alone);
@@ -50,7 +51,7 @@ def compare(ours: Sequence[str], theirs: Sequence[str], top_n: int = TOP_N) -> L
     ra, rb = _first_ranks(a), _first_ranks(b)
     shared = [t for t in ra if t in rb]
     rho = spearman([ra[t] for t in shared], [rb[t] for t in shared]) if len(shared) >= MIN_SHARED_FOR_RHO else None
-    return ListAgreement(min(top_n, len(a), len(b)), len(shared), rho)
+    return ListAgreement(min(len(ra), len(rb)), len(shared), rho)
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
