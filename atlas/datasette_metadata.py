@@ -124,8 +124,9 @@ VIEW_COLUMNS: dict[str, str] = {
     "neuronpedia_url": "the feature's page on neuronpedia.org (when its SAE's neuronpedia_id is known)",
 }  # fmt: skip
 
-UNITS = {"du_entropy": "nats", "ee_entropy": "nats", "percentile": "percent"}
-CUSTOM_UNITS = ["nats = [information_nats]"]  # entropy in nats (pint's `nat` is a pressure)
+# Datasette shows and filters these with Pint. Entropies are in nats, which their descriptions say: Pint has no
+# unit for that (its `nat` is a pressure), and a custom one breaks Datasette's display of the value.
+UNITS = {"percentile": "percent"}
 
 FACETS: dict[str, list[str]] = {
     "saes": ["site", "architecture", "layer"], "features": ["sae_id", "predicts_tokens", "reads_tokens"],
@@ -376,7 +377,6 @@ def build_metadata(atlas: Any) -> dict[str, Any]:
         "title": f"sae-atlas: {atlas.path.name}",
         "description": "What SAE features do, read from the weights alone. Start with features_view, "
         "token_scores_view or the canned queries below; search labels on labels and tokens on vocab_view.",
-        "custom_units": CUSTOM_UNITS,
         "databases": {
             name: {
                 "description": f"An atlas (schema {atlas.schema_version}): models, SAEs, their features and what "

@@ -57,13 +57,14 @@ def serve(atlas: Path | None, db: Path | None, port: int, open_browser: bool, pr
     the common questions (features that promote a token, a feature's card as
     tables, top features by a metric, label search, virtual-weight
     neighbours). Needs Datasette: pip install 'sae-atlas[web]'. --print-metadata
-    gives the metadata to run Datasette yourself (datasette ATLAS -m FILE).
+    gives the metadata to run Datasette yourself (sae-atlas serve ATLAS
+    --print-metadata > m.json; datasette ATLAS --immutable ATLAS -m m.json).
 
     \b
     Example:
         sae-atlas serve
         sae-atlas serve my.db --port 8002 --open
-        sae-atlas serve --print-metadata > metadata.json
+        sae-atlas serve my.db --print-metadata
     """
     from atlas.datasette_metadata import build_metadata
     from atlas.db import open_atlas
