@@ -120,7 +120,10 @@ def test_every_canned_query_answers_as_the_file_does(full_atlas: Path) -> None:
                  "AND phase = 'du' AND sign = 1")  # fmt: skip
     assert {r[0] for r in answers["promotes_token"]} == {r[0] for r in want} and want
     assert [r[0] for r in answers["feature"]] == ["L2.res/5"]
-    assert len(answers["feature_tokens"]) == query(full_atlas, "SELECT COUNT(*) FROM token_scores WHERE feature_id = 5")[0][0]
+    assert (
+        len(answers["feature_tokens"])
+        == query(full_atlas, "SELECT COUNT(*) FROM token_scores WHERE feature_id = 5")[0][0]
+    )
     assert [r[0] for r in answers["top_features"]] == top
     fts = query(full_atlas, "SELECT COUNT(*) FROM labels_fts WHERE labels_fts MATCH 'punctuation'")[0][0]
     assert len(answers["search_labels"]) == min(fts, 200) > 0
