@@ -70,12 +70,12 @@ def make_export(args: argparse.Namespace, out: Path) -> dict:
 
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(args.model, gguf_file=args.gguf_file, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(args.model, gguf_file=args.gguf_file, dtype=torch.float32)
     model.eval()
     W_U = model.lm_head.weight.float()  # (d_vocab, d_model), raw: no final-norm gain
     strings = tok.batch_decode([[i] for i in range(W_U.shape[0])], clean_up_tokenization_spaces=False)
     # ---- activations: the model on TinyStories windows
-    text = (REPO.parent / "shared" / "data" / "tinystories_valid_excerpt.txt").read_text(encoding="utf-8")
+    text = args.corpus.read_text(encoding="utf-8")
     ids = tok(text, add_special_tokens=False)["input_ids"]
     bos = tok.bos_token_id if tok.bos_token_id is not None else 0
     windows = [[bos] + ids[i : i + CTX - 1] for i in range(0, args.windows * (CTX - 1), CTX - 1)]
@@ -188,7 +188,7 @@ def imported(atlas: Path, export: Path, tmp: Path, kind: str, n_examples: int) -
         conn.execute("UPDATE saes SET neuronpedia_id = ? WHERE name = ?", (f"{MODEL_ID}/{source}", name))
     conn.commit()
     conn.close()
-    src = export / MODEL_ID if kind == "all" else kind_only(export, kind, tmp / f"only-{kind}")
+    src = export / MODEL_ID if kind == "all" else kind_only(export, kind, tmp / f"only-{kind}-{atlas.stem}")
     before = bytes_of(copy)
     cmd = [sys.executable, "-c", "from atlas.cli import cli; cli()", "--db", str(copy), "import", "neuronpedia",
            str(src), *(["--activations", str(n_examples)] if kind in ("all", "activations") else [])]  # fmt: skip
@@ -235,16 +235,28 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, help="atlas built with --no-fold-norms (optional)")
     ap.add_argument("--model", required=True)
     ap.add_argument("--gguf-file", default=None)
+    corpus = next((p / "shared" / "data" / "tinystories_valid_excerpt.txt" for p in (REPO.parent, REPO.parent.parent)
+                   if (p / "shared" / "data").is_dir()), Path("tinystories_valid_excerpt.txt"))  # fmt: skip
+    ap.add_argument("--corpus", type=Path, default=corpus, help="text the model reads for the activations")
     ap.add_argument("--windows", type=int, default=200, help="TinyStories windows of 64 tokens")
     ap.add_argument("--top", type=int, default=10, help="activation rows per feature in the export")
     ap.add_argument("--examples", type=int, default=5, help="--activations N of the import")
     ap.add_argument("--work", type=Path, default=Path("/tmp/np-real/work"))
+    ap.add_argument("--reuse", action="store_true", help="import the export made by an earlier run")
     args = ap.parse_args()
-    shutil.rmtree(args.work, ignore_errors=True)
     export = args.work / "export"
-    print("making the export from the weights ...", flush=True)
-    stats = make_export(args, export)
-    export_bytes = {k: sum(p.stat().st_size for p in export.rglob(f"{k}/*.gz"))
+    if args.reuse and export.is_dir():
+        stats_file = export / "stats.json"
+        stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {"note": "made by an earlier run"}
+        for p in args.work.iterdir():
+            if p != export:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    else:
+        shutil.rmtree(args.work, ignore_errors=True)
+        print("making the export from the weights ...", flush=True)
+        stats = make_export(args, export)
+        (export / "stats.json").write_text(json.dumps(stats))
+    export_bytes = {k: sum(p.stat().st_size for p in export.rglob("*.jsonl.gz") if p.parent.name == k)
                     for k in ("features", "explanations", "activations")}  # fmt: skip
     results = {"export": stats, "export_bytes": export_bytes, "imports": {}, "agreement": {}}
     for label, atlas in (("folded", args.folded), ("raw", args.raw)):
