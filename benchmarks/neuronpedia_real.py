@@ -61,7 +61,7 @@ CTX = 64
 def jsonl_gz(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
-    path.write_bytes(gzip.compress(data, compresslevel=5))
+    path.with_name(path.name + ".gz").write_bytes(gzip.compress(data, compresslevel=5))
 
 
 @torch.inference_mode()
