@@ -349,6 +349,17 @@ def test_which_sae_the_rows_go_to(runner: CliRunner, synthetic_atlas: Path, tmp_
     assert imported_labels(synthetic_atlas) == [(201, "one", "import:neuronpedia:gpt-4o-mini", "free")]
 
 
+def test_a_bare_folder_takes_its_ids_from_its_rows(runner: CliRunner, synthetic_atlas: Path, tmp_path: Path) -> None:
+    """A folder renamed on download, without model.jsonl / source.jsonl: its rows say what it holds."""
+    folder = tmp_path / "download"
+    rows = [explanation(1, "one"), {**explanation(2, "two"), "modelId": "gpt2-small"}]
+    write_jsonl(folder / "explanations" / "batch-0.jsonl", rows)
+    r = run(runner, synthetic_atlas, "import", "neuronpedia", str(folder), "--sae", "L2.res")
+    assert r.exit_code == 0, r.output
+    assert f"L2.res <- {NP_ID}" in r.stdout and "1 matched (1 labels), 1 unmatched" in r.stdout
+    assert f"1 rows for another model or source than {NP_ID}" in r.stderr
+
+
 def test_a_model_folder_of_several_sources(runner: CliRunner, synthetic_atlas: Path, tmp_path: Path) -> None:
     link(synthetic_atlas, "L2.res", f"{MODEL}/2-res")
     link(synthetic_atlas, "L6.res", f"{MODEL}/6-res")

@@ -109,12 +109,25 @@ def _is_source(path: Path) -> bool:
 
 
 def _source(path: Path) -> SourceFolder:
-    """Ids from source.jsonl (``id``, ``modelId``), else model.jsonl, else the folder names (as the export lays them)."""
+    """The folder's ids: from source.jsonl (``id``, ``modelId``) and model.jsonl, else from its first row
+    (``modelId``, ``layer``), else the folder names (``<model>/<source>``, as the export lays them out)."""
     row = first_row(path / "source.jsonl") or {}
     model_row = first_row(path / "model.jsonl") or {}
-    model_id = _text(row.get("modelId")) or _text(model_row.get("id")) or path.resolve().parent.name
-    source_id = _text(row.get("id")) or path.resolve().name
-    return SourceFolder(path, model_id, source_id)
+    data = {} if row else _first_data_row(SourceFolder(path, None, None))
+    model_id = _text(row.get("modelId")) or _text(model_row.get("id")) or _text(data.get("modelId"))
+    source_id = _text(row.get("id")) or _text(data.get("layer"))
+    return SourceFolder(path, model_id or path.resolve().parent.name, source_id or path.resolve().name)
+
+
+def _first_data_row(folder: SourceFolder) -> dict:
+    for kind in KINDS:
+        for batch in folder.batches(kind)[:1]:
+            try:
+                for _, row in iter_rows(batch, Tally()):
+                    return row
+            except UnreadableFile:
+                pass  # the import reads it again and reports it
+    return {}
 
 
 def _text(v: Any) -> str | None:
