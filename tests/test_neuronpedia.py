@@ -101,7 +101,7 @@ def test_agreement_with_du_matches_an_independent_oracle(
 ) -> None:
     link(synthetic_atlas)
     rows, expected = [], {}
-    for fid in range(8):
+    for fid in range(9):
         pos, neg = du_lists(synthetic_atlas, fid)
         toks = [t for t, _ in pos]
         theirs = {
@@ -113,6 +113,7 @@ def test_agreement_with_du_matches_an_independent_oracle(
             5: toks[:2] + [f"zz-{i}" for i in range(8)],  # two shared: no rank correlation
             6: toks[2:] + toks[:2],  # rotated
             7: toks,
+            8: [f"zz-front-{i}" for i in range(3)] + toks[:7],  # shared ranks 3..9 here, 0..6 there: rho is 1
         }[fid]
         values = [float(10 - i) for i in range(len(theirs))]
         if fid == 7:  # listed out of order: the values say the order (best first)
@@ -124,7 +125,7 @@ def test_agreement_with_du_matches_an_independent_oracle(
     folder = write_export(tmp_path / "np", features=[rows], gz=False)  # plain .jsonl is read too
     r = run(runner, synthetic_atlas, "import", "neuronpedia", str(folder))
     assert r.exit_code == 0, r.output
-    assert "logit tables: 8 matched, 0 unmatched, 0 skipped" in r.stdout
+    assert "logit tables: 9 matched, 0 unmatched, 0 skipped" in r.stdout
     got = {
         f: ((pn, ps, pr), (nn, ns, nr))
         for f, pn, ps, pr, nn, ns, nr in query(
@@ -141,6 +142,7 @@ def test_agreement_with_du_matches_an_independent_oracle(
             if wr is not None:
                 assert gr == pytest.approx(wr, abs=1e-12), fid
     assert got[0][0][1:] == (10, 1.0) and got[1][0][2] == pytest.approx(-1.0) and got[3][0][1:] == (0, None)
+    assert got[8][0][1:] == (7, 1.0)
     stored = query(synthetic_atlas, "SELECT pos_str FROM neuronpedia_agreement WHERE feature_id = 7")[0][0]
     assert json.loads(stored) == [t for t, _ in du_lists(synthetic_atlas, 7)[0]]  # kept best first
 
