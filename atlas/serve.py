@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from atlas.cli import CONTEXT_SETTINGS, db_option
 from atlas.dbpath import resolve_db_path
+from atlas.neuronpedia.cli import CONTEXT_SETTINGS, db_option  # not atlas.cli: a lazy command must not import it
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8001  # Datasette's own default

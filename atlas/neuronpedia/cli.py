@@ -6,17 +6,37 @@ Loaded lazily by atlas.cli (LAZY_COMMANDS), so ``sae-atlas show`` never imports 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from atlas.cli import CONTEXT_SETTINGS, OneLineUsageGroup, _size, db_option
 from atlas.dbpath import resolve_db_path
 from atlas.neuronpedia.importer import DEFAULT_WINDOW, ImportFailed, ImportReport, import_export
 
+# atlas.cli's settings, spelled here: a lazy command module must not import atlas.cli (an import cycle);
+# its usage errors are made one line by the group that loads it.
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-@click.group("import", cls=OneLineUsageGroup, context_settings=CONTEXT_SETTINGS)
+
+def db_option(fn: Callable) -> Callable:
+    """atlas.cli's --db: the atlas file, else the group's --db / $SAE_ATLAS_DB, else the bundled example."""
+    return click.option(
+        "--db", "db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help="Atlas file (default: the group's --db, $SAE_ATLAS_DB, then the bundled atlas.db.example)",
+    )(fn)  # fmt: skip
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@click.group("import", context_settings=CONTEXT_SETTINGS)
 def import_group() -> None:
     """Bring in what other tools know of the atlas's features: Neuronpedia's public exports.
 
