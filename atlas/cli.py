@@ -43,7 +43,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "browse": ("tui.cli", "browse", "Browse an atlas in the terminal (Textual).", "textual: pip install 'sae-atlas'"),
     "report": ("atlas.report", "report", "Write the paper-style report of an atlas.", "matplotlib: pip install 'sae-atlas'"),
     "registry": ("builders.registry_cli", "registry", "Show or update SAELens's registry of pretrained dictionaries.", "the build extra: pip install 'sae-atlas[build]'"),
-    "import": ("atlas.neuronpedia.cli", "import_group", "Import Neuronpedia's public exports (explanations, logit tables, activations).", "sae-atlas"),
+    "import": ("atlas.neuronpedia.cli", "import_group", "Import Neuronpedia's public exports.", "sae-atlas"),
     "serve": ("atlas.serve", "serve", "Serve the atlas read-only in Datasette on 127.0.0.1.", "Datasette: pip install 'sae-atlas[web]'"),
 }  # fmt: skip
 
