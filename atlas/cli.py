@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import importlib
-import json
 import os
 import sqlite3
 from collections.abc import Callable
@@ -28,7 +27,8 @@ import atlas as _atlas_pkg
 from atlas import db as _db
 from atlas.errors import AtlasError, ReadOnlyAtlas
 from atlas.output import cell, dump_json, emit, output_options, table
-from atlas.read import METRIC_COLUMNS, describe_criterion
+from atlas.provenance import describe_criterion, read_verdict_criteria
+from atlas.read import METRIC_COLUMNS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_ATLAS = Path(_atlas_pkg.__file__).resolve().parent.parent / "atlas.db.example"
@@ -329,9 +329,7 @@ def show(feature: str, db: Path | None, k: int, edge_limit: int, as_json: bool) 
             card = atlas.card(feature, k=max(k, 20), edge_limit=max(edge_limit, 50))
         else:  # the edge_limit strongest edges of each kind, ranked per kind in SQL
             card = atlas.card(feature, k=k, edge_limit=edge_limit)
-        # only the verdict criteria, not the whole (possibly large) provenance document
-        row = atlas.conn.execute("SELECT json_extract(provenance, '$.criteria') FROM atlas_info").fetchone()
-        criteria = row[0] if row else None
+        criteria = read_verdict_criteria(atlas.conn)  # only that part of the (kilobytes of) provenance
     if as_json:
         click.echo(dump_json(dataclasses.asdict(card)))
         return
@@ -350,11 +348,9 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
         out.append("  no labels")
     out.append("  " + _verdict("predicts tokens", m.get("predicts_tokens"), "du_top1_z", m.get("du_top1_z")))
     out.append("  " + _verdict("reads tokens", m.get("reads_tokens"), "ee_top1_z", m.get("ee_top1_z")))
-    if criteria:
-        crit = json.loads(criteria) if isinstance(criteria, str) else criteria
-        for col in ("predicts_tokens", "reads_tokens"):
-            if isinstance(crit, dict) and col in crit:
-                out.append(f"  {col.replace('_', ' ')} when {describe_criterion(crit[col])}")
+    for col in ("predicts_tokens", "reads_tokens"):
+        if isinstance(criteria, dict) and col in criteria:
+            out.append(f"  {col.replace('_', ' ')} when {describe_criterion(criteria[col])}")
     shown = [(name, v) for name, v in m.items() if v is not None and name not in ("predicts_tokens", "reads_tokens")]
     if shown:
         out.append("\nmetrics")

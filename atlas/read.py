@@ -12,6 +12,7 @@ from typing import Any
 
 from atlas.errors import BadQuery, FeatureNotFound, SAENotFound
 from atlas.names import split_feature_name, token_key
+from atlas.provenance import describe_criterion, parse_provenance  # noqa: F401 (describe_criterion: re-exported)
 from atlas.types import SAE, Edge, Feature, FeatureCard, HeadScore, Label, Model, TokenHit, TokenScore
 
 # Columns of `features` that can be ranked, filtered and shown.
@@ -27,23 +28,6 @@ METRIC_COLUMNS: tuple[str, ...] = (
 PHASES = ("du", "ee")
 
 COUNTED_TABLES = ("models", "saes", "features", "vocab", "token_scores", "heads", "head_scores", "edges", "labels")
-
-
-def describe_criterion(criterion: Any) -> str:
-    """One line for a verdict criterion from provenance['criteria'][column], e.g.
-    ``du_top1_z >= 6.27 (99th percentile over 1024 random directions)``; anything else as text."""
-    if isinstance(criterion, str):
-        try:
-            criterion = json.loads(criterion)
-        except ValueError:
-            return criterion
-    if not isinstance(criterion, dict) or "column" not in criterion or "tau" not in criterion:
-        return str(criterion)
-    text = f"{criterion['column']} >= {criterion['tau']:.4g}"
-    if criterion.get("how") == "random-quantile":
-        q = 100 * float(criterion.get("quantile", 0))
-        text += f" ({q:g}th percentile over {criterion.get('n_random', '?')} random directions)"
-    return text
 
 
 def check_metric(metric: str) -> str:
@@ -134,7 +118,7 @@ class AtlasReader:
     def info_row(self) -> dict[str, Any]:
         row = self.conn.execute("SELECT * FROM atlas_info WHERE id = 1").fetchone()
         d = dict(row)
-        d["provenance"] = json.loads(d["provenance"])
+        d["provenance"] = parse_provenance(d["provenance"])
         return d
 
     # ------------------------------------------------------------ features

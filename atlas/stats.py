@@ -25,7 +25,6 @@ percentiles are done in numpy on arrays fetched once.
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
 import warnings
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from atlas.errors import AtlasError
+from atlas.provenance import read_provenance, verdict_criteria
 
 ROLES = ("q", "k", "v")
 # Order of sites within one layer, as the residual stream meets them.
@@ -209,16 +209,12 @@ def predicts_by_layer(atlas: Any) -> PredictsTable:
         frac_both=_safe_div(n_both, n_bp),
         jaccard=_safe_div(n_both, n_either),
         overall=overall,
-        criteria=_provenance(conn).get("criteria", {}) or {},
+        criteria=_criteria(conn),
     )
 
 
-def _provenance(conn: sqlite3.Connection) -> dict:
-    row = conn.execute("SELECT provenance FROM atlas_info WHERE id = 1").fetchone()
-    try:
-        return json.loads(row[0]) if row else {}
-    except (TypeError, ValueError):
-        return {}
+def _criteria(conn: sqlite3.Connection) -> dict[str, Any]:
+    return verdict_criteria(read_provenance(conn))
 
 
 @dataclass(frozen=True)
