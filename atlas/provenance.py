@@ -66,15 +66,17 @@ def read_verdict_criteria(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]
     criteria out, so the whole provenance (kilobytes) is not parsed each time.
     Damage anywhere in the document still raises BadProvenance.
     """
+    # CASE guards every JSON call: SQLite raises on malformed JSON, and the parser below names it better
     row = conn.execute(
-        "SELECT json_valid(provenance) AND json_type(provenance) = 'object', json_type(provenance, '$.criteria'), "
-        "CASE WHEN json_valid(provenance) AND json_type(provenance) = 'object' "
-        "THEN json_extract(provenance, '$.criteria') END FROM atlas_info WHERE id = 1"
+        "SELECT ok, CASE WHEN ok THEN json_type(provenance, '$.criteria') END, "
+        "CASE WHEN ok THEN json_extract(provenance, '$.criteria') END FROM (SELECT provenance, "
+        "CASE WHEN typeof(provenance) = 'text' AND json_valid(provenance) "
+        "THEN json_type(provenance) = 'object' ELSE 0 END AS ok FROM atlas_info WHERE id = 1)"
     ).fetchone()
     if row is None:
         return {}
-    if not row[0]:  # not a JSON object: let the parser name what it is
-        parse_provenance(conn.execute("SELECT provenance FROM atlas_info WHERE id = 1").fetchone()[0])
+    if not row[0]:  # not JSON object text (damage, or a BLOB): the full parser names it or reads it
+        return verdict_criteria(read_provenance(conn))
     if row[1] is None:
         return {}
     value = parse_provenance(row[2], where=f"{WHERE}.criteria") if row[1] == "object" else row[2]
