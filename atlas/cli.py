@@ -586,9 +586,20 @@ def sql(query: str, db: Path | None, params: tuple[tuple[str, str], ...], limit:
         sae-atlas sql "SELECT name, d_sae FROM saes"
         sae-atlas sql "SELECT * FROM token_scores_view WHERE feature = :f" -p f L3.res/12 --json
     """
-    from atlas.query import run_sql
+    from atlas.query import run_sql, stream_sql, write_rows
 
-    result = run_sql(resolve_db_path(db), query, dict(params), limit=limit, timeout_s=timeout or None)
+    path = resolve_db_path(db)
+    if limit == 0 and fmt != "table":  # every row, written as it is read: constant memory
+        with stream_sql(path, query, dict(params), timeout_s=timeout or None, hint=" (see --timeout)") as (
+            columns, rows, notes,
+        ):  # fmt: skip
+            for note in notes:
+                click.echo(f"note: {note}", err=True)
+            write_rows(click.get_text_stream("stdout"), columns, rows, fmt)
+        return
+    result = run_sql(path, query, dict(params), limit=limit, timeout_s=timeout or None)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     emit(result.rows, result.columns, fmt, empty="(no rows)" if result.columns else "(done, no result)")
     if result.truncated:
         click.echo(f"(showing the first {limit:,} rows; more exist: raise --limit or add LIMIT/OFFSET)", err=True)

@@ -105,7 +105,15 @@ def explain_sqlite_error(e: sqlite3.Error, *, what: str = "") -> AtlasError:
             "run it again when that process is done"
         )
     if primary == SQLITE_INTERRUPT or low == "interrupted":
-        return QueryInterrupted(f"{at}interrupted")
+        from atlas.interrupt import CTRL_C, DEADLINE, stop_reason
+
+        reason, seconds = stop_reason()
+        if reason == DEADLINE:
+            return QueryTimeout(
+                f"{at}a query ran longer than {seconds:g} s and was stopped: an atlas whose schema or size "
+                "makes sae-atlas's own queries this slow is not one it can answer from"
+            )
+        return QueryInterrupted(f"{at}interrupted" + (" (ctrl-c)" if reason == CTRL_C else ""))
     if code == SQLITE_READONLY_ROLLBACK or "readonly_rollback" in low:
         return StorageError(
             f"{at}the atlas has an unfinished write (a hot -journal file beside it) that only a writable "

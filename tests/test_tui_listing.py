@@ -148,7 +148,7 @@ def test_sql_pages_errors_and_export(conn, tmp_path):
     assert [r[0] for r in rows] == list(range(500, 600)) and not more
     _, rows, _ = sqlmod.run_page(conn, "PRAGMA table_info(saes)")
     assert any(r[1] == "d_sae" for r in rows)
-    for bad, msg in (("SELEC 1", "syntax error"), ("DELETE FROM labels", "readonly"), ("SELECT nope FROM saes", "no such column"),
+    for bad, msg in (("SELEC 1", "syntax error"), ("DELETE FROM labels", "refused"), ("SELECT nope FROM saes", "no such column"),
                      ("SELECT 1; SELECT 2", "one statement"), ("ATTACH 'x.db' AS x", "not authorized"), ("", "empty")):  # fmt: skip
         with pytest.raises(BadQuery, match=msg):
             sqlmod.run_page(conn, bad)

@@ -11,8 +11,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Header, Input, Static
 
-from atlas.errors import BadQuery
-from tui import sql as sqlmod
+from atlas import query as sqlmod
+from atlas.errors import AtlasError
 from tui.messages import QueryDone, QueryFailed
 from tui.screens._base import AtlasScreen
 from tui.screens.export_dialog import ExportDialog
@@ -80,10 +80,10 @@ class SqlConsoleScreen(AtlasScreen):
             with self.atlas_app.source.open() as atlas:
                 self.running = atlas.conn
                 try:
-                    cols, rows, more = sqlmod.run_page(atlas.conn, sql, offset=offset, limit=PAGE)
+                    cols, rows, more = sqlmod.run_page(atlas, sql, offset=offset, limit=PAGE)
                 finally:
                     self.running = None
-        except BadQuery as e:
+        except AtlasError as e:  # bad SQL, refused, stopped, damaged: one line, inline
             self.post_message(QueryFailed(generation, sql, str(e)))
             return
         except Exception as e:  # e.g. the file vanished: still inline, never a crash
@@ -158,7 +158,7 @@ class SqlConsoleScreen(AtlasScreen):
 
     @work(thread=True, exclusive=True, group="export")
     def export_to(self, sql: str, path: Path) -> None:
-        n = self.read("export", lambda a: sqlmod.export(a.conn, sql, path))
+        n = self.read("export", lambda a: sqlmod.export(a, sql, path))
         if n is not None:
             self.app.call_from_thread(self.notify, f"wrote {n:,} rows to {path}")
 
