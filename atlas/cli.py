@@ -25,7 +25,8 @@ import click
 
 import atlas as _atlas_pkg
 from atlas import db as _db
-from atlas.errors import AtlasError, ReadOnlyAtlas
+from atlas.errors import AtlasError, QueryInterrupted, ReadOnlyAtlas, explain_sqlite_error
+from atlas.interrupt import sigint_stops_queries
 from atlas.output import cell, dump_json, emit, output_options, table
 from atlas.provenance import describe_criterion, read_verdict_criteria
 from atlas.read import METRIC_COLUMNS
@@ -75,16 +76,22 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with sigint_stops_queries():  # ctrl-c stops a running query too, and says so
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except QueryInterrupted as e:
+            raise Interrupted(_one_line(str(e))) from None
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted (ctrl-c)") from None
         except AtlasError as e:
             raise click.ClickException(_one_line(str(e))) from None
-        except sqlite3.DatabaseError as e:
-            # e.g. a damaged page met halfway through a read: still one line, and a hint
-            raise click.ClickException(
-                _one_line(f"SQLite error: {e} (is the atlas damaged? `sae-atlas validate` checks it)")
-            ) from None
+        except sqlite3.Error as e:
+            # a full disk, another writer, a damaged page met halfway through a read: one named line
+            err = explain_sqlite_error(e, what=_missing_folder(ctx, e))
+            if isinstance(err, QueryInterrupted):
+                raise Interrupted(_one_line(str(err))) from None
+            raise click.ClickException(_one_line(str(err))) from None
         except UnicodeDecodeError as e:
             # SQLite stores any bytes as TEXT; a damaged file can hold some that are not UTF-8
             raise click.ClickException(
@@ -96,6 +103,8 @@ class LazyGroup(click.Group):
         except OSError as e:
             if e.errno == errno.EPIPE:
                 raise  # click's main() handles a closed pipe (`sae-atlas sql ... | head`)
+            if e.errno == errno.ENOSPC:
+                raise click.ClickException(_one_line(f"disk full: {e}")) from None
             if os.environ.get(DEBUG_ENV):
                 raise
             raise click.ClickException(_one_line(f"{e.__class__.__name__}: {e}")) from None
@@ -105,6 +114,37 @@ class LazyGroup(click.Group):
             raise click.ClickException(
                 _one_line(f"unexpected error: {e.__class__.__name__}: {e} (set {DEBUG_ENV}=1 for a traceback)")
             ) from None
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-c (or another stop) ended the command: one line and the shell's exit status for SIGINT."""
+
+    exit_code = 130
+
+
+def _missing_folder(ctx: click.Context, e: sqlite3.Error) -> str:
+    """For SQLite's "unable to open database file": the file argument whose folder does not exist, if any."""
+    if "unable to open database file" not in str(e):
+        return ""
+    for value in ctx.meta.get(_PARAMS_KEY, {}).values():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, Path) and not item.parent.is_dir():
+                return f"{item.parent}: no such folder"
+    return ""
+
+
+_PARAMS_KEY = "sae_atlas.params"
+
+
+class AtlasCommand(click.Command):
+    """Keeps the parsed parameters where the group's error mapping can see them (ctx.meta is shared)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        ctx.meta[_PARAMS_KEY] = dict(ctx.params)
+        return super().invoke(ctx)
+
+
+LazyGroup.command_class = AtlasCommand
 
 
 def _load_lazy(name: str) -> click.Command:

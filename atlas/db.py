@@ -28,6 +28,7 @@ import json
 import os
 import sqlite3
 import sys
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,13 +83,25 @@ def _version() -> str:
 
 
 class AtlasConnection(sqlite3.Connection):
-    """An sqlite3 connection whose statements each get a fresh deadline (``budget``)."""
+    """An sqlite3 connection whose statements each get a fresh deadline (``budget``).
+
+    It also remembers its cursors, so that :meth:`close` can reset them: a read that
+    failed halfway (a damaged row) leaves its cursor alive in the traceback, and a
+    cursor mid-read keeps SQLite's read lock, which would block every later writer of
+    the file for as long as this process runs (the TUI).
+    """
 
     budget: Budget
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cursors: weakref.WeakSet[sqlite3.Cursor] = weakref.WeakSet()
+
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         self.budget.restart()
-        return super().execute(sql, parameters)
+        cur = super().execute(sql, parameters)
+        self._cursors.add(cur)
+        return cur
 
     def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
         self.budget.restart()
@@ -97,6 +110,14 @@ class AtlasConnection(sqlite3.Connection):
     def executescript(self, script: str, /) -> sqlite3.Cursor:
         self.budget.restart()
         return super().executescript(script)
+
+    def close(self) -> None:
+        for cur in list(self._cursors):
+            try:
+                cur.close()
+            except sqlite3.Error:
+                pass
+        super().close()
 
     @property
     def deadline_s(self) -> float | None:

@@ -120,6 +120,8 @@ def explain_sqlite_error(e: sqlite3.Error, *, what: str = "") -> AtlasError:
             "open can undo: open it once with a write (e.g. `sae-atlas migrate`) where the file is writable"
         )
     if primary == SQLITE_CANTOPEN or "unable to open database file" in low:
+        if what.endswith("no such folder"):
+            return StorageError(what)
         return StorageError(f"{at}cannot open the file: its folder does not exist or cannot be read ({msg})")
     if primary == SQLITE_TOOBIG or "string or blob too big" in low:
         return DamagedAtlas(f"{at}a value is larger than sae-atlas reads ({msg}); {DAMAGE_HINT}")

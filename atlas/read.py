@@ -6,13 +6,13 @@ against :data:`METRIC_COLUMNS` before it reaches SQL.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
 from atlas.errors import BadQuery, FeatureNotFound, SAENotFound
 from atlas.names import split_feature_name, token_key
 from atlas.provenance import describe_criterion, parse_provenance  # noqa: F401 (describe_criterion: re-exported)
+from atlas.rows import damage, json_or_null, number_or_null, typed
 from atlas.types import SAE, Edge, Feature, FeatureCard, HeadScore, Label, Model, TokenHit, TokenScore
 
 # Columns of `features` that can be ranked, filtered and shown.
@@ -38,11 +38,9 @@ def check_metric(metric: str) -> str:
 
 def _feature_from_row(row: sqlite3.Row) -> Feature:
     d = dict(row)
-    metrics = {k: d[k] for k in METRIC_COLUMNS if k in d}
-    return Feature(
-        feature_id=d["feature_id"], name=f"{d['sae']}/{d['idx']}", sae=d["sae"], sae_id=d["sae_id"],
-        idx=d["idx"], layer=d["layer"], site=d["site"], metrics=metrics,
-    )  # fmt: skip
+    where = f"features row #{d['feature_id']}"
+    metrics = {k: number_or_null(d[k], where, k) for k in METRIC_COLUMNS if k in d}
+    return typed(Feature, {**d, "name": f"{d['sae']}/{d['idx']}", "metrics": metrics}, where)
 
 
 _FEATURE_SELECT = (
@@ -57,6 +55,15 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+_EDGE_CHECKS = ((1, "kind", str, "text"), (6, "score", (int, float), "a number"), (7, "rank", int, "an integer"))
+
+
+def _label(row: Any) -> Label:
+    """A labels row (a mapping) as a Label, its evidence JSON parsed; damage named."""
+    where = f"labels row {row['label_id']}"
+    return typed(Label, {**dict(row), "evidence": json_or_null(row["evidence"], where, "evidence")}, where)
+
+
 class AtlasReader:
     """Mixin over ``self.conn``; see atlas.db.Atlas."""
 
@@ -65,11 +72,11 @@ class AtlasReader:
     # ------------------------------------------------------------ catalogue
     def models(self) -> list[Model]:
         rows = self.conn.execute("SELECT * FROM models ORDER BY model_id").fetchall()
-        return [Model(**{**dict(r), "tied_embeddings": bool(r["tied_embeddings"])}) for r in rows]
+        return [typed(Model, r, f"models row {r['model_id']}") for r in rows]
 
     def saes(self) -> list[SAE]:
         rows = self.conn.execute("SELECT * FROM saes ORDER BY layer, site, name").fetchall()
-        return [SAE(**dict(r)) for r in rows]
+        return [typed(SAE, r, f"saes row {r['sae_id']}") for r in rows]
 
     def sae(self, name: str) -> SAE:
         """By readable name (L12.res), by sae_ref, or by release/sae_ref."""
@@ -81,7 +88,7 @@ class AtlasReader:
         if row is None:
             known = ", ".join(r[0] for r in self.conn.execute("SELECT name FROM saes ORDER BY layer"))
             raise SAENotFound(f"no SAE named {name!r}; known: {known or '(none)'}")
-        return SAE(**dict(row))
+        return typed(SAE, row, f"saes row {row['sae_id']}")
 
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (cheap: count(*) on indexes)."""
@@ -117,7 +124,12 @@ class AtlasReader:
 
     def info_row(self) -> dict[str, Any]:
         row = self.conn.execute("SELECT * FROM atlas_info WHERE id = 1").fetchone()
+        if row is None:
+            raise damage("atlas_info", "its one row", None, "present")
         d = dict(row)
+        for col, ok in (("schema_version", int), ("sae_atlas_version", str), ("created_at", str)):
+            if not isinstance(d[col], ok):
+                raise damage("atlas_info", col, d[col], "an integer" if ok is int else "text")
         d["provenance"] = parse_provenance(d["provenance"])
         return d
 
@@ -216,7 +228,7 @@ class AtlasReader:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [TokenScore(*r) for r in self.conn.execute(sql, params)]  # columns in field order
+        return [typed(TokenScore, r, f"token_scores of #{feature_id}") for r in self.conn.execute(sql, params)]
 
     def head_scores(self, feature_id: int, role: str | None = None) -> list[HeadScore]:
         sql = (
@@ -228,7 +240,7 @@ class AtlasReader:
             sql += " AND hs.role = ?"
             params.append(role)
         sql += " ORDER BY hs.role, hs.score DESC"
-        return [HeadScore(*r) for r in self.conn.execute(sql, params)]  # columns in field order
+        return [typed(HeadScore, r, f"head_scores of #{feature_id}") for r in self.conn.execute(sql, params)]
 
     def edges(
         self,
@@ -267,6 +279,10 @@ class AtlasReader:
         params = (feature_id, kind) if kind is not None else (feature_id,)
         groups: dict[tuple[str, str], list] = {}
         for r in self.conn.execute(" UNION ALL ".join(arms), params):
+            r = tuple(r)
+            for i, col, ok, want in _EDGE_CHECKS:  # checked before the sort below compares them
+                if not isinstance(r[i], ok) or isinstance(r[i], bool):
+                    raise damage(f"edges of #{feature_id}", col, r[i], want)
             groups.setdefault((r[0], r[1]), []).append(r)
         kept = []
         for key in sorted(groups):
@@ -281,14 +297,15 @@ class AtlasReader:
         ) if ids else {}  # fmt: skip
         out: dict[str, list[Edge]] = {d: [] for d in directions}
         for d, k, src, dst, layer, head, score, rank in kept:
-            out[d].append(Edge(k, names.get(src, f"#{src}"), names.get(dst, f"#{dst}"), src, dst, layer, head, score, rank))
+            e = (k, names.get(src, f"#{src}"), names.get(dst, f"#{dst}"), src, dst, layer, head, score, rank)
+            out[d].append(typed(Edge, e, f"edges of #{feature_id}"))
         return out
 
     def labels(self, feature_id: int) -> list[Label]:
         rows = self.conn.execute(
             "SELECT * FROM labels WHERE feature_id = ? ORDER BY source = 'user' DESC, label_id DESC", (feature_id,)
         ).fetchall()
-        return [Label(**{**dict(r), "evidence": json.loads(r["evidence"]) if r["evidence"] else None}) for r in rows]
+        return [_label(r) for r in rows]
 
     def card(self, spec: str | int, *, k: int = 20, edge_limit: int = 50) -> FeatureCard:
         """Everything about one feature: the top ``k`` tokens of each phase and sign,
@@ -407,7 +424,7 @@ class AtlasReader:
             params.append(sae_id)
         sql += " ORDER BY ts.rank, ABS(ts.value) DESC, ts.feature_id LIMIT ?"
         params.append(limit)
-        return [TokenHit(**dict(r)) for r in self.conn.execute(sql, params)]
+        return [typed(TokenHit, r, "token_scores") for r in self.conn.execute(sql, params)]
 
     def _single_model(self) -> bool:
         cached = getattr(self, "_n_models", None)
@@ -432,8 +449,7 @@ class AtlasReader:
         for r in rows:
             d = dict(r)
             name = d.pop("feature")
-            d["evidence"] = json.loads(d["evidence"]) if d["evidence"] else None
-            out.append((name, Label(**d)))
+            out.append((name, _label(d)))
         return out
 
     def top(
@@ -513,12 +529,12 @@ class AtlasReader:
             extra.append(hi)
         order = "ASC" if ascending else "DESC"
         sql = _FEATURE_SELECT + f"WHERE {where} ORDER BY f.{metric} {order}, f.feature_id LIMIT ?"
-        rows: list[sqlite3.Row] = []
+        feats: list[Feature] = []
         for (sae_id,) in self.conn.execute(sql_saes, p_saes).fetchall():
-            rows += self.conn.execute(sql, [sae_id, *extra, limit + offset]).fetchall()
+            feats += [_feature_from_row(r) for r in self.conn.execute(sql, [sae_id, *extra, limit + offset])]
         sign = 1 if ascending else -1
-        rows.sort(key=lambda r: (sign * r[metric], r["feature_id"]))
-        return [_feature_from_row(r) for r in rows[offset : offset + limit]]
+        feats.sort(key=lambda f: (sign * f.metrics[metric], f.feature_id))
+        return feats[offset : offset + limit]
 
     def search_metric(self, metric: str, lo: float | None, hi: float | None, **kw: Any) -> list[Feature]:
         """Features with ``lo <= metric <= hi``, strongest first."""
