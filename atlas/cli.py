@@ -825,9 +825,12 @@ def stats(db: Path | None, fmt: str) -> None:
         sae-atlas stats --csv > saes.csv
     """
     with open_ro(db) as atlas:
+        atlas.saes()  # the SAE rows typed and checked: damage there is named, not printed
+        # sae_summary's query, not the view: a file's own view may say anything (sae-atlas reads no view)
         rows = atlas.conn.execute(
-            "SELECT sae_id, name, layer, site, d_sae, n_features, frac_predicts_tokens, frac_reads_tokens, "
-            "attn_q_mean, attn_k_mean, attn_v_mean FROM sae_summary ORDER BY layer, name"
+            "SELECT s.sae_id, s.name, s.layer, s.site, s.d_sae, COUNT(f.feature_id), AVG(f.predicts_tokens), "
+            "AVG(f.reads_tokens), AVG(f.attn_q_mean), AVG(f.attn_k_mean), AVG(f.attn_v_mean) "
+            "FROM saes s LEFT JOIN features f USING (sae_id) GROUP BY s.sae_id ORDER BY s.layer, s.name"
         ).fetchall()
         kinds: dict[tuple[int, str], int] = {}
         for sae_id, kind, n in atlas.conn.execute(

@@ -76,6 +76,7 @@ class StorageError(AtlasError):
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_NOMEM, SQLITE_READONLY, SQLITE_INTERRUPT = 5, 6, 7, 8, 9
 SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_TOOBIG, SQLITE_NOTADB = 10, 11, 13, 14, 18, 26
 SQLITE_READONLY_ROLLBACK = SQLITE_READONLY | (3 << 8)  # a hot journal that a read-only connection cannot undo
+SQLITE_CORRUPT_VTAB = SQLITE_CORRUPT | (1 << 8)  # a virtual table (FTS5) found its own data damaged
 
 DAMAGE_HINT = "the atlas looks damaged: `sae-atlas validate` checks it"
 
@@ -129,6 +130,11 @@ def explain_sqlite_error(e: sqlite3.Error, *, what: str = "") -> AtlasError:
         return StorageError(f"{at}out of memory ({msg})")
     if primary == SQLITE_IOERR or "disk i/o error" in low:
         return StorageError(f"{at}disk I/O error: the file or its disk cannot be read or written ({msg})")
+    if "could not decode to utf-8" in low:  # the sqlite3 module met TEXT bytes that are not UTF-8
+        column = msg.split("column ", 1)[1].split(" with text", 1)[0] if "column " in msg else "?"
+        return DamagedAtlas(f"{at}text in the atlas is not valid UTF-8 (column {column}); {DAMAGE_HINT}")
+    if code == SQLITE_CORRUPT_VTAB:
+        return DamagedAtlas(f"{at}a full-text index of the atlas is damaged ({msg}); {DAMAGE_HINT}")
     if primary in (SQLITE_CORRUPT, SQLITE_NOTADB) or "malformed" in low or "not a database" in low:
         return DamagedAtlas(f"{at}SQLite error: {msg}; {DAMAGE_HINT}")
     if "fts5" in low or "fts" in low.split():

@@ -156,8 +156,11 @@ def explain(e: BaseException, *, hint: str = "") -> AtlasError:
     msg = " ".join(str(e).split())
     if any(w in msg for w in ("not authorized", "authorization denied", "readonly", "read-only")):
         return BadQuery(f"refused: {msg} (sae-atlas sql only reads; use the label command or the library to write)")
-    if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.OperationalError | sqlite3.ProgrammingError):
-        return explain_sqlite_error(e)  # corrupt pages, a full disk ...: not the query's fault
+    damaged = isinstance(e, sqlite3.DatabaseError) and not isinstance(
+        e, sqlite3.OperationalError | sqlite3.ProgrammingError
+    )
+    if damaged or "Could not decode to UTF-8" in msg:
+        return explain_sqlite_error(e)  # corrupt pages, bytes that are not text, a full disk: not the query's fault
     if isinstance(e, UnicodeDecodeError):
         return BadQuery(f"a value is not UTF-8 text ({e.reason} at byte {e.start}): the atlas looks damaged")
     return BadQuery(f"bad SQL: {msg}")

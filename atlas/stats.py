@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from atlas.errors import AtlasError
+from atlas.errors import DAMAGE_HINT, AtlasError, DamagedAtlas
 from atlas.provenance import read_provenance, verdict_criteria
+from atlas.rows import damage, describe
 
 ROLES = ("q", "k", "v")
 # Order of sites within one layer, as the residual stream meets them.
@@ -81,6 +82,9 @@ class SAERows:
         return {int(s): i for i, s in enumerate(self.sae_id.tolist())}
 
 
+_SAE_ROW_COLUMNS = ("sae_id", "name", "layer", "site", "d_sae", "models.d_vocab")
+
+
 def sae_rows(atlas: Any) -> SAERows:
     rows = (
         _conn(atlas)
@@ -89,6 +93,10 @@ def sae_rows(atlas: Any) -> SAERows:
         )
         .fetchall()
     )
+    for r in rows:  # a damaged file can hold anything: name it before numpy or sorted() trips on it
+        for col, v, kind in zip(_SAE_ROW_COLUMNS, r, (int, str, int, str, int, int), strict=True):
+            if not isinstance(v, kind) or isinstance(v, bool):
+                raise damage(f"saes row {r[0]!r}", col, v, "an integer" if kind is int else "text")
     rows = sorted(rows, key=lambda r: (r[2], SITE_ORDER.get(r[3], 9), r[1]))
     if not rows:
         raise MissingPass("the atlas has no SAEs: nothing to report")
@@ -109,7 +117,14 @@ def _fetch_floats(conn: sqlite3.Connection, sql: str, params: Any = ()) -> np.nd
     rows = cur.fetchall()
     if not rows:
         return np.zeros((0, n_cols))
-    return np.array(rows, dtype=np.float64).reshape(len(rows), n_cols)
+    try:
+        return np.array(rows, dtype=np.float64).reshape(len(rows), n_cols)
+    except (TypeError, ValueError):  # text or a BLOB where a number belongs
+        bad = next(v for r in rows for v in r if v is not None and not isinstance(v, (int, float)))
+        names = ", ".join(d[0] for d in cur.description)
+        raise DamagedAtlas(
+            f"a value read for ({names}) is {describe(bad)}, not a number; {DAMAGE_HINT}"
+        ) from None
 
 
 def _dicts(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str, Any]]:
