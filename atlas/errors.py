@@ -87,6 +87,16 @@ def sqlite_code(e: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+def error_line(e: BaseException) -> str:
+    """One plain line for any exception met while reading an atlas (for the TUI's messages)."""
+    if isinstance(e, sqlite3.Error):
+        e = explain_sqlite_error(e)
+    if isinstance(e, UnicodeDecodeError):
+        return f"text in the atlas is not valid UTF-8 ({e.reason} at byte {e.start}); {DAMAGE_HINT}"
+    text = " ".join(str(e).split())
+    return text if isinstance(e, AtlasError) and text else f"{type(e).__name__}: {text}".rstrip(": ")
+
+
 def explain_sqlite_error(e: sqlite3.Error, *, what: str = "") -> AtlasError:
     """A named AtlasError with one plain line for an sqlite3 error (``what`` names the file or step).
 

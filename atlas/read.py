@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from atlas.errors import BadQuery, FeatureNotFound, SAENotFound
+from atlas.errors import DAMAGE_HINT, BadQuery, DamagedAtlas, FeatureNotFound, SAENotFound
 from atlas.names import split_feature_name, token_key
 from atlas.provenance import describe_criterion, parse_provenance  # noqa: F401 (describe_criterion: re-exported)
 from atlas.rows import damage, json_or_null, number_or_null, typed
@@ -356,7 +356,17 @@ class AtlasReader:
                 "ORDER BY length(key), token_id LIMIT ?"
             )
             params = [key, limit]
-        return [(r[0], r[1], r[2]) for r in self.conn.execute(sql, params)]
+        found = [(r[0], r[1], r[2]) for r in self.conn.execute(sql, params)]
+        if not found and not exact and len(key) >= 3 and self._vocab_contains(key):
+            raise DamagedAtlas(
+                f"the full-text index vocab_fts finds no token containing {text!r} but the vocabulary has one: "
+                f"the index is damaged; {DAMAGE_HINT}"
+            )
+        return found
+
+    def _vocab_contains(self, key: str) -> bool:
+        """A scan for what the trigram index should have found (only when it found nothing)."""
+        return self.conn.execute("SELECT 1 FROM vocab WHERE instr(key, ?) > 0 LIMIT 1", (key,)).fetchone() is not None
 
     def search_token(
         self,

@@ -2,19 +2,26 @@
 
 SQLite connections must not be shared between the UI thread and workers, so
 the app holds only a path; every worker calls :meth:`AtlasSource.open` and
-gets its own read-only connection (``mode=ro`` + ``query_only``).
+gets its own read-only connection (``mode=ro`` + ``query_only``, the schema
+checked, a deadline on every statement). The source remembers the atlases it
+has open, so that quitting can stop a worker's query at once
+(:meth:`AtlasSource.interrupt_all`): a worker thread cannot be killed, and
+the app's event loop waits for its threads before the process ends.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from atlas import open_atlas
-from atlas.db import Atlas
+from atlas.db import Atlas, connect
+from atlas.errors import QueryInterrupted
+from atlas.schema_check import SchemaReport
 
 BUNDLED_NAME = "atlas.db.example"
 
@@ -28,17 +35,37 @@ def bundled_atlas() -> Path:
 class AtlasSource:
     path: Path
     force_readonly: bool = False  # --read-only on the command line
+    schema: SchemaReport = field(default_factory=SchemaReport, repr=False, compare=False)  # from check()
+    _open: weakref.WeakSet = field(default_factory=weakref.WeakSet, repr=False, compare=False)
+    _closing: bool = field(default=False, repr=False, compare=False)
 
     def check(self) -> None:
-        """Raise NotAnAtlas / SchemaTooNew (one clear line) if the file cannot be browsed."""
-        open_atlas(self.path, readonly=True).close()
+        """Raise NotAnAtlas / ForeignSchema / SchemaTooNew (one clear line) if the file cannot be browsed."""
+        with open_atlas(self.path, readonly=True) as atlas:
+            self.schema = atlas.schema
 
     def open(self) -> Atlas:
         """A new read-only Atlas for the calling thread; close it when done (it is a context manager)."""
-        return open_atlas(self.path, readonly=True)
+        return self._track(open_atlas(self.path, readonly=True))
 
     def open_writable(self) -> Atlas:
-        return open_atlas(self.path, readonly=False)
+        return self._track(open_atlas(self.path, readonly=False))
+
+    def _track(self, atlas: Atlas) -> Atlas:
+        if self._closing:
+            atlas.close()
+            raise QueryInterrupted("the browser is closing")
+        self._open.add(atlas)
+        return atlas
+
+    def interrupt_all(self) -> None:
+        """Stop every running query of this source's atlases now, and open no more (the app is quitting)."""
+        self._closing = True
+        for atlas in list(self._open):
+            try:
+                atlas.interrupt()
+            except sqlite3.ProgrammingError:
+                pass  # closed meanwhile
 
     def readonly_reason(self) -> str | None:
         """Why labels cannot be written into this file, or None if they can."""
@@ -71,7 +98,7 @@ class AtlasSource:
         if dest.exists():
             raise FileExistsError(f"{dest}: already exists; choose another name")
         tmp = dest.with_name(dest.name + ".partial")
-        src = sqlite3.connect(f"file:{self.path.resolve().as_posix()}?mode=ro", uri=True)
+        src = connect(self.path, readonly=True)  # read as every read is: nothing created beside the file
         try:
             out = sqlite3.connect(tmp)
             try:

@@ -56,6 +56,13 @@ class SqlConsoleScreen(AtlasScreen):
     def on_mount(self) -> None:
         self.query_one("#sql-error").display = False
         self.query_one("#sql-input", Input).focus()
+        changed = self.atlas_app.source.schema.changed_views
+        if changed:  # safe mode, said once: the engine shadows these with sae-atlas's own definitions
+            self.query_one("#sql-status", Static).update(
+                f"note: this atlas's view{'s' * (len(changed) > 1)} {', '.join(changed)} "
+                f"{'are' if len(changed) > 1 else 'is'} not sae-atlas's; queries read sae-atlas's definition "
+                "(main.NAME reads the file's own)"
+            )
 
     # ------------------------------------------------------------ running
     @on(Input.Submitted, "#sql-input")
