@@ -22,6 +22,7 @@ from typing import Any
 from atlas.db import Atlas, connect, create_atlas, file_uri, open_atlas, utc_now
 from atlas.errors import AtlasError, QueryInterrupted, QueryTimeout, explain_sqlite_error
 from atlas.migrations import SCHEMA_VERSION
+from atlas.provenance import read_provenance, verdict_criteria
 from atlas.schema_check import FTS5_SHADOW_SUFFIXES, expected
 
 
@@ -90,6 +91,8 @@ def validate(path: str | os.PathLike, *, quick: bool = False) -> ValidationRepor
             return rep  # the tables are not sae-atlas's: the checks below would read what they cannot trust
         _check(rep, "full-text indexes", lambda: _check_fts(atlas))
         _check(rep, "column types", lambda: _check_column_types(atlas.conn, quick))
+        _check(rep, "provenance and label evidence are JSON", lambda: _check_json(atlas, quick))
+        _check(rep, "text is UTF-8", lambda: _check_utf8(atlas.conn, quick))
         _check(rep, "schema version", lambda: _check_schema(atlas.conn))
         _check(rep, "foreign keys", lambda: _check_foreign_keys(atlas.conn))
         _check(rep, "features match saes.d_sae", lambda: _check_feature_counts(atlas.conn))
@@ -242,6 +245,48 @@ def _check_column_types(conn: sqlite3.Connection, quick: bool) -> tuple[bool, st
         for (col, _), n in zip(tests, counts, strict=True):
             if n:
                 bad.append(f"{name}.{col}: {int(n):,} values of another type")
+    return (not bad), _examples(bad)
+
+
+# Text columns sae-atlas shows, checked for UTF-8 (SQLite stores any bytes as TEXT; reading them fails later).
+_TEXT_COLUMNS = {
+    "models": ("name", "source", "architecture", "norm_kind", "notes"), "saes": ("name", "hook_name", "site", "source"),
+    "vocab": ("raw", "display", "key"), "labels": ("text", "kind", "source"),
+}  # fmt: skip
+
+
+def _check_utf8(conn: sqlite3.Connection, quick: bool) -> tuple[bool, str]:
+    bad = []
+    for table, cols in _TEXT_COLUMNS.items():
+        if quick and table in _BIG_TABLES:
+            continue
+        for col in cols:
+            cur = conn.execute(f"SELECT CAST({col} AS BLOB) FROM {table} WHERE typeof({col}) = 'text'")
+            n = 0
+            while rows := cur.fetchmany(10_000):
+                for (raw,) in rows:
+                    try:
+                        raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        n += 1
+            if n:
+                bad.append(f"{table}.{col}: {n:,} values are not UTF-8")
+    return (not bad), _examples(bad)
+
+
+def _check_json(atlas: Atlas, quick: bool) -> tuple[bool, str]:
+    """The provenance parses (with the verdict rules sae-atlas reads), and every label's evidence is JSON."""
+    bad = []
+    try:
+        verdict_criteria(read_provenance(atlas.conn))
+    except AtlasError as e:
+        bad.append(str(e).split(";")[0])
+    if not quick:
+        n = atlas.conn.execute(
+            "SELECT COUNT(*) FROM labels WHERE evidence IS NOT NULL AND NOT json_valid(evidence)"
+        ).fetchone()[0]
+        if n:
+            bad.append(f"labels.evidence: {n:,} values are not valid JSON")
     return (not bad), _examples(bad)
 
 
@@ -535,6 +580,7 @@ def merge_atlases(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     try:
         for a in atlases:
             _require_current(a)
+            a.models(), a.saes()  # typed reads: damage in what merge matches on is named before any copy
         provenance = atlases[0].provenance()
         for a in atlases[1:]:
             provenance = merge_provenance(provenance, a.provenance())

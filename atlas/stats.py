@@ -89,12 +89,15 @@ def sae_rows(atlas: Any) -> SAERows:
     rows = (
         _conn(atlas)
         .execute(
-            "SELECT s.sae_id, s.name, s.layer, s.site, s.d_sae, m.d_vocab FROM saes s JOIN models m USING (model_id)"
+            "SELECT s.sae_id, s.name, s.layer, s.site, s.d_sae, m.d_vocab, s.model_id FROM saes s "
+            "LEFT JOIN models m USING (model_id)"
         )
         .fetchall()
     )
     for r in rows:  # a damaged file can hold anything: name it before numpy or sorted() trips on it
-        for col, v, kind in zip(_SAE_ROW_COLUMNS, r, (int, str, int, str, int, int), strict=True):
+        if r[5] is None and r[6] is not None:
+            raise damage(f"saes row {r[0]!r}", "model_id", r[6], "the id of a model in the atlas")
+        for col, v, kind in zip(_SAE_ROW_COLUMNS, r[:6], (int, str, int, str, int, int), strict=True):
             if not isinstance(v, kind) or isinstance(v, bool):
                 raise damage(f"saes row {r[0]!r}", col, v, "an integer" if kind is int else "text")
     rows = sorted(rows, key=lambda r: (r[2], SITE_ORDER.get(r[3], 9), r[1]))

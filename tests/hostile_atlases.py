@@ -327,21 +327,43 @@ CASES: dict[str, tuple[str, Callable[[Path], None]]] = {
         ("damaged", [text_d_vocab, null_d_sae, null_sae_name, text_layer, text_metric, text_token_value,
                      null_edge_score, broken_label_evidence, text_label_score, malformed_provenance,
                      provenance_array, criteria_wrong_types, null_provenance, not_utf8_text, blob_for_text,
-                     corrupt_labels_fts, corrupt_vocab_fts, huge_label, big_provenance, dangling_model,
+                     corrupt_labels_fts, corrupt_vocab_fts, huge_label, dangling_model,
                      no_atlas_info_row, huge_integer, truncated_file]),
-        ("files", [wal_without_shm, wal_no_log, user_objects, partial_index_of_ours]),
+        ("files", [wal_without_shm, wal_no_log, user_objects, partial_index_of_ours, big_provenance]),
     )
     for f in fns
 }  # fmt: skip
 
 
-def make_case(name: str, clean: Path, dest: Path) -> Path:
-    """A copy of ``clean`` at ``dest`` with case ``name`` applied. Returns ``dest``."""
-    shutil.copyfile(clean, dest)
-    with sqlite3.connect(dest) as c:  # a verdict rule to show, so criteria damage has something to hit
-        c.execute(
-            "UPDATE atlas_info SET provenance = ?", (json.dumps({"synthetic": {"seed": 0}, "criteria": CRITERIA}),)
-        )
+USER_LABEL = "my own label"
+
+
+def make_base(synthetic: Path, dest: Path) -> Path:
+    """The clean atlas every case starts from: a verdict rule in its provenance (so criteria damage has
+    something to hit), one user label (for `label --delete`) and SAE sha256s (so `merge` can succeed)."""
+    shutil.copyfile(synthetic, dest)
+    c = _conn(dest)
+    c.execute("UPDATE atlas_info SET provenance = ?", (json.dumps({"synthetic": {"seed": 0}, "criteria": CRITERIA}),))
+    c.execute("UPDATE saes SET sha256 = 'sha-' || name")
+    c.execute(
+        "INSERT INTO labels (feature_id, text, kind, source, created_at) VALUES (?, ?, 'free', 'user', "
+        "'2026-01-01T00:00:00+00:00')",
+        (_fid(c), USER_LABEL),
+    )
     c.close()
+    return dest
+
+
+def user_label_id(path: Path) -> int:
+    c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return c.execute("SELECT label_id FROM labels WHERE text = ?", (USER_LABEL,)).fetchone()[0]
+    finally:
+        c.close()
+
+
+def make_case(name: str, base: Path, dest: Path) -> Path:
+    """A copy of ``base`` (see make_base) at ``dest`` with case ``name`` applied. Returns ``dest``."""
+    shutil.copyfile(base, dest)
     CASES[name][1](dest)
     return dest
