@@ -459,6 +459,8 @@ class AtlasReader:
         for r in rows:
             d = dict(r)
             name = d.pop("feature")
+            if not isinstance(name, str):  # NULL when the SAE's name is
+                raise damage(f"labels row {d['label_id']}", "its feature's SAE name", name, "text")
             out.append((name, _label(d)))
         return out
 

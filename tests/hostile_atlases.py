@@ -242,20 +242,23 @@ def corrupt_vocab_fts(p: Path) -> None:
     c.execute("UPDATE vocab_fts_data SET block = zeroblob(length(block)) WHERE id > 10")
 
 
+HUGE_BYTES = 2_000_000  # a label this long is above the value cap the suite sets (HUGE_BYTES / 2)
+
+
 def huge_label(p: Path) -> None:
-    """A label of 80 MB: above the value cap, so reading it fails as 'too big' instead of filling memory."""
+    """A label above the value cap: reading it fails as 'too big' instead of filling memory."""
     c = _conn(p)
     c.execute(
-        "UPDATE labels SET text = printf('%.*c', 80000000, 'x') WHERE label_id = "
+        "UPDATE labels SET text = printf('%.*c', ?, 'x') WHERE label_id = "
         "(SELECT MIN(label_id) FROM labels WHERE feature_id = ?)",
-        (_fid(c),),
+        (HUGE_BYTES, _fid(c)),
     )
 
 
 def big_provenance(p: Path) -> None:
-    """Provenance of 5 MB: under the cap, read and summarised."""
+    """Provenance of 400 kB (a long build log in it): under the cap, read and summarised."""
     c = _conn(p)
-    c.execute("UPDATE atlas_info SET provenance = ?", (json.dumps({"notes": "n" * 5_000_000, "criteria": CRITERIA}),))
+    c.execute("UPDATE atlas_info SET provenance = ?", (json.dumps({"notes": "n" * 400_000, "criteria": CRITERIA}),))
 
 
 def dangling_model(p: Path) -> None:

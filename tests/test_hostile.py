@@ -35,15 +35,18 @@ import hashlib
 import json
 import re
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
+from atlas import db as atlas_db
 from atlas.cli import cli
 from atlas.errors import AtlasError
-from tests.hostile_atlases import CASES, FEATURE, make_base, make_case, user_label_id
+from atlas.synthetic import build_synthetic_atlas
+from tests.hostile_atlases import CASES, FEATURE, HUGE_BYTES, make_base, make_case, user_label_id
 
 REFUSED = {"view_in_place_of_saes", "view_in_place_of_token_scores", "cascade_from_labels", "generated_column",
            "other_fts_tokenizer", "shadow_table_is_a_view", "truncated_file"}  # fmt: skip
@@ -59,8 +62,14 @@ REPORT = "report --no-plots --no-figures -o {report}"
 SHOWS_THE_DAMAGE = {
     "huge_integer": {"info --json", "stats", REPORT},  # d_sae 2**63-1, shown as stored
     # L6.res's model_id 99, shown as stored; its features match no token of a model that exists
-    "dangling_model": {"info --json", "search --promotes Paris", "search --suppresses the", "search --driven-by the",
-                       "search --token city --phase ee --sign -1", "search --promotes par --substring"},
+    "dangling_model": {
+        "info --json",
+        "search --promotes Paris",
+        "search --suppresses the",
+        "search --driven-by the",
+        "search --token city --phase ee --sign -1",
+        "search --promotes par --substring",
+    },
     "no_atlas_info_row": {f"show {FEATURE}", f"show {FEATURE} --json"},  # no provenance row: no verdict rule
     # FEATURE's label text is gone from the index's matches; deleting the user label says its stored bytes
     "blob_for_text": {"search --label synthetic", "label --delete {label_id}"},
@@ -68,7 +77,7 @@ SHOWS_THE_DAMAGE = {
     "not_utf8_text": {"search --label synthetic"},
 }
 
-SQL_TIMEOUT = "3"  # seconds: the user's own query on a file whose views never end
+SQL_TIMEOUT = "1"  # seconds: the user's own query on a file whose views never end
 COMMAND_DEADLINE_S = 60.0  # generous on a loaded machine; a hang is minutes, not this
 
 READS: list[list[str]] = [
@@ -89,9 +98,19 @@ WRITES: list[list[str]] = [
 
 
 # ------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True)
+def small_value_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cap on one value, lowered so that the 'huge row' case stays a small file (test_huge_value_real_cap
+    checks the real cap on a real 80 MB value)."""
+    monkeypatch.setattr(atlas_db, "MAX_VALUE_BYTES", HUGE_BYTES // 2)
+
+
 @pytest.fixture(scope="session")
-def base(tmp_path_factory: pytest.TempPathFactory, synthetic_atlas_master: Path) -> Path:
-    return make_base(synthetic_atlas_master, tmp_path_factory.mktemp("hostile-base") / "base.db")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small clean atlas (2 SAEs x 60 features): the cases are about shapes, not sizes, and ~900 commands run."""
+    folder = tmp_path_factory.mktemp("hostile-base")
+    clean = build_synthetic_atlas(folder / "clean.db", n_features=120, layers=(2, 6), d_vocab=300, k=10, seed=0)
+    return make_base(clean, folder / "base.db")
 
 
 @pytest.fixture(scope="session")
@@ -289,9 +308,7 @@ def test_browser_starts_or_exits_with_one_line(
             for _ in range(600):  # the overview, or the app giving up on it
                 await pilot.pause(0.05)
                 screen = app.screen
-                if app.fatal_error or (
-                    isinstance(screen, OverviewScreen) and screen.query_one("#sae-table").row_count
-                ):
+                if app.fatal_error or (isinstance(screen, OverviewScreen) and screen.query_one("#sae-table").row_count):
                     break
             if not app.fatal_error:
                 assert isinstance(app.screen, OverviewScreen)
@@ -312,3 +329,12 @@ def test_browser_starts_or_exits_with_one_line(
     else:
         assert app.return_code in (0, None), case
     assert snapshot(folder) == before, f"{case}: the browser changed the file or created one beside it"
+
+
+def test_huge_value_real_cap(synthetic_atlas: Path) -> None:
+    """An 80 MB label under the real cap (64 MB): `show` names it in one line instead of reading it."""
+    with sqlite3.connect(synthetic_atlas) as c:
+        c.execute("UPDATE labels SET text = printf('%.*c', 80000000, 'x') WHERE label_id = 1")
+    (fid,) = sqlite3.connect(synthetic_atlas).execute("SELECT feature_id FROM labels WHERE label_id = 1").fetchone()
+    r = CliRunner().invoke(cli, ["show", "--db", str(synthetic_atlas), f"#{fid}"])
+    assert "too big" in one_line_error(r, "show a feature with an 80 MB label")
