@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime as _dt
+import functools
 import json
 import os
 import sqlite3
@@ -155,7 +156,11 @@ def _known_sources() -> frozenset[str]:
 
 def file_uri(path: str | os.PathLike, **params: str) -> str:
     """An SQLite ``file:`` URI; the path is percent-encoded so ``#``, ``?`` or ``%`` in a name survive."""
-    uri = "file:" + quote(Path(path).resolve().as_posix(), safe="/")
+    return _uri(Path(path).resolve().as_posix(), params)
+
+
+def _uri(resolved: str, params: dict[str, str]) -> str:
+    uri = "file:" + quote(resolved, safe="/")
     return uri + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
 
 
@@ -192,9 +197,10 @@ def connect(path: str | os.PathLike, *, readonly: bool = True, deadline_s: float
     Checks nothing about the schema: :func:`open_atlas` does.
     """
     p = Path(path)
+    resolved = p.resolve().as_posix()
     params, exclusive = _read_params(p) if readonly else ({"mode": "rw"}, False)
     conn = sqlite3.connect(
-        file_uri(p, **params), uri=True, check_same_thread=False, isolation_level=None,
+        _uri(resolved, params), uri=True, check_same_thread=False, isolation_level=None,
         timeout=BUSY_TIMEOUT_S, factory=AtlasConnection,
     )  # fmt: skip
     try:
@@ -203,7 +209,7 @@ def connect(path: str | os.PathLike, *, readonly: bool = True, deadline_s: float
         conn.row_factory = sqlite3.Row
         if exclusive:
             conn.execute("PRAGMA locking_mode = EXCLUSIVE")  # before the first read: heap-memory wal-index
-        _set_defensive(conn, p)
+        _set_defensive(conn, resolved)
         if hasattr(conn, "setlimit"):  # Python 3.11+
             conn.setlimit(SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
         conn.execute("PRAGMA cell_size_check = ON")  # corrupt b-tree cells are found, not followed
@@ -224,42 +230,49 @@ def connect(path: str | os.PathLike, *, readonly: bool = True, deadline_s: float
     return conn
 
 
-def _set_defensive(conn: sqlite3.Connection, path: Path) -> bool:
+def _set_defensive(conn: sqlite3.Connection, resolved: str) -> bool:
     """Turn on SQLITE_DBCONFIG_DEFENSIVE (no writable_schema, no writes to FTS shadow tables ...).
 
     Python 3.12+ has ``Connection.setconfig``. On 3.10/3.11 the same C call is
     made through ctypes, on CPython for Linux only (the ``sqlite3 *`` handle
     sits right after the object header of a Connection; the variadic call is
-    well defined on the System V ABIs), and only after SQLite confirms the
-    handle names this very file. Elsewhere it stays off; read connections
-    are still ``mode=ro`` + ``query_only`` behind an authorizer.
+    well defined on the System V ABIs), and only after SQLite confirms that the
+    handle names this very file (``resolved``, the path the URI gave). Elsewhere
+    it stays off; read connections are still ``mode=ro`` + ``query_only``
+    behind an authorizer.
     """
     if hasattr(conn, "setconfig"):
         conn.setconfig(SQLITE_DBCONFIG_DEFENSIVE, True)
         return True
-    if sys.implementation.name != "cpython" or not sys.platform.startswith("linux"):
+    api = _sqlite_api()
+    if api is None:
         return False
+    filename, db_config = api
+    handle = ctypes.c_void_p.from_address(id(conn) + object.__basicsize__).value
+    if not handle or filename(handle, b"main") != os.fsencode(resolved):
+        return False
+    out = ctypes.c_int(-1)
+    rc = db_config(ctypes.c_void_p(handle), ctypes.c_int(SQLITE_DBCONFIG_DEFENSIVE), ctypes.c_int(1), ctypes.byref(out))
+    return rc == 0 and out.value == 1
+
+
+@functools.cache
+def _sqlite_api() -> tuple[Any, Any] | None:
+    """sqlite3_db_filename and sqlite3_db_config of the library Python's sqlite3 module uses (Linux CPython)."""
+    if sys.implementation.name != "cpython" or not sys.platform.startswith("linux"):
+        return None
     try:
         import _sqlite3
 
         lib = ctypes.CDLL(_sqlite3.__file__)
-        handle = ctypes.c_void_p.from_address(id(conn) + object.__basicsize__).value
-        if not handle:
-            return False
         filename = lib.sqlite3_db_filename
         filename.restype = ctypes.c_char_p
         filename.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        named = filename(handle, b"main")
-        if not named or os.path.realpath(named.decode("utf-8", "surrogateescape")) != os.path.realpath(path):
-            return False
-        out = ctypes.c_int(-1)
-        lib.sqlite3_db_config.restype = ctypes.c_int
-        rc = lib.sqlite3_db_config(
-            ctypes.c_void_p(handle), ctypes.c_int(SQLITE_DBCONFIG_DEFENSIVE), ctypes.c_int(1), ctypes.byref(out)
-        )
-        return rc == 0 and out.value == 1
-    except (OSError, AttributeError, ValueError):
-        return False
+        db_config = lib.sqlite3_db_config
+        db_config.restype = ctypes.c_int
+        return filename, db_config
+    except (OSError, AttributeError):
+        return None
 
 
 def is_writable(path: Path) -> bool:
@@ -295,7 +308,9 @@ def _catalogue(conn: sqlite3.Connection, path: Path) -> tuple[int, list[tuple]]:
     try:
         # one statement for the version, one for the catalogue: every command opens a file
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        rows = [tuple(r) for r in conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")]
+        cur = conn.cursor()
+        cur.row_factory = None  # plain tuples: this runs on every open
+        rows = cur.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
     except sqlite3.DatabaseError as e:
         err = explain_sqlite_error(e)
         if isinstance(err, (NotAnAtlas, ForeignSchema)) or type(err).__name__ == "DamagedAtlas":

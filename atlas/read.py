@@ -228,7 +228,7 @@ class AtlasReader:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [typed(TokenScore, r, f"token_scores of #{feature_id}") for r in self.conn.execute(sql, params)]
+        return [typed(TokenScore, tuple(r), f"token_scores of #{feature_id}") for r in self.conn.execute(sql, params)]
 
     def head_scores(self, feature_id: int, role: str | None = None) -> list[HeadScore]:
         sql = (
@@ -240,7 +240,7 @@ class AtlasReader:
             sql += " AND hs.role = ?"
             params.append(role)
         sql += " ORDER BY hs.role, hs.score DESC"
-        return [typed(HeadScore, r, f"head_scores of #{feature_id}") for r in self.conn.execute(sql, params)]
+        return [typed(HeadScore, tuple(r), f"head_scores of #{feature_id}") for r in self.conn.execute(sql, params)]
 
     def edges(
         self,
@@ -434,7 +434,7 @@ class AtlasReader:
             params.append(sae_id)
         sql += " ORDER BY ts.rank, ABS(ts.value) DESC, ts.feature_id LIMIT ?"
         params.append(limit)
-        return [typed(TokenHit, r, "token_scores") for r in self.conn.execute(sql, params)]
+        return [typed(TokenHit, tuple(r), "token_scores") for r in self.conn.execute(sql, params)]
 
     def _single_model(self) -> bool:
         cached = getattr(self, "_n_models", None)

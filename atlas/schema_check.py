@@ -68,6 +68,7 @@ class Expected:
     known_texts: dict[str, frozenset[str]]  # name -> normalised texts from schema_sql() and every migration
     kinds: dict[str, frozenset[str]]  # name -> kinds it has had
     added_columns: dict[str, frozenset[str]]  # table -> columns a migration adds with ALTER TABLE
+    shadow: dict[str, str]  # FTS5 shadow table name -> its virtual table
 
 
 @dataclass
@@ -157,6 +158,7 @@ def _expected(migrations: Migrations) -> Expected:
         known_texts={n: frozenset(t) for n, t in texts.items()},
         kinds={n: frozenset(k) for n, k in kinds.items()},
         added_columns={t: frozenset(c) for t, c in added.items()},
+        shadow={f"{vt}_{sfx}": vt for vt, k in kinds.items() if "virtual" in k for sfx in FTS5_SHADOW_SUFFIXES},
     )
 
 
@@ -206,61 +208,66 @@ def check_schema(
     exp = expected(migrations)
     rep = SchemaReport()
     current = version == schema_version
-    present: dict[str, tuple[str, str | None, str]] = {}
-    for type_, name, tbl_name, sql in rows:
-        present[name] = (_kind_of(type_, sql), sql, tbl_name)
-    shadow = {
-        f"{vt}_{sfx}": vt for vt, kinds in exp.kinds.items() if "virtual" in kinds for sfx in FTS5_SHADOW_SUFFIXES
-    }
+    seen: set[str] = set()
     slow_tables: list[str] = []
-    for name, (kind, sql, tbl_name) in present.items():
-        if name.startswith("sqlite_"):
-            continue  # SQLite's own: statistics, autoindexes, sequence
-        want = exp.current.get(name)
-        if want is not None and sql == want.stored and kind == want.kind:
+    for type_, name, tbl_name, sql in rows:
+        key = str(name).lower()  # SQLite's names are case-blind: SAES is saes
+        seen.add(key)
+        want = exp.current.get(key)
+        if want is not None and sql == want.stored:
             continue  # the common case: byte-for-byte what this sae-atlas writes
-        known_kinds = exp.kinds.get(name)
-        if name in shadow:
-            if kind != "table":
-                rep.refused.append(f"{name} (the full-text index of {shadow[name]}) is a {kind}, not a table")
-            continue
-        if known_kinds is None:
-            if kind == "trigger":
-                rep.write_refused.append(f"trigger {name} on {tbl_name}")
-            else:
-                rep.other_objects.append(f"{kind} {name}")
-            continue
-        if kind not in known_kinds:
-            what = "/".join(sorted(_kind_word(k) for k in known_kinds))
-            msg = f"{name} is a {_kind_word(kind)}, not the {what} sae-atlas defines"
-            if "view" in known_kinds:
-                rep.changed_views.append(name)  # sae-atlas reads no view itself; the SQL engine shadows it
-            elif kind == "trigger" or "trigger" in known_kinds:
-                rep.write_refused.append(msg)
-            else:
-                rep.refused.append(msg)
-            continue
-        if kind == "table":
-            slow_tables.append(name)
-            continue
-        if normalize_sql(sql or "") in exp.known_texts.get(name, frozenset()):
-            continue
-        if kind == "trigger":
-            rep.write_refused.append(f"trigger {name} on {tbl_name} is not sae-atlas's definition")
-        elif kind == "view":
-            rep.changed_views.append(name)
-        elif kind == "virtual":
-            rep.refused.append(f"virtual table {name} is not sae-atlas's definition")
-        # an index of ours with another definition changes speed, not answers: read past
+        if key.startswith("sqlite_"):
+            continue  # SQLite's own: statistics, autoindexes, sequence
+        kind = _kind_of(type_, sql)
+        _classify(key, kind, sql, str(tbl_name), exp, rep, slow_tables)
     if slow_tables:
         _compare_tables(conn, slow_tables, current, exp, rep)
     if current:
         for name, d in exp.current.items():
-            if name not in present and d.kind in ("table", "virtual"):
+            if name not in seen and d.kind in ("table", "virtual"):
                 rep.refused.append(f"table {name} is missing")
-            elif name not in present and d.kind == "trigger":
+            elif name not in seen and d.kind == "trigger":
                 rep.write_refused.append(f"trigger {name} is missing (label search would miss new labels)")
     return rep
+
+
+def _classify(
+    name: str, kind: str, sql: str | None, tbl_name: str, exp: Expected, rep: SchemaReport, slow_tables: list[str]
+) -> None:
+    """Where one object that is not byte-for-byte sae-atlas's goes in the report (see the module's table)."""
+    if name in exp.shadow:
+        if kind != "table":
+            rep.refused.append(f"{name} (the full-text index of {exp.shadow[name]}) is a {kind}, not a table")
+        return
+    known_kinds = exp.kinds.get(name)
+    if known_kinds is None:
+        if kind == "trigger":
+            rep.write_refused.append(f"trigger {name} on {tbl_name}")
+        else:
+            rep.other_objects.append(f"{_kind_word(kind)} {name}")
+        return
+    if kind not in known_kinds:
+        what = "/".join(sorted(_kind_word(k) for k in known_kinds))
+        msg = f"{name} is a {_kind_word(kind)}, not the {what} sae-atlas defines"
+        if "view" in known_kinds:
+            rep.changed_views.append(name)  # sae-atlas reads no view itself; the SQL engine shadows it
+        elif kind == "trigger" or "trigger" in known_kinds:
+            rep.write_refused.append(msg)
+        else:
+            rep.refused.append(msg)
+        return
+    if kind == "table":
+        slow_tables.append(name)
+        return
+    if normalize_sql(sql or "") in exp.known_texts.get(name, frozenset()):
+        return
+    if kind == "trigger":
+        rep.write_refused.append(f"trigger {name} on {tbl_name} is not sae-atlas's definition")
+    elif kind == "view":
+        rep.changed_views.append(name)
+    elif kind == "virtual":
+        rep.refused.append(f"virtual table {name} is not sae-atlas's definition")
+    # an index of ours with another definition changes speed, not answers: read past
 
 
 def _kind_word(kind: str) -> str:
