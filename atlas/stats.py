@@ -125,9 +125,7 @@ def _fetch_floats(conn: sqlite3.Connection, sql: str, params: Any = ()) -> np.nd
     except (TypeError, ValueError):  # text or a BLOB where a number belongs
         bad = next(v for r in rows for v in r if v is not None and not isinstance(v, (int, float)))
         names = ", ".join(d[0] for d in cur.description)
-        raise DamagedAtlas(
-            f"a value read for ({names}) is {describe(bad)}, not a number; {DAMAGE_HINT}"
-        ) from None
+        raise DamagedAtlas(f"a value read for ({names}) is {describe(bad)}, not a number; {DAMAGE_HINT}") from None
 
 
 def _dicts(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str, Any]]:
