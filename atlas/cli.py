@@ -619,7 +619,10 @@ def sql(query: str, db: Path | None, params: tuple[tuple[str, str], ...], limit:
 
     The connection cannot write: the file is opened read-only, with
     query_only and an authorizer that allows only reads. See the views
-    (features_view, token_scores_view, edges_view, labels_view, sae_summary).
+    (features_view, token_scores_view, edges_view, labels_view, sae_summary);
+    if the file changed one of them, sae-atlas's own definition is read and a
+    note says so. --limit 0 with --csv/--tsv/--nl/--json writes every row as it
+    is read (any number of rows in constant memory); ctrl-c stops a query.
 
     \b
     Example:

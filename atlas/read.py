@@ -125,7 +125,7 @@ class AtlasReader:
     def info_row(self) -> dict[str, Any]:
         row = self.conn.execute("SELECT * FROM atlas_info WHERE id = 1").fetchone()
         if row is None:
-            raise damage("atlas_info", "its one row", None, "present")
+            raise DamagedAtlas(f"atlas_info has no row; {DAMAGE_HINT}")
         d = dict(row)
         for col, ok in (("schema_version", int), ("sae_atlas_version", str), ("created_at", str)):
             if not isinstance(d[col], ok):

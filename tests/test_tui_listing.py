@@ -8,6 +8,7 @@ import sqlite3
 import pytest
 
 from atlas import open_atlas
+from atlas import query as sqlmod
 from atlas.errors import BadQuery
 from atlas.listing import (
     FeatureFilter,
@@ -17,7 +18,6 @@ from atlas.listing import (
     table_counts,
     top_tokens,
 )
-from tui import sql as sqlmod
 from tui.history import History
 from tui.keymap import BadKeymap, load_keymap
 from tui.search import search_features

@@ -289,3 +289,24 @@ def test_interrupt_env_is_clean() -> None:
     before = signal.getsignal(signal.SIGINT)
     CliRunner().invoke(cli, ["--version"])
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_validate_details_stay_short_however_many_rows_are_wrong(synthetic_atlas: Path) -> None:
+    """The issue: on a 10^7-row file validate printed one 89 MB line. Every detail is a bounded summary."""
+    with sqlite3.connect(synthetic_atlas) as c:
+        c.execute("PRAGMA foreign_keys = OFF")
+        c.execute("PRAGMA ignore_check_constraints = ON")
+        c.execute("UPDATE token_scores SET feature_id = feature_id + 100000, token_id = token_id + 5000")
+        c.execute("UPDATE labels SET evidence = 'not json'")
+        c.execute("UPDATE features SET du_max = 'text'")
+    c.close()
+    r = CliRunner().invoke(cli, ["validate", "--db", str(synthetic_atlas)])
+    assert r.exit_code == 1, r.output
+    lines = r.stdout.splitlines()
+    assert sum(line.startswith("FAIL") for line in lines) == 3, r.stdout
+    assert max(len(line) for line in lines) < 500, max(lines, key=len)
+    n_scores = query(synthetic_atlas, "SELECT COUNT(*) FROM token_scores")[0][0]
+    n_labels = query(synthetic_atlas, "SELECT COUNT(*) FROM labels WHERE evidence IS NOT NULL")[0][0]
+    assert f"dangling references: token_scores -> features {n_scores:,}" in r.stdout
+    assert "features.du_max: 400 values of another type" in r.stdout
+    assert f"labels.evidence: {n_labels:,} values are not valid JSON" in r.stdout
