@@ -27,6 +27,7 @@ import datetime as _dt
 import functools
 import json
 import os
+import re
 import sqlite3
 import sys
 import weakref
@@ -436,7 +437,13 @@ def open_atlas(
 
 
 def _open_checked(
-    p: Path, *, readonly: bool, writing: bool, deadline_s: float | None, refuse: bool = True
+    p: Path,
+    *,
+    readonly: bool,
+    writing: bool,
+    deadline_s: float | None,
+    refuse: bool = True,
+    replaced: frozenset[str] = frozenset(),
 ) -> tuple[AtlasConnection, int, SchemaReport]:
     """A connection to an atlas whose schema passed the check (for writing, the stricter one)."""
     try:
@@ -447,7 +454,7 @@ def _open_checked(
         version, rows = _catalogue(conn, p)
         report = check_schema(conn, version, rows, schema_version=SCHEMA_VERSION, migrations=tuple(MIGRATIONS))
         if refuse:
-            report.raise_if_refused(p, writing=writing)
+            report.raise_if_refused(p, writing=writing, replaced=replaced)
     except sqlite3.Error as e:
         conn.close()
         raise explain_sqlite_error(e, what=str(p)) from None
@@ -499,7 +506,11 @@ def migrate(path: str | os.PathLike) -> list[tuple[int, str]]:
     _check_file(p)
     if not is_writable(p):
         raise ReadOnlyAtlas(f"{p}: file is not writable, cannot migrate")
-    conn, version, _ = _open_checked(p, readonly=False, writing=True, deadline_s=None)
+    # A trigger of an older version that a pending migration drops is sae-atlas's own, not foreign.
+    with open_atlas(p, readonly=True, foreign_ok=True) as old:
+        pending = [sql for v, _, sql in MIGRATIONS if v > old.schema_version and sql]
+    dropped = frozenset(m.group(2).lower() for sql in pending for m in _DROP_TRIGGER.finditer(sql))
+    conn, version, _ = _open_checked(p, readonly=False, writing=True, deadline_s=None, replaced=dropped)
     try:
         todo = [(v, name, sql) for v, name, sql in MIGRATIONS if v > version]
         if not todo:
@@ -524,6 +535,9 @@ def migrate(path: str | os.PathLike) -> list[tuple[int, str]]:
         return [(v, name) for v, name, _ in todo]
     finally:
         conn.close()
+
+
+_DROP_TRIGGER = re.compile(r"DROP\s+TRIGGER\s+(IF\s+EXISTS\s+)?[\"`\[]?(\w+)", re.I)
 
 
 def _split_sql(sql: str) -> list[str]:

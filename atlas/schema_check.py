@@ -79,9 +79,14 @@ class SchemaReport:
     write_refused: list[str] = field(default_factory=list)
     changed_views: list[str] = field(default_factory=list)
     other_objects: list[str] = field(default_factory=list)
+    changed_triggers: list[str] = field(default_factory=list)  # sae-atlas's trigger names, other bodies
 
-    def raise_if_refused(self, path: object, *, writing: bool) -> None:
-        problems = self.refused + (self.write_refused if writing else [])
+    def raise_if_refused(self, path: object, *, writing: bool, replaced: frozenset[str] = frozenset()) -> None:
+        """ForeignSchema naming the first problems; ``replaced``: trigger names the caller drops before any write
+        (a migration that redefines a trigger of an older version)."""
+        forgiven = {f"trigger {n} on " for n in self.changed_triggers if n in replaced}
+        write = [w for w in self.write_refused if not any(w.startswith(f) for f in forgiven)]
+        problems = self.refused + (write if writing else [])
         if problems:
             what = "a write to it" if writing and not self.refused else "it"
             raise ForeignSchema(
@@ -263,6 +268,7 @@ def _classify(
         return
     if kind == "trigger":
         rep.write_refused.append(f"trigger {name} on {tbl_name} is not sae-atlas's definition")
+        rep.changed_triggers.append(name)
     elif kind == "view":
         rep.changed_views.append(name)
     elif kind == "virtual":

@@ -310,3 +310,26 @@ def test_validate_details_stay_short_however_many_rows_are_wrong(synthetic_atlas
     assert f"dangling references: token_scores -> features {n_scores:,}" in r.stdout
     assert "features.du_max: 400 values of another type" in r.stdout
     assert f"labels.evidence: {n_labels:,} values are not valid JSON" in r.stdout
+
+
+def test_migrate_accepts_an_old_trigger_its_migration_replaces(synthetic_atlas: Path, monkeypatch) -> None:
+    """A version-1 trigger that version 2 redefines is sae-atlas's own: migrate runs; any other is refused."""
+    from atlas import schema_check
+
+    v2 = (2, "labels_ai v2", "DROP TRIGGER IF EXISTS labels_ai;\nCREATE TRIGGER labels_ai AFTER INSERT ON labels "
+          "BEGIN INSERT INTO labels_fts (rowid, text) VALUES (new.label_id, new.text); END;")  # fmt: skip
+    monkeypatch.setattr(atlas_db, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(atlas_db, "MIGRATIONS", [*atlas_db.MIGRATIONS, v2])
+    monkeypatch.setattr(schema_check, "MIGRATIONS", [*atlas_db.MIGRATIONS])
+    with sqlite3.connect(synthetic_atlas) as c:  # version 1's trigger, as an older sae-atlas wrote it
+        c.execute("DROP TRIGGER labels_ai")
+        c.execute("CREATE TRIGGER labels_ai AFTER INSERT ON labels BEGIN "
+                  "INSERT INTO labels_fts (rowid, text) VALUES (new.label_id, new.text || ''); END")  # fmt: skip
+    c.close()
+    assert atlas_db.migrate(synthetic_atlas) == [(2, "labels_ai v2")]
+    with sqlite3.connect(synthetic_atlas) as c:
+        c.execute("CREATE TRIGGER evil AFTER INSERT ON labels BEGIN DELETE FROM edges; END")
+        c.execute("PRAGMA user_version = 1")
+    c.close()
+    with pytest.raises(ForeignSchema, match="trigger evil"):
+        atlas_db.migrate(synthetic_atlas)
