@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atlas.db import Atlas, connect, create_atlas, file_uri, open_atlas, utc_now
+from atlas.db import Atlas, _read_params, connect, create_atlas, file_uri, open_atlas, utc_now
 from atlas.errors import AtlasError, QueryInterrupted, QueryTimeout, explain_sqlite_error
 from atlas.migrations import SCHEMA_VERSION
 from atlas.provenance import read_provenance, verdict_criteria
@@ -422,7 +422,11 @@ def _copy(conn: sqlite3.Connection, table: str, where: str = "", params: Sequenc
 
 
 def _attach(conn: sqlite3.Connection, path: Path, alias: str) -> None:
-    conn.execute(f"ATTACH DATABASE ? AS {alias}", (file_uri(path, mode="ro"),))
+    # read as every read is (atlas.db._read_params): nothing created beside the user's file, even a -shm
+    params, exclusive = _read_params(path)
+    if exclusive:  # a -wal log without -shm: the wal-index in heap memory, set before the attach reads it
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+    conn.execute(f"ATTACH DATABASE ? AS {alias}", (file_uri(path, **params),))
 
 
 def _open_for_copy(tmp: Path, provenance: dict) -> sqlite3.Connection:

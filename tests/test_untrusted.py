@@ -333,3 +333,20 @@ def test_migrate_accepts_an_old_trigger_its_migration_replaces(synthetic_atlas: 
     c.close()
     with pytest.raises(ForeignSchema, match="trigger evil"):
         atlas_db.migrate(synthetic_atlas)
+
+
+def test_export_and_merge_read_a_wal_source_without_creating_files(synthetic_atlas: Path, tmp_path_factory) -> None:
+    src = synthetic_atlas
+    wal_without_shm(src)
+    files = lambda: {p.name: sha256_of(p) for p in src.parent.iterdir() if p.is_file()}  # noqa: E731
+    before = files()
+    with open_atlas(src) as a:
+        provenance = a.provenance()
+    out = tmp_path_factory.mktemp("out")
+    r = CliRunner().invoke(cli, ["export", "--db", str(src), str(out / "l2.db"), "--sae", "L2.res"])
+    assert r.exit_code == 0, r.output
+    atlas_db.create_atlas(out / "other.db", provenance=provenance).close()
+    r = CliRunner().invoke(cli, ["merge", str(src), str(out / "other.db"), "-o", str(out / "m.db")])
+    assert r.exit_code == 0, r.output
+    assert files() == before
+    assert "in_wal" in query(out / "m.db", "SELECT provenance FROM atlas_info")[0][0]  # the log's content came along
