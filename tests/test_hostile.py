@@ -232,6 +232,9 @@ def test_every_command_on_a_hostile_atlas(
         if r.exit_code == 0:
             if key(argv) not in SHOWS_THE_DAMAGE.get(case, ()):
                 assert normal(r, argv, wdb, base, wfolder) == base_answers[key(argv)], what
+            if argv[0] in ("export", "merge"):  # they only read their inputs: one new file, the output
+                after = snapshot(wfolder)
+                assert {k: after[k] for k in wbefore} == wbefore and set(after) - set(wbefore) == {"out.db"}, what
         else:
             line = one_line_error(r, what)
             changed = {k for k, v in snapshot(wfolder).items() if wbefore.get(k) != v}
