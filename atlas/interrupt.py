@@ -30,17 +30,8 @@ DEADLINE = "deadline"
 CTRL_C = "ctrl-c"
 
 
-def request_stop() -> None:
-    """Stop every running statement of this process at its next progress check."""
-    _stop_all.set()
-
-
 def clear_stop() -> None:
     _stop_all.clear()
-
-
-def stop_requested() -> bool:
-    return _stop_all.is_set()
 
 
 def note(reason: str | None, seconds: float | None = None) -> None:

@@ -21,7 +21,6 @@ caller gets a note saying so; ``main.NAME`` still reads the file's own.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re
@@ -298,13 +297,6 @@ def write_rows(out: TextIO, columns: list[str], rows: Iterator[tuple[Any, ...]],
     if fmt == "json":
         out.write("\n]\n" if n else "[]\n")
     return n
-
-
-def render_rows(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
-    """Text of a whole (small) result in a streamable format, as write_rows writes it."""
-    buf = io.StringIO()
-    write_rows(buf, columns, iter(rows), fmt)
-    return buf.getvalue()
 
 
 def _conn(atlas: Atlas | sqlite3.Connection) -> sqlite3.Connection:
