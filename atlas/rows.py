@@ -69,7 +69,10 @@ def typed(cls: type[T], values: Mapping[str, Any] | sqlite3.Row | Sequence[Any],
     """
     checks = _checks(cls)
     if isinstance(values, (Mapping, sqlite3.Row)):
-        vals = [values[name] for name, _, _, _ in checks]
+        try:
+            vals = [values[name] for name, _, _, _ in checks]
+        except (KeyError, IndexError):  # a column a newer schema added, read from an older file: NULL
+            vals = [_get(values, name) for name, _, _, _ in checks]
     else:
         vals = list(values)
     if len(vals) != len(checks) or not _fast_check(cls)(vals):
@@ -77,6 +80,13 @@ def typed(cls: type[T], values: Mapping[str, Any] | sqlite3.Row | Sequence[Any],
     for i in _bool_fields(cls):  # stored as 0/1, read as a bool (tied_embeddings)
         vals[i] = bool(vals[i])
     return cls(*vals)
+
+
+def _get(values: Mapping[str, Any] | sqlite3.Row, name: str) -> Any:
+    try:
+        return values[name]
+    except (KeyError, IndexError):
+        return None
 
 
 @functools.cache
