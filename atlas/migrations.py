@@ -28,6 +28,11 @@ Step = str | Callable[[sqlite3.Connection], None] | None
 LABEL_FTS_OBJECTS = ("labels_fts", "labels_ai", "labels_ad", "labels_au")
 
 
+def base_schema_sql() -> str:
+    """Version 1's schema, frozen as it shipped: what every migration starts from (schema.sql is the newest)."""
+    return resources.files("atlas").joinpath("schema_v1.sql").read_text(encoding="utf-8")
+
+
 def schema_file_sql() -> str:
     """schema.sql as it is on disk."""
     return resources.files("atlas").joinpath("schema.sql").read_text(encoding="utf-8")
@@ -155,6 +160,35 @@ assert [v for v, _, _ in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 # Versions whose data tables (all but atlas_info and the FTS objects) are the current
 # ones, column for column: export and merge copy rows out of them as they are.
 SAME_DATA_TABLES = frozenset({1, 2})
+
+
+@functools.lru_cache(maxsize=1)
+def version_objects() -> dict[int, tuple[tuple[str, str, str, str], ...]]:
+    """``sqlite_master`` rows (type, name, tbl_name, sql) of every schema version, oldest first.
+
+    Built, not listed: version 1 from its frozen schema in an in-memory database,
+    then each migration run on it in turn (a step may be a function, whose SQL
+    cannot be read off). The schema check (atlas/schema_check.py) knows every
+    object any version defined from this, so an older atlas is never mistaken
+    for a foreign one; a test checks the last entry equals a new atlas's schema.
+    """
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.executescript(base_schema_sql())
+        out = {1: _master(conn)}
+        for version, _, step in MIGRATIONS[1:]:
+            conn.execute("BEGIN")
+            run_step(conn, step)
+            conn.execute("COMMIT")
+            out[version] = _master(conn)
+        return out
+    finally:
+        conn.close()
+
+
+def _master(conn: sqlite3.Connection) -> tuple[tuple[str, str, str, str], ...]:
+    rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+    return tuple(sorted(tuple(r) for r in rows))
 
 
 def run_step(conn: sqlite3.Connection, step: Step) -> None:

@@ -16,6 +16,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Header, Static
 
 from atlas.db import Atlas
+from atlas.provenance import read_verdict_criteria
 from atlas.types import FeatureCard
 from tui.history import History
 from tui.messages import CardLoaded
@@ -190,8 +191,7 @@ class FeatureCardScreen(AtlasScreen):
 
 def read_card(atlas: Atlas, feature_id: int) -> CardLoaded:
     """Everything the card shows, read in the calling (worker) thread."""
-    criteria = atlas.info_row().get("provenance", {}).get("criteria") or {}
-    return CardLoaded(atlas.card(feature_id), criteria if isinstance(criteria, dict) else {})
+    return CardLoaded(atlas.card(feature_id), read_verdict_criteria(atlas.conn))
 
 
 def _labels_text(card: FeatureCard) -> Text:
