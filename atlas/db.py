@@ -44,7 +44,7 @@ from atlas.errors import (
     StorageError,
     explain_sqlite_error,
 )
-from atlas.files import file_uri, resolved_uri
+from atlas.files import resolved_uri
 from atlas.interrupt import Budget
 from atlas.migrations import MIGRATIONS, SCHEMA_VERSION, run_step, schema_sql
 from atlas.read import AtlasReader

@@ -38,15 +38,35 @@ def schema_file_sql() -> str:
     return resources.files("atlas").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=1)
-def label_fts_sql() -> str:
-    """The labels' FTS5 table and triggers, exactly as sqlite-utils' ``enable_fts`` declares them.
+# The labels' FTS5 table and triggers, word for word as sqlite-utils' ``enable_fts(["text"],
+# create_triggers=True)`` declares them (sqlite-utils 4), so that sqlite-utils and Datasette
+# detect the index as their own. Kept as text: importing sqlite-utils costs 0.13 s (it pulls in
+# numpy), more than a whole `sae-atlas show`. tests/test_schema_v2.py checks it against what the
+# installed sqlite-utils declares (sqlite-utils 3 quotes [names]; the schema check ignores quoting).
+LABEL_FTS_SQL = """CREATE VIRTUAL TABLE "labels_fts" USING FTS5 (
+    "text",
+    content="labels"
+);
+CREATE TRIGGER "labels_ai" AFTER INSERT ON "labels" BEGIN
+  INSERT INTO "labels_fts" (rowid, "text") VALUES (new.rowid, new."text");
+END;
+CREATE TRIGGER "labels_ad" AFTER DELETE ON "labels" BEGIN
+  INSERT INTO "labels_fts" ("labels_fts", rowid, "text") VALUES('delete', old.rowid, old."text");
+END;
+CREATE TRIGGER "labels_au" AFTER UPDATE ON "labels" BEGIN
+  INSERT INTO "labels_fts" ("labels_fts", rowid, "text") VALUES('delete', old.rowid, old."text");
+  INSERT INTO "labels_fts" (rowid, "text") VALUES (new.rowid, new."text");
+END;
+"""
 
-    sqlite-utils writes them into a scratch in-memory database (its
-    ``enable_fts`` runs ``executescript``, which would commit a caller's
-    transaction); their text is then run wherever it is needed, inside the
-    caller's transaction.
-    """
+
+def label_fts_sql() -> str:
+    """The labels' FTS5 table and triggers, as sqlite-utils declares them (see LABEL_FTS_SQL)."""
+    return LABEL_FTS_SQL
+
+
+def sqlite_utils_label_fts_sql() -> str:
+    """What the installed sqlite-utils' ``enable_fts`` declares for the labels (the oracle of LABEL_FTS_SQL)."""
     import sqlite_utils
 
     scratch = sqlite3.connect(":memory:")

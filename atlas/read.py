@@ -10,7 +10,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from atlas.domain import METRIC_COLUMNS, PHASES
-from atlas.errors import DAMAGE_HINT, BadQuery, DamagedAtlas, FeatureNotFound, SAENotFound
+from atlas.errors import DAMAGE_HINT, AtlasError, BadQuery, DamagedAtlas, FeatureNotFound, SAENotFound
 from atlas.names import split_feature_name, token_key
 from atlas.provenance import describe_criterion, parse_provenance  # noqa: F401 (describe_criterion: re-exported)
 from atlas.rows import damage, json_or_null, number_or_null, typed
@@ -321,6 +321,13 @@ class AtlasReader:
             return own
         extra = self.overlay_store().labels([feature_id]).get(feature_id, [])
         return sorted(extra + own, key=lambda lab: lab.source != "user")  # stable: overlay, then the file's
+
+    def label(self, label_id: int) -> Label:
+        """One label of the file, by id."""
+        row = self.conn.execute("SELECT * FROM labels WHERE label_id = ?", (int(label_id),)).fetchone()
+        if row is None:
+            raise AtlasError(f"no label with id {label_id}")
+        return _label(row)
 
     def card(self, spec: str | int, *, k: int = 20, edge_limit: int = 50) -> FeatureCard:
         """Everything about one feature: the top ``k`` tokens of each phase and sign,

@@ -76,6 +76,11 @@ def typed(cls: type[T], values: Mapping[str, Any] | sqlite3.Row | Sequence[Any],
             vals = [_get(values, name, defaults.get(name)) for name, _, _, _ in checks]
     else:
         vals = list(values)
+        if len(vals) < len(checks):  # trailing fields no column holds (TokenHit.match): their defaults
+            defaults = _defaults(cls)
+            vals += [defaults.get(name, _MISSING) for name, _, _, _ in checks[len(vals) :]]
+            if _MISSING in vals:
+                vals = vals[: vals.index(_MISSING)]
     if len(vals) != len(checks) or not _fast_check(cls)(vals):
         _raise_first(cls, vals, where)
     for i in _bool_fields(cls):  # stored as 0/1, read as a bool (tied_embeddings)
@@ -88,6 +93,9 @@ def _get(values: Mapping[str, Any] | sqlite3.Row, name: str, default: Any = None
         return values[name]
     except (KeyError, IndexError):
         return default
+
+
+_MISSING = object()
 
 
 @functools.cache

@@ -3,9 +3,10 @@
 A file from a stranger can carry a trigger that empties tables on the next
 label write, or a view named ``saes`` that runs a recursive CTE. So every open
 compares the file's ``sqlite_master`` with what sae-atlas defines: the
-statements of ``schema_sql()`` plus those of every migration in
-``MIGRATIONS`` (derived here, never listed by hand, so a new schema version
-is covered when its migration lands). What happens to what does not match,
+statements of ``schema_sql()``, and every object any older version had
+(``atlas.migrations.version_objects``: the frozen version-1 schema with each
+migration run on it, so a migration that is a function is covered too; never
+listed by hand, so a new schema version is covered when its migration lands). What happens to what does not match,
 per kind of object:
 
 ========================  =====================================================

@@ -68,7 +68,7 @@ SHOWS_THE_DAMAGE = {
         "search --suppresses the",
         "search --driven-by the",
         "search --token city --phase ee --sign -1",
-        "search --promotes par --substring",
+        "search --promotes par",  # partial matches only
     },
     "no_atlas_info_row": {f"show {FEATURE}", f"show {FEATURE} --json"},  # no provenance row: no verdict rule
     # FEATURE's label text is gone from the index's matches; deleting the user label says its stored bytes
@@ -83,7 +83,7 @@ COMMAND_DEADLINE_S = 60.0  # generous on a loaded machine; a hang is minutes, no
 READS: list[list[str]] = [
     ["info", "--json"], ["info"], ["show", FEATURE], ["show", FEATURE, "--json"],
     ["search", "--promotes", "Paris"], ["search", "--suppresses", "the"], ["search", "--driven-by", "the"],
-    ["search", "--token", "city", "--phase", "ee", "--sign", "-1"], ["search", "--promotes", "par", "--substring"],
+    ["search", "--token", "city", "--phase", "ee", "--sign", "-1"], ["search", "--promotes", "par"],
     ["search", "--label", "synthetic"], ["search", "--metric", "du_top1_z", "--min", "0"],
     ["top", "du_top1_z"], ["edges", FEATURE], ["label", "--list", FEATURE], ["stats"],
     ["sql", "SELECT name, d_sae FROM saes ORDER BY name", "--timeout", SQL_TIMEOUT],
@@ -166,7 +166,8 @@ def normal(r: Result, argv: list[str], db: Path, base: Path, folder: Path) -> st
     """Output with what legitimately differs between two files taken out (paths, timings, provenance)."""
     if argv[:2] == ["info", "--json"]:
         d = json.loads(r.stdout)
-        return json.dumps({k: v for k, v in d.items() if k not in ("path", "file_bytes", "provenance")})
+        # "labels" says where the user's label overlay is: a folder of each test's own
+        return json.dumps({k: v for k, v in d.items() if k not in ("path", "file_bytes", "provenance", "labels")})
     if argv[0] == "info":
         return ""  # its text carries the path, size and provenance; info --json is compared instead
     text = r.stdout.replace(str(db), "DB").replace(str(folder), "DIR").replace(str(base), "BASE")

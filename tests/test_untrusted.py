@@ -313,23 +313,24 @@ def test_validate_details_stay_short_however_many_rows_are_wrong(synthetic_atlas
 
 
 def test_migrate_accepts_an_old_trigger_its_migration_replaces(synthetic_atlas: Path, monkeypatch) -> None:
-    """A version-1 trigger that version 2 redefines is sae-atlas's own: migrate runs; any other is refused."""
+    """An older version's trigger that the next version redefines is sae-atlas's own: migrate runs; any other is refused."""
     from atlas import schema_check
 
-    v2 = (2, "labels_ai v2", "DROP TRIGGER IF EXISTS labels_ai;\nCREATE TRIGGER labels_ai AFTER INSERT ON labels "
-          "BEGIN INSERT INTO labels_fts (rowid, text) VALUES (new.label_id, new.text); END;")  # fmt: skip
-    monkeypatch.setattr(atlas_db, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(atlas_db, "MIGRATIONS", [*atlas_db.MIGRATIONS, v2])
+    nxt = atlas_db.SCHEMA_VERSION + 1
+    v_next = (nxt, "labels_ai redefined", "DROP TRIGGER IF EXISTS labels_ai;\nCREATE TRIGGER labels_ai AFTER INSERT "
+              "ON labels BEGIN INSERT INTO labels_fts (rowid, text) VALUES (new.label_id, new.text); END;")  # fmt: skip
+    monkeypatch.setattr(atlas_db, "SCHEMA_VERSION", nxt)
+    monkeypatch.setattr(atlas_db, "MIGRATIONS", [*atlas_db.MIGRATIONS, v_next])
     monkeypatch.setattr(schema_check, "MIGRATIONS", [*atlas_db.MIGRATIONS])
-    with sqlite3.connect(synthetic_atlas) as c:  # version 1's trigger, as an older sae-atlas wrote it
+    with sqlite3.connect(synthetic_atlas) as c:  # the trigger as an older sae-atlas wrote it (a text no version has)
         c.execute("DROP TRIGGER labels_ai")
         c.execute("CREATE TRIGGER labels_ai AFTER INSERT ON labels BEGIN "
                   "INSERT INTO labels_fts (rowid, text) VALUES (new.label_id, new.text || ''); END")  # fmt: skip
     c.close()
-    assert atlas_db.migrate(synthetic_atlas) == [(2, "labels_ai v2")]
+    assert atlas_db.migrate(synthetic_atlas) == [(nxt, "labels_ai redefined")]
     with sqlite3.connect(synthetic_atlas) as c:
         c.execute("CREATE TRIGGER evil AFTER INSERT ON labels BEGIN DELETE FROM edges; END")
-        c.execute("PRAGMA user_version = 1")
+        c.execute(f"PRAGMA user_version = {nxt - 1}")
     c.close()
     with pytest.raises(ForeignSchema, match="trigger evil"):
         atlas_db.migrate(synthetic_atlas)
