@@ -207,13 +207,13 @@ def test_sql_limit_0_streams(synthetic_atlas: Path, tmp_path: Path) -> None:
     def peak_mb(sql: str) -> tuple[float, float]:
         code = (
             "import resource, sys\nfrom atlas.cli import cli\n"
-            "try:\n    cli(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "sys.stderr.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
+            "try:\n    cli(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+            "sys.stderr.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\nsys.exit(code)"
         )
         out = tmp_path / "out.csv"
         with open(out, "w") as fh:
             p = subprocess.run(
-                [sys.executable, "-c", code, "sql", "--db", str(synthetic_atlas), "--limit", "0", "--csv", sql],
+                [sys.executable, "-c", code, "sql", "--db", str(synthetic_atlas), "--limit", "0", "--timeout", "0", "--csv", sql],
                 stdout=fh, stderr=subprocess.PIPE, text=True, timeout=300,
             )  # fmt: skip
         assert p.returncode == 0, p.stderr
