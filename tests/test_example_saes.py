@@ -8,10 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from builders.example import EXAMPLE_SAES, HOOKS
-from builders.train import load_saelens_folder, short_name
+from examples.smollm2.build_example import EXAMPLE_DIR as EXAMPLE_SAES
+from examples.smollm2.build_example import LEGACY_HOOKS as HOOKS
+from examples.smollm2.saelens_files import DictionarySpec, load_saelens_folder
 
 pytestmark = pytest.mark.skipif(not (EXAMPLE_SAES / "metrics.json").is_file(), reason="no committed example SAEs")
+
+
+def short_name(hook: str) -> str:
+    return DictionarySpec(hook).name
 
 
 @pytest.mark.parametrize("hook", HOOKS)
