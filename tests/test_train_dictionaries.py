@@ -143,7 +143,7 @@ def test_each_dictionary_starts_from_its_own_tokens(tmp_path):
     assert _same_index_fraction(w1["W_dec"], w2["W_dec"]) < 0.15
     seeds = {m["seed"] for m in metrics["dictionaries"].values()}
     assert len(seeds) == 2 and seeds == {topk.dictionary_seed(0, str(s)) for s in specs}
-    best = (torch.nn.functional.normalize(w1["W_dec"], dim=-1) @ torch.nn.functional.normalize(w2["W_dec"], dim=-1).T)
+    best = torch.nn.functional.normalize(w1["W_dec"], dim=-1) @ torch.nn.functional.normalize(w2["W_dec"], dim=-1).T
     assert (best.max(1).values > 0.9).float().mean() > 0.5  # the same directions, in another order
 
     # and from the first step: the initial decoders share no token rows beyond chance
