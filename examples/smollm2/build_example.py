@@ -11,7 +11,7 @@ Steps (each shows its progress):
 3. dictionaries: reuse the committed ones in ``examples/smollm2/dictionaries/``
    (default), or with ``--retrain`` collect activations (cached in ``.work/example/acts``)
    and train them again with :mod:`examples.smollm2.train` (on the GPU if there is
-   one, else on the CPU on every 24th window), resuming after the last finished one;
+   one, else on the CPU on every 12th window), resuming after the last finished one;
 4. build the atlas with ``builders.build.build_atlas``;
 5. validate it.
 
@@ -92,7 +92,8 @@ LEGACY_HOOKS = (
 )
 CONTEXT_SIZE = 256
 EVAL_EVERY = 20  # every 20th window held out: 5%
-CPU_K = 32  # active latents per token (retrained with 64 if held-out FVE < 0.72)
+CPU_K = 32  # active latents per token
+MIN_FVE, RETRY_K = 0.72, 64  # an SAE whose held-out FVE is below MIN_FVE is trained again with k = RETRY_K
 CPU_STEPS = 400  # steps of 1,024 tokens per dictionary on the CPU
 D_SAE = 2048  # latents per dictionary: 15 x 2,048 = 30,720 features keeps the atlas near 80 MB
 
@@ -193,7 +194,7 @@ def prepare_tokens(gguf: Path, texts: dict[str, str], out: Path) -> dict[str, An
 def train_settings(device: str) -> tuple[dict[str, int], Any]:
     """(token strides, TrainConfig) of the committed dictionaries for this device.
 
-    Without a GPU: every 24th training window (about 60k tokens), every 12th
+    Without a GPU: every 12th training window (about 120k tokens), every 6th
     held-out window, 400 steps of 1,024 tokens, then a least-squares decoder
     refit kept only if it does better on a validation slice. With a GPU the
     recipe uses all the windows and the trainer's longer defaults.
@@ -206,7 +207,7 @@ def train_settings(device: str) -> tuple[dict[str, int], Any]:
         d_sae=D_SAE, k=CPU_K, batch_size=1024, steps=CPU_STEPS, lr=1e-3, warmup_steps=20, aux_k=64,
         dead_after_tokens=50_000, sparse_encoder_grad=True, refit_decoder=True,
     )  # fmt: skip
-    return {"train_stride": 24, "eval_stride": 12}, cfg
+    return {"train_stride": 12, "eval_stride": 6}, cfg
 
 
 def retrain(args: argparse.Namespace, gguf: Path, tokens: Path) -> None:
@@ -231,10 +232,15 @@ def retrain(args: argparse.Namespace, gguf: Path, tokens: Path) -> None:
         "token_subset": f"every {strides['train_stride']}th training and {strides['eval_stride']}th held-out window",
         "recipe": "python -m examples.smollm2.build_example --retrain",
     }  # fmt: skip
-    train_many(
-        lambda h: load_activations(acts, h), info, args.dictionaries, DICTIONARIES, cfg, device=device,
-        model_name=MODEL_NAME, extra_metadata=extra, folders=True, min_fve=0.72, retry_k=64,
-    )  # fmt: skip
+    saes = [s for s in DICTIONARIES if not s.is_transcoder]
+    transcoders = [s for s in DICTIONARIES if s.is_transcoder]
+    common = dict(device=device, model_name=MODEL_NAME, extra_metadata=extra, folders=True)
+    # an SAE below FVE 0.72 is trained again with k=64; a transcoder keeps k=32 (sparse codes for the trace
+    # matter more than the last points of FVE, and an MLP output is harder to predict than a stream to rebuild)
+    train_many(lambda h: load_activations(acts, h), info, args.dictionaries, saes, cfg, min_fve=MIN_FVE,
+               retry_k=RETRY_K, **common)  # fmt: skip
+    train_many(lambda h: load_activations(acts, h), info, args.dictionaries, transcoders, cfg, min_fve=0.0,
+               **common)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- 4-5. the atlas
