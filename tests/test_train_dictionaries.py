@@ -229,3 +229,13 @@ def test_collect_activations_matches_the_model():
     assert max(diffs.values()) < 1e-5
     with pytest.raises(activations.TrainError):
         activations.collect_activations(model, windows, ["blocks.7.hook_resid_post"])
+
+
+def test_command_line_refuses_bad_input_in_one_line(tmp_path, capsys):
+    assert train.main(["train", "--acts", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
+                       "--dictionaries", "transcoder:3"]) == 1  # fmt: skip
+    assert train.main(["train", "--acts", str(tmp_path), "--out", str(tmp_path / "o"),
+                       "--dictionaries", "blocks.3.hook_attn_out"]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "no complete activation cache" in err[0] and "unsupported hook" in err[1]
+    assert not (tmp_path / "o").exists()  # nothing written

@@ -42,6 +42,7 @@ from examples.smollm2.saelens_files import DictionarySpec
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE_DIR = ROOT / "examples" / "smollm2"
 DICTIONARIES_DIR = EXAMPLE_DIR / "dictionaries"  # committed SAELens folders + metrics.json
+SAMPLE_FILE = DICTIONARIES_DIR / "heldout_sample.safetensors"  # 64 held-out tokens per site, for the tests
 CACHE = ROOT / ".work" / "example"  # token ids and activations (git-ignored)
 DATA_DIR = ROOT.parent / "shared" / "data"
 
@@ -241,6 +242,24 @@ def retrain(args: argparse.Namespace, gguf: Path, tokens: Path) -> None:
                retry_k=RETRY_K, **common)  # fmt: skip
     train_many(lambda h: load_activations(acts, h), info, args.dictionaries, transcoders, cfg, min_fve=0.0,
                **common)  # fmt: skip
+    write_heldout_sample(acts, hooks, args.dictionaries / SAMPLE_FILE.name)
+
+
+def write_heldout_sample(acts: Path, hooks: list[str], out: Path = SAMPLE_FILE, n: int = 64) -> Path:
+    """``n`` held-out tokens at every site (the same tokens at each; float16), so tests can check reconstruction."""
+    import torch
+    from safetensors.torch import save_file
+
+    from examples.smollm2.activations import load_activations
+
+    sample = {}
+    for hook in hooks:
+        held_out = load_activations(acts, hook)[1]
+        rows = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(0))[:n]  # same rows every hook
+        sample[hook] = held_out[rows].half().contiguous()  # (n, d)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sample, str(out), metadata={"note": f"{n} held-out tokens per hook from {acts.name}, seed 0"})
+    return out
 
 
 # ----------------------------------------------------------------------------- 4-5. the atlas
