@@ -141,11 +141,41 @@ def cached_collect(cache: Path, gguf: str, tokens: str, hook_names: Sequence[str
 # ----------------------------------------------------------------------------- training
 
 
-def train_key(spec: DictionarySpec, cfg: TrainConfig, info: dict[str, Any]) -> str:
-    """What a trained dictionary depends on: a finished one with the same key is never trained again."""
+def train_key(
+    spec: DictionarySpec, cfg: TrainConfig, info: dict[str, Any], dropped: dict[str, int] | None = None
+) -> str:
+    """What a trained dictionary depends on: a finished one with the same key is never trained again.
+
+    ``dropped`` (a transcoder's massive-target tokens, when there are any) is part of its data.
+    """
     data = {k: info.get(k) for k in ("gguf_sha256", "tokens_sha256", "train_stride", "eval_stride", "massive_ratio")}
+    if dropped and any(dropped.values()):
+        data["massive_targets_dropped"] = dropped
     text = json.dumps({"spec": str(spec), "config": asdict(cfg), "data": data}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _load_pairs(
+    load: Loader, spec: DictionarySpec, ratio: float
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor | None, ...], dict[str, int]]:
+    """((x_train, x_eval), (y_train, y_eval), massive targets dropped) for one dictionary.
+
+    A transcoder's target gets the rule the residual sites get: a token whose MLP
+    output norm exceeds ``ratio`` x the median (the MLP writing the attention-sink
+    dimension: a few dozen tokens at SmolLM2's layer 11, carrying ~40% of that
+    output's variance) is dropped from its training and evaluation, so neither the
+    loss nor the FVE is about those few tokens.
+    """
+    x_tr, x_ev = load(spec.hook_name)
+    if not spec.hook_name_out:
+        return (x_tr, x_ev), (None, None), {}
+    y_tr, y_ev = load(spec.hook_name_out)
+    if not ratio:
+        return (x_tr, x_ev), (y_tr, y_ev), {}
+    limit = ratio * float(y_tr.norm(dim=-1).median())  # the training median for both splits
+    keep_tr, keep_ev = y_tr.norm(dim=-1) <= limit, y_ev.norm(dim=-1) <= limit
+    dropped = {"train": int((~keep_tr).sum()), "eval": int((~keep_ev).sum())}
+    return (x_tr[keep_tr], x_ev[keep_ev]), (y_tr[keep_tr], y_ev[keep_ev]), dropped
 
 
 def _finished(out_dir: Path, spec: DictionarySpec, key: str, folders: bool) -> bool:
@@ -220,12 +250,13 @@ def train_many(
         "dictionaries": old.get("dictionaries", {}),
     }
     for i, spec in enumerate(specs):
-        key = train_key(spec, cfg, info)
+        (x_tr, x_ev), (y_tr, y_ev), dropped = _load_pairs(load, spec, cfg.massive_ratio)
+        key = train_key(spec, cfg, info, dropped)
         if _finished(out_dir, spec, key, folders) and spec.name in metrics["dictionaries"]:
             say(f"{spec.name}: already trained with this recipe (key {key}); kept")
             continue
-        x_tr, x_ev = (t.to(device) for t in load(spec.hook_name))
-        y_tr, y_ev = (t.to(device) for t in load(spec.hook_name_out)) if spec.hook_name_out else (None, None)
+        x_tr, x_ev = x_tr.to(device), x_ev.to(device)
+        y_tr, y_ev = (None, None) if y_tr is None else (y_tr.to(device), y_ev.to(device))
         seed = dictionary_seed(cfg.seed, str(spec))
         say(f"training {spec} ({cfg.steps} steps of {cfg.batch_size} tokens, seed {seed})")
 
@@ -279,6 +310,12 @@ def train_many(
                 f"position 0 (<|endoftext|>) never used; tokens with residual norm > {cfg.massive_ratio}x the median "
                 f"at any collected resid_post site dropped (train {info['massive_tokens_dropped']['train']}, "
                 f"eval {info['massive_tokens_dropped']['eval']})"
+                + (
+                    f"; tokens whose target norm > {cfg.massive_ratio}x its median dropped (train "
+                    f"{dropped['train']}, eval {dropped['eval']})"
+                    if spec.is_transcoder
+                    else ""
+                )
             ),
             "layer": layer,
             "weights_stored_as": "float16",
@@ -303,6 +340,7 @@ def train_many(
             "k": run_cfg.k,
             **{k: ev16[k] for k in ("fve", "l0", "dead_fraction", "eval_tokens")},
             "fve_of": fve_of,
+            **({"massive_targets_dropped": dropped} if spec.is_transcoder else {}),
             "fve_float32": ev["fve"],
             "fve_before_decoder_refit": ev_sgd["fve"] if ev_sgd else None,
             "train_tokens": record["train_tokens"],
