@@ -44,7 +44,8 @@ def test_committed_dictionary(spec: DictionarySpec) -> None:
     assert cfg["apply_b_dec_to_input"] is not spec.is_transcoder
     assert cfg["reshape_activations"] == ("hook_z" if spec.hook_name.endswith("hook_z") else "none")
     assert all(torch.isfinite(t).all() for t in weights.values())
-    assert torch.allclose(weights["W_dec"].norm(dim=1), torch.ones(2048), atol=2e-3)  # unit rows (SGD decoder)
+    if not isinstance(meta["train"].get("decoder_refit"), dict):  # the SGD decoder (a kept refit is not unit-norm)
+        assert torch.allclose(weights["W_dec"].norm(dim=1), torch.ones(2048), atol=2e-3)
     ev = meta["eval"]
     assert ev["fve_of"] == (spec.hook_name_out or spec.hook_name)
     assert ev["fve"] >= (0.5 if spec.is_transcoder else 0.70), f"{spec}: held-out FVE {ev['fve']:.3f}"
@@ -64,7 +65,9 @@ def test_committed_dictionaries_reconstruct_held_out_tokens() -> None:
         weights, cfg = load_saelens_folder(DICTIONARIES_DIR / spec.name)
         y = sample[spec.hook_name_out] if spec.is_transcoder else None
         got = evaluate(weights, sample[spec.hook_name], cfg["k"], targets=y)["fve"]
-        assert got >= cfg["metadata"]["eval"]["fve"] - 0.12, (spec.name, got)
+        # the FVE of 64 tokens strays from the full held-out one by up to ~0.13 (layer 2, 200 draws);
+        # a transcoder read as an SAE (b_dec subtracted from its input) or unscaled weights score below 0
+        assert got >= cfg["metadata"]["eval"]["fve"] - 0.16, (spec.name, got)
 
 
 @new

@@ -239,3 +239,27 @@ def test_command_line_refuses_bad_input_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "no complete activation cache" in err[0] and "unsupported hook" in err[1]
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_transcoder_drops_massive_targets(tmp_path):
+    """A token whose MLP output is 20x the median norm (an attention-sink write) leaves training and the FVE."""
+    torch.set_num_threads(1)
+    x, y, _ = planted(2048, seed=0)
+    y_ev = y[:256].clone()
+    y, y_ev[3] = y.clone(), y_ev[3] * 1000
+    y[[5, 50]] *= 1000
+    data = {"blocks.4.mlp.hook_in": (x, x[:256]), "blocks.4.hook_mlp_out": (y, y_ev)}
+    info = {"gguf_sha256": "toy", "context_size": 8, "massive_tokens_dropped": {"train": 0, "eval": 0}}
+    cfg = TrainConfig(d_sae=32, k=3, lr=3e-3, batch_size=256, steps=20, warmup_steps=5, aux_k=8)
+    tc = DictionarySpec.transcoder(4)
+    metrics = train.train_many(data.__getitem__, info, tmp_path, [tc], cfg, device="cpu", folders=True, min_fve=0)
+    entry = metrics["dictionaries"][tc.name]
+    assert entry["massive_targets_dropped"] == {"train": 2, "eval": 1}
+    assert entry["train_tokens"] == 2048 - 2 and entry["eval_tokens"] == 256 - 1
+    weights, cfg_json = saelens_files.load_saelens_folder(tmp_path / tc.name)
+    keep = torch.ones(256, dtype=torch.bool)
+    keep[3] = False
+    want = topk.evaluate(weights, x[:256][keep], 3, targets=y_ev[keep])["fve"]
+    assert cfg_json["metadata"]["eval"]["fve"] == pytest.approx(want, abs=1e-6)
+    with_all = train.train_key(tc, cfg, info, {"train": 0, "eval": 0})
+    assert cfg_json["metadata"]["train_key"] != with_all  # the drop is part of the data the key describes
