@@ -126,7 +126,8 @@ def test_dictionary_specs_and_bad_input(tmp_path):
     assert DictionarySpec.parse("blocks.3.hook_resid_post").name == "layer_3_resid_post"
     assert activations.parse_hook("blocks.12.mlp.hook_in") == (12, "mlp_in")
     assert activations.parse_hook("blocks.12.attn.hook_z") == (12, "attn_z")
-    for bad in ("blocks.1.hook_attn_out", "blocks.x.hook_resid_post", "transcoder:x", "blocks.1.mlp.hook_out"):
+    assert activations.parse_hook("blocks.12.mlp.hook_out") == (12, "mlp_out")  # the product's alias of hook_mlp_out
+    for bad in ("blocks.1.hook_attn_out", "blocks.x.hook_resid_post", "transcoder:x", "blocks.1.ln2.hook_normalized"):
         with pytest.raises(TrainError):
             DictionarySpec.parse(bad)
     with pytest.raises(TrainError):  # a transcoder maps one layer's MLP input to the same layer's output

@@ -33,18 +33,7 @@ TRAINABLE_SITES = ("resid_post", "attn_z", "mlp_in", "mlp_out")
 
 
 def parse_hook(hook_name: str) -> tuple[int, str]:
-    """``(layer, site)`` of a hook this trainer collects; TrainError for any other.
-
-    The product's ``site_of_hook`` parses every hook it knows; ``blocks.L.mlp.hook_in``
-    (a transcoder's input) is not an atlas site yet, so it is recognised here.
-    """
-    if hook_name.endswith("." + MLP_IN_SUFFIX):
-        stem = hook_name.removesuffix(MLP_IN_SUFFIX)
-        try:
-            layer, _ = site_of_hook(stem + HOOK_SUFFIX_OF_SITE["mlp_out"])
-        except ValueError:
-            raise TrainError(f"unsupported hook {hook_name!r}") from None
-        return layer, "mlp_in"
+    """``(layer, site)`` of a hook this trainer collects; TrainError for any other (the product's own parsing)."""
     try:
         layer, site = site_of_hook(hook_name)
     except ValueError as e:
