@@ -1,7 +1,7 @@
 """sae-atlas: what SAE features do, read from the weights, kept in one SQLite file.
 
 This package is the spine: schema, read/write API and CLI. It imports only the
-standard library, sqlite-utils, click and numpy -- never torch or textual.
+standard library, click and numpy -- never torch or textual.
 """
 
 __version__ = "0.1.0"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import importlib
-import json
 import os
 import sqlite3
 from collections.abc import Callable
@@ -29,10 +28,12 @@ from atlas import db as _db
 from atlas.bundled import is_bundled_example
 from atlas.dbpath import resolve_db_path
 from atlas.domain import EDGE_KINDS, LABEL_KINDS
-from atlas.errors import AtlasError
+from atlas.errors import AtlasError, QueryInterrupted, explain_sqlite_error
+from atlas.interrupt import sigint_stops_queries
 from atlas.output import cell, dump_json, emit, output_options, table
+from atlas.provenance import describe_criterion, read_verdict_criteria
 from atlas.provenance_facts import facts_text, provenance_facts
-from atlas.read import METRIC_COLUMNS, describe_criterion
+from atlas.read import METRIC_COLUMNS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEBUG_ENV = "SAE_ATLAS_DEBUG"
@@ -114,16 +115,22 @@ class LazyGroup(OneLineUsageGroup):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with sigint_stops_queries():  # ctrl-c stops a running query too, and says so
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except QueryInterrupted as e:
+            raise Interrupted(_one_line(str(e))) from None
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted (ctrl-c)") from None
         except AtlasError as e:
             raise click.ClickException(_one_line(str(e))) from None
-        except sqlite3.DatabaseError as e:
-            # e.g. a damaged page met halfway through a read: still one line, and a hint
-            raise click.ClickException(
-                _one_line(f"SQLite error: {e} (is the atlas damaged? `sae-atlas validate` checks it)")
-            ) from None
+        except sqlite3.Error as e:
+            # a full disk, another writer, a damaged page met halfway through a read: one named line
+            err = explain_sqlite_error(e, what=_missing_folder(ctx, e))
+            if isinstance(err, QueryInterrupted):
+                raise Interrupted(_one_line(str(err))) from None
+            raise click.ClickException(_one_line(str(err))) from None
         except UnicodeDecodeError as e:
             # SQLite stores any bytes as TEXT; a damaged file can hold some that are not UTF-8
             raise click.ClickException(
@@ -135,6 +142,8 @@ class LazyGroup(OneLineUsageGroup):
         except OSError as e:
             if e.errno == errno.EPIPE:
                 raise  # click's main() handles a closed pipe (`sae-atlas sql ... | head`)
+            if e.errno == errno.ENOSPC:
+                raise click.ClickException(_one_line(f"disk full: {e}")) from None
             if os.environ.get(DEBUG_ENV):
                 raise
             raise click.ClickException(_one_line(f"{e.__class__.__name__}: {e}")) from None
@@ -144,6 +153,37 @@ class LazyGroup(OneLineUsageGroup):
             raise click.ClickException(
                 _one_line(f"unexpected error: {e.__class__.__name__}: {e} (set {DEBUG_ENV}=1 for a traceback)")
             ) from None
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-c (or another stop) ended the command: one line and the shell's exit status for SIGINT."""
+
+    exit_code = 130
+
+
+def _missing_folder(ctx: click.Context, e: sqlite3.Error) -> str:
+    """For SQLite's "unable to open database file": the file argument whose folder does not exist, if any."""
+    if "unable to open database file" not in str(e):
+        return ""
+    for value in ctx.meta.get(_PARAMS_KEY, {}).values():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, Path) and not item.parent.is_dir():
+                return f"{item.parent}: no such folder"
+    return ""
+
+
+_PARAMS_KEY = "sae_atlas.params"
+
+
+class AtlasCommand(click.Command):
+    """Keeps the parsed parameters where the group's error mapping can see them (ctx.meta is shared)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        ctx.meta[_PARAMS_KEY] = dict(ctx.params)
+        return super().invoke(ctx)
+
+
+LazyGroup.command_class = AtlasCommand
 
 
 def _load_lazy(name: str) -> click.Command:
@@ -342,9 +382,7 @@ def show(feature: str, db: Path | None, k: int, edge_limit: int, as_json: bool) 
             card = atlas.card(feature, k=max(k, 20), edge_limit=max(edge_limit, 50))
         else:  # the edge_limit strongest edges of each kind, ranked per kind in SQL
             card = atlas.card(feature, k=k, edge_limit=edge_limit)
-        # only the verdict criteria, not the whole (possibly large) provenance document
-        row = atlas.conn.execute("SELECT json_extract(provenance, '$.criteria') FROM atlas_info").fetchone()
-        criteria = row[0] if row else None
+        criteria = read_verdict_criteria(atlas.conn)  # only that part of the (kilobytes of) provenance
         from atlas.neuronpedia import card_extras
 
         np_card = card_extras(atlas, card.feature.feature_id)
@@ -367,11 +405,9 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
         out.append("  no labels")
     out.append("  " + _verdict("predicts tokens", m.get("predicts_tokens"), "du_top1_z", m.get("du_top1_z")))
     out.append("  " + _verdict("reads tokens", m.get("reads_tokens"), "ee_top1_z", m.get("ee_top1_z")))
-    if criteria:
-        crit = json.loads(criteria) if isinstance(criteria, str) else criteria
-        for col in ("predicts_tokens", "reads_tokens"):
-            if isinstance(crit, dict) and col in crit:
-                out.append(f"  {col.replace('_', ' ')} when {describe_criterion(crit[col])}")
+    for col in ("predicts_tokens", "reads_tokens"):
+        if isinstance(criteria, dict) and col in criteria:
+            out.append(f"  {col.replace('_', ' ')} when {describe_criterion(criteria[col])}")
     shown = [(name, v) for name, v in m.items() if v is not None and name not in ("predicts_tokens", "reads_tokens")]
     if shown:
         out.append("\nmetrics")
@@ -611,19 +647,33 @@ def sql(query: str, db: Path | None, params: tuple[tuple[str, str], ...], limit:
 
     The connection cannot write: the file is opened read-only, with
     query_only and an authorizer that allows only reads. See the views
-    (features_view, token_scores_view, edges_view, labels_view, sae_summary).
-    In token_scores_view, token is the shown form ('␣king'), token_raw the
-    text itself (' king') and token_key what search matches ('king'); an
-    atlas of schema 1 has only token (`sae-atlas migrate -o` adds the others).
+    (features_view, token_scores_view, edges_view, labels_view, sae_summary);
+    if the file changed one of them, sae-atlas's own definition is read and a
+    note says so. In token_scores_view, token is the shown form ('␣king'),
+    token_raw the text itself (' king') and token_key what search matches
+    ('king'); an atlas of schema 1 has only token (`sae-atlas migrate -o`
+    adds the others). --limit 0 with --csv/--tsv/--nl/--json writes every
+    row as it is read (any number of rows in constant memory); ctrl-c stops a query.
 
     \b
     Example:
         sae-atlas sql "SELECT name, d_sae FROM saes"
         sae-atlas sql "SELECT * FROM token_scores_view WHERE feature = :f" -p f L26.res/260 --json
     """
-    from atlas.query import run_sql
+    from atlas.query import run_sql, stream_sql, write_rows
 
-    result = run_sql(resolve_db_path(db), query, dict(params), limit=limit, timeout_s=timeout or None)
+    path = resolve_db_path(db)
+    if limit == 0 and fmt != "table":  # every row, written as it is read: constant memory
+        with stream_sql(path, query, dict(params), timeout_s=timeout or None, hint=" (see --timeout)") as (
+            columns, rows, notes,
+        ):  # fmt: skip
+            for note in notes:
+                click.echo(f"note: {note}", err=True)
+            write_rows(click.get_text_stream("stdout"), columns, rows, fmt)
+        return
+    result = run_sql(path, query, dict(params), limit=limit, timeout_s=timeout or None)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     emit(result.rows, result.columns, fmt, empty="(no rows)" if result.columns else "(done, no result)")
     if result.truncated:
         click.echo(f"(showing the first {limit:,} rows; more exist: raise --limit or add LIMIT/OFFSET)", err=True)
@@ -934,9 +984,12 @@ def stats(db: Path | None, fmt: str) -> None:
         sae-atlas stats --csv
     """
     with open_ro(db) as atlas:
+        atlas.saes()  # the SAE rows typed and checked: damage there is named, not printed
+        # sae_summary's query, not the view: a file's own view may say anything (sae-atlas reads no view)
         rows = atlas.conn.execute(
-            "SELECT sae_id, name, layer, site, d_sae, n_features, frac_predicts_tokens, frac_reads_tokens, "
-            "attn_q_mean, attn_k_mean, attn_v_mean FROM sae_summary ORDER BY layer, name"
+            "SELECT s.sae_id, s.name, s.layer, s.site, s.d_sae, COUNT(f.feature_id), AVG(f.predicts_tokens), "
+            "AVG(f.reads_tokens), AVG(f.attn_q_mean), AVG(f.attn_k_mean), AVG(f.attn_v_mean) "
+            "FROM saes s LEFT JOIN features f USING (sae_id) GROUP BY s.sae_id ORDER BY s.layer, s.name"
         ).fetchall()
         kinds: dict[tuple[int, str], int] = {}
         for sae_id, kind, n in atlas.conn.execute(

@@ -40,7 +40,7 @@ TITLES: dict[str, str] = {
     "feature_names": "Feature names", "features_view": "Features with names and labels",
     "token_scores_view": "Top tokens per feature, readable", "head_scores_view": "Head scores, readable",
     "edges_view": "Edges, readable", "labels_view": "Labels with feature names", "sae_summary": "Per-SAE summary",
-    "vocab_view": "Vocabulary (searchable)", "neuronpedia_view": "Neuronpedia agreement, readable",
+    "neuronpedia_view": "Neuronpedia agreement, readable",
     "activation_examples_view": "Activation examples with feature names",
 }  # fmt: skip
 
@@ -88,6 +88,9 @@ DESCRIPTIONS: dict[str, str] = {
     "labels": "What each feature is about: heuristic labels of the build, your own, and imported ones "
     "(source import:...). Full-text search: ?_search=.",
     "labels_fts": "Full-text index of labels.text (sqlite-utils' form); search it through labels?_search=.",
+    "vocab_fts": "Token search: ?_search= here finds the tokens whose key (case-folded, surrounding spaces "
+    "stripped) contains the text, 3 characters or more (a trigram index of vocab.key). The search_tokens query "
+    "shows them with their printed form and how many features promote each.",
     "feature_names": "Every feature's readable name, SAE/INDEX, with its SAE's layer and site.",
     "features_view": "Features with their readable names, SAE, layer and site, and the kind of their heuristic label.",
     "head_scores_view": "head_scores with feature names and the heads' layer, head and key/value group.",
@@ -313,6 +316,22 @@ def canned_queries(tables: set[str]) -> dict[str, dict[str, Any]]:
             + "\n  END AS value\nFROM features f JOIN saes s ON s.sae_id = f.sae_id\n"
             "WHERE (:sae = '' OR s.name = :sae) AND value IS NOT NULL\nORDER BY value DESC LIMIT 100",
         }),
+        "search_tokens": ({"vocab_fts", "vocab", "token_scores"}, {
+            "title": "Search tokens",
+            "description": "Tokens whose text contains the text (3 characters or more; case and surrounding spaces "
+            "ignored), exact matches first, with how many features promote, suppress or are driven by each.",
+            "sql": "SELECT v.display AS token, v.raw AS token_raw, v.token_id, CASE WHEN v.key = lower(trim(:text)) "
+            "THEN 'exact' ELSE 'partial' END AS match,\n"
+            "  (SELECT COUNT(*) FROM token_scores ts WHERE ts.token_id = v.token_id AND ts.phase = 'du' AND ts.sign = 1)"
+            " AS promoted_by,\n"
+            "  (SELECT COUNT(*) FROM token_scores ts WHERE ts.token_id = v.token_id AND ts.phase = 'du' AND ts.sign = -1)"
+            " AS suppressed_by,\n"
+            "  (SELECT COUNT(*) FROM token_scores ts WHERE ts.token_id = v.token_id AND ts.phase = 'ee' AND ts.sign = 1)"
+            " AS driven_by\n"
+            "FROM vocab_fts f JOIN vocab v ON v.model_id = f.model_id AND v.token_id = f.token_id\n"
+            "WHERE vocab_fts MATCH '\"' || replace(lower(trim(:text)), '\"', '\"\"') || '\"'\n"
+            "ORDER BY match, length(v.key), v.token_id LIMIT 200",
+        }),
         "search_labels": ({"labels_fts"}, {
             "title": "Search labels", "description": "Labels matching a full-text query (FTS5: words are AND-ed, "
             "\"a phrase\", prefix*), best match first.",
@@ -368,15 +387,14 @@ def build_metadata(atlas: Any) -> dict[str, Any]:
         if name.endswith("_fts") or name in ("schema_migrations", "build_units"):
             meta["hidden"] = True
         tables[name] = meta
-    if "vocab_view" in tables and "vocab_fts" in tables:
-        tables["vocab_view"].update(fts_table="vocab_fts", fts_pk="fts_rowid")
     if "labels_view" in tables and "labels_fts" in tables:
         tables["labels_view"].update(fts_table="labels_fts", fts_pk="label_id")
     name = database_name(atlas.path)
     return {
         "title": f"sae-atlas: {atlas.path.name}",
         "description": "What SAE features do, read from the weights alone. Start with features_view, "
-        "token_scores_view or the canned queries below; search labels on labels and tokens on vocab_view.",
+        "token_scores_view or the canned queries below. Search labels with labels?_search=... and tokens with "
+        "vocab_fts?_search=... (any 3+ characters of the token) or the search_tokens query.",
         "databases": {
             name: {
                 "description": f"An atlas (schema {atlas.schema_version}): models, SAEs, their features and what "

@@ -27,7 +27,12 @@ _SQLITE_CANTOPEN = getattr(sqlite3, "SQLITE_CANTOPEN", 14)
 
 def file_uri(path: str | os.PathLike, **params: str) -> str:
     """An SQLite ``file:`` URI; the path is percent-encoded so ``#``, ``?`` or ``%`` in a name survive."""
-    uri = "file:" + quote(Path(path).resolve().as_posix(), safe="/")
+    return resolved_uri(Path(path).resolve().as_posix(), params)
+
+
+def resolved_uri(resolved: str, params: dict[str, str]) -> str:
+    """:func:`file_uri` of a path already resolved (the hot path of every open resolves it once)."""
+    uri = "file:" + quote(resolved, safe="/")
     return uri + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
 
 

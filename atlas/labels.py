@@ -21,14 +21,13 @@ other, so two processes labelling one atlas at once both keep their labels.
 from __future__ import annotations
 
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from atlas.bundled import is_bundled_example
 from atlas.errors import AtlasError
 from atlas.migrations import SCHEMA_VERSION
-from atlas.overlay import BUSY_TIMEOUT_S, LabelOverlay, _check_kind
+from atlas.overlay import LabelOverlay, _check_kind
 from atlas.types import Label
 
 USER_SOURCE = "user"
@@ -82,11 +81,10 @@ def label_target(atlas, *, force_overlay: str | None = None) -> LabelTarget:
 
 
 def _writable(path: Path):
+    """The atlas opened for a write: its schema checked, a busy timeout, BEGIN IMMEDIATE transactions."""
     from atlas.db import open_atlas
 
-    atlas = open_atlas(path, readonly=False)
-    atlas.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    return atlas
+    return open_atlas(path, readonly=False)
 
 
 def add_user_label(
@@ -103,15 +101,9 @@ def add_user_label(
     target = label_target(atlas, force_overlay=force_overlay)
     if target.where == "overlay":
         return atlas.overlay_store().add(fid, name, text, kind, atlas_path=str(atlas.path)), name, target
-    with _writable(atlas.path) as rw:
-        _begin_immediate(rw.conn)
-        try:
-            label_id = rw.add_label(fid, text, kind=kind, source=USER_SOURCE)
-            rw.conn.execute("COMMIT")
-        except BaseException:
-            rw.conn.execute("ROLLBACK")
-            raise
-        label = next(lab for lab in rw.labels(fid, overlay=False) if lab.label_id == label_id)
+    with _writable(atlas.path) as rw, rw.transaction():
+        label_id = rw.add_label(fid, text, kind=kind, source=USER_SOURCE)
+        label = rw.label(label_id)  # read back inside the transaction: a failed read writes nothing
     return label, name, target
 
 
@@ -126,28 +118,22 @@ def set_user_label(
     if target.where == "overlay":
         label = atlas.overlay_store().set_user_label(feature_id, name, text, kind, atlas_path=str(atlas.path))
         return label, target
-    from atlas.db import utc_now
+    from atlas.write import utc_now
 
-    with _writable(atlas.path) as rw:
-        _begin_immediate(rw.conn)
-        try:
-            row = rw.conn.execute(
-                "SELECT label_id FROM labels WHERE feature_id = ? AND source = ? ORDER BY label_id DESC LIMIT 1",
-                (feature_id, USER_SOURCE),
-            ).fetchone()
-            if row is None:
-                label_id = rw.add_label(feature_id, text, kind=kind, source=USER_SOURCE)
-            else:
-                label_id = row[0]
-                rw.conn.execute(
-                    "UPDATE labels SET text = ?, kind = ?, created_at = ? WHERE label_id = ?",
-                    (text, kind, utc_now(), label_id),
-                )
-            rw.conn.execute("COMMIT")
-        except BaseException:
-            rw.conn.execute("ROLLBACK")
-            raise
-        label = next(lab for lab in rw.labels(feature_id, overlay=False) if lab.label_id == label_id)
+    with _writable(atlas.path) as rw, rw.transaction():
+        row = rw.conn.execute(
+            "SELECT label_id FROM labels WHERE feature_id = ? AND source = ? ORDER BY label_id DESC LIMIT 1",
+            (feature_id, USER_SOURCE),
+        ).fetchone()
+        if row is None:
+            label_id = rw.add_label(feature_id, text, kind=kind, source=USER_SOURCE)
+        else:
+            label_id = row[0]
+            rw.conn.execute(
+                "UPDATE labels SET text = ?, kind = ?, created_at = ? WHERE label_id = ?",
+                (text, kind, utc_now(), label_id),
+            )
+        label = rw.label(label_id)
     return label, target
 
 
@@ -157,21 +143,10 @@ def delete_user_label(atlas, label_id: int, *, force_overlay: str | None = None)
     if target.where == "overlay":
         _, name, text = atlas.overlay_store().delete(label_id)
         return name, text, target
-    with _writable(atlas.path) as rw:
-        _begin_immediate(rw.conn)
-        try:
-            fid, text, _ = rw.delete_label(label_id)
-            rw.conn.execute("COMMIT")
-        except BaseException:
-            rw.conn.execute("ROLLBACK")
-            raise
+    with _writable(atlas.path) as rw, rw.transaction():
+        fid, text, _ = rw.delete_label(label_id)
         name = rw.feature_name(fid)
     return name, text, target
-
-
-def _begin_immediate(conn: sqlite3.Connection) -> None:
-    # The write lock at once: a second writer waits (busy timeout) instead of failing on the upgrade.
-    conn.execute("BEGIN IMMEDIATE")
 
 
 def _clean(text: str) -> str:

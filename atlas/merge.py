@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atlas.db import Atlas, connect, create_atlas, file_uri, open_atlas
+from atlas.db import Atlas, _read_params, connect, create_atlas, open_atlas
 from atlas.domain import TABLE_BY_NAME, TABLES, Table
 from atlas.errors import AtlasError
-from atlas.files import atomic_output
+from atlas.files import atomic_output, file_uri
 from atlas.migrations import SAME_DATA_TABLES, SCHEMA_VERSION
 from atlas.write import utc_now
 
@@ -52,8 +52,15 @@ def _primary_key(conn: sqlite3.Connection, table: str) -> list[str]:
 
 @contextmanager
 def attached(conn: sqlite3.Connection, path: Path, alias: str) -> Iterator[None]:
-    """``path`` attached read-only as ``alias`` (ATTACH cannot run inside a transaction)."""
-    conn.execute(f"ATTACH DATABASE ? AS {alias}", (file_uri(path, mode="ro"),))
+    """``path`` attached read-only as ``alias`` (ATTACH cannot run inside a transaction).
+
+    Attached as every read opens a file (atlas.db._read_params): nothing is created beside
+    the user's file, not even a -shm for a WAL file with a -wal log.
+    """
+    params, exclusive = _read_params(path)
+    if exclusive:  # a -wal log without -shm: the wal-index in heap memory, set before the attach reads it
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+    conn.execute(f"ATTACH DATABASE ? AS {alias}", (file_uri(path, **params),))
     try:
         yield
     finally:
@@ -282,6 +289,7 @@ def merge_atlases(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     try:
         for a in atlases:
             require_current(a)
+            a.models(), a.saes()  # typed reads: damage in what merge matches on is named before any copy
         provenance = atlases[0].provenance()
         for a in atlases[1:]:
             provenance = merge_provenance(provenance, a.provenance())

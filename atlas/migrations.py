@@ -28,20 +28,45 @@ Step = str | Callable[[sqlite3.Connection], None] | None
 LABEL_FTS_OBJECTS = ("labels_fts", "labels_ai", "labels_ad", "labels_au")
 
 
+def base_schema_sql() -> str:
+    """Version 1's schema, frozen as it shipped: what every migration starts from (schema.sql is the newest)."""
+    return resources.files("atlas").joinpath("schema_v1.sql").read_text(encoding="utf-8")
+
+
 def schema_file_sql() -> str:
     """schema.sql as it is on disk."""
     return resources.files("atlas").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=1)
-def label_fts_sql() -> str:
-    """The labels' FTS5 table and triggers, exactly as sqlite-utils' ``enable_fts`` declares them.
+# The labels' FTS5 table and triggers, word for word as sqlite-utils' ``enable_fts(["text"],
+# create_triggers=True)`` declares them (sqlite-utils 4), so that sqlite-utils and Datasette
+# detect the index as their own. Kept as text: importing sqlite-utils costs 0.13 s (it pulls in
+# numpy), more than a whole `sae-atlas show`. tests/test_schema_v2.py checks it against what the
+# installed sqlite-utils declares (sqlite-utils 3 quotes [names]; the schema check ignores quoting).
+LABEL_FTS_SQL = """CREATE VIRTUAL TABLE "labels_fts" USING FTS5 (
+    "text",
+    content="labels"
+);
+CREATE TRIGGER "labels_ai" AFTER INSERT ON "labels" BEGIN
+  INSERT INTO "labels_fts" (rowid, "text") VALUES (new.rowid, new."text");
+END;
+CREATE TRIGGER "labels_ad" AFTER DELETE ON "labels" BEGIN
+  INSERT INTO "labels_fts" ("labels_fts", rowid, "text") VALUES('delete', old.rowid, old."text");
+END;
+CREATE TRIGGER "labels_au" AFTER UPDATE ON "labels" BEGIN
+  INSERT INTO "labels_fts" ("labels_fts", rowid, "text") VALUES('delete', old.rowid, old."text");
+  INSERT INTO "labels_fts" (rowid, "text") VALUES (new.rowid, new."text");
+END;
+"""
 
-    sqlite-utils writes them into a scratch in-memory database (its
-    ``enable_fts`` runs ``executescript``, which would commit a caller's
-    transaction); their text is then run wherever it is needed, inside the
-    caller's transaction.
-    """
+
+def label_fts_sql() -> str:
+    """The labels' FTS5 table and triggers, as sqlite-utils declares them (see LABEL_FTS_SQL)."""
+    return LABEL_FTS_SQL
+
+
+def sqlite_utils_label_fts_sql() -> str:
+    """What the installed sqlite-utils' ``enable_fts`` declares for the labels (the oracle of LABEL_FTS_SQL)."""
     import sqlite_utils
 
     scratch = sqlite3.connect(":memory:")
@@ -144,14 +169,14 @@ def _to_v2(conn: sqlite3.Connection) -> None:
     create_views(conn)
 
 
-# Schema 3's objects (Neuronpedia agreement, activation examples, the searchable vocabulary view), by name.
+# Schema 3's objects (Neuronpedia agreement, activation examples and their views), by name.
 V3_TABLES = ("neuronpedia_agreement", "activation_examples")
 V3_INDEXES = ("neuronpedia_agreement_pos",)
-V3_VIEWS = ("vocab_view", "neuronpedia_view", "activation_examples_view")
+V3_VIEWS = ("neuronpedia_view", "activation_examples_view")
 
 
 def _to_v3(conn: sqlite3.Connection) -> None:
-    """Neuronpedia agreement and activation-example tables, vocab_view, neuronpedia_view, activation_examples_view.
+    """Neuronpedia agreement and activation-example tables, neuronpedia_view and activation_examples_view.
 
     Only these objects, taken from schema.sql by name, so the step stands alone
     whatever other migrations come before or after it.
@@ -177,7 +202,7 @@ def index_statement(name: str) -> str:
 MIGRATIONS: list[tuple[int, str, Step]] = [
     (1, "initial schema", None),
     (2, "atlas identity, labels FTS as sqlite-utils declares it, raw token text in token_scores_view", _to_v2),
-    (3, "Neuronpedia agreement and activation examples; vocab_view for token search", _to_v3),
+    (3, "Neuronpedia agreement and activation examples", _to_v3),
 ]
 
 assert [v for v, _, _ in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
@@ -186,6 +211,35 @@ assert [v for v, _, _ in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 # ones, column for column: export and merge copy rows out of them as they are. A table
 # a later version added (schema 3's) is simply absent from an older file: nothing to copy.
 SAME_DATA_TABLES = frozenset({1, 2, 3})
+
+
+@functools.lru_cache(maxsize=1)
+def version_objects() -> dict[int, tuple[tuple[str, str, str, str], ...]]:
+    """``sqlite_master`` rows (type, name, tbl_name, sql) of every schema version, oldest first.
+
+    Built, not listed: version 1 from its frozen schema in an in-memory database,
+    then each migration run on it in turn (a step may be a function, whose SQL
+    cannot be read off). The schema check (atlas/schema_check.py) knows every
+    object any version defined from this, so an older atlas is never mistaken
+    for a foreign one; a test checks the last entry equals a new atlas's schema.
+    """
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.executescript(base_schema_sql())
+        out = {1: _master(conn)}
+        for version, _, step in MIGRATIONS[1:]:
+            conn.execute("BEGIN")
+            run_step(conn, step)
+            conn.execute("COMMIT")
+            out[version] = _master(conn)
+        return out
+    finally:
+        conn.close()
+
+
+def _master(conn: sqlite3.Connection) -> tuple[tuple[str, str, str, str], ...]:
+    rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+    return tuple(sorted(tuple(r) for r in rows))
 
 
 def run_step(conn: sqlite3.Connection, step: Step) -> None:

@@ -6,36 +6,20 @@ against :data:`METRIC_COLUMNS` before it reaches SQL.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from atlas.domain import METRIC_COLUMNS, PHASES
-from atlas.errors import BadQuery, FeatureNotFound, SAENotFound
+from atlas.errors import DAMAGE_HINT, AtlasError, BadQuery, DamagedAtlas, FeatureNotFound, SAENotFound
 from atlas.names import split_feature_name, token_key
+from atlas.provenance import describe_criterion, parse_provenance  # noqa: F401 (describe_criterion: re-exported)
+from atlas.rows import damage, json_or_null, number_or_null, typed
 from atlas.types import SAE, Edge, Feature, FeatureCard, HeadScore, Label, Model, TokenHit, TokenScore
 
 if TYPE_CHECKING:
     from atlas.overlay import LabelOverlay
 
 COUNTED_TABLES = ("models", "saes", "features", "vocab", "token_scores", "heads", "head_scores", "edges", "labels")
-
-
-def describe_criterion(criterion: Any) -> str:
-    """One line for a verdict criterion from provenance['criteria'][column], e.g.
-    ``du_top1_z >= 6.27 (99th percentile over 1024 random directions)``; anything else as text."""
-    if isinstance(criterion, str):
-        try:
-            criterion = json.loads(criterion)
-        except ValueError:
-            return criterion
-    if not isinstance(criterion, dict) or "column" not in criterion or "tau" not in criterion:
-        return str(criterion)
-    text = f"{criterion['column']} >= {criterion['tau']:.4g}"
-    if criterion.get("how") == "random-quantile":
-        q = 100 * float(criterion.get("quantile", 0))
-        text += f" ({q:g}th percentile over {criterion.get('n_random', '?')} random directions)"
-    return text
 
 
 def check_metric(metric: str) -> str:
@@ -46,11 +30,9 @@ def check_metric(metric: str) -> str:
 
 def _feature_from_row(row: sqlite3.Row) -> Feature:
     d = dict(row)
-    metrics = {k: d[k] for k in METRIC_COLUMNS if k in d}
-    return Feature(
-        feature_id=d["feature_id"], name=f"{d['sae']}/{d['idx']}", sae=d["sae"], sae_id=d["sae_id"],
-        idx=d["idx"], layer=d["layer"], site=d["site"], metrics=metrics,
-    )  # fmt: skip
+    where = f"features row #{d['feature_id']}"
+    metrics = {k: number_or_null(d[k], where, k) for k in METRIC_COLUMNS if k in d}
+    return typed(Feature, {**d, "name": f"{d['sae']}/{d['idx']}", "metrics": metrics}, where)
 
 
 _FEATURE_SELECT = (
@@ -63,17 +45,21 @@ _MAX_ID = 2**63
 RANKED_LABEL_MATCHES = 2000  # rank label matches by relevance (bm25) only up to this many
 
 
-def _label_from_row(r: sqlite3.Row) -> Label:
-    d = {k: r[k] for k in _LABEL_FIELDS}
-    d["evidence"] = json.loads(d["evidence"]) if d["evidence"] else None
-    return Label(**d)
-
-
 _LABEL_FIELDS = ("label_id", "feature_id", "text", "kind", "source", "score", "evidence", "created_at")
 
 
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+_EDGE_CHECKS = ((1, "kind", str, "text"), (6, "score", (int, float), "a number"), (7, "rank", int, "an integer"))
+
+
+def _label(row: Any) -> Label:
+    """A labels row (a mapping, maybe with more columns) as a Label, its evidence JSON parsed; damage named."""
+    where = f"labels row {row['label_id']}"
+    d = {k: row[k] for k in _LABEL_FIELDS}
+    return typed(Label, {**d, "evidence": json_or_null(row["evidence"], where, "evidence")}, where)
 
 
 class AtlasReader:
@@ -84,11 +70,11 @@ class AtlasReader:
     # ------------------------------------------------------------ catalogue
     def models(self) -> list[Model]:
         rows = self.conn.execute("SELECT * FROM models ORDER BY model_id").fetchall()
-        return [Model(**{**dict(r), "tied_embeddings": bool(r["tied_embeddings"])}) for r in rows]
+        return [typed(Model, r, f"models row {r['model_id']}") for r in rows]
 
     def saes(self) -> list[SAE]:
         rows = self.conn.execute("SELECT * FROM saes ORDER BY layer, site, name").fetchall()
-        return [SAE(**dict(r)) for r in rows]
+        return [typed(SAE, r, f"saes row {r['sae_id']}") for r in rows]
 
     def sae(self, name: str) -> SAE:
         """By readable name (L12.res), by sae_ref, or by release/sae_ref."""
@@ -100,7 +86,7 @@ class AtlasReader:
         if row is None:
             known = ", ".join(r[0] for r in self.conn.execute("SELECT name FROM saes ORDER BY layer"))
             raise SAENotFound(f"no SAE named {name!r}; known: {known or '(none)'}")
-        return SAE(**dict(row))
+        return typed(SAE, row, f"saes row {row['sae_id']}")
 
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (cheap: count(*) on indexes)."""
@@ -136,8 +122,13 @@ class AtlasReader:
 
     def info_row(self) -> dict[str, Any]:
         row = self.conn.execute("SELECT * FROM atlas_info WHERE id = 1").fetchone()
+        if row is None:
+            raise DamagedAtlas(f"atlas_info has no row; {DAMAGE_HINT}")
         d = dict(row)
-        d["provenance"] = json.loads(d["provenance"])
+        for col, ok in (("schema_version", int), ("sae_atlas_version", str), ("created_at", str)):
+            if not isinstance(d[col], ok):
+                raise damage("atlas_info", col, d[col], "an integer" if ok is int else "text")
+        d["provenance"] = parse_provenance(d["provenance"])
         return d
 
     # ------------------------------------------------------------ features
@@ -235,7 +226,7 @@ class AtlasReader:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [TokenScore(*r) for r in self.conn.execute(sql, params)]  # columns in field order
+        return [typed(TokenScore, tuple(r), f"token_scores of #{feature_id}") for r in self.conn.execute(sql, params)]
 
     def head_scores(self, feature_id: int, role: str | None = None) -> list[HeadScore]:
         sql = (
@@ -247,7 +238,7 @@ class AtlasReader:
             sql += " AND hs.role = ?"
             params.append(role)
         sql += " ORDER BY hs.role, hs.score DESC"
-        return [HeadScore(*r) for r in self.conn.execute(sql, params)]  # columns in field order
+        return [typed(HeadScore, tuple(r), f"head_scores of #{feature_id}") for r in self.conn.execute(sql, params)]
 
     def edges(
         self,
@@ -286,6 +277,10 @@ class AtlasReader:
         params = (feature_id, kind) if kind is not None else (feature_id,)
         groups: dict[tuple[str, str], list] = {}
         for r in self.conn.execute(" UNION ALL ".join(arms), params):
+            r = tuple(r)
+            for i, col, ok, want in _EDGE_CHECKS:  # checked before the sort below compares them
+                if not isinstance(r[i], ok) or isinstance(r[i], bool):
+                    raise damage(f"edges of #{feature_id}", col, r[i], want)
             groups.setdefault((r[0], r[1]), []).append(r)
         kept = []
         for key in sorted(groups):
@@ -300,9 +295,8 @@ class AtlasReader:
         ) if ids else {}  # fmt: skip
         out: dict[str, list[Edge]] = {d: [] for d in directions}
         for d, k, src, dst, layer, head, score, rank in kept:
-            out[d].append(
-                Edge(k, names.get(src, f"#{src}"), names.get(dst, f"#{dst}"), src, dst, layer, head, score, rank)
-            )
+            e = (k, names.get(src, f"#{src}"), names.get(dst, f"#{dst}"), src, dst, layer, head, score, rank)
+            out[d].append(typed(Edge, e, f"edges of #{feature_id}"))
         return out
 
     # ------------------------------------------------------------ labels (the file's and the user's overlay)
@@ -322,11 +316,18 @@ class AtlasReader:
         rows = self.conn.execute(
             "SELECT * FROM labels WHERE feature_id = ? ORDER BY source = 'user' DESC, label_id DESC", (feature_id,)
         ).fetchall()
-        own = [_label_from_row(r) for r in rows]
+        own = [_label(r) for r in rows]
         if not (overlay and self.use_overlay):
             return own
         extra = self.overlay_store().labels([feature_id]).get(feature_id, [])
         return sorted(extra + own, key=lambda lab: lab.source != "user")  # stable: overlay, then the file's
+
+    def label(self, label_id: int) -> Label:
+        """One label of the file, by id."""
+        row = self.conn.execute("SELECT * FROM labels WHERE label_id = ?", (int(label_id),)).fetchone()
+        if row is None:
+            raise AtlasError(f"no label with id {label_id}")
+        return _label(row)
 
     def card(self, spec: str | int, *, k: int = 20, edge_limit: int = 50) -> FeatureCard:
         """Everything about one feature: the top ``k`` tokens of each phase and sign,
@@ -377,7 +378,17 @@ class AtlasReader:
                 "ORDER BY length(key), token_id LIMIT ?"
             )
             params = [key, limit]
-        return [(r[0], r[1], r[2]) for r in self.conn.execute(sql, params)]
+        found = [(r[0], r[1], r[2]) for r in self.conn.execute(sql, params)]
+        if not found and not exact and len(key) >= 3 and self._vocab_contains(key):
+            raise DamagedAtlas(
+                f"the full-text index vocab_fts finds no token containing {text!r} but the vocabulary has one: "
+                f"the index is damaged; {DAMAGE_HINT}"
+            )
+        return found
+
+    def _vocab_contains(self, key: str) -> bool:
+        """A scan for what the trigram index should have found (only when it found nothing)."""
+        return self.conn.execute("SELECT 1 FROM vocab WHERE instr(key, ?) > 0 LIMIT 1", (key,)).fetchone() is not None
 
     def search_token(
         self,
@@ -462,7 +473,7 @@ class AtlasReader:
             params.append(sae_id)
         sql += " ORDER BY ts.rank, ABS(ts.value) DESC, ts.feature_id LIMIT ?"
         params.append(limit)
-        return [TokenHit(**dict(r)) for r in self.conn.execute(sql, params)]
+        return [typed(TokenHit, tuple(r), "token_scores") for r in self.conn.execute(sql, params)]
 
     def _single_model(self) -> bool:
         cached = getattr(self, "_n_models", None)
@@ -499,7 +510,12 @@ class AtlasReader:
             "JOIN labels l ON l.label_id = labels_fts.rowid "
             "JOIN features f ON f.feature_id = l.feature_id JOIN saes s ON s.sae_id = f.sae_id"
         )
-        return [(r["feature"], _label_from_row(r)) for r in self.conn.execute(sql, (query, limit))]
+        out = []
+        for r in self.conn.execute(sql, (query, limit)):
+            if not isinstance(r["feature"], str):  # NULL when the SAE's name is
+                raise damage(f"labels row {r['label_id']}", "its feature's SAE name", r["feature"], "text")
+            out.append((r["feature"], _label(r)))
+        return out
 
     def top(
         self,
@@ -578,12 +594,12 @@ class AtlasReader:
             extra.append(hi)
         order = "ASC" if ascending else "DESC"
         sql = _FEATURE_SELECT + f"WHERE {where} ORDER BY f.{metric} {order}, f.feature_id LIMIT ?"
-        rows: list[sqlite3.Row] = []
+        feats: list[Feature] = []
         for (sae_id,) in self.conn.execute(sql_saes, p_saes).fetchall():
-            rows += self.conn.execute(sql, [sae_id, *extra, limit + offset]).fetchall()
+            feats += [_feature_from_row(r) for r in self.conn.execute(sql, [sae_id, *extra, limit + offset])]
         sign = 1 if ascending else -1
-        rows.sort(key=lambda r: (sign * r[metric], r["feature_id"]))
-        return [_feature_from_row(r) for r in rows[offset : offset + limit]]
+        feats.sort(key=lambda f: (sign * f.metrics[metric], f.feature_id))
+        return feats[offset : offset + limit]
 
     def search_metric(self, metric: str, lo: float | None, hi: float | None, **kw: Any) -> list[Feature]:
         """Features with ``lo <= metric <= hi``, strongest first."""

@@ -30,6 +30,7 @@ import numpy as np
 
 from atlas import stats
 from atlas.errors import AtlasError
+from atlas.provenance import read_provenance, verdict_criteria
 
 ROLE_COLORS = {"q": "#1f77b4", "k": "#d62728", "v": "#2ca02c"}
 GROUP_COLORS = {"semantic": "#9467bd", "non_semantic": "#8c8c8c"}
@@ -74,6 +75,7 @@ def compute_report(
     ``progress`` is called with one line after each step (the command prints it on stderr).
     """
     conn = stats._conn(atlas)
+    verdict_criteria(read_provenance(conn))  # damaged provenance is named before any experiment runs
     models = [
         dict(zip(("name", "source", "source_kind", "architecture", "n_layers"), r, strict=True))
         for r in conn.execute("SELECT name, source, source_kind, architecture, n_layers FROM models")
@@ -88,14 +90,15 @@ def compute_report(
     def run(key: str, fn: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return fn()
+            out = fn()
         except stats.MissingPass as e:
-            data.missing[key] = str(e)
+            data.missing[key] = str(e)  # what is skipped is said once, at the end
             return None
         finally:
             data.seconds[key] = round(time.perf_counter() - t0, 3)
-            if progress is not None and key not in data.missing:  # what is skipped is said once, at the end
-                progress(f"{key.replace('_', ' ')}: done in {data.seconds[key]:.1f} s")
+        if progress is not None:  # only for a step that finished: an error is the one line said
+            progress(f"{key.replace('_', ' ')}: done in {data.seconds[key]:.1f} s")
+        return out
 
     data.predicts = run("experiment_1", lambda: stats.predicts_by_layer(conn))
     data.overlap = run(

@@ -295,12 +295,6 @@ FROM saes s LEFT JOIN features f USING (sae_id)
 GROUP BY s.sae_id;
 
 
--- One row per token of the vocabulary with its row in vocab_fts: Datasette's ?_search= on this
--- view is a substring search over tokens (trigram FTS on token_key; metadata fts_pk = fts_rowid).
-CREATE VIEW IF NOT EXISTS vocab_view AS
-SELECT f.rowid AS fts_rowid, v.model_id, v.token_id, v.display AS token, v.raw AS token_raw, v.key AS token_key
-FROM vocab_fts f JOIN vocab v ON v.model_id = f.model_id AND v.token_id = f.token_id;
-
 -- Neuronpedia agreement per feature, the overlap as a fraction, and the feature's page on neuronpedia.org
 -- when its SAE's neuronpedia_id is known (the agreement's own neuronpedia_id says where the rows came from).
 CREATE VIEW IF NOT EXISTS neuronpedia_view AS

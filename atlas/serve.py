@@ -53,7 +53,7 @@ def serve(atlas: Path | None, db: Path | None, port: int, open_browser: bool, pr
     """Serve ATLAS (default: --db, then the bundled example) read-only in Datasette on 127.0.0.1.
 
     Every table, view and column is described; labels and tokens are
-    searchable (labels?_search=, vocab_view?_search=); canned queries answer
+    searchable (labels?_search=, vocab_fts?_search=); canned queries answer
     the common questions (features that promote a token, a feature's card as
     tables, top features by a metric, label search, virtual-weight
     neighbours). Needs Datasette: pip install 'sae-atlas[web]'. --print-metadata

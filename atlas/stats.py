@@ -25,7 +25,6 @@ percentiles are done in numpy on arrays fetched once.
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
 import warnings
@@ -35,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from atlas.domain import ATTENTION_ROLES, site_order
-from atlas.errors import AtlasError
+from atlas.errors import DAMAGE_HINT, AtlasError, DamagedAtlas
+from atlas.provenance import read_provenance, verdict_criteria
+from atlas.rows import damage, describe
 
 ROLES = ATTENTION_ROLES
 PAPER_PREDICTS_FRACTION = 0.25  # Liu & Deng: "about 1/4 of SAE features directly predict output tokens"
@@ -80,14 +81,24 @@ class SAERows:
         return {int(s): i for i, s in enumerate(self.sae_id.tolist())}
 
 
+_SAE_ROW_COLUMNS = ("sae_id", "name", "layer", "site", "d_sae", "models.d_vocab")
+
+
 def sae_rows(atlas: Any) -> SAERows:
     rows = (
         _conn(atlas)
         .execute(
-            "SELECT s.sae_id, s.name, s.layer, s.site, s.d_sae, m.d_vocab FROM saes s JOIN models m USING (model_id)"
+            "SELECT s.sae_id, s.name, s.layer, s.site, s.d_sae, m.d_vocab, s.model_id FROM saes s "
+            "LEFT JOIN models m USING (model_id)"
         )
         .fetchall()
     )
+    for r in rows:  # a damaged file can hold anything: name it before numpy or sorted() trips on it
+        if r[5] is None and r[6] is not None:
+            raise damage(f"saes row {r[0]!r}", "model_id", r[6], "the id of a model in the atlas")
+        for col, v, kind in zip(_SAE_ROW_COLUMNS, r[:6], (int, str, int, str, int, int), strict=True):
+            if not isinstance(v, kind) or isinstance(v, bool):
+                raise damage(f"saes row {r[0]!r}", col, v, "an integer" if kind is int else "text")
     rows = sorted(rows, key=lambda r: (r[2], site_order(r[3]), r[1]))
     if not rows:
         raise MissingPass("the atlas has no SAEs: nothing to report")
@@ -108,7 +119,12 @@ def _fetch_floats(conn: sqlite3.Connection, sql: str, params: Any = ()) -> np.nd
     rows = cur.fetchall()
     if not rows:
         return np.zeros((0, n_cols))
-    return np.array(rows, dtype=np.float64).reshape(len(rows), n_cols)
+    try:
+        return np.array(rows, dtype=np.float64).reshape(len(rows), n_cols)
+    except (TypeError, ValueError):  # text or a BLOB where a number belongs
+        bad = next(v for r in rows for v in r if v is not None and not isinstance(v, (int, float)))
+        names = ", ".join(d[0] for d in cur.description)
+        raise DamagedAtlas(f"a value read for ({names}) is {describe(bad)}, not a number; {DAMAGE_HINT}") from None
 
 
 def _dicts(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str, Any]]:
@@ -208,16 +224,12 @@ def predicts_by_layer(atlas: Any) -> PredictsTable:
         frac_both=_safe_div(n_both, n_bp),
         jaccard=_safe_div(n_both, n_either),
         overall=overall,
-        criteria=_provenance(conn).get("criteria", {}) or {},
+        criteria=_criteria(conn),
     )
 
 
-def _provenance(conn: sqlite3.Connection) -> dict:
-    row = conn.execute("SELECT provenance FROM atlas_info WHERE id = 1").fetchone()
-    try:
-        return json.loads(row[0]) if row else {}
-    except (TypeError, ValueError):
-        return {}
+def _criteria(conn: sqlite3.Connection) -> dict[str, Any]:
+    return verdict_criteria(read_provenance(conn))
 
 
 @dataclass(frozen=True)

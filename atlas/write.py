@@ -82,8 +82,9 @@ class AtlasWriter:
 
     # ------------------------------------------------------------ provenance
     def provenance(self) -> dict:
-        row = self.conn.execute("SELECT provenance FROM atlas_info WHERE id = 1").fetchone()
-        return json.loads(row[0]) if row else {}
+        from atlas.provenance import read_provenance
+
+        return read_provenance(self.conn)
 
     def set_provenance(self, provenance: dict) -> None:
         self.require_writable()

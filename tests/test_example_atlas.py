@@ -48,7 +48,7 @@ DU_COLUMNS = ("du_max", "du_min", "du_mean", "du_std", "du_skew", "du_kurtosis",
 @pytest.fixture(scope="module")
 def example():
     if not EXAMPLE.is_file():
-        pytest.fail(f"{EXAMPLE} is missing: rebuild it with `python -m builders.example`")
+        pytest.fail(f"{EXAMPLE} is missing: rebuild it with `python -m examples.smollm2.build_example`")
     with open_atlas(EXAMPLE) as atlas:
         yield atlas
 

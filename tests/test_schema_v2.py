@@ -75,6 +75,16 @@ def test_labels_fts_is_the_form_sqlite_utils_and_datasette_detect(migrated_examp
     assert "content=" in label_fts_sql() and label_fts_sql().count("CREATE TRIGGER") == 3
 
 
+def test_the_kept_fts_text_is_what_the_installed_sqlite_utils_declares() -> None:
+    """LABEL_FTS_SQL is kept as text (importing sqlite-utils at run time costs 0.13 s); it must stay
+    sqlite-utils' own declaration, up to the quoting that differs between its versions."""
+    from atlas.migrations import sqlite_utils_label_fts_sql
+    from atlas.schema_check import normalize_sql, split_statements
+
+    kept = [normalize_sql(s) for s in split_statements(label_fts_sql())]
+    assert kept == [normalize_sql(s) for s in split_statements(sqlite_utils_label_fts_sql())]
+
+
 def test_the_migrated_fts_index_holds_every_label(migrated_example: Path) -> None:
     """The rebuilt index answers as a scan of the labels table does (the oracle)."""
     migrate(migrated_example)  # a no-op after the first test; that one may run in another xdist worker
@@ -140,3 +150,25 @@ def test_a_damaged_atlas_id_never_names_another_path(tmp_path: Path, bad: object
     ident = atlas_identity(conn)
     assert len(ident) == 32 and all(c in "0123456789abcdef" for c in ident)
     assert LabelOverlay(ident, tmp_path).path.parent == tmp_path
+
+
+def test_every_versions_objects_are_built_from_the_migrations(tmp_path: Path) -> None:
+    """The frozen v1 schema plus the migrations give exactly what a new atlas holds, and the schema
+    check knows every object of every version (an older atlas is not mistaken for a foreign one)."""
+    from atlas.db import create_atlas, open_atlas
+    from atlas.migrations import SCHEMA_VERSION, version_objects
+
+    versions = version_objects()
+    assert sorted(versions) == list(range(1, SCHEMA_VERSION + 1))
+    create_atlas(tmp_path / "new.db").close()
+    conn = sqlite3.connect(tmp_path / "new.db")
+    fresh = tuple(
+        sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+    )
+    conn.close()
+    assert versions[SCHEMA_VERSION] == fresh
+    with open_atlas(
+        Path(__file__).resolve().parent.parent / "atlas.db.example"
+    ) as old:  # the shipped v1 example: nothing foreign, nothing shadowed
+        assert old.schema_version == 1
+        assert (old.schema.refused, old.schema.write_refused, old.schema.changed_views) == ([], [], [])

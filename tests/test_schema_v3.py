@@ -1,5 +1,6 @@
-"""Schema 3 (Neuronpedia agreement, activation examples, vocab_view): a migrated v2 atlas is exactly a new
-one, and export / merge carry the new tables (and still read a v2 atlas, which lacks them)."""
+"""Schema 3 (Neuronpedia agreement and activation examples, and their views): a migrated v2 atlas is exactly a
+new one, every view reads through the atlas's own defensive connection, and export / merge carry the new tables
+(and still read a v2 atlas, which lacks them)."""
 
 from __future__ import annotations
 
@@ -52,10 +53,22 @@ def test_migrating_v2_gives_exactly_the_v3_schema_and_keeps_every_row(v2_atlas: 
     assert query(v2_atlas, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,), (3,)]
     with open_atlas(v2_atlas) as new:
         assert new.schema_version == 3 and new.counts() == counts
-    # the new view searches tokens through the existing index: nothing to rebuild
-    hits = query(v2_atlas, "SELECT token_key FROM vocab_view WHERE fts_rowid IN "
-                 "(SELECT rowid FROM vocab_fts WHERE vocab_fts MATCH 'king')")  # fmt: skip
-    assert hits and all("king" in k for (k,) in hits)
+
+
+def test_every_view_reads_through_the_atlas_own_read_only_connection(synthetic_atlas: Path, tmp_path: Path) -> None:
+    """trusted_schema is off for readers: a view over a virtual table (an FTS index) would fail to read."""
+    _imported(synthetic_atlas, tmp_path)
+    views = [r[0] for r in query(synthetic_atlas, "SELECT name FROM sqlite_master WHERE type = 'view'")]
+    assert {"neuronpedia_view", "activation_examples_view"} <= set(views)
+    with open_atlas(synthetic_atlas) as atlas:
+        assert atlas.conn.execute("PRAGMA trusted_schema").fetchone()[0] == 0
+        for view in views:
+            atlas.conn.execute(f"PRAGMA table_xinfo({view})").fetchall()
+            assert atlas.conn.execute(f"SELECT * FROM {view} LIMIT 3").fetchall() is not None, view
+        url = tuple(
+            atlas.conn.execute("SELECT neuronpedia_url FROM neuronpedia_view WHERE feature = 'L2.res/1'").fetchone()
+        )
+        assert url == ("https://www.neuronpedia.org/synth-model/2-res-synth/1",)
 
 
 def test_a_v2_atlas_opens_read_only_and_labels_go_to_the_overlay(v2_atlas: Path, runner: CliRunner) -> None:

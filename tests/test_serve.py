@@ -75,13 +75,13 @@ def test_every_table_view_and_column_has_a_title_or_description(full_atlas: Path
         md = build_metadata(atlas)
     tables = md["databases"][full_atlas.stem]["tables"]
     objects = _objects(full_atlas)
-    assert set(tables) == set(objects) and {"vocab_view", "neuronpedia_view", "activation_examples"} <= set(tables)
+    assert set(tables) == set(objects) and {"neuronpedia_view", "activation_examples", "vocab_fts"} <= set(tables)
     for name, cols in objects.items():
         meta = tables[name]
         assert meta["title"] and meta["description"], name
         assert set(meta["columns"]) == set(cols), name
         assert all(meta["columns"][c] for c in cols), (name, [c for c in cols if not meta["columns"][c]])
-    assert tables["vocab_view"]["fts_table"] == "vocab_fts" and tables["vocab_view"]["fts_pk"] == "fts_rowid"
+    assert tables["labels_view"]["fts_table"] == "labels_fts" and tables["labels_view"]["fts_pk"] == "label_id"
     assert tables["head_scores"]["units"] == {"percentile": "percent"} and "units" not in tables["features"]
     assert tables["saes"]["label_column"] == "name" and "kind" in tables["edges"]["facets"]
 
@@ -108,7 +108,8 @@ def test_every_canned_query_answers_as_the_file_does(full_atlas: Path) -> None:
         queries = build_metadata(atlas)["databases"][full_atlas.stem]["queries"]
         top = [f.name for f in atlas.top("du_top1_z", limit=100)]
     assert set(queries) == set(canned_queries(set(_objects(full_atlas)))) and "virtual_neighbours" in queries
-    params = {"feature": "L2.res/5", "token": " King ", "metric": "du_top1_z", "sae": "", "query": "punctuation"}
+    params = {"feature": "L2.res/5", "token": " King ", "metric": "du_top1_z", "sae": "", "query": "punctuation",
+              "text": "Kin"}  # fmt: skip
     conn = sqlite3.connect(f"file:{full_atlas}?mode=ro", uri=True)
     answers = {}
     for name, q in queries.items():
@@ -130,6 +131,12 @@ def test_every_canned_query_answers_as_the_file_does(full_atlas: Path) -> None:
     assert len(answers["feature_examples"]) == 1 and answers["virtual_neighbours"] == []
     assert query(full_atlas, "SELECT COUNT(*) FROM neuronpedia_agreement") == [(5,)]
     assert len(answers["neuronpedia_agreement_by_sae"]) == 1
+    want = query(full_atlas, "SELECT token_id FROM vocab WHERE instr(key, 'kin') > 0 ORDER BY key != 'kin', "
+                 "length(key), token_id")  # fmt: skip
+    assert [r[2] for r in answers["search_tokens"]] == [w[0] for w in want] and want
+    promoted = query(full_atlas, "SELECT COUNT(*) FROM token_scores WHERE token_id = ? AND phase = 'du' AND sign = 1",
+                     (want[0][0],))[0][0]  # fmt: skip
+    assert answers["search_tokens"][0][4] == promoted
 
 
 def test_print_metadata_is_the_metadata(runner: CliRunner, full_atlas: Path) -> None:
@@ -225,14 +232,16 @@ def test_datasette_serves_the_atlas_read_only_with_its_metadata(served, full_atl
     assert "80 rows" in page and "from feature_id in token_scores" in page  # "Links from other tables"
     for html in ("features", "head_scores", "features_view", "neuronpedia_view", "activation_examples_view"):
         assert "<table" in _get(f"{db}/{html}"), html  # every page renders (a custom Pint unit once broke them)
-    # search: labels (the FTS Datasette detects) and tokens (vocab_view over vocab_fts)
+    # search: labels (the FTS Datasette detects on labels) and tokens (vocab_fts, its own FTS table)
     found = _json(f"{db}/labels.json?_search=punctuation&_shape=objects&_size=max")["rows"]
     fts = query(full_atlas, "SELECT rowid FROM labels_fts WHERE labels_fts MATCH 'punctuation' ORDER BY rowid")
     assert sorted(r["label_id"] for r in found) == [r[0] for r in fts] and fts
-    tokens = _json(f"{db}/vocab_view.json?_search=king&_shape=objects&_size=max")["rows"]
+    tokens = _json(f"{db}/vocab_fts.json?_search=king&_shape=objects&_size=max")["rows"]
     want = query(full_atlas, "SELECT token_id FROM vocab WHERE instr(key, 'king') > 0 ORDER BY token_id")
     assert sorted(t["token_id"] for t in tokens) == [w[0] for w in want] and want
-    assert 'name="_search"' in _get(f"{db}/vocab_view")  # the search box is offered
+    assert 'name="_search"' in _get(f"{db}/vocab_fts")  # the search box is offered
+    found = _json(f"{db}/search_tokens.json?text=King&_shape=objects")["rows"]
+    assert [t["token_id"] for t in found][: len(want)] != [] and {t["token_id"] for t in found} == {w[0] for w in want}
     # the file is served as it is: nothing written, nothing beside it
     assert sha256_of(full_atlas) == before
     assert not [p.name for p in full_atlas.parent.iterdir() if p.name.startswith(full_atlas.name + "-")]

@@ -56,3 +56,20 @@ def test_browse_bad_keymap_one_line(tmp_path, fixture_db):
 def test_browse_help_has_example():
     r = CliRunner().invoke(cli, ["browse", "-h"])
     assert r.exit_code == 0 and "Example:" in r.output and "--read-only" in r.output
+
+
+def test_browse_on_a_damaged_overview_exits_1_with_one_line(tmp_path, fixture_db, monkeypatch):
+    """The issue: a text d_vocab crashed the overview with a traceback and exit 0."""
+    from tui.app import SaeAtlasApp
+
+    damaged = tmp_path / "damaged.db"
+    shutil.copy(fixture_db, damaged)
+    with sqlite3.connect(damaged) as c:
+        c.execute("UPDATE models SET d_vocab = 'many'")
+    c.close()
+    real_run = SaeAtlasApp.run
+    monkeypatch.setattr(SaeAtlasApp, "run", lambda self, **kw: real_run(self, headless=True, size=(100, 30)))
+    r = CliRunner().invoke(cli, ["browse", str(damaged), "--no-history"])
+    assert r.exit_code == 1, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "d_vocab is text 'many'" in lines[0] and "Traceback" not in r.output, r.output

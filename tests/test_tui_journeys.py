@@ -206,7 +206,7 @@ def test_sql_console_good_bad_paging_and_export(fixture_db, tmp_path):
             inp.value = ""
             await pilot.press(*"DELETE FROM labels", "enter")
             await settle(pilot)
-            assert "readonly" in str(err.render())
+            assert "refused" in str(err.render())
             # history: up recalls the previous query
             inp.value = ""
             await pilot.press("up")

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from atlas import open_atlas
+from atlas import query as sqlmod
 from atlas.errors import BadQuery
 from atlas.listing import (
     FeatureFilter,
@@ -16,7 +17,6 @@ from atlas.listing import (
     table_counts,
     top_tokens,
 )
-from tui import sql as sqlmod
 from tui.history import History
 from tui.keymap import BadKeymap, load_keymap
 from tui.search import search_features
@@ -147,7 +147,7 @@ def test_sql_pages_errors_and_export(conn, tmp_path):
     assert [r[0] for r in rows] == list(range(500, 600)) and not more
     _, rows, _ = sqlmod.run_page(conn, "PRAGMA table_info(saes)")
     assert any(r[1] == "d_sae" for r in rows)
-    for bad, msg in (("SELEC 1", "syntax error"), ("DELETE FROM labels", "readonly"), ("SELECT nope FROM saes", "no such column"),
+    for bad, msg in (("SELEC 1", "syntax error"), ("DELETE FROM labels", "refused"), ("SELECT nope FROM saes", "no such column"),
                      ("SELECT 1; SELECT 2", "one statement"), ("ATTACH 'x.db' AS x", "not authorized"), ("", "empty")):  # fmt: skip
         with pytest.raises(BadQuery, match=msg):
             sqlmod.run_page(conn, bad)

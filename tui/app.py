@@ -16,6 +16,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.worker import get_current_worker
 
+from atlas.errors import error_line
 from atlas.listing import FeatureFilter
 from tui.commands import FeatureCommands
 from tui.keymap import load_keymap
@@ -67,6 +68,7 @@ class SaeAtlasApp(App):
         self.sql_history: list[str] = _load_history(history_path)
         self.quit_armed = False
         self.show_timings = True  # query times in status lines; snapshot tests turn them off
+        self.fatal_error: str | None = None  # why the app gave up (the CLI prints it and exits 1)
         if keymap:
             self.set_keymap(keymap)
 
@@ -95,7 +97,7 @@ class SaeAtlasApp(App):
             with self.source.open() as atlas:
                 loaded = read_card(atlas, feature_id)
         except Exception as e:  # shown as a notification, never a crash
-            self.post_message(WorkFailed("feature card", str(e) or type(e).__name__))
+            self.post_message(WorkFailed("feature card", error_line(e)))
             return
         if not get_current_worker().is_cancelled:
             self.call_from_thread(self._open_loaded, feature_id, loaded)
@@ -148,6 +150,18 @@ class SaeAtlasApp(App):
             return
         self.exit()
 
+    def exit(self, *args, **kwargs) -> None:  # type: ignore[override]
+        # A worker's query cannot be killed, and the event loop waits for its thread before the
+        # process ends: stop every query first, so quitting is immediate even mid-query.
+        self.source.interrupt_all()
+        super().exit(*args, **kwargs)
+
+    def fail(self, error: str) -> None:
+        """Give up: the atlas cannot be shown at all (a damaged overview). Exits with status 1."""
+        if self.fatal_error is None:
+            self.fatal_error = " ".join(error.split())
+            self.exit(return_code=1)
+
     # ------------------------------------------------------------ errors from workers
     @on(WorkFailed)
     def work_failed(self, msg: WorkFailed) -> None:
@@ -178,7 +192,7 @@ class SaeAtlasApp(App):
                 name = atlas.feature_name(feature_id)
                 mine = next((lab for lab in atlas.labels(feature_id) if lab.source == "user"), None)
         except Exception as e:
-            self.post_message(WorkFailed("label", str(e)))
+            self.post_message(WorkFailed("label", error_line(e)))
             return
         try:
             where = self.source.label_target().describe()
@@ -204,7 +218,7 @@ class SaeAtlasApp(App):
         try:
             label, target = save_user_label(self.source, req.feature_id, req.text, req.kind)
         except Exception as e:  # the text goes back to the editor: never lost
-            self.post_message(LabelNotSaved(req.feature_id, req.text, req.kind, str(e) or type(e).__name__))
+            self.post_message(LabelNotSaved(req.feature_id, req.text, req.kind, error_line(e)))
             return
         self.post_message(LabelSaved(req.feature_id, label, target.describe()))
 

@@ -37,6 +37,10 @@ def browse(atlas: Path | None, readonly: bool, keymap_path: Path | None, no_hist
     except AtlasError as e:
         raise click.ClickException(str(e)) from None
     app.run()
+    if app.fatal_error:  # the atlas opened but could not be shown (damaged): one line, exit 1
+        raise click.ClickException(app.fatal_error)
+    if app.return_code:  # Textual has already reported what ended it
+        raise SystemExit(app.return_code)
 
 
 if __name__ == "__main__":

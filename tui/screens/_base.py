@@ -9,6 +9,7 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from atlas.db import Atlas
+from atlas.errors import error_line
 from tui.messages import WorkFailed
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ class AtlasScreen(Screen):
             with self.atlas_app.source.open() as atlas:
                 result = fn(atlas)
         except Exception as e:  # shown as a notification, never a crash
-            self.post_message(WorkFailed(what, f"{type(e).__name__}: {e}" if not str(e) else str(e)))
+            self.post_message(WorkFailed(what, error_line(e)))
             return None
         if get_current_worker().is_cancelled:
             return None

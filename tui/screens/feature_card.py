@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Header, Static
 from atlas.db import Atlas
 from atlas.names import display_token
 from atlas.neuronpedia import NeuronpediaCard, card_extras, describe_list, running_text
+from atlas.provenance import read_verdict_criteria
 from atlas.types import FeatureCard
 from tui.history import History
 from tui.messages import CardLoaded
@@ -215,9 +216,7 @@ class FeatureCardScreen(AtlasScreen):
 
 def read_card(atlas: Atlas, feature_id: int) -> CardLoaded:
     """Everything the card shows, read in the calling (worker) thread."""
-    criteria = atlas.info_row().get("provenance", {}).get("criteria") or {}
-    extras = card_extras(atlas, feature_id)
-    return CardLoaded(atlas.card(feature_id), criteria if isinstance(criteria, dict) else {}, extras)
+    return CardLoaded(atlas.card(feature_id), read_verdict_criteria(atlas.conn), card_extras(atlas, feature_id))
 
 
 def neuronpedia_text(np: NeuronpediaCard | None) -> Text | None:

@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Header, Static
 from textual.worker import get_current_worker
 
 from atlas import listing
+from atlas.errors import error_line
 from atlas.listing import FeatureFilter
 from atlas.provenance_facts import provenance_facts
 from tui.messages import OverviewLoaded, PlotLoaded, WorkFailed
@@ -55,11 +56,15 @@ class OverviewScreen(AtlasScreen):
     # ------------------------------------------------------------ workers
     @work(thread=True, exclusive=True, group="overview")
     def load_overview(self) -> None:
-        def q(atlas):
-            return OverviewLoaded(atlas.info_row(), atlas.models(), atlas.saes(), listing.table_counts(atlas.conn))
-
-        msg = self.read("overview", q)
-        if msg is not None:
+        # Without its overview the atlas cannot be browsed: damage here ends the app with one line and
+        # exit status 1 (a notification on an empty screen would leave the user nowhere to go).
+        try:
+            with self.atlas_app.source.open() as atlas:
+                msg = OverviewLoaded(atlas.info_row(), atlas.models(), atlas.saes(), listing.table_counts(atlas.conn))
+        except Exception as e:
+            self.app.call_from_thread(self.atlas_app.fail, f"cannot show {self.atlas_app.source.path}: {error_line(e)}")
+            return
+        if not get_current_worker().is_cancelled:
             self.post_message(msg)
 
     @work(thread=True, exclusive=True, group="plots")
@@ -78,8 +83,8 @@ class OverviewScreen(AtlasScreen):
                 try:
                     panel = compute_panel(atlas, name)
                 except Exception as e:  # one bad plot must not take the others with it
-                    self.post_message(WorkFailed(f"{TITLES[name]} plot", str(e) or type(e).__name__))
-                    panel = Panel(name, TITLES[name], missing=f"could not compute: {e}")
+                    self.post_message(WorkFailed(f"{TITLES[name]} plot", error_line(e)))
+                    panel = Panel(name, TITLES[name], missing=f"could not compute: {error_line(e)}")
                 self.post_message(PlotLoaded(panel))
 
         self.read("overview plots", q)
@@ -87,6 +92,12 @@ class OverviewScreen(AtlasScreen):
     # ------------------------------------------------------------ results
     @on(OverviewLoaded)
     def show_overview(self, msg: OverviewLoaded) -> None:
+        try:
+            self._show_overview(msg)
+        except Exception as e:  # typed reads should make this unreachable; never a traceback all the same
+            self.atlas_app.fail(f"cannot show {self.atlas_app.source.path}: {error_line(e)}")
+
+    def _show_overview(self, msg: OverviewLoaded) -> None:
         self.saes = msg.saes
         self.query_one("#overview-facts", Static).update(_info_text(msg, self.atlas_app.source.path.name))
         table = self.query_one("#sae-table", DataTable)

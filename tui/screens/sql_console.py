@@ -11,9 +11,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Header, Input, Static
 
-from atlas.errors import BadQuery
+from atlas import query as sqlmod
+from atlas.errors import AtlasError
 from atlas.search import token_sql_hint
-from tui import sql as sqlmod
 from tui.messages import QueryDone, QueryFailed
 from tui.screens._base import AtlasScreen
 from tui.screens.export_dialog import ExportDialog
@@ -57,6 +57,13 @@ class SqlConsoleScreen(AtlasScreen):
     def on_mount(self) -> None:
         self.query_one("#sql-error").display = False
         self.query_one("#sql-input", Input).focus()
+        changed = self.atlas_app.source.schema.changed_views
+        if changed:  # safe mode, said once: the engine shadows these with sae-atlas's own definitions
+            self.query_one("#sql-status", Static).update(
+                f"note: this atlas's view{'s' * (len(changed) > 1)} {', '.join(changed)} "
+                f"{'are' if len(changed) > 1 else 'is'} not sae-atlas's; queries read sae-atlas's definition "
+                "(main.NAME reads the file's own)"
+            )
 
     # ------------------------------------------------------------ running
     @on(Input.Submitted, "#sql-input")
@@ -81,10 +88,10 @@ class SqlConsoleScreen(AtlasScreen):
             with self.atlas_app.source.open() as atlas:
                 self.running = atlas.conn
                 try:
-                    cols, rows, more = sqlmod.run_page(atlas.conn, sql, offset=offset, limit=PAGE)
+                    cols, rows, more = sqlmod.run_page(atlas, sql, offset=offset, limit=PAGE)
                 finally:
                     self.running = None
-        except BadQuery as e:
+        except AtlasError as e:  # bad SQL, refused, stopped, damaged: one line, inline
             self.post_message(QueryFailed(generation, sql, str(e)))
             return
         except Exception as e:  # e.g. the file vanished: still inline, never a crash
@@ -159,7 +166,7 @@ class SqlConsoleScreen(AtlasScreen):
 
     @work(thread=True, exclusive=True, group="export")
     def export_to(self, sql: str, path: Path) -> None:
-        n = self.read("export", lambda a: sqlmod.export(a.conn, sql, path))
+        n = self.read("export", lambda a: sqlmod.export(a, sql, path))
         if n is not None:
             self.app.call_from_thread(self.notify, f"wrote {n:,} rows to {path}")
 

@@ -1,0 +1,264 @@
+-- sae-atlas schema. One file, applied by atlas.db.create(); versioned with
+-- PRAGMA user_version (see atlas/migrations.py). Every query the CLI and the
+-- TUI run has an index or a named view here.
+--
+-- Naming follows the field: d_model, d_head, d_sae, W_dec, W_enc ...
+-- Phases: 'du' = decoder -> unembedding (what a feature writes to the logits),
+--         'ee' = embedding -> encoder (which input tokens drive a feature).
+
+CREATE TABLE IF NOT EXISTS atlas_info (
+    id                INTEGER PRIMARY KEY CHECK (id = 1),   -- exactly one row
+    schema_version    INTEGER NOT NULL,
+    sae_atlas_version TEXT    NOT NULL,
+    created_at        TEXT    NOT NULL,                     -- ISO-8601 UTC
+    provenance        TEXT    NOT NULL DEFAULT '{}'          -- JSON: every build parameter, sha256 of every weight file
+        CHECK (json_valid(provenance))
+);
+
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS models (
+    model_id        INTEGER PRIMARY KEY,
+    name            TEXT    NOT NULL UNIQUE,                -- short readable name
+    source          TEXT    NOT NULL,                       -- hub id, local path or GGUF file
+    source_kind     TEXT    NOT NULL CHECK (source_kind IN ('hub', 'path', 'gguf', 'synthetic')),
+    architecture    TEXT    NOT NULL,                       -- e.g. LlamaForCausalLM
+    n_layers        INTEGER NOT NULL CHECK (n_layers > 0),
+    d_model         INTEGER NOT NULL CHECK (d_model > 0),
+    n_heads         INTEGER NOT NULL CHECK (n_heads > 0),
+    n_kv_heads      INTEGER NOT NULL CHECK (n_kv_heads > 0),
+    d_head          INTEGER NOT NULL CHECK (d_head > 0),
+    d_vocab         INTEGER NOT NULL CHECK (d_vocab > 0),
+    tied_embeddings INTEGER NOT NULL CHECK (tied_embeddings IN (0, 1)),
+    norm_kind       TEXT    NOT NULL CHECK (norm_kind IN ('layernorm', 'rmsnorm', 'gemma_rmsnorm')),
+    embed_scale     REAL    NOT NULL DEFAULT 1.0,
+    attn_softcap    REAL,
+    final_softcap   REAL,
+    dtype           TEXT,                                   -- dtype the weights were read in
+    sha256          TEXT,                                   -- of the weight file(s), when known
+    notes           TEXT                                    -- e.g. "dequantized Q4_1 GGUF"
+);
+
+CREATE TABLE IF NOT EXISTS saes (
+    sae_id          INTEGER PRIMARY KEY,
+    name            TEXT    NOT NULL UNIQUE,                -- readable prefix, e.g. L12.res; features are L12.res/1234
+    model_id        INTEGER NOT NULL REFERENCES models (model_id) ON DELETE CASCADE,
+    release         TEXT,                                   -- e.g. gemma-scope-2b-pt-res
+    sae_ref         TEXT,                                   -- release-specific id, e.g. layer_12/width_16k/average_l0_82
+    hook_name       TEXT    NOT NULL,                       -- e.g. blocks.12.hook_resid_post
+    site            TEXT    NOT NULL CHECK (site IN ('resid_pre', 'resid_mid', 'resid_post', 'attn_z', 'attn_out', 'mlp_out')),
+    layer           INTEGER NOT NULL CHECK (layer >= 0),
+    d_in            INTEGER NOT NULL CHECK (d_in > 0),
+    d_sae           INTEGER NOT NULL CHECK (d_sae > 0),
+    architecture    TEXT    NOT NULL CHECK (architecture IN ('relu', 'jumprelu', 'topk', 'gated')),
+    k               INTEGER,                                -- for topk SAEs
+    source          TEXT    NOT NULL,                       -- path or hub reference it was read from
+    source_format   TEXT,                                   -- saelens, gemma_scope, llama_scope, kissane, dictionary_learning
+    sha256          TEXT,
+    neuronpedia_id  TEXT,                                   -- e.g. gemma-2-2b/12-gemmascope-res-16k
+    fve             REAL,                                   -- fraction of variance explained (held-out), when known
+    l0              REAL,                                   -- mean active latents per token (held-out), when known
+    dead_fraction   REAL,                                   -- fraction of latents never active (held-out), when known
+    notes           TEXT
+);
+CREATE INDEX IF NOT EXISTS saes_layer ON saes (layer, site);
+
+-- One row per SAE latent, with its scalar weight metrics. NULL = pass not run.
+CREATE TABLE IF NOT EXISTS features (
+    feature_id      INTEGER PRIMARY KEY,                    -- atlas-wide id, used by edges
+    sae_id          INTEGER NOT NULL REFERENCES saes (sae_id) ON DELETE CASCADE,
+    idx             INTEGER NOT NULL CHECK (idx >= 0),      -- latent index within its SAE
+    dec_norm        REAL,                                   -- ||W_dec[f]||
+    enc_norm        REAL,                                   -- ||W_enc[:, f]||
+    b_enc           REAL,
+    threshold       REAL,                                   -- JumpReLU threshold, if any
+    -- decoder -> unembedding statistics over the whole logit vector
+    du_max REAL, du_min REAL, du_mean REAL, du_std REAL, du_skew REAL, du_kurtosis REAL,
+    du_entropy REAL,                                        -- entropy (nats) of softmax(logits)
+    du_top1_z REAL,                                         -- (max - mean) / std
+    -- embedding -> encoder statistics over the whole vocabulary
+    ee_max REAL, ee_min REAL, ee_mean REAL, ee_std REAL, ee_skew REAL, ee_kurtosis REAL,
+    ee_entropy REAL, ee_top1_z REAL,
+    predicts_tokens INTEGER CHECK (predicts_tokens IN (0, 1)),  -- du criterion, see provenance.criteria
+    reads_tokens    INTEGER CHECK (reads_tokens IN (0, 1)),     -- ee criterion (the mirror)
+    -- attention participation summaries over the heads of the layer that reads the site
+    attn_q_mean REAL, attn_k_mean REAL, attn_v_mean REAL,
+    attn_q_max  REAL, attn_k_max  REAL, attn_v_max  REAL,
+    -- hook_z SAEs: head attribution (Kissane et al.)
+    top_head        INTEGER,                                -- head index within the layer
+    top_head_share  REAL,                                   -- its share of ||W_dec[f]||^2
+    UNIQUE (sae_id, idx)
+);
+CREATE INDEX IF NOT EXISTS features_du_top1_z ON features (sae_id, du_top1_z);
+CREATE INDEX IF NOT EXISTS features_du_max ON features (sae_id, du_max);
+CREATE INDEX IF NOT EXISTS features_ee_top1_z ON features (sae_id, ee_top1_z);
+CREATE INDEX IF NOT EXISTS features_attn_q ON features (sae_id, attn_q_mean);
+CREATE INDEX IF NOT EXISTS features_attn_k ON features (sae_id, attn_k_mean);
+CREATE INDEX IF NOT EXISTS features_attn_v ON features (sae_id, attn_v_mean);
+CREATE INDEX IF NOT EXISTS features_ee_max ON features (sae_id, ee_max);
+
+CREATE TABLE IF NOT EXISTS vocab (
+    model_id  INTEGER NOT NULL REFERENCES models (model_id) ON DELETE CASCADE,
+    token_id  INTEGER NOT NULL CHECK (token_id >= 0),
+    raw       TEXT    NOT NULL,                             -- decoded string, whitespace as-is
+    display   TEXT    NOT NULL,                             -- printable: space -> ␣, newline -> ↵ ...
+    key       TEXT    NOT NULL,                             -- lower(strip(raw)), for exact token search
+    PRIMARY KEY (model_id, token_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS vocab_key ON vocab (key, model_id);
+
+-- Top-k tokens per feature, phase and sign. sign +1 = promoted, -1 = suppressed.
+CREATE TABLE IF NOT EXISTS token_scores (
+    feature_id INTEGER NOT NULL REFERENCES features (feature_id) ON DELETE CASCADE,
+    phase      TEXT    NOT NULL CHECK (phase IN ('du', 'ee')),
+    sign       INTEGER NOT NULL CHECK (sign IN (1, -1)),
+    rank       INTEGER NOT NULL CHECK (rank >= 0),          -- 0 = strongest
+    token_id   INTEGER NOT NULL,
+    value      REAL    NOT NULL,
+    PRIMARY KEY (feature_id, phase, sign, rank)
+) WITHOUT ROWID;
+-- reverse search: which features promote / suppress / are driven by a token
+CREATE INDEX IF NOT EXISTS token_scores_token ON token_scores (token_id, phase, sign, rank);
+
+CREATE TABLE IF NOT EXISTS heads (
+    head_pk  INTEGER PRIMARY KEY,
+    model_id INTEGER NOT NULL REFERENCES models (model_id) ON DELETE CASCADE,
+    layer    INTEGER NOT NULL CHECK (layer >= 0),
+    head     INTEGER NOT NULL CHECK (head >= 0),
+    kv_group INTEGER NOT NULL CHECK (kv_group >= 0),         -- key/value head this query head reads
+    UNIQUE (model_id, layer, head)
+);
+
+-- role q/k/v: Liu & Deng participation ||W_X^h (g * d_f)||, normalised;
+-- role o: read through W_O; role attribution: hook_z share of ||W_dec[f]||^2.
+CREATE TABLE IF NOT EXISTS head_scores (
+    feature_id INTEGER NOT NULL REFERENCES features (feature_id) ON DELETE CASCADE,
+    head_pk    INTEGER NOT NULL REFERENCES heads (head_pk) ON DELETE CASCADE,
+    role       TEXT    NOT NULL CHECK (role IN ('q', 'k', 'v', 'o', 'attribution')),
+    score      REAL    NOT NULL,
+    percentile REAL CHECK (percentile BETWEEN 0 AND 100),   -- against random directions of the same norm
+    PRIMARY KEY (feature_id, role, head_pk)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS head_scores_head ON head_scores (head_pk, role, score);
+
+-- Feature -> feature edges. qk/ov go through a head; cosine (neighbours within
+-- an SAE) and flow (decoder matching across adjacent SAEs) have no head.
+CREATE TABLE IF NOT EXISTS edges (
+    edge_id     INTEGER PRIMARY KEY,
+    src_feature INTEGER NOT NULL REFERENCES features (feature_id) ON DELETE CASCADE,
+    dst_feature INTEGER NOT NULL REFERENCES features (feature_id) ON DELETE CASCADE,
+    head_pk     INTEGER REFERENCES heads (head_pk) ON DELETE CASCADE,
+    kind        TEXT    NOT NULL CHECK (kind IN ('qk', 'ov', 'cosine', 'flow')),
+    score       REAL    NOT NULL,
+    rank        INTEGER NOT NULL CHECK (rank >= 0)
+);
+CREATE INDEX IF NOT EXISTS edges_src ON edges (src_feature, kind, head_pk, rank);
+CREATE INDEX IF NOT EXISTS edges_dst ON edges (dst_feature, kind);
+
+CREATE TABLE IF NOT EXISTS labels (
+    label_id   INTEGER PRIMARY KEY,
+    feature_id INTEGER NOT NULL REFERENCES features (feature_id) ON DELETE CASCADE,
+    text       TEXT    NOT NULL,
+    kind       TEXT    NOT NULL CHECK (kind IN ('semantic', 'non_semantic', 'free')),
+    source     TEXT    NOT NULL,                            -- heuristic, user, or import:<name>
+    score      REAL,
+    evidence   TEXT CHECK (evidence IS NULL OR json_valid(evidence)),
+    created_at TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS labels_feature ON labels (feature_id, source);
+CREATE INDEX IF NOT EXISTS labels_kind ON labels (kind, source);
+
+-- Per-layer depth profiles of attention participation, written by the attention pass.
+CREATE TABLE IF NOT EXISTS depth_profiles (
+    sae_id     INTEGER NOT NULL REFERENCES saes (sae_id) ON DELETE CASCADE,
+    layer      INTEGER NOT NULL,                            -- attention layer whose heads were scored
+    role       TEXT    NOT NULL CHECK (role IN ('q', 'k', 'v')),
+    n          INTEGER NOT NULL,
+    mean       REAL, median REAL, p75 REAL,
+    frac_above REAL,                                        -- fraction of (feature, head) above the baseline percentile
+    PRIMARY KEY (sae_id, layer, role)
+) WITHOUT ROWID;
+
+-- Resumable builds: one row per finished unit of work (SAE x pass x feature chunk).
+CREATE TABLE IF NOT EXISTS build_units (
+    sae_id      INTEGER NOT NULL REFERENCES saes (sae_id) ON DELETE CASCADE,
+    pass        TEXT    NOT NULL,
+    chunk_start INTEGER NOT NULL,
+    chunk_end   INTEGER NOT NULL,
+    finished_at TEXT    NOT NULL,
+    PRIMARY KEY (sae_id, pass, chunk_start)
+) WITHOUT ROWID;
+
+-- Full-text search over labels and vocab.
+CREATE VIRTUAL TABLE IF NOT EXISTS labels_fts USING fts5 (
+    text, content = 'labels', content_rowid = 'label_id'
+);
+CREATE TRIGGER IF NOT EXISTS labels_ai AFTER INSERT ON labels BEGIN
+    INSERT INTO labels_fts (rowid, text) VALUES (new.label_id, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS labels_ad AFTER DELETE ON labels BEGIN
+    INSERT INTO labels_fts (labels_fts, rowid, text) VALUES ('delete', old.label_id, old.text);
+END;
+CREATE TRIGGER IF NOT EXISTS labels_au AFTER UPDATE ON labels BEGIN
+    INSERT INTO labels_fts (labels_fts, rowid, text) VALUES ('delete', old.label_id, old.text);
+    INSERT INTO labels_fts (rowid, text) VALUES (new.label_id, new.text);
+END;
+
+-- vocab is WITHOUT ROWID, so its FTS index keeps its own copy of the key text.
+CREATE VIRTUAL TABLE IF NOT EXISTS vocab_fts USING fts5 (
+    key, model_id UNINDEXED, token_id UNINDEXED, tokenize = 'trigram'
+);
+
+-- ---------------------------------------------------------------- views
+
+CREATE VIEW IF NOT EXISTS feature_names AS
+SELECT f.feature_id, s.name || '/' || f.idx AS name, f.sae_id, s.name AS sae, f.idx,
+       s.layer, s.site, s.model_id
+FROM features f JOIN saes s USING (sae_id);
+
+CREATE VIEW IF NOT EXISTS features_view AS
+SELECT s.name || '/' || f.idx AS name, s.name AS sae, s.layer, s.site, f.*,
+       (SELECT l.kind FROM labels l WHERE l.feature_id = f.feature_id AND l.source = 'heuristic'
+        ORDER BY l.label_id DESC LIMIT 1) AS label_kind
+FROM features f JOIN saes s USING (sae_id);
+
+CREATE VIEW IF NOT EXISTS token_scores_view AS
+SELECT fn.name AS feature, ts.feature_id, ts.phase, ts.sign, ts.rank, ts.token_id,
+       v.display AS token, ts.value
+FROM token_scores ts
+JOIN feature_names fn USING (feature_id)
+LEFT JOIN vocab v ON v.model_id = fn.model_id AND v.token_id = ts.token_id;
+
+CREATE VIEW IF NOT EXISTS head_scores_view AS
+SELECT fn.name AS feature, hs.feature_id, h.layer, h.head, h.kv_group, hs.role,
+       hs.score, hs.percentile
+FROM head_scores hs
+JOIN feature_names fn USING (feature_id)
+JOIN heads h USING (head_pk);
+
+CREATE VIEW IF NOT EXISTS edges_view AS
+SELECT e.edge_id, e.kind, src.name AS src, dst.name AS dst, h.layer AS head_layer,
+       h.head, e.score, e.rank, e.src_feature, e.dst_feature
+FROM edges e
+JOIN feature_names src ON src.feature_id = e.src_feature
+JOIN feature_names dst ON dst.feature_id = e.dst_feature
+LEFT JOIN heads h USING (head_pk);
+
+CREATE VIEW IF NOT EXISTS labels_view AS
+SELECT fn.name AS feature, l.*
+FROM labels l JOIN feature_names fn USING (feature_id);
+
+CREATE VIEW IF NOT EXISTS sae_summary AS
+SELECT s.sae_id, s.name, s.layer, s.site, s.d_sae,
+       COUNT(f.feature_id)               AS n_features,
+       AVG(f.predicts_tokens)            AS frac_predicts_tokens,
+       AVG(f.reads_tokens)               AS frac_reads_tokens,
+       AVG(f.attn_q_mean)                AS attn_q_mean,
+       AVG(f.attn_k_mean)                AS attn_k_mean,
+       AVG(f.attn_v_mean)                AS attn_v_mean
+FROM saes s LEFT JOIN features f USING (sae_id)
+GROUP BY s.sae_id;

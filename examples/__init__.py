@@ -1,0 +1,1 @@
+"""Worked examples that use sae-atlas: not part of the installed package (see ``[tool.setuptools]``)."""
