@@ -43,7 +43,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builders.train import encode, load_saelens_folder  # noqa: E402
+from examples.smollm2.saelens_files import load_saelens_folder  # noqa: E402
+from examples.smollm2.topk import encode  # noqa: E402
 
 MODEL_ID = "smollm2-135m-instruct"
 SAES = {  # atlas SAE name -> (folder under examples/smollm2, Neuronpedia-style source id)
