@@ -75,6 +75,8 @@ COLUMN_WORDS: dict[str, str] = {
     "notes": "free-text notes", "evidence": "JSON: what the label rests on (scores, tokens, the imported row's id)",
 }  # fmt: skip
 
+FOREIGN = "not defined by sae-atlas: served as the file has it"
+
 # Tables and views schema.sql has no comment above.
 DESCRIPTIONS: dict[str, str] = {
     "atlas_info": "One row: the schema version, what wrote the atlas and when, every build parameter (provenance, "
@@ -228,7 +230,13 @@ def describe(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
 
     for name in sorted(sql_of):
         info = from_schema.get(name, {"description": ""})
-        cols = {col: column_text(name, col, frozenset()) for col in _columns(conn, name)}
+        try:
+            cols = {col: column_text(name, col, frozenset()) for col in _columns(conn, name)}
+        except sqlite3.Error:  # an object sae-atlas did not define, unreadable on a defensive connection
+            cols = {}
+        if name not in from_schema and name not in DESCRIPTIONS:
+            info = {"description": FOREIGN}
+            cols = {c: text or FOREIGN for c, text in cols.items()}
         if name == "labels_fts":
             cols = {c: "label text, full-text indexed (labels.text)" for c in cols}
         elif name == "vocab_fts":

@@ -71,7 +71,17 @@ def serve(atlas: Path | None, db: Path | None, port: int, open_browser: bool, pr
 
     path = resolve_db_path(atlas or db)
     with open_atlas(path) as opened:  # what the atlas library refuses, serve refuses
+        changed = opened.schema.changed_views + opened.schema.changed_triggers
+        if changed:  # Datasette would show them as the file has them, under sae-atlas's names and descriptions
+            raise click.ClickException(
+                f"{path}: {', '.join(changed[:3])} differ from sae-atlas's own, and Datasette would serve them as "
+                "they are: `sae-atlas validate` lists them; `sae-atlas export` makes a clean copy"
+            )
         metadata = build_metadata(opened)
+        others = opened.schema.other_objects
+    if others and not print_metadata:
+        click.echo(f"note: {path} also holds objects sae-atlas did not define, served as they are: "
+                   f"{', '.join(others[:5])}", err=True)  # fmt: skip
     if print_metadata:
         click.echo(json.dumps(metadata, indent=2, ensure_ascii=False))
         return

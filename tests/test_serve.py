@@ -172,6 +172,27 @@ def test_serve_refuses_what_the_atlas_library_refuses(
     assert r.exit_code == 1 and f"port {port} on 127.0.0.1 is in use" in r.output
 
 
+def test_serve_refuses_changed_views_and_marks_objects_of_its_own(runner: CliRunner, full_atlas: Path) -> None:
+    import sqlite3
+
+    from atlas.datasette_metadata import FOREIGN
+
+    conn = sqlite3.connect(full_atlas)
+    conn.execute("CREATE VIEW my_notes AS SELECT 1 AS x")
+    conn.commit()
+    r = runner.invoke(cli, ["serve", str(full_atlas), "--print-metadata"])
+    assert r.exit_code == 0, r.output
+    mine = json.loads(r.stdout)["databases"][full_atlas.stem]["tables"]["my_notes"]
+    assert mine["description"] == FOREIGN and mine["columns"] == {"x": FOREIGN}
+    conn.execute("DROP VIEW features_view")
+    conn.execute("CREATE VIEW features_view AS SELECT 'L2.res/0' AS name, 99.0 AS du_top1_z")  # a view that lies
+    conn.commit()
+    conn.close()
+    r = runner.invoke(cli, ["serve", str(full_atlas)])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert "features_view differ from sae-atlas's own" in r.output
+
+
 # ---------------------------------------------------------------- the real server
 @pytest.fixture
 def served(full_atlas: Path):
