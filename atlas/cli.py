@@ -44,6 +44,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "browse": ("tui.cli", "browse", "Browse an atlas in the terminal (Textual).", "textual: pip install 'sae-atlas'"),
     "report": ("atlas.report", "report", "Write the paper-style report of an atlas.", "matplotlib: pip install 'sae-atlas'"),
     "registry": ("builders.registry_cli", "registry", "Show or update SAELens's registry of pretrained dictionaries.", "the build extra: pip install 'sae-atlas[build]'"),
+    "import": ("atlas.neuronpedia.cli", "import_group", "Import Neuronpedia's public exports.", "sae-atlas"),
+    "serve": ("atlas.serve", "serve", "Serve the atlas read-only in Datasette on 127.0.0.1.", "Datasette: pip install 'sae-atlas[web]'"),
 }  # fmt: skip
 
 
@@ -381,13 +383,16 @@ def show(feature: str, db: Path | None, k: int, edge_limit: int, as_json: bool) 
         else:  # the edge_limit strongest edges of each kind, ranked per kind in SQL
             card = atlas.card(feature, k=k, edge_limit=edge_limit)
         criteria = read_verdict_criteria(atlas.conn)  # only that part of the (kilobytes of) provenance
+        from atlas.neuronpedia import card_extras
+
+        np_card = card_extras(atlas, card.feature.feature_id)
     if as_json:
-        click.echo(dump_json(dataclasses.asdict(card)))
+        click.echo(dump_json({**dataclasses.asdict(card), "neuronpedia": np_card.as_dict()}))
         return
-    click.echo(render_card(card, k=k, edge_limit=edge_limit, criteria=criteria))
+    click.echo(render_card(card, k=k, edge_limit=edge_limit, criteria=criteria, neuronpedia=np_card))
 
 
-def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = None) -> str:
+def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = None, neuronpedia: Any = None) -> str:
     f = card.feature
     m = f.metrics
     out = [f"{f.name}  (#{f.feature_id})  layer {f.layer} {f.site}"]
@@ -423,6 +428,10 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
         width = max(len(t.token) for t in scores)
         for t in scores:
             out.append(f"  {t.token:<{min(width, 24)}}  {t.value:+9.4f}  {_bar(abs(t.value) / top)}")
+    if neuronpedia is not None:  # its URL, its logit table's agreement with du, activation examples
+        from atlas.neuronpedia import card_lines
+
+        out += card_lines(neuronpedia, k=k)
     if card.heads:
         out.append("\nheads (role layer.head score percentile)")
         by_role: dict[str, list] = {}
@@ -784,12 +793,25 @@ WITH_OVERLAY_HELP = "Also copy your label overlay's labels (see `sae-atlas label
 
 
 @cli.command()
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
 @db_option
 @click.option("--sae", "saes", multiple=True, help="SAE to keep (repeat for several; default: every SAE)")
 @click.option("--with-overlay", is_flag=True, help=WITH_OVERLAY_HELP)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists")
-def export(out: Path, db: Path | None, saes: tuple[str, ...], with_overlay: bool, force: bool) -> None:
+@click.option(
+    "--format", "out_format", type=click.Choice(["atlas", "neuronpedia"]), default="atlas", show_default=True,
+    help="atlas: a new atlas file; neuronpedia: folders OUT/<model>/<source>/ in Neuronpedia's export layout",
+)  # fmt: skip
+@click.option("--model-id", default=None, help="neuronpedia: the model id (default: the model's name, URL-safe)")
+@click.option(
+    "--source-set", default=None, help="neuronpedia: sources are <layer>-<set> (default set: sae-atlas-<site>)"
+)
+@click.option("--labels", "np_labels", is_flag=True, help="neuronpedia: also write the labels as explanations")
+@click.option("--plain", is_flag=True, help="neuronpedia: write .jsonl files, not .jsonl.gz")
+def export(
+    out: Path, db: Path | None, saes: tuple[str, ...], with_overlay: bool, force: bool, out_format: str,
+    model_id: str | None, source_set: str | None, np_labels: bool, plain: bool,
+) -> None:  # fmt: skip
     """Write OUT, a self-contained atlas with only the SAEs named by --sae (all of them by default).
 
     It keeps the model, vocabulary and heads, those SAEs' features and every
@@ -797,20 +819,50 @@ def export(out: Path, db: Path | None, saes: tuple[str, ...], with_overlay: bool
     own identity) at the current schema, yours to write; --with-overlay folds
     your overlay labels into it. OUT appears only when complete.
 
+    --format neuronpedia writes the SAEs' features the way Neuronpedia's
+    exports lay them out (features/batch-N.jsonl.gz: the du lists as
+    pos_str/neg_str, decoder-cosine neighbours as topkCosSimIndices), ready to
+    load into a Neuronpedia instance; `import neuronpedia` reads them back.
+
     \b
     Example:
         sae-atlas export --sae L2.res --sae L8.res early.db
         sae-atlas export --with-overlay mine.db
+        sae-atlas export --format neuronpedia --sae L26.res np-export
     """
     from atlas.maintenance import export_atlas
 
     src = resolve_db_path(db)
+    if out_format == "neuronpedia":
+        if with_overlay:
+            raise click.UsageError("--with-overlay goes with --format atlas")
+        _export_neuronpedia(src, out, saes, force, model_id, source_set, np_labels, plain)
+        return
+    if model_id or source_set or np_labels or plain:
+        raise click.UsageError("--model-id, --source-set, --labels and --plain go with --format neuronpedia")
+    if out.is_dir():
+        raise click.ClickException(f"{out}: is a folder; give the atlas file to write")
     _refuse_bundled_output(out)
     with open_ro(src) as atlas:
         names = list(saes) or [s.name for s in atlas.saes()]
         folding = atlas.overlay_store().all_labels() if with_overlay else None
     counts, note = _with_folded(out, force, folding, lambda tmp: export_atlas(src, tmp, names, overwrite=True))
     click.echo(f"wrote {out}: {counts['saes']} SAEs, {counts['features']:,} features, {counts['edges']:,} edges{note}")
+
+
+def _export_neuronpedia(
+    src: Path, out: Path, saes: tuple[str, ...], force: bool, model_id: str | None, source_set: str | None,
+    labels: bool, plain: bool,
+) -> None:  # fmt: skip
+    from atlas.neuronpedia.exporter import export_neuronpedia
+
+    _refuse_bundled_output(out)
+    with open_ro(src) as atlas:
+        written = export_neuronpedia(atlas, out, list(saes), model_id=model_id, set_name=source_set,
+                                     labels=labels, compress=not plain, force=force)  # fmt: skip
+    for w in written:
+        expl = f", {w.explanations:,} explanations" if labels else ""
+        click.echo(f"wrote {w.folder}: {w.sae} as {w.neuronpedia_id}, {w.features:,} features{expl}")
 
 
 @cli.command()

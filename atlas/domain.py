@@ -93,5 +93,7 @@ TABLES: tuple[Table, ...] = (
     Table("labels", "label_id", {"feature_id": "features"}),
     Table("depth_profiles", None, {"sae_id": "saes"}),
     Table("build_units", None, {"sae_id": "saes"}),
+    Table("neuronpedia_agreement", None, {"feature_id": "features"}),  # schema 3: absent from older files
+    Table("activation_examples", "example_id", {"feature_id": "features"}),  # schema 3
 )
 TABLE_BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}

@@ -153,6 +153,8 @@ def export_atlas(
                 conn.execute("CREATE TEMP TABLE keep_saes (sae_id INTEGER PRIMARY KEY)")
                 conn.executemany("INSERT INTO temp.keep_saes VALUES (?)", [(i,) for i in sae_ids])
                 for table in TABLES:
+                    if not columns(conn, table.name, "src"):  # a table of a later schema than the source's
+                        continue
                     _copy_kept(conn, table, seeds.get(table.name))
                     if table.name == "vocab":
                         _refill_vocab_fts(conn)
@@ -341,7 +343,8 @@ def _merge_one(conn: sqlite3.Connection, b: str, path: Path) -> tuple[list[str],
         added, shared = _map_saes(conn, b, path)
         _map_features(conn, b)
         for table in TABLES[TABLES.index(TABLE_BY_NAME["features"]) + 1 :]:
-            _add_mapped(conn, b, table)
+            if columns(conn, table.name, b) and columns(conn, table.name):  # else one holds an older schema
+                _add_mapped(conn, b, table)
     finally:
         conn.row_factory = None
     return added, shared

@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Callable
 from importlib import resources
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Step = str | Callable[[sqlite3.Connection], None] | None
 
@@ -169,17 +169,48 @@ def _to_v2(conn: sqlite3.Connection) -> None:
     create_views(conn)
 
 
+# Schema 3's objects (Neuronpedia agreement, activation examples and their views), by name.
+V3_TABLES = ("neuronpedia_agreement", "activation_examples")
+V3_INDEXES = ("neuronpedia_agreement_pos",)
+V3_VIEWS = ("neuronpedia_view", "activation_examples_view")
+
+
+def _to_v3(conn: sqlite3.Connection) -> None:
+    """Neuronpedia agreement and activation-example tables, neuronpedia_view and activation_examples_view.
+
+    Only these objects, taken from schema.sql by name, so the step stands alone
+    whatever other migrations come before or after it.
+    """
+    for name in V3_TABLES:
+        conn.execute(table_statement(name))
+    for name in V3_INDEXES:
+        conn.execute(index_statement(name))
+    views = dict(view_statements())
+    for name in V3_VIEWS:
+        conn.execute(views[name])
+
+
+def index_statement(name: str) -> str:
+    """The CREATE INDEX statement of one index in schema.sql."""
+    for statement in split_sql(schema_file_sql()):
+        if re.match(rf"(?:--[^\n]*\n\s*)*CREATE\s+INDEX\s+IF\s+NOT\s+EXISTS\s+{name}\s", statement, re.I):
+            return statement
+    raise KeyError(name)
+
+
 # (version, name, step run to go from version-1 to version). Version 1 is the base schema.
 MIGRATIONS: list[tuple[int, str, Step]] = [
     (1, "initial schema", None),
     (2, "atlas identity, labels FTS as sqlite-utils declares it, raw token text in token_scores_view", _to_v2),
+    (3, "Neuronpedia agreement and activation examples", _to_v3),
 ]
 
 assert [v for v, _, _ in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 
 # Versions whose data tables (all but atlas_info and the FTS objects) are the current
-# ones, column for column: export and merge copy rows out of them as they are.
-SAME_DATA_TABLES = frozenset({1, 2})
+# ones, column for column: export and merge copy rows out of them as they are. A table
+# a later version added (schema 3's) is simply absent from an older file: nothing to copy.
+SAME_DATA_TABLES = frozenset({1, 2, 3})
 
 
 @functools.lru_cache(maxsize=1)

@@ -208,6 +208,39 @@ CREATE VIRTUAL TABLE IF NOT EXISTS vocab_fts USING fts5 (
     key, model_id UNINDEXED, token_id UNINDEXED, tokenize = 'trigram'
 );
 
+-- Schema 3 (Neuronpedia, `sae-atlas import neuronpedia`). Neuronpedia's logit tables (pos_str /
+-- neg_str of its export, d_f @ W_U) beside this atlas's du lists, one row per imported feature:
+-- how far the two agree among the top top_n tokens of each list. Re-importing replaces the row.
+CREATE TABLE IF NOT EXISTS neuronpedia_agreement (
+    feature_id     INTEGER PRIMARY KEY REFERENCES features (feature_id) ON DELETE CASCADE,
+    neuronpedia_id TEXT    NOT NULL,                        -- model/source the rows came from, e.g. gemma-2-2b/12-gemmascope-res-16k
+    top_n          INTEGER NOT NULL CHECK (top_n > 0),      -- tokens compared from the top of each list
+    pos_n          INTEGER,                                 -- promoted tokens compared: min(top_n, both lists' lengths); NULL = a list is missing
+    pos_shared     INTEGER,                                 -- promoted tokens in both top lists
+    pos_rank_corr  REAL,                                    -- Spearman's rho of the shared promoted tokens' ranks (NULL below 3 shared)
+    neg_n          INTEGER,                                 -- suppressed tokens compared
+    neg_shared     INTEGER,                                 -- suppressed tokens in both top lists
+    neg_rank_corr  REAL,                                    -- Spearman's rho of the shared suppressed tokens' ranks (NULL below 3 shared)
+    pos_str        TEXT CHECK (pos_str IS NULL OR json_valid(pos_str)),  -- Neuronpedia's top promoted tokens (JSON list, best first)
+    neg_str        TEXT CHECK (neg_str IS NULL OR json_valid(neg_str)),  -- Neuronpedia's top suppressed tokens (JSON list, best first)
+    imported_at    TEXT    NOT NULL                         -- ISO-8601 UTC
+);
+CREATE INDEX IF NOT EXISTS neuronpedia_agreement_pos ON neuronpedia_agreement (pos_shared, pos_rank_corr);
+
+-- Activation examples (`sae-atlas import neuronpedia --activations N`): the N strongest contexts per
+-- feature, each trimmed to a window of tokens around its most active one.
+CREATE TABLE IF NOT EXISTS activation_examples (
+    example_id INTEGER PRIMARY KEY,
+    feature_id INTEGER NOT NULL REFERENCES features (feature_id) ON DELETE CASCADE,
+    source     TEXT    NOT NULL,                            -- where it came from: neuronpedia:<model>/<source>
+    rank       INTEGER NOT NULL CHECK (rank >= 0),          -- 0 = highest maximum activation
+    tokens     TEXT    NOT NULL CHECK (json_valid(tokens)), -- JSON list of the window's token strings, whitespace as-is
+    acts       TEXT    NOT NULL CHECK (json_valid(acts)),   -- JSON list of the activations, one per token (4 significant digits)
+    max_value  REAL    NOT NULL,                            -- the example's highest activation
+    max_index  INTEGER NOT NULL CHECK (max_index >= 0),     -- position of that token in the window
+    UNIQUE (feature_id, source, rank)
+);
+
 -- ---------------------------------------------------------------- views
 
 CREATE VIEW IF NOT EXISTS feature_names AS
@@ -260,3 +293,18 @@ SELECT s.sae_id, s.name, s.layer, s.site, s.d_sae,
        AVG(f.attn_v_mean)                AS attn_v_mean
 FROM saes s LEFT JOIN features f USING (sae_id)
 GROUP BY s.sae_id;
+
+
+-- Neuronpedia agreement per feature, the overlap as a fraction, and the feature's page on neuronpedia.org
+-- when its SAE's neuronpedia_id is known (the agreement's own neuronpedia_id says where the rows came from).
+CREATE VIEW IF NOT EXISTS neuronpedia_view AS
+SELECT fn.name AS feature, a.feature_id, fn.sae,
+       CAST(a.pos_shared AS REAL) / NULLIF(a.pos_n, 0) AS pos_overlap, a.pos_rank_corr,
+       CAST(a.neg_shared AS REAL) / NULLIF(a.neg_n, 0) AS neg_overlap, a.neg_rank_corr,
+       a.pos_str, a.neg_str, a.neuronpedia_id,
+       'https://www.neuronpedia.org/' || s.neuronpedia_id || '/' || fn.idx AS neuronpedia_url  -- NULL: id unknown
+FROM neuronpedia_agreement a JOIN feature_names fn USING (feature_id) JOIN saes s ON s.sae_id = fn.sae_id;
+
+CREATE VIEW IF NOT EXISTS activation_examples_view AS
+SELECT fn.name AS feature, e.*
+FROM activation_examples e JOIN feature_names fn USING (feature_id);

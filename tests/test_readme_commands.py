@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 EXAMPLE = ROOT / "atlas.db.example"
 NOT_AN_ATLAS_COMMAND = {"build", "registry"}  # registry: about SAELens names; `update` needs the network
+# serve runs until stopped: tests/test_serve.py starts it for real (its --print-metadata example runs here)
+LONG_RUNNING = {"serve"}
 # What a command prints when it found nothing: none of the examples may print this.
 EMPTY = re.compile(r"^(no |\(no rows\)|\(none\)|nothing )")
 
@@ -61,6 +63,8 @@ def help_examples() -> list[tuple[str, list[str]]]:
         block = text.split("Example:", 1)[1].split("\n\n", 1)[0]
         cmds = _commands([line.strip().rstrip("\\") for line in block.splitlines()])
         assert cmds, f"sae-atlas {name} -h: no commands in its Example block"
+        if name in LONG_RUNNING:
+            cmds = [argv for argv in cmds if "--print-metadata" in argv]
         out += [(name or "sae-atlas", argv) for argv in cmds]
     return out
 
@@ -74,6 +78,7 @@ def user_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["migrate", "-o", str(d / "my.db")],
         ["export", "--sae", "L2.res", "--sae", "L8.res", str(d / "early.db")],
         ["export", "--sae", "L20.res", "--sae", "L26.res", str(d / "late.db")],
+        ["export", "--format", "neuronpedia", "--sae", "L26.res", str(d / "np")],  # what `import -h` reads
     ):
         r = runner.invoke(cli, argv, env={"SAE_ATLAS_DB": None})
         assert r.exit_code == 0, r.output

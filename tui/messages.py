@@ -63,6 +63,7 @@ class CountLoaded(_Msg):
 class CardLoaded(_Msg):
     card: FeatureCard
     criteria: dict[str, Any] = field(default_factory=dict)
+    neuronpedia: Any = None  # atlas.neuronpedia.NeuronpediaCard: URL, agreement, activation examples
 
 
 @dataclass

@@ -16,6 +16,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Header, Static
 
 from atlas.db import Atlas
+from atlas.names import display_token
+from atlas.neuronpedia import NeuronpediaCard, card_extras, describe_list, running_text
 from atlas.provenance import read_verdict_criteria
 from atlas.types import FeatureCard
 from tui.history import History
@@ -36,6 +38,7 @@ class FeatureCardScreen(AtlasScreen):
         Binding("alt+right", "forward", "Forward", id="card.forward"),
         Binding("l", "label", "Label", id="card.label"),
         Binding("e", "focus_edges", "Edges", id="card.edges"),
+        Binding("u", "copy_url", "Copy URL", id="card.copy_url"),  # shown when the feature's Neuronpedia URL is known
         Binding("escape,q", "close", "Close", id="card.close"),
     ]
 
@@ -45,6 +48,7 @@ class FeatureCardScreen(AtlasScreen):
         self.pending = feature_id  # shown when the screen is next mounted or resumed
         self.base = 0  # history position this visit of the screen started at
         self.card: FeatureCard | None = None
+        self.neuronpedia: NeuronpediaCard | None = None
         self.preloaded: CardLoaded | None = None  # read before the push, drawn on mount
 
     def compose(self) -> ComposeResult:
@@ -57,6 +61,7 @@ class FeatureCardScreen(AtlasScreen):
                 yield TokenBars("suppressed", style="red", id="tok-suppressed")
                 yield TokenBars("input tokens (W_E·W_enc)", style="cyan", id="tok-inputs")
             yield Static("", id="card-labels")
+            yield Static("", id="card-neuronpedia")  # shown when there is something of Neuronpedia to show
             yield Static("[b]heads[/b]", classes="section")
             yield HeadBars(id="card-heads")
             yield Static("[b]edges and neighbours[/b]  (enter opens)", classes="section")
@@ -123,6 +128,20 @@ class FeatureCardScreen(AtlasScreen):
         if self.card is not None:
             self.atlas_app.edit_label(self.card.feature.feature_id)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "copy_url":  # hidden from the key bar when the feature has no known URL
+            return bool(self.url)
+        return True
+
+    @property
+    def url(self) -> str | None:
+        return getattr(self.neuronpedia, "url", None)
+
+    def action_copy_url(self) -> None:
+        if self.url:
+            self.app.copy_to_clipboard(self.url)
+            self.notify(f"copied {self.url}")
+
     def action_focus_edges(self) -> None:
         table = self.query_one("#card-edges", DataTable)
         self.set_focus(table)  # now, so a down key typed right after `e` moves in the table
@@ -158,6 +177,12 @@ class FeatureCardScreen(AtlasScreen):
         self.query_one("#tok-suppressed", TokenBars).set_scores(card.suppressed)
         self.query_one("#tok-inputs", TokenBars).set_scores(card.inputs)
         self.query_one("#card-labels", Static).update(_labels_text(card))
+        self.neuronpedia = msg.neuronpedia
+        np_text = neuronpedia_text(msg.neuronpedia)
+        np_widget = self.query_one("#card-neuronpedia", Static)
+        np_widget.update(np_text or "")
+        np_widget.display = np_text is not None
+        self.refresh_bindings()
         self.query_one(HeadBars).set_scores(card.heads)
         self.query_one("#card-edges", DataTable).clear()
         # The edge table sits below the fold and measures every cell before its first
@@ -191,7 +216,40 @@ class FeatureCardScreen(AtlasScreen):
 
 def read_card(atlas: Atlas, feature_id: int) -> CardLoaded:
     """Everything the card shows, read in the calling (worker) thread."""
-    return CardLoaded(atlas.card(feature_id), read_verdict_criteria(atlas.conn))
+    return CardLoaded(atlas.card(feature_id), read_verdict_criteria(atlas.conn), card_extras(atlas, feature_id))
+
+
+def neuronpedia_text(np: NeuronpediaCard | None) -> Text | None:
+    """The card's Neuronpedia section: URL, agreement with du, activation examples (active tokens shaded)."""
+    if np is None or not (np.url or np.agreement or np.examples):
+        return None
+    t = Text("Neuronpedia", style="bold")
+    if np.url:
+        t.append(f"  {np.url}")
+        t.append("  (u copies it)", style="dim")
+    a = np.agreement
+    if a:
+        t.append(f"\n  its logit table ({a.neuronpedia_id}) against du, top {a.top_n}: ", style="dim")
+        t.append(f"promoted {describe_list(a.pos_n, a.pos_shared, a.pos_rank_corr)}")
+        t.append(" · ", style="dim")
+        t.append(f"suppressed {describe_list(a.neg_n, a.neg_shared, a.neg_rank_corr)}")
+        for title, toks in (("promotes", a.pos_str), ("suppresses", a.neg_str)):
+            if toks:
+                t.append(f"\n  Neuronpedia {title}: ", style="dim")
+                t.append(" ".join(display_token(tok) for tok in toks))
+    if np.examples:
+        t.append(f"\nactivation examples ({np.examples[0].source})", style="bold")
+        for ex in np.examples:
+            t.append(f"\n  {fmt(ex.max_value, 2):>8}  ", style="dim")
+            top = ex.max_value if ex.max_value > 0 else 1.0
+            for i, tok in enumerate(ex.tokens):
+                act = ex.acts[i] if i < len(ex.acts) else 0.0
+                if act > 0:  # shaded by activation, as Neuronpedia draws them
+                    g = int(70 + 150 * min(1.0, act / top))
+                    t.append(running_text(tok), style=f"{'bold ' if i == ex.max_index else ''}black on rgb(0,{g},0)")
+                else:
+                    t.append(running_text(tok))
+    return t
 
 
 def _labels_text(card: FeatureCard) -> Text:
