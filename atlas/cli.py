@@ -781,9 +781,12 @@ def validate(ctx: click.Context, db: Path | None, quick: bool, as_json: bool) ->
         click.echo(dump_json({"path": rep.path, "ok": rep.ok, "checks": [dataclasses.asdict(c) for c in rep.checks]}))
     else:
         for c in rep.checks:
-            click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}" + (f": {c.detail}" if c.detail else ""))
+            mark = "FAIL" if not c.ok else "warn" if c.warn else "ok  "
+            click.echo(f"{mark}  {c.name}" + (f": {c.detail}" if c.detail else ""))
         n_bad = sum(not c.ok for c in rep.checks)
-        click.echo(f"{rep.path}: " + ("valid" if rep.ok else f"INVALID ({n_bad} failed check{'s' * (n_bad > 1)})"))
+        n_warn = sum(c.warn for c in rep.checks)
+        warned = f" ({n_warn} warning{'s' * (n_warn > 1)})" if n_warn else ""
+        click.echo(f"{rep.path}: " + ("valid" + warned if rep.ok else f"INVALID ({n_bad} failed check{'s' * (n_bad > 1)})"))
     if not rep.ok:
         ctx.exit(1)
 

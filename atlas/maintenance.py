@@ -71,6 +71,7 @@ class Check:
     name: str
     ok: bool
     detail: str = ""
+    warn: bool = False  # passed, but something a reader should know (same-index edges far above chance)
 
 
 @dataclass
@@ -82,8 +83,8 @@ class ValidationReport:
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
-    def add(self, name: str, ok: bool, detail: str = "") -> None:
-        self.checks.append(Check(name, bool(ok), detail))
+    def add(self, name: str, ok: bool, detail: str = "", warn: bool = False) -> None:
+        self.checks.append(Check(name, bool(ok), detail, bool(warn)))
 
 
 def validate(path: str | os.PathLike, *, quick: bool = False) -> ValidationReport:
@@ -113,11 +114,14 @@ def validate(path: str | os.PathLike, *, quick: bool = False) -> ValidationRepor
         _check(rep, "token ids within the vocabulary", lambda: _check_token_ids(atlas.conn))
         _check(rep, "token score ranks contiguous", lambda: _check_ranks(atlas.conn))
         _check(rep, "heads within the model", lambda: _check_heads(atlas.conn))
+        if not quick:
+            _check(rep, "same-index edges against chance", lambda: _check_same_index(atlas.conn))
     finally:
         atlas.close()
     return rep
 
 
+WARN = object()  # a check returns (True, detail, WARN) to pass with a warning
 MAX_EXAMPLES = 5  # examples named in a failed check's detail
 MAX_DETAIL = 400  # characters of one detail line
 
@@ -133,7 +137,9 @@ def _check(rep: ValidationReport, name: str, fn: Any) -> None:
     except (AtlasError, TypeError, ValueError, UnicodeDecodeError, OverflowError) as e:
         out = (False, f"could not run on this data: {e}")
     ok, detail, *renamed = out
-    rep.add(renamed[0] if renamed else name, ok, _clip(detail))
+    warn = bool(renamed and renamed[-1] is WARN)
+    renamed = [r for r in renamed if r is not WARN]
+    rep.add(renamed[0] if renamed else name, ok, _clip(detail), warn)
 
 
 def _clip(text: str) -> str:
@@ -402,3 +408,11 @@ def _check_heads(conn: sqlite3.Connection) -> tuple[bool, str]:
         "WHERE h.layer >= m.n_layers OR h.head >= m.n_heads OR h.kv_group >= m.n_kv_heads"
     ).fetchone()[0]
     return n == 0, f"{n:,} heads outside n_layers/n_heads" if n else ""
+
+
+def _check_same_index(conn: sqlite3.Connection) -> tuple:
+    """Warn (never fail) when cross-dictionary edges join same-index features far above chance."""
+    from atlas.same_index import same_index_check
+
+    check = same_index_check(conn)
+    return (True, check.summary(), WARN) if check.flagged else (True, check.summary())

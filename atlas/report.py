@@ -31,6 +31,8 @@ import numpy as np
 from atlas import stats
 from atlas.errors import AtlasError
 from atlas.provenance import read_provenance, verdict_criteria
+from atlas.same_index import SameIndexCheck, same_index_check
+from atlas.same_index import markdown as same_index_markdown
 
 ROLE_COLORS = {"q": "#1f77b4", "k": "#d62728", "v": "#2ca02c"}
 GROUP_COLORS = {"semantic": "#9467bd", "non_semantic": "#8c8c8c"}
@@ -53,6 +55,7 @@ class ReportData:
     depth: stats.DepthProfiles | None = None
     variability: list[stats.VariabilityTest] = field(default_factory=list)
     semantic: stats.SemanticSplit | None = None
+    same_index: SameIndexCheck | None = None
     missing: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +112,7 @@ def compute_report(
     if data.depth is not None:
         data.variability = run("qk_variability", lambda: stats.qk_variability(data.depth))
     data.semantic = run("experiment_3", lambda: stats.semantic_split(conn))
+    data.same_index = run("same_index", lambda: same_index_check(conn))
     if data.predicts is None and data.depth is None and data.semantic is None:
         raise AtlasError("nothing to report: " + "; ".join(data.missing[k] for k in sorted(data.missing)))
     return data
@@ -422,6 +426,8 @@ def caveats(data: ReportData) -> list[str]:
     n_saes = len((data.predicts or data.depth or data.semantic).saes)  # type: ignore[union-attr]
     if n_saes < 6:
         out.append(f"Only {n_saes} SAE(s): depth profiles and the across-layer test have little to go on.")
+    if data.same_index is not None and data.same_index.flagged:
+        out.append("Same-index edges: " + data.same_index.summary() + ".")
     for key, why in sorted(data.missing.items()):
         out.append(f"Skipped {key.replace('_', ' ')}: {why}.")
     return out
@@ -465,6 +471,7 @@ def report_json(data: ReportData) -> dict[str, Any]:
             "experiment_1": {"predicts": data.predicts, "token_overlap": data.overlap},
             "experiment_2": {"depth": data.depth, "qk_variability": data.variability},
             "experiment_3": data.semantic,
+            "same_index": data.same_index.as_dict() if data.same_index is not None else None,
             "missing": data.missing,
             "seconds": data.seconds,
         }
@@ -722,6 +729,8 @@ def report_markdown(data: ReportData, figures: list[str]) -> str:
             lines += [f"**{tab.title}**", "", tab.markdown(), ""]
         if fig == "exp2_depth" and data.depth is not None and data.depth.builder:
             lines += _builder_details(data.depth)
+    if data.same_index is not None:
+        lines += ["## Edges between dictionaries: same-index check", "", *same_index_markdown(data.same_index)]
     lines += ["## Method", "", METHOD, ""]
     return "\n".join(lines)
 
