@@ -219,6 +219,9 @@ def criteria_summary(db: Atlas, ctx: Context, writer: Writer) -> dict[str, Any]:
         if p.name not in ctx.cfg.passes or p.criteria is None:
             continue
         for column, crit in p.criteria(ctx).items():
+            if "column" not in crit:  # a rule that sets no features column (the attention baseline): no fraction
+                out[column] = crit
+                continue
             crit["fraction"] = {
                 name: db.feature_mean(sid, column) for name, sid in zip(ctx.names, writer.sae_id, strict=True)
             }

@@ -9,9 +9,13 @@ For each head h of layer l and role X in {q, k, v}:
     score_X[f, h] = raw_X[f, h] / mean_r raw_X[r, h]          ("normalised")
     pct_X[f, h]   = 100 * #{r : score_X[r, h] <= score_X[f, h]} / n_random
 
-where r runs over ``n_random`` seeded isotropic unit directions pushed through
-the same fold: a score of 1.0 is what a random direction of the same norm gets
-on average, and the percentile is against that head's own random baseline.
+where r runs over ``n_random`` seeded random unit directions **of the space the
+SAE writes into** (:func:`builders.passes.common.write_space`), sent to the
+residual stream, normalised and folded exactly as ``d_f`` is: for a hook_z SAE,
+isotropic hook_z directions through ``W_O`` (a hook_z feature can only write
+inside the image of ``W_O``); for a residual SAE or a transcoder, isotropic
+residual directions. A score of 1.0 is what a random direction of that space
+gets on average, and the percentile is against that head's own random baseline.
 The layers read are the SAE's reading layer and the next ``reach - 1``.
 """
 
@@ -30,7 +34,9 @@ from builders.passes.common import (
     chunks,
     fold_direction,
     random_unit_directions,
+    random_write_directions,
     resid_directions,
+    write_space,
 )
 from builders.weights import ModelWeights, SAEWeights
 
@@ -43,6 +49,7 @@ class AttentionBaseline:
     sorted_scores: dict[tuple[int, str], torch.Tensor]
     n_random: int
     seed: int
+    space: str = "random unit residual-stream directions"  # what the random directions are (write_space)
 
 
 @dataclass
@@ -71,16 +78,29 @@ def reading_layers(model: ModelWeights, first: int | None, reach: int) -> list[i
 
 @torch.inference_mode()
 def attention_baseline(
-    model: ModelWeights, layers: list[int], *, n_random: int = 1024, seed: int = 0, fold_norms: bool = True
+    model: ModelWeights,
+    layers: list[int],
+    *,
+    n_random: int = 1024,
+    seed: int = 0,
+    fold_norms: bool = True,
+    sae: SAEWeights | None = None,
 ) -> AttentionBaseline:
-    r = random_unit_directions(n_random, model.d_model, seed, model.device).to(COMPUTE_DTYPE)  # (R, d_model)
+    """Random baseline of every head of ``layers``: in the space ``sae`` writes into, else the residual stream."""
+    if sae is None:
+        r = random_unit_directions(n_random, model.d_model, seed, model.device).to(COMPUTE_DTYPE)  # (R, d_model)
+        space = "random unit residual-stream directions"
+    else:
+        d = random_write_directions(model, sae, n_random, seed, fold_norms=fold_norms)  # (R, d_model)
+        r = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-30)  # unit, as attention_pass makes d_f
+        space = write_space(sae)[1]
     mean_raw, sorted_scores = {}, {}
     for layer in layers:
         for role, raw in _raw(model, layer, r, fold_norms).items():
             m = raw.mean(0)  # (H,)
             mean_raw[(layer, role)] = m
             sorted_scores[(layer, role)] = (raw / m).T.contiguous().sort(dim=1).values  # (H, R)
-    return AttentionBaseline(mean_raw, sorted_scores, n_random, seed)
+    return AttentionBaseline(mean_raw, sorted_scores, n_random, seed, space)
 
 
 @torch.inference_mode()
@@ -142,21 +162,40 @@ def _layers(ctx: Context, i: int) -> list[int]:
     return reading_layers(ctx.model, ctx.reads[i], ctx.cfg.reach)
 
 
-def _baseline(ctx: Context) -> AttentionBaseline:
-    """One random baseline for every layer any SAE of the build reads."""
-    cfg = ctx.cfg
-    layers = sorted({layer for i in range(len(ctx.saes)) for layer in _layers(ctx, i)})
+def _baseline(ctx: Context, i: int) -> AttentionBaseline:
+    """The random baseline of SAE ``i``'s write space, one per space for every layer its SAEs read."""
+    cfg, key = ctx.cfg, write_space(ctx.saes[i])[0]
+    same = [j for j in range(len(ctx.saes)) if write_space(ctx.saes[j])[0] == key]
+    layers = sorted({layer for j in same for layer in _layers(ctx, j)})
     return ctx.cached(
-        "attn_baseline",
-        lambda: attention_baseline(ctx.model, layers, n_random=cfg.n_random, seed=cfg.seed, fold_norms=cfg.fold_norms),
+        ("attn_baseline", key),
+        lambda: attention_baseline(
+            ctx.model, layers, n_random=cfg.n_random, seed=cfg.seed, fold_norms=cfg.fold_norms, sae=ctx.saes[i]
+        ),
     )
+
+
+def criteria(ctx: Context) -> dict[str, dict]:
+    """provenance["criteria"]["attention_percentile"]: which random baseline each SAE's percentiles use."""
+    cfg = ctx.cfg
+    return {
+        "attention_percentile": {
+            "how": "random-baseline per write space",
+            "n_random": cfg.n_random,
+            "seed": cfg.seed,
+            "baseline_by_sae": {
+                ctx.names[i]: write_space(ctx.saes[i])[1] for i in range(len(ctx.saes)) if _layers(ctx, i)
+            },
+        }
+    }
 
 
 def _run(ctx: Context, u: Unit) -> Rows:
     """Per-feature means and maxima over the reading layer's heads, and the (feature, head) rows above the cut."""
     cfg = ctx.cfg
     layers = _layers(ctx, u.sae)
-    r = attention_pass(ctx.model, ctx.saes[u.sae], u.start, u.end, layers, _baseline(ctx), fold_norms=cfg.fold_norms)
+    base = _baseline(ctx, u.sae)
+    r = attention_pass(ctx.model, ctx.saes[u.sae], u.start, u.end, layers, base, fold_norms=cfg.fold_norms)
     rows = Rows()
     for role in ROLES:
         rows.features[f"attn_{role}_mean"] = r.scores[role][:, 0].mean(1)
@@ -187,7 +226,8 @@ def _run_profile(ctx: Context, u: Unit) -> Rows:
     above = dict.fromkeys(scores, 0)
     # blocks of attention_pass's own block_rows, so every number is the one a whole-SAE call gives
     for b0, b1 in chunks(0, sae.d_sae, 1024):
-        r = attention_pass(ctx.model, sae, b0, b1, layers, _baseline(ctx), fold_norms=cfg.fold_norms, block_rows=1024)
+        base = _baseline(ctx, u.sae)
+        r = attention_pass(ctx.model, sae, b0, b1, layers, base, fold_norms=cfg.fold_norms, block_rows=1024)
         for li, role in scores:
             scores[li, role][b0:b1] = r.scores[role][:, li]
             above[li, role] += int((r.percentiles[role][:, li] >= cfg.percentile).sum())
@@ -211,6 +251,8 @@ PASS = Pass(
     conventions={
         "attention score": "||W_X[h] (g * u_f)|| / mean over random unit r of ||W_X[h] (g * r)||, u_f unit",
         "attention percentile": "100 * fraction of the head's random-direction scores <= the feature's",
+        "attention baseline": "random unit directions of the space the SAE writes into (hook_z: through W_O)",
     },
     folding=attention_folding,
+    criteria=criteria,
 )

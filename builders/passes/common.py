@@ -87,14 +87,40 @@ def z_to_resid(model: ModelWeights, layer: int, z_dirs: torch.Tensor, *, fold_no
     return out
 
 
+def to_resid(model: ModelWeights, sae: SAEWeights, d: torch.Tensor, *, fold_norms: bool) -> torch.Tensor:
+    """Directions of the space an SAE writes into (n, d_out) -> what they add to the residual stream (n, d_model)."""
+    if sae.site == "attn_z":
+        return z_to_resid(model, sae.layer, d, fold_norms=fold_norms)
+    return d
+
+
 def resid_directions(
     model: ModelWeights, sae: SAEWeights, start: int, end: int, *, fold_norms: bool, dtype: torch.dtype
 ) -> torch.Tensor:
     """What features [start, end) write into the residual stream: (n, d_model), not yet folded."""
-    d = decoder_rows(model, sae, start, end, dtype)  # (n, d_in)
+    return to_resid(model, sae, decoder_rows(model, sae, start, end, dtype), fold_norms=fold_norms)
+
+
+def write_space(sae: SAEWeights) -> tuple[str, str]:
+    """(key, words) of the space an SAE's decoder writes into: random baselines are drawn there.
+
+    A hook_z dictionary writes concatenated head outputs, which reach the
+    residual stream only through W_O (its image: at most n_heads * d_head of
+    d_model dimensions); every other (an SAE of the residual stream, a
+    transcoder writing an MLP's output) writes the residual stream itself.
+    """
     if sae.site == "attn_z":
-        return z_to_resid(model, sae.layer, d, fold_norms=fold_norms)
-    return d
+        return f"z{sae.layer}", f"random unit hook_z directions of layer {sae.layer} through W_O"
+    return "resid", "random unit residual-stream directions"
+
+
+def random_write_directions(
+    model: ModelWeights, sae: SAEWeights, n: int, seed: int, *, fold_norms: bool
+) -> torch.Tensor:
+    """``n`` seeded random directions of the SAE's write space, sent to the residual stream exactly as its decoder
+    rows are (:func:`to_resid`): (n, d_model), not yet folded or normalised."""
+    r = random_unit_directions(n, sae.W_dec.shape[1], seed, model.device).to(COMPUTE_DTYPE)  # (n, d_out)
+    return to_resid(model, sae, r, fold_norms=fold_norms)
 
 
 def random_unit_directions(n: int, d: int, seed: int, device: torch.device | str) -> torch.Tensor:
