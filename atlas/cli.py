@@ -407,7 +407,7 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
     out.append("  " + _verdict("reads tokens", m.get("reads_tokens"), "ee_top1_z", m.get("ee_top1_z")))
     for col in ("predicts_tokens", "reads_tokens"):
         if isinstance(criteria, dict) and col in criteria:
-            out.append(f"  {col.replace('_', ' ')} when {describe_criterion(criteria[col])}")
+            out.append(f"  {col.replace('_', ' ')} when {describe_criterion(criteria[col], f.sae)}")
     shown = [(name, v) for name, v in m.items() if v is not None and name not in ("predicts_tokens", "reads_tokens")]
     if shown:
         out.append("\nmetrics")
@@ -786,7 +786,9 @@ def validate(ctx: click.Context, db: Path | None, quick: bool, as_json: bool) ->
         n_bad = sum(not c.ok for c in rep.checks)
         n_warn = sum(c.warn for c in rep.checks)
         warned = f" ({n_warn} warning{'s' * (n_warn > 1)})" if n_warn else ""
-        click.echo(f"{rep.path}: " + ("valid" + warned if rep.ok else f"INVALID ({n_bad} failed check{'s' * (n_bad > 1)})"))
+        click.echo(
+            f"{rep.path}: " + ("valid" + warned if rep.ok else f"INVALID ({n_bad} failed check{'s' * (n_bad > 1)})")
+        )
     if not rep.ok:
         ctx.exit(1)
 

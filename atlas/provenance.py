@@ -107,13 +107,24 @@ def verdict_criteria(provenance: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 raise BadProvenance(f"{at}.{key} is a JSON {_json_type(v)}, not a {_kind_name(kinds)}; {DAMAGE_HINT}")
         if isinstance(rule.get("tau"), float) and not math.isfinite(rule["tau"]):
             raise BadProvenance(f"{at}.tau is {rule['tau']}, not a finite number; {DAMAGE_HINT}")
+        for key, kinds in (("tau_by_sae", (int, float)), ("baseline_by_sae", (str,))):  # SAE name -> value
+            by = rule.get(key)
+            if by is None:
+                continue
+            if not isinstance(by, dict):
+                raise BadProvenance(f"{at}.{key} is a JSON {_json_type(by)}, not an object; {DAMAGE_HINT}")
+            for name, v in by.items():
+                bad = not isinstance(v, kinds) or isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v))
+                if bad and not (v is None and key == "baseline_by_sae"):
+                    raise BadProvenance(f"{at}.{key}.{_clip(name)} is not a {_kind_name(kinds)}; {DAMAGE_HINT}")
         out[col] = rule
     return out
 
 
-def describe_criterion(criterion: Any) -> str:
+def describe_criterion(criterion: Any, sae: str | None = None) -> str:
     """One line for a verdict rule, e.g. ``du_top1_z >= 6.27 (99th percentile over 1024 random directions)``.
 
+    A rule with a tau per SAE (``tau_by_sae``) shows ``sae``'s tau when given, else their range.
     Never raises: a rule that is not the expected shape is shown as its text.
     """
     if isinstance(criterion, str):
@@ -121,6 +132,21 @@ def describe_criterion(criterion: Any) -> str:
             criterion = json.loads(criterion)
         except (ValueError, RecursionError):
             return criterion
+    by = criterion.get("tau_by_sae") if isinstance(criterion, dict) else None
+    if isinstance(by, dict) and "column" in criterion and by:
+        taus = [v for v in by.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        tau = by.get(sae) if sae is not None else None
+        if isinstance(tau, (int, float)) and not isinstance(tau, bool):
+            text, where = f"{_clip(str(criterion['column']))} >= {tau:.4g}", f"{_clip(sae)}'s"
+        elif taus:
+            text = f"{_clip(str(criterion['column']))} >= {min(taus):.4g} to {max(taus):.4g} by SAE"
+            where = "each SAE's"
+        else:
+            return _clip(str(criterion))
+        q = criterion.get("quantile")
+        if isinstance(q, (int, float)) and not isinstance(q, bool):
+            text += f" ({100 * q:g}th percentile over {_clip(str(criterion.get('n_random', '?')))} random directions of {where} space)"
+        return text
     if not isinstance(criterion, dict) or "column" not in criterion or "tau" not in criterion:
         return _clip(str(criterion))
     tau = criterion["tau"]

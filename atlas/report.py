@@ -316,6 +316,15 @@ def _criteria_text(criteria: dict[str, Any]) -> str:
     rule = criteria.get("predicts_tokens") if isinstance(criteria, dict) else None
     if not isinstance(rule, dict):
         return "not recorded in the atlas's provenance"
+    by = rule.get("tau_by_sae")
+    if isinstance(by, dict) and by:  # one tau per SAE, each from random directions of that SAE's own space
+        taus = [float(v) for v in by.values()]
+        return (
+            f"`{rule.get('column', '?')} >= tau` with tau set per SAE ({min(taus):.3g} to {max(taus):.3g}), the "
+            f"{100 * float(rule.get('quantile') or 0):g}th percentile of the same statistic over "
+            f"{rule.get('n_random')} random directions of the space the SAE writes into (du) or reads from (ee), "
+            "sent through the same folding as its features"
+        )
     text = f"`{rule.get('sql') or rule.get('column', '?') + ' >= ' + str(rule.get('tau'))}`"
     if rule.get("how") == "random-quantile" and rule.get("quantile") is not None:
         text += (

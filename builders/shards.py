@@ -136,6 +136,8 @@ def merge_shards(
                 crit = prov.get("criteria", {})
                 sae_ids = {s.name: s.sae_id for s in db.saes()}
                 for column, c in crit.items():  # the fractions over every feature, as a one-process build has them
+                    if "fraction" not in c:  # a rule over no features column (the attention baseline)
+                        continue
                     c["fraction"] = {name: db.feature_mean(sae_ids[name], column) for name in c["fraction"]}
                 db.update_provenance(criteria=crit)
             db.analyze()

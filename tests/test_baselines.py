@@ -85,3 +85,51 @@ def test_the_build_uses_each_sae_s_own_write_space_and_records_it():
         "L1.res": "random unit residual-stream directions",
         "L1.z": "random unit hook_z directions of layer 1 through W_O",
     }
+
+
+def _spiky_gain_model(seed: int = 0):
+    """Layer 2's input norm multiplies two axes by 20 and the rest by 0.2, and on those two axes a few tokens'
+    embeddings are huge: a feature's ee scores are dominated by the spikes, random isotropic directions' are not."""
+    m = tiny_model(n_layers=3, d_model=32, n_heads=2, n_kv_heads=2, d_head=4, d_vocab=2000, seed=seed)
+    g = torch.full((m.d_model,), 0.2)
+    g[:2] = 20.0
+    m.layers[2].ln1.weight = g
+    gen = torch.Generator().manual_seed(seed)
+    spikes = torch.randint(0, m.d_vocab, (6,), generator=gen)
+    m.W_E[spikes[:3], 0] += 15.0
+    m.W_E[spikes[3:], 1] += 15.0
+    return m
+
+
+def test_null_features_read_tokens_at_the_nominal_rate_with_the_gain_folded_into_the_baseline():
+    from builders.passes.ee import ee_pass
+    from builders.passes.predicts import token_criterion
+
+    m = _spiky_gain_model()
+    assert float(m.layers[2].ln1.gain.max() / m.layers[2].ln1.gain.min()) == 100.0
+    sae = tiny_sae(m, site="resid_post", layer=1, d_sae=N_NULL, seed=5)  # isotropic encoder columns: null
+    top1_z = ee_pass(m, sae, 0, N_NULL, k=1).stats["top1_z"]
+    right = token_criterion(m, "ee", n_random=R, sae=sae)
+    assert right.baseline.endswith("times the gain of the norm that reads its site")
+    frac = float(right.apply(top1_z).mean())
+    assert 0.002 <= frac <= 0.025, frac  # nominal 1% (quantile 0.99)
+    wrong = token_criterion(m, "ee", n_random=R)  # the old baseline: no gain
+    assert float(wrong.apply(top1_z).mean()) > 0.3  # most null features "read tokens"
+
+
+def test_build_records_a_tau_per_sae_and_describes_it():
+    from atlas.provenance import describe_criterion, verdict_criteria
+    from builders.passes import predicts
+
+    m = _spiky_gain_model()
+    saes = [tiny_sae(m, site="resid_post", layer=1, d_sae=20), tiny_sae(m, site="attn_z", layer=1, d_sae=20)]
+    ctx = Context(m, saes, ["L1.res", "L1.z"], BuildConfig(n_random=256, passes="du,ee"))
+    rule = predicts.per_sae_rule(ctx, "ee")
+    assert set(rule["tau_by_sae"]) == {"L1.res", "L1.z"} and rule["tau_by_sae"]["L1.res"] != rule["tau_by_sae"]["L1.z"]
+    assert rule["baseline_by_sae"]["L1.z"] == "random unit hook_z directions of layer 1 through W_V and ln1(1).gain"
+    du = predicts.per_sae_rule(ctx, "du")
+    assert du["baseline_by_sae"]["L1.z"] == "random unit hook_z directions of layer 1 through W_O"
+    assert verdict_criteria({"criteria": {"reads_tokens": rule}})["reads_tokens"] is rule
+    tau = rule["tau_by_sae"]["L1.z"]
+    assert describe_criterion(rule, "L1.z").startswith(f"ee_top1_z >= {tau:.4g} (99th percentile over 256 random")
+    assert " by SAE (" in describe_criterion(rule)

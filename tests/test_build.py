@@ -120,7 +120,8 @@ def test_build_counts_and_validates(built):
         assert kinds["ov"] == 40 * m.n_heads * 3
         prov = a.provenance()
         assert prov["build"]["config"]["top_k"] == K and "du" in prov["folding"]
-        assert set(prov["criteria"]) == {"predicts_tokens", "reads_tokens"}
+        assert set(prov["criteria"]) == {"predicts_tokens", "reads_tokens", "attention_percentile"}
+        assert set(prov["criteria"]["predicts_tokens"]["tau_by_sae"]) == {s.name for s in a.saes()}
         assert prov["criteria"]["predicts_tokens"]["sql"].startswith("du_top1_z >= ")
         frac = prov["criteria"]["predicts_tokens"]["fraction"]["L1.res.33"]
         stored = c.execute("SELECT AVG(predicts_tokens) FROM features JOIN saes USING (sae_id) WHERE name='L1.res.33'")

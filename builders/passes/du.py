@@ -60,7 +60,7 @@ def _run(ctx: Context, u: Unit) -> Rows:
         block_rows=ctx.block_rows,
         vocab_tile=ctx.vocab_tile,
     )
-    return predicts.vocab_rows(ctx, "du", r)
+    return predicts.vocab_rows(ctx, "du", r, u.sae)
 
 
 PASS = Pass(

@@ -20,7 +20,7 @@ OTHER = ("dec_norm", "enc_norm", "b_enc", "threshold", "du_mean", "du_std", "du_
          "top_head", "top_head_share")  # fmt: skip
 
 
-def verdict_text(name: str, value: Any, metrics: dict[str, Any], criterion: Any = None) -> Text:
+def verdict_text(name: str, value: Any, metrics: dict[str, Any], criterion: Any = None, sae: str | None = None) -> Text:
     label = {"predicts_tokens": "predicts tokens", "reads_tokens": "reads tokens"}[name]
     if value is None:
         word, style = "not computed", "dim"
@@ -33,7 +33,7 @@ def verdict_text(name: str, value: Any, metrics: dict[str, Any], criterion: Any 
     if ev:
         t.append(f"  ({ev})", style="dim")
     if criterion:
-        t.append(f"\n  criterion: {describe_criterion(criterion)}", style="dim italic")
+        t.append(f"\n  criterion: {describe_criterion(criterion, sae)}", style="dim italic")
     return t
 
 
@@ -58,9 +58,10 @@ class StatsPanel(SizedText):
             return Text("")
         m, c = self.feature.metrics, self.criteria
         out = Text(no_wrap=False)
-        out.append_text(verdict_text("predicts_tokens", m.get("predicts_tokens"), m, c.get("predicts_tokens")))
+        sae = self.feature.sae
+        out.append_text(verdict_text("predicts_tokens", m.get("predicts_tokens"), m, c.get("predicts_tokens"), sae))
         out.append("\n")
-        out.append_text(verdict_text("reads_tokens", m.get("reads_tokens"), m, c.get("reads_tokens")))
+        out.append_text(verdict_text("reads_tokens", m.get("reads_tokens"), m, c.get("reads_tokens"), sae))
         # The verdicts' evidence is printed with them; the grid holds the rest.
         cells = [(k, fmt(m.get(k))) for k in OTHER if m.get(k) is not None]
         per_row = max(1, max(width, 26) // 26)
