@@ -375,7 +375,9 @@ def exp2_paragraph(data: ReportData) -> str:
         verdicts.append("no series has query and key scores at two or more layers, so the variability was not tested")
     verdicts.append(
         "U-shaped or inverted-U profiles: " + (", ".join(curved) if curved else "none here")
-        + " (the shape rule is a quadratic fit with a 5% tolerance; see atlas/stats.py `profile_shape`)"
+        + " (the shape rule needs each arm monotone by Kendall's tau-b >= 0.6 with at most a third of its steps "
+        "going back by more than 5% of the mean, and says 'no clear trend' when the curve zigzags; see "
+        "atlas/stats.py `profile_shape`)"
     )  # fmt: skip
     text += "\n\n**Verdict.** " + "; ".join(verdicts) + "."
     text += (
@@ -783,8 +785,12 @@ METHOD = """\
   feature's mean normalised participation over the heads of the attention layer that reads its site; the band
   on the mean is ±1.96 standard errors. *Above baseline* is the attention pass's fraction of (feature, head)
   pairs above the random-direction percentile, from the `depth_profiles` table (first attention layer reached).
-  Shapes come from a quadratic fit of the per-layer mean divided by its average (U / inverted-U when the vertex
-  is inside the depth range and the ends differ from it by more than 5%, otherwise the linear trend).
+  Shapes name the per-layer mean divided by its average: *flat* when every layer is within 5% of it; *inverted-U*
+  (*U-shaped*) when the highest (lowest) layer is inside the range, stands out from both ends by more than 5%, and
+  the curve is monotone up to it and after it; *increasing* / *decreasing* when the whole curve is monotone;
+  otherwise *flat* if it spans at most 10%, else *no clear trend*. Monotone: Kendall's tau-b with depth of at least
+  0.6 in that direction, at most a third of the steps going the other way by more than 5%, and the last layer
+  beyond the first by more than 5%.
   Variability: coefficient of variation across layers of the per-layer means, key minus query; p-value from a
   paired sign-flip permutation test over layers (exact up to 14 layers), CI from a parametric bootstrap of the
   layer means.

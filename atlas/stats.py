@@ -525,38 +525,72 @@ def _summary(v: np.ndarray) -> np.ndarray:
     return np.array([mean, med, p75, se, len(v)], dtype=np.float64)
 
 
-def profile_shape(layers: np.ndarray, values: np.ndarray, *, tol: float = 0.05) -> str:
-    """Name a depth curve: 'U-shaped', 'inverted-U', 'increasing', 'decreasing', 'flat' or 'n/a'.
+SHAPE_TAU = 0.6  # |Kendall's tau-b| a monotone stretch needs
+SHAPE_MAX_AGAINST = 1 / 3  # at most this fraction of its steps may go against the trend by more than tol
 
-    The curve is divided by its mean and depth is rescaled to [0, 1]. With
-    three or more layers a quadratic is fitted; if its vertex lies inside
-    (0.1, 0.9) and the fitted ends rise (U) or fall (inverted U) by more than
-    ``tol`` (5% of the mean) from the vertex, that names it. Otherwise the
-    linear trend across the whole depth decides, with the same tolerance.
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b of two short 1-D arrays (ties in either counted as tau-b does); NaN when undefined."""
+    i, j = np.triu_indices(len(x), 1)
+    sx, sy = np.sign(x[j] - x[i]), np.sign(y[j] - y[i])
+    n0 = len(i)
+    denom = math.sqrt((n0 - int((sx == 0).sum())) * (n0 - int((sy == 0).sum())))
+    return float((sx * sy).sum() / denom) if denom > 0 else math.nan
+
+
+def _monotone(x: np.ndarray, y: np.ndarray, sign: int, tol: float) -> bool:
+    """y rises (sign +1) or falls (-1) along x: tau-b agrees, few steps go against it, and it moves by > tol."""
+    if len(y) < 2:
+        return False
+    steps = sign * np.diff(y)
+    tau = kendall_tau_b(x, y)
+    return (
+        not math.isnan(tau)
+        and sign * tau >= SHAPE_TAU
+        and float(np.mean(steps < -tol)) <= SHAPE_MAX_AGAINST
+        and sign * (y[-1] - y[0]) > tol
+    )
+
+
+def profile_shape(layers: np.ndarray, values: np.ndarray, *, tol: float = 0.05) -> str:
+    """Name a depth curve: 'U-shaped', 'inverted-U', 'increasing', 'decreasing', 'flat', 'no clear trend' or 'n/a'.
+
+    The curve is divided by its mean (so ``tol`` is 5% of it), in layer order.
+
+    * **flat**: every point within ``tol`` of the mean;
+    * **inverted-U** (**U-shaped**): the highest (lowest) point is neither the
+      first nor the last, rises (falls) more than ``tol`` above (below) both
+      ends, and the curve is monotone up to it and monotone after it;
+    * **increasing** / **decreasing**: the whole curve is monotone;
+    * **flat** again if none of these holds but the curve spans at most 2 * ``tol``;
+    * otherwise **no clear trend**: the curve zigzags.
+
+    Monotone (each arm, or the whole curve): Kendall's tau-b with depth at
+    least ``SHAPE_TAU`` (0.6) in the trend's direction, at most
+    ``SHAPE_MAX_AGAINST`` (1/3) of its steps going against it by more than
+    ``tol``, and the last point beyond the first by more than ``tol``. So
+    q = (0.81, 0.97, 0.75, 0.92, 0.96) is no clear trend (tau-b 0.2).
     """
     ok = ~np.isnan(values)
     x = np.asarray(layers, dtype=np.float64)[ok]
     y = np.asarray(values, dtype=np.float64)[ok]
     if len(y) < 2 or np.ptp(x) == 0 or y.mean() == 0:
         return "n/a"
-    x = (x - x.min()) / np.ptp(x)
-    y = y / y.mean()
-    if len(np.unique(x)) >= 3:
-        a, b, c = np.polyfit(x, y, 2)
-        if a != 0:
-            xv = -b / (2 * a)
-            if 0.1 < xv < 0.9:
-                fv, f0, f1 = (a * t * t + b * t + c for t in (xv, 0.0, 1.0))
-                if a > 0 and min(f0, f1) - fv > tol:
-                    return "U-shaped"
-                if a < 0 and fv - max(f0, f1) > tol:
-                    return "inverted-U"
-    slope = np.polyfit(x, y, 1)[0]
-    if slope > tol:
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order] / y.mean()
+    if np.abs(y - 1).max() <= tol:
+        return "flat"
+    for name, sign, j in (("inverted-U", 1, int(np.argmax(y))), ("U-shaped", -1, int(np.argmin(y)))):
+        inside = 0 < j < len(y) - 1
+        rise = sign * (y[j] - y[0]), sign * (y[j] - y[-1])  # how far the extremum stands out from each end
+        if inside and min(rise) > tol:
+            if _monotone(x[: j + 1], y[: j + 1], sign, tol) and _monotone(x[j:], y[j:], -sign, tol):
+                return name
+    if _monotone(x, y, 1, tol):
         return "increasing"
-    if slope < -tol:
+    if _monotone(x, y, -1, tol):
         return "decreasing"
-    return "flat"
+    return "flat" if np.ptp(y) <= 2 * tol else "no clear trend"
 
 
 @dataclass(frozen=True)

@@ -155,10 +155,33 @@ def test_variability_test_holds_its_size_under_the_null():
         ([1, 1.01, 0.99, 1, 1.02, 0.98, 1], "flat"),
         ([1, 2], "increasing"),
         ([1], "n/a"),
+        # zigzags: no shape is named across them (issue 18: the shipped report called the first "increasing")
+        ([0.81, 0.97, 0.75, 0.92, 0.96], "no clear trend"),
+        ([1, 2, 1, 2, 1, 2], "no clear trend"),
+        ([1, 3, 2, 4, 3, 5], "no clear trend"),  # rises overall, but 2 of 5 steps fall by a third of the mean
+        ([2, 1, 2, 1, 2, 1, 2], "no clear trend"),  # lowest point inside, but the arms zigzag: not a U
+        # mostly monotone, one small step back (within tol): still a trend
+        ([1, 1.5, 2, 1.98, 2.5, 3], "increasing"),
+        # peaked
+        ([1, 2, 3, 2, 1], "inverted-U"),
+        ([1, 1.2, 1.4, 3, 1.3], "inverted-U"),
+        ([3, 1, 3], "U-shaped"),
+        # flat: within 5% of the mean, or spanning no more than 10% of it without a trend
+        ([1, 1.06, 0.97, 1.02, 0.96, 1.04], "flat"),
+        ([5, 5, 5], "flat"),
     ],
 )
 def test_profile_shape_names(values, shape):
     assert stats.profile_shape(np.arange(len(values)) * 3, np.array(values, dtype=float)) == shape
+    # the layers' order, not the order of the rows, is what counts
+    perm = np.random.default_rng(0).permutation(len(values))
+    assert stats.profile_shape((np.arange(len(values)) * 3)[perm], np.array(values, dtype=float)[perm]) == shape
+
+
+def test_kendall_tau_b_against_a_direct_count():
+    x, y = np.arange(5.0), np.array([0.81, 0.97, 0.75, 0.92, 0.96])
+    assert stats.kendall_tau_b(x, y) == pytest.approx((6 - 4) / 10)
+    assert stats.kendall_tau_b(x, np.array([1.0, 1, 2, 2, 3])) == pytest.approx(8 / np.sqrt(10 * 8))
 
 
 # ---------------------------------------------------------------- experiment 3
