@@ -112,9 +112,9 @@ def compute_report(
     if data.depth is not None:
         data.variability = run("qk_variability", lambda: stats.qk_variability(data.depth))
     data.semantic = run("experiment_3", lambda: stats.semantic_split(conn))
-    data.same_index = run("same_index", lambda: same_index_check(conn))
     if data.predicts is None and data.depth is None and data.semantic is None:
         raise AtlasError("nothing to report: " + "; ".join(data.missing[k] for k in sorted(data.missing)))
+    data.same_index = run("same_index", lambda: same_index_check(conn))
     return data
 
 
@@ -225,6 +225,7 @@ def exp2_tables(data: ReportData) -> list[Table]:
                 _g(v.diff),
                 f"[{_g(v.ci95[0])}, {_g(v.ci95[1])}]",
                 _p(v.p_value),
+                _p(v.min_p),
                 f"{v.n_permutations:,}{'' if v.exact else ' (random)'}",
             ]  # fmt: skip
             for v in data.variability
@@ -232,7 +233,17 @@ def exp2_tables(data: ReportData) -> list[Table]:
         tables.append(
             Table(
                 "Does the key side vary more across layers than the query side?",
-                ["series", "layers", "CV q", "CV k", "CV k − CV q", "95% CI", "p (permutation)", "permutations"],
+                [
+                    "series",
+                    "layers",
+                    "CV q",
+                    "CV k",
+                    "CV k − CV q",
+                    "95% CI",
+                    "p (permutation)",
+                    "smallest p possible",
+                    "permutations",
+                ],  # fmt: skip
                 vrows,
             )
         )
@@ -359,7 +370,13 @@ def exp2_paragraph(data: ReportData) -> str:
             f"against {_g(v.cv_q)} for the query side (difference {_g(v.diff)}, 95% CI from feature sampling "
             f"[{_g(v.ci95[0])}, {_g(v.ci95[1])}], permutation p = {_p(v.p_value)}). "
         )
-        if v.p_value < 0.05:
+        if not v.testable:  # no p-value of this test can fall below 0.05: say so, call nothing significant
+            verdicts.append(
+                f"{v.series}: **cannot be tested** with {len(v.layers)} layers — the smallest p a sign-flip test over "
+                f"{len(v.layers)} layers can give is {_p(v.min_p)}; p < {stats.ALPHA:g} needs at least "
+                f"{v.depths_needed} depths"
+            )
+        elif v.significant:
             verdicts.append(
                 f"{v.series}: the key side varies significantly {more} than the query side"
                 + (" — **agrees**" if v.diff > 0 else " — **disagrees**")
@@ -369,8 +386,6 @@ def exp2_paragraph(data: ReportData) -> str:
                 f"{v.series}: the key side varies {more} than the query side, but not significantly "
                 + ("(same direction as the paper, **not confirmed**)" if v.diff > 0 else "(**not confirmed**)")
             )
-            if len(v.layers) <= 5:
-                verdicts[-1] += f"; with {len(v.layers)} layers no permutation p-value can fall below 0.05"
     if not data.variability:
         verdicts.append("no series has query and key scores at two or more layers, so the variability was not tested")
     verdicts.append(
@@ -379,6 +394,11 @@ def exp2_paragraph(data: ReportData) -> str:
         "going back by more than 5% of the mean, and says 'no clear trend' when the curve zigzags; see "
         "atlas/stats.py `profile_shape`)"
     )  # fmt: skip
+    text += (
+        f"A paired sign-flip permutation test over L layers can give p no smaller than 2 / 2^L (swapping no layer "
+        f"and swapping all of them give the same statistic), so p < {stats.ALPHA:g} needs at least "
+        f"{stats.sign_flip_depths_needed()} depths. "
+    )
     text += "\n\n**Verdict.** " + "; ".join(verdicts) + "."
     text += (
         " Layers are few and not a random sample, so the permutation test treats the layers measured as the whole "

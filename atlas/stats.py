@@ -607,9 +607,14 @@ class VariabilityTest:
     the null hypothesis that query and key profiles are exchangeable, swapping
     the q and k values of any set of layers gives an equally likely profile
     pair. All 2^L swaps are enumerated when L <= 14 (``exact``), otherwise
-    20,000 random swaps (seeded). Two-sided: P(|diff*| >= |diff|). With L
-    layers the smallest attainable p is 2 / 2^L, so 5 or fewer layers can never
-    give p < 0.05.
+    20,000 random swaps (seeded) and p = (1 + #{|diff*| >= |diff|}) / (1 + P).
+    Two-sided: P(|diff*| >= |diff|). ``min_p``: the smallest p this test can
+    give with these layers: swapping no layer and swapping every layer give
+    the same |diff|, so it is 2 / 2^L (exact), or 1 / (1 + P) when sampled: 5
+    or fewer layers can never give p < 0.05 (2/32 = 0.0625), 6 can
+    (2/64 = 0.031). ``depths_needed``: the fewest layers for which p < 0.05 is
+    possible at all (:func:`sign_flip_depths_needed`). ``significant`` is
+    p < 0.05, and never when ``min_p`` >= 0.05.
 
     ``ci95``: feature-sampling uncertainty of ``diff``: a parametric bootstrap
     that redraws each layer mean from N(mean, se²) (2,000 draws). It ignores
@@ -626,6 +631,34 @@ class VariabilityTest:
     n_permutations: int
     exact: bool
     ci95: tuple[float, float]
+    min_p: float = math.nan  # smallest p the test can give with these layers
+    depths_needed: int = 0  # fewest layers for which p < ALPHA is attainable at all
+
+    @property
+    def testable(self) -> bool:
+        return self.min_p < ALPHA
+
+    @property
+    def significant(self) -> bool:
+        return self.testable and self.p_value < ALPHA
+
+
+ALPHA = 0.05  # the significance level experiment 2 reports against
+
+
+def sign_flip_min_p(n_layers: int, n_permutations: int | None = None) -> float:
+    """Smallest p-value of the paired sign-flip test over ``n_layers`` layers: 2 / 2^L when exact (the identity
+    and the all-swap give the same |statistic|), 1 / (1 + P) when P random swaps are sampled."""
+    exact = 2.0 / 2.0**n_layers
+    return exact if n_permutations is None else max(exact, 1.0 / (1 + n_permutations))
+
+
+def sign_flip_depths_needed(alpha: float = ALPHA) -> int:
+    """Fewest layers for which the exact sign-flip test can give p < alpha (6 for 0.05)."""
+    n = 1
+    while sign_flip_min_p(n) >= alpha:
+        n += 1
+    return n
 
 
 def qk_variability(
@@ -676,7 +709,9 @@ def _variability(
     pq = np.where(swap, zk, zq)  # (P, L)
     pk = np.where(swap, zq, zk)  # (P, L)
     null = _cv(pk) - _cv(pq)  # (P,)
-    p = float(np.mean(np.abs(null) >= abs(diff) - 1e-12))
+    hits = int(np.sum(np.abs(null) >= abs(diff) - 1e-12))
+    # exact: the identity is among the swaps; sampled: count the observed one too, so p is never 0
+    p = hits / len(null) if exact else (1 + hits) / (1 + len(null))
     # Feature-sampling uncertainty of the layer means (NaN se: a single feature; use 0).
     bq = mq + rng.standard_normal((n_bootstrap, n_layers)) * np.nan_to_num(se_q)  # (B, L)
     bk = mk + rng.standard_normal((n_bootstrap, n_layers)) * np.nan_to_num(se_k)  # (B, L)
@@ -692,6 +727,8 @@ def _variability(
         n_permutations=len(null),
         exact=exact,
         ci95=(float(lo), float(hi)),
+        min_p=sign_flip_min_p(n_layers, None if exact else len(null)),
+        depths_needed=sign_flip_depths_needed(ALPHA),
     )
 
 

@@ -170,3 +170,25 @@ def test_the_builders_criterion_is_quoted_from_provenance(tmp_path):
     with open_atlas(path) as atlas:
         text = report.exp1_paragraph(report.compute_report(atlas))
     assert "(`du_top1_z >= 3.5`, the 99th percentile of the same statistic over 1024 random directions)" in text
+
+
+def test_experiment_2_refuses_to_test_five_depths_and_says_how_many_it_needs(tmp_path):
+    path = tmp_path / "five.db"
+    build_planted_atlas(path, n_layers=5, d_sae=200, passes=("attention",))
+    r = CliRunner().invoke(cli, ["report", str(path), "-o", str(tmp_path / "out"), "--no-plots", "--no-figures"])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "resid_post: **cannot be tested** with 5 layers" in md
+        and "smallest p a sign-flip test over 5 layers can give is 0.0625" in md
+    )
+    assert "p < 0.05 needs at least 6 depths" in md
+    assert "varies significantly" not in md
+    e2 = json.loads((tmp_path / "out" / "report.json").read_text())["experiment_2"]["qk_variability"][0]
+    assert e2["min_p"] == 0.0625 and e2["depths_needed"] == 6
+    # eight depths (the default planted atlas) can be tested, and the planted difference is significant
+    path8 = tmp_path / "eight.db"
+    build_planted_atlas(path8, d_sae=200, passes=("attention",))
+    r = CliRunner().invoke(cli, ["report", str(path8), "-o", str(tmp_path / "out8"), "--no-plots", "--no-figures"])
+    md8 = (tmp_path / "out8" / "report.md").read_text()
+    assert "cannot be tested" not in md8 and "varies significantly more than the query side — **agrees**" in md8

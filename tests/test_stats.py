@@ -289,3 +289,23 @@ def test_depth_profiles_fall_back_to_the_builders_table(tmp_path):
         np.testing.assert_allclose(d.roles[role].mean, [x.mean() for x in getattr(plant, role)])
         np.testing.assert_allclose(d.roles[role].p75, [np.percentile(x, 75) for x in getattr(plant, role)])
         assert d.roles[role].n.tolist() == [50 * 4] * 4  # (feature, head) pairs, as the builder counted them
+
+
+def test_sign_flip_test_says_how_many_depths_it_needs():
+    # exact: the identity and the all-swap give the same |statistic|, so p >= 2 / 2^L
+    assert stats.sign_flip_min_p(5) == 2 / 32 and stats.sign_flip_min_p(6) == 2 / 64
+    assert stats.sign_flip_depths_needed(0.05) == 6 and stats.sign_flip_depths_needed(0.01) == 8
+    # with 5 layers, even q flat and k as far from it as can be: p = 2/32, and the test says it cannot be significant
+    mq, mk = np.ones(5) + np.arange(5) * 1e-3, np.array([1, 4, 1, 4, 1.0])
+    t = stats._variability("s", np.arange(5), mq, mk, np.zeros(5), np.zeros(5), 2000, 10, 0)
+    assert t.p_value == pytest.approx(2 / 32) == t.min_p and not t.testable and not t.significant
+    assert t.depths_needed == 6
+    # 10 layers: the example's residual depths; the same contrast is significant
+    mq, mk = np.ones(10) + np.arange(10) * 1e-3, np.tile([1, 4.0], 5)
+    t = stats._variability("s", np.arange(10), mq, mk, np.zeros(10), np.zeros(10), 2000, 10, 0)
+    assert t.min_p == 2 / 1024 and t.testable and t.significant and t.p_value == pytest.approx(2 / 1024)
+    # sampled swaps (more than 14 layers): the observed statistic counts, so p is never 0
+    t = stats._variability(
+        "s", np.arange(20), np.ones(20), np.tile([1, 4.0], 10), np.zeros(20), np.zeros(20), 999, 10, 0
+    )
+    assert t.p_value == pytest.approx(1 / 1000) and t.min_p == pytest.approx(1 / 1000)
