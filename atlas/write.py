@@ -429,13 +429,13 @@ class AtlasWriter:
         return {(r[0], r[1], r[2]) for r in self.conn.execute("SELECT sae_id, pass, chunk_start FROM build_units")}
 
     # ------------------------------------------------------------ what a build reads back
-    def top_token_ids(self, first_feature_id: int, n: int, phase: str) -> np.ndarray | None:
-        """Promoted token ids (n, k) of features ``first_feature_id`` .. + n - 1, best first;
-        None unless every one of them has its list (the pass has not run on them)."""
+    def top_token_ids(self, first_feature_id: int, n: int, phase: str, sign: int = 1) -> np.ndarray | None:
+        """Promoted (``sign`` -1: suppressed) token ids (n, k) of features ``first_feature_id`` .. + n - 1, best
+        first; None unless every one of them has its list (the pass has not run on them)."""
         rows = self.conn.execute(
-            "SELECT token_id FROM token_scores WHERE phase = ? AND sign = 1 AND feature_id BETWEEN ? AND ? "
+            "SELECT token_id FROM token_scores WHERE phase = ? AND sign = ? AND feature_id BETWEEN ? AND ? "
             "ORDER BY feature_id, rank",
-            (phase, int(first_feature_id), int(first_feature_id) + int(n) - 1),
+            (phase, int(sign), int(first_feature_id), int(first_feature_id) + int(n) - 1),
         ).fetchall()
         if len(rows) < n:
             return None

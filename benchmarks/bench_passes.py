@@ -256,7 +256,10 @@ def main() -> None:
         r = du.du_pass(model, sae, 0, n, block_rows=block_rows, vocab_tile=tile)
         s = semantic.SemanticSettings()
         base = semantic.embed_baseline(model, s)
-        record("semantic", timed(device, lambda: semantic.semantic_pass(model, r.top_ids, r.top_ids, s, base))[0])
+        record(
+            "semantic",
+            timed(device, lambda: semantic.semantic_pass(model, {"du+": r.top_ids, "ee+": r.top_ids}, s, base))[0],
+        )
     res["throughput"] = tput
     res["peak_above_weights_after_mb"] = peaks
     print("peak RSS above the weights after each pass (MB):", peaks)

@@ -181,8 +181,8 @@ class Writer:
         self.sae_id = [ids[n] for n in names]
         self.fid_base = [db.feature_id_base(i) for i in self.sae_id]
 
-    def stored_top_ids(self, sae: int, start: int, end: int, phase: str) -> np.ndarray | None:
-        return self.db.top_token_ids(self.fid_base[sae] + start, end - start, phase)
+    def stored_top_ids(self, sae: int, start: int, end: int, phase: str, sign: int = 1) -> np.ndarray | None:
+        return self.db.top_token_ids(self.fid_base[sae] + start, end - start, phase, sign)
 
     def write(self, p: Pass, u: Unit, rows: Rows) -> None:
         undeclared = rows.tables() - set(p.writes)

@@ -65,7 +65,13 @@ def test_streamed_and_cached_unit_decoders_give_the_same_edges():
 def test_semantic_labels_planted_lists():
     m = tiny_model(d_vocab=300)
     toks = m.tokens
-    words = [i for i, t in enumerate(toks) if is_word(t, 3)]
+    real = [" garden", " river", " queen", " window", " kitchen", " bottle", " forest", " letter", " music",
+            " doctor", " winter", " castle", " pencil", " island", " mirror", " engine", " summer", " candle",
+            " farmer", " planet"]  # fmt: skip
+    words = list(range(100, 120))
+    for i, w in zip(words, real, strict=True):
+        toks[i] = w
+    assert all(is_word(toks[i]) for i in words)
     punct = [i for i, t in enumerate(toks) if t.strip() and not any(c.isalnum() for c in t)]
     # a coherent list: the same whole words' embeddings made nearly parallel
     sem = words[:10]
@@ -74,27 +80,36 @@ def test_semantic_labels_planted_lists():
         m.W_E[i] = base_dir + 0.05 * torch.randn(m.d_model)
     incoherent = words[10:20]
     frag = [i for i, t in enumerate(toks) if t.strip().isalpha() and not t[:1].isspace() and not t[:1].isupper()][:10]
+    # sub-word fragments after a space (" enthus") are not words either
+    for i, w in zip(frag[:3], (" enthus", " opin", " strugg"), strict=True):
+        toks[i] = w
     s = SemanticSettings()
     base = embed_baseline(m, s)
     pad = lambda ids: (ids * 10)[:10]  # noqa: E731
     du_ids = np.array([sem, incoherent, pad(punct), frag])
-    rows = semantic_pass(m, du_ids, None, s, base)
+    rows = semantic_pass(m, {"du+": du_ids}, s, base)
     kinds = [r[1] for r in rows]
     assert kinds == ["semantic", "non_semantic", "non_semantic", "non_semantic"]
-    assert rows[0][0].startswith("semantic: ") and rows[0][3]["du"]["embed_z"] > s.min_embed_z
+    assert rows[0][0].startswith("semantic: ") and rows[0][3]["du+"]["embed_z"] > s.min_embed_z
     assert rows[2][0] == "non-semantic: punctuation"
     assert rows[3][0] == "non-semantic: sub-word fragments"
     assert rows[1][0] == "non-semantic: incoherent words"
-    # word starts shorter than word_min_len (" to", " of") are short function words, not fragments
+    # word starts of one or two letters (" to", " of") are short function words, not fragments
     for i, w in zip(frag[:10], (" to", " of", " in", " at", " is", " it", " on", " by", " or", "I"), strict=True):
         toks[i] = w
-    assert semantic_pass(m, du_ids[3:4], None, s, base)[0][0] == "non-semantic: short function words"
-    # a shared stem also makes a word list semantic, through the ee list
-    stems = words[20:24]
-    for i, w in zip(stems, (" running", " runner", " Runners", " runnable"), strict=True):
+    assert semantic_pass(m, {"du+": du_ids[3:4]}, s, base)[0][0] == "non-semantic: short function words"
+    # a shared stem makes a word list semantic, through any of the four lists (here: the ee bottom list)
+    stems = list(range(130, 134))  # outside every list above
+    for i, w in zip(stems, (" running", " runner", " Runners", " runs"), strict=True):
         toks[i] = w
-    rows = semantic_pass(m, du_ids[1:2], np.array([stems + pad(punct)[:6]]), s, base)
-    assert rows[0][3]["ee"]["stem_frac"] == 1.0 and rows[0][3]["ee"]["word_frac"] == 0.4
+    lists = {"du+": du_ids[1:2], "ee-": np.array([stems + pad(punct)[:6]])}
+    rows = semantic_pass(m, lists, s, base)
+    assert rows[0][3]["ee-"]["stem_frac"] == 0.75 and rows[0][3]["ee-"]["word_frac"] == 0.4  # runs: stem "runs"
     assert rows[0][1] == "non_semantic"  # 4 words in 10 is below min_word_frac
-    rows = semantic_pass(m, du_ids[1:2], np.array([stems + incoherent[4:10]]), s, base)
-    assert rows[0][1] == "semantic" and rows[0][3]["ee"]["stem_frac"] >= 0.4
+    rows = semantic_pass(m, {"du+": du_ids[1:2], "ee-": np.array([stems + incoherent[:6]])}, s, base)
+    assert rows[0][1] == "semantic" and rows[0][3]["ee-"]["stem_frac"] == 0.3  # 3 of 10 content words
+    # one word in two cases is one content word: no shared stem
+    for i, w in zip(stems, (" garden", " Garden", " river", " River"), strict=True):
+        toks[i] = w
+    rows = semantic_pass(m, {"du+": np.array([stems + pad(punct)[:1]])}, s, base)
+    assert rows[0][3]["du+"]["n_content"] == 2 and rows[0][3]["du+"]["stem_frac"] == 0.0

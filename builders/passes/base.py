@@ -173,7 +173,7 @@ class Context:
         saes: list[SAEWeights],
         names: list[str],
         cfg: BuildConfig,
-        stored_top_ids: Callable[[int, int, int, str], np.ndarray | None] | None = None,
+        stored_top_ids: Callable[[int, int, int, str, int], np.ndarray | None] | None = None,
     ):
         self.model, self.saes, self.names, self.cfg = model, saes, names, cfg
         self.block_rows, self.vocab_tile = cfg.blocks(model.device)
@@ -205,11 +205,12 @@ class Context:
         self._cols = (key, cols)
         return cols
 
-    def stored_top_ids(self, sae: int, start: int, end: int, phase: str) -> np.ndarray | None:
-        """Promoted token ids (end - start, k) an earlier unit stored, or None where it has not run here."""
+    def stored_top_ids(self, sae: int, start: int, end: int, phase: str, sign: int = 1) -> np.ndarray | None:
+        """Promoted (``sign`` -1: suppressed) token ids (end - start, k) an earlier unit stored, or None where it
+        has not run here."""
         if self._stored_top_ids is None:
             return None
-        return self._stored_top_ids(sae, start, end, phase)
+        return self._stored_top_ids(sae, start, end, phase, sign)
 
 
 def each_sae(ctx: Context) -> list[Target]:
