@@ -173,8 +173,11 @@ async def measure_card_and_search(path: Path, repeat: int, queries: list[str]) -
             search_worker_ms[q] = statistics.median(worker)
     return {
         "first_list_page_ms": page_ms[0],
-        "enter_to_card_ms": {"median": statistics.median(first_frame_ms), "max": max(first_frame_ms),
-                             "n": len(first_frame_ms)},  # fmt: skip
+        "enter_to_card_ms": {
+            "median": statistics.median(first_frame_ms),
+            "max": max(first_frame_ms),
+            "n": len(first_frame_ms),
+        },  # fmt: skip
         "enter_to_card_then_forced_frame_ms": {"median": statistics.median(card_ms), "max": max(card_ms)},
         "search_to_results_ms": search_ms,
         "search_query_in_worker_ms": search_worker_ms,
@@ -242,7 +245,9 @@ def main() -> None:
     }
     for k, v in checks.items():
         print(f"{k:22s} {v:9.1f} ms   target < {TARGETS_MS[k]:.0f} ms   {'ok' if v < TARGETS_MS[k] else 'MISSED'}")
-    print(f"{'  + one forced repaint':22s} {res['enter_to_card_then_forced_frame_ms']['median']:9.1f} ms   (conservative)")
+    print(
+        f"{'  + one forced repaint':22s} {res['enter_to_card_then_forced_frame_ms']['median']:9.1f} ms   (conservative)"
+    )
     out = REPO / "benchmarks" / "out"
     out.mkdir(exist_ok=True)
     (out / "tui.json").write_text(json.dumps(res, indent=2))

@@ -47,7 +47,7 @@ from examples.smollm2.saelens_files import load_saelens_folder  # noqa: E402
 from examples.smollm2.topk import encode  # noqa: E402
 
 MODEL_ID = "smollm2-135m-instruct"
-SAES = {  # atlas SAE name -> (folder under examples/smollm2, Neuronpedia-style source id)
+SAES = {  # atlas SAE name -> (folder under examples/smollm2/dictionaries, Neuronpedia-style source id)
     "L2.res": ("layer_2_resid_post", "2-res-smollm2"),
     "L8.res": ("layer_8_resid_post", "8-res-smollm2"),
     "L14.res": ("layer_14_resid_post", "14-res-smollm2"),
@@ -95,7 +95,7 @@ def make_export(args: argparse.Namespace, out: Path) -> dict:
     text_tokens = [[strings[i] for i in w] for w in windows.tolist()]
     stats = {"windows": len(windows), "tokens": int(windows.numel()), "forward_s": forward_s}
     for name, (folder, source) in SAES.items():
-        weights, cfg = load_saelens_folder(REPO / "examples" / "smollm2" / folder)
+        weights, cfg = load_saelens_folder(REPO / "examples" / "smollm2" / "dictionaries" / folder)
         k = int(cfg["k"])
         W_dec = weights["W_dec"]  # (d_sae, d_in)
         dirs = W_dec @ model.model.layers[14].self_attn.o_proj.weight.float().T if name == "L14.z" else W_dec

@@ -1,9 +1,7 @@
 """The dictionaries committed in examples/smollm2: complete, loadable, and as good as metrics.json says.
 
-Two sets: ``examples/smollm2/dictionaries/`` (SAEs at ten depths, the layer-14
-hook_z SAE and four transcoders, each from its own seed: what the example atlas
-is rebuilt from) and the six legacy SAE folders directly in ``examples/smollm2/``
-(behind the atlas.db.example shipped before that rebuild; removed with it).
+``examples/smollm2/dictionaries/``: SAEs at ten depths, the layer-14 hook_z SAE
+and four transcoders, each from its own seed: what the example atlas is built from.
 """
 
 from __future__ import annotations
@@ -15,13 +13,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from examples.smollm2.build_example import DICTIONARIES, DICTIONARIES_DIR, EXAMPLE_DIR, LEGACY_HOOKS, SAMPLE_FILE
+from examples.smollm2.build_example import DICTIONARIES, DICTIONARIES_DIR, SAMPLE_FILE
 from examples.smollm2.saelens_files import DictionarySpec, load_saelens_folder
 from examples.smollm2.topk import decode, dictionary_seed, encode, evaluate
 
 D_MODEL = 576  # SmolLM2-135M: d_model, and 9 heads x 64 for hook_z
 
-legacy = pytest.mark.skipif(not (EXAMPLE_DIR / "metrics.json").is_file(), reason="no legacy example SAEs")
 new = pytest.mark.skipif(not (DICTIONARIES_DIR / "metrics.json").is_file(), reason="no committed dictionaries")
 
 
@@ -102,39 +99,6 @@ def test_adjacent_saes_are_not_aligned_by_index() -> None:
         best = (w_a @ w_b.T).argmax(1)  # unit rows: cosine
         same = float((best == torch.arange(512)).float().mean())
         assert same <= 0.01, f"{a.name} -> {b.name}: {same:.3f} of best matches share their index"
-
-
-# ----------------------------------------------------------------------------- the legacy six
-
-
-@legacy
-@pytest.mark.parametrize("hook", LEGACY_HOOKS)
-def test_legacy_sae(hook: str) -> None:
-    spec = DictionarySpec(hook)
-    weights, cfg = load_saelens_folder(EXAMPLE_DIR / spec.name)
-    meta = cfg["metadata"]
-    assert cfg["architecture"] == "topk" and meta["hook_name"] == hook
-    assert cfg["d_in"] == D_MODEL and cfg["d_sae"] >= 4096
-    assert cfg["reshape_activations"] == ("hook_z" if hook.endswith("hook_z") else "none")
-    assert all(torch.isfinite(t).all() for t in weights.values())
-    ev = meta["eval"]
-    assert ev["fve"] >= 0.70, f"{hook}: held-out FVE {ev['fve']:.3f} is below the issue's bar"
-    assert ev["l0"] == pytest.approx(cfg["k"], abs=0.5) and 0 <= ev["dead_fraction"] < 0.5
-    assert "no published SAE" in meta["trained_by"]
-    metrics = json.loads((EXAMPLE_DIR / "metrics.json").read_text())["saes"][spec.name]
-    assert metrics["fve"] == pytest.approx(ev["fve"]) and metrics["hook_name"] == hook
-
-
-@legacy
-def test_legacy_saes_load_with_the_project_loader() -> None:
-    from builders.saes import load_sae
-
-    for hook in LEGACY_HOOKS:
-        sae = load_sae(EXAMPLE_DIR / DictionarySpec(hook).name)
-        assert sae.hook_name == hook and sae.architecture == "topk" and sae.source_format == "saelens"
-        x = torch.randn(4, sae.d_in) * 50
-        a = sae.encode(x)  # (4, d_sae)
-        assert ((a > 0).sum(-1) <= sae.k).all()
 
 
 def test_the_rebuild_has_enough_depths_and_transcoders_to_trace() -> None:

@@ -81,16 +81,6 @@ DICTIONARIES = (
     DictionarySpec("blocks.14.attn.hook_z"),
     *(DictionarySpec.transcoder(layer) for layer in TRANSCODER_LAYERS),
 )
-# The six 4,096-latent SAEs behind the atlas.db.example shipped before the rebuild (trained with one shared
-# seed; their folders sit directly in examples/smollm2/ until the rebuilt atlas replaces them).
-LEGACY_HOOKS = (
-    "blocks.2.hook_resid_post",
-    "blocks.8.hook_resid_post",
-    "blocks.14.hook_resid_post",
-    "blocks.20.hook_resid_post",
-    "blocks.26.hook_resid_post",
-    "blocks.14.attn.hook_z",
-)
 CONTEXT_SIZE = 256
 EVAL_EVERY = 20  # every 20th window held out: 5%
 CPU_K = 32  # active latents per token
