@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from rich.table import Table
 from rich.text import Text
 from textual import on, work
@@ -169,5 +171,18 @@ def _info_text(msg: OverviewLoaded, filename: str) -> Table:  # the model line, 
             grid.add_row(f.label, Text(f.text, style="dim" if f.label in ("settings", "passes") else ""))
     if not facts:
         grid.add_row("built", Text("no build provenance recorded", style="dim"))
+    scope = example_scope(msg.info.get("provenance"))
+    if scope:  # what an example atlas can and cannot show, as its recipe recorded it
+        grid.add_row("example", Text(scope, style="italic"))
     top.add_row(grid)
     return top
+
+
+def example_scope(provenance: object) -> str:
+    """provenance["example"]["scope"] when it is text (an example's own caveat), else ""."""
+    try:
+        prov = json.loads(provenance) if isinstance(provenance, str) else provenance
+        scope = prov.get("example", {}).get("scope") if isinstance(prov, dict) else None
+    except (ValueError, RecursionError, AttributeError):
+        return ""
+    return " ".join(scope.split())[:600] if isinstance(scope, str) else ""
