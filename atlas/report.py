@@ -56,6 +56,7 @@ class ReportData:
     variability: list[stats.VariabilityTest] = field(default_factory=list)
     semantic: stats.SemanticSplit | None = None
     same_index: SameIndexCheck | None = None
+    baselines: dict[str, str] = field(default_factory=dict)  # SAE -> the random directions its percentiles use
     missing: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
@@ -78,7 +79,7 @@ def compute_report(
     ``progress`` is called with one line after each step (the command prints it on stderr).
     """
     conn = stats._conn(atlas)
-    verdict_criteria(read_provenance(conn))  # damaged provenance is named before any experiment runs
+    criteria = verdict_criteria(read_provenance(conn))  # damaged provenance is named before any experiment runs
     models = [
         dict(zip(("name", "source", "source_kind", "architecture", "n_layers"), r, strict=True))
         for r in conn.execute("SELECT name, source, source_kind, architecture, n_layers FROM models")
@@ -88,6 +89,7 @@ def compute_report(
         models=models,
         n_features=conn.execute("SELECT COUNT(*) FROM features").fetchone()[0],
         options={"top": top, "min_shared": min_shared, "overlap_max_features": overlap_max_features},
+        baselines=dict((criteria.get("attention_percentile") or {}).get("baseline_by_sae") or {}),
     )
 
     def run(key: str, fn: Any) -> Any:
@@ -205,11 +207,21 @@ def exp2_tables(data: ReportData) -> list[Table]:
             p = d.roles[role]
             row.append(f"{_f(p.mean[i])} / {_f(p.median[i])} / {_f(p.p75[i])}")
         row.append(" / ".join(_pct(d.roles[r].frac_above[i]) for r in stats.ROLES))
+        row.append(_baseline_words(data.baselines.get(name)))
         rows.append(row)
     tables = [
         Table(
             "Experiment 2: attention participation by depth (features.attn_{q,k,v}_mean: mean / median / P75)",
-            ["SAE", "layer", "features", "query side", "key side", "value side", "above baseline q / k / v"],
+            [
+                "SAE",
+                "layer",
+                "features",
+                "query side",
+                "key side",
+                "value side",
+                "above baseline q / k / v",
+                "baseline",
+            ],  # fmt: skip
             rows,
         )
     ]
@@ -248,6 +260,13 @@ def exp2_tables(data: ReportData) -> list[Table]:
             )
         )
     return tables
+
+
+def _baseline_words(text: str | None) -> str:
+    """The random baseline an SAE's attention numbers use, in two or three words."""
+    if text is None:
+        return "residual (old)"
+    return "hook_z through W_O" if "W_O" in text else "residual" if "residual" in text else str(text)[:40]
 
 
 def exp3_tables(data: ReportData) -> list[Table]:
@@ -805,6 +824,10 @@ METHOD = """\
   feature's mean normalised participation over the heads of the attention layer that reads its site; the band
   on the mean is ±1.96 standard errors. *Above baseline* is the attention pass's fraction of (feature, head)
   pairs above the random-direction percentile, from the `depth_profiles` table (first attention layer reached).
+  *Baseline*: the random directions of each SAE's scores and percentiles, drawn in the space it writes into
+  (provenance `criteria.attention_percentile`): a `hook_z` SAE's are random z directions through `W_O` (it can
+  write nothing else), a residual SAE's or a transcoder's random residual-stream directions; "residual (old)"
+  marks an atlas built before baselines were drawn per space, whose hook_z percentiles are flattered.
   Shapes name the per-layer mean divided by its average: *flat* when every layer is within 5% of it; *inverted-U*
   (*U-shaped*) when the highest (lowest) layer is inside the range, stands out from both ends by more than 5%, and
   the curve is monotone up to it and after it; *increasing* / *decreasing* when the whole curve is monotone;

@@ -192,3 +192,31 @@ def test_experiment_2_refuses_to_test_five_depths_and_says_how_many_it_needs(tmp
     r = CliRunner().invoke(cli, ["report", str(path8), "-o", str(tmp_path / "out8"), "--no-plots", "--no-figures"])
     md8 = (tmp_path / "out8" / "report.md").read_text()
     assert "cannot be tested" not in md8 and "varies significantly more than the query side — **agrees**" in md8
+
+
+def test_report_names_the_baseline_of_each_sae(tmp_path):
+    from atlas import open_atlas
+
+    path = tmp_path / "baselines.db"
+    build_planted_atlas(path, n_layers=3, d_sae=40, passes=("attention", "depth"))
+    with open_atlas(path, readonly=False) as atlas, atlas.transaction():
+        atlas.update_provenance(
+            criteria={
+                "attention_percentile": {
+                    "how": "random-baseline per write space",
+                    "baseline_by_sae": {
+                        "L0.res": "random unit residual-stream directions",
+                        "L1.res": "random unit hook_z directions of layer 1 through W_O",
+                    },
+                }
+            }
+        )
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["report", str(path), "-o", str(out), "--no-plots", "--no-figures"])
+    assert r.exit_code == 0, r.output
+    lines = (out / "report.md").read_text().splitlines()
+    # the experiment 2 table: its cells hold "mean / median / P75"
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| L") and " / " in line}
+    assert rows["L0.res"].endswith("| residual |")
+    assert rows["L1.res"].endswith("| hook_z through W_O |")
+    assert rows["L2.res"].endswith("| residual (old) |")  # not recorded: an atlas from before
