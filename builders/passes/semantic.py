@@ -27,8 +27,8 @@ clip(embed_z / (2 * min_embed_z), 0, 1))``. A feature is semantic when any of
 its four lists is; its label names the best list's words. Otherwise the label
 says what dominates the tokens of all four lists that are not words:
 punctuation, whitespace, digits, short (function) words such as " to" or
-" of", sub-word fragments, or incoherent words. Evidence (JSON) holds every
-sub-score per list. The agreement of these labels with hand labels of 100
+" of", sub-word fragments, or incoherent words. Evidence (JSON) holds, per
+list, the four numbers the verdict follows from (``EVIDENCE_KEYS``). The agreement of these labels with hand labels of 100
 example features is measured by tests/test_semantic_labels.py.
 """
 
@@ -47,6 +47,7 @@ from builders.passes import du, ee
 from builders.passes.base import Context, Pass, Rows, Step, Unit, each_sae
 from builders.weights import ModelWeights
 
+EVIDENCE_KEYS = ("word_frac", "n_content", "stem_frac", "embed_z")  # per list, in a label's evidence
 LISTS = (("du+", "du", 1), ("du-", "du", -1), ("ee+", "ee", 1), ("ee-", "ee", -1))  # name, phase, sign
 
 
@@ -181,11 +182,9 @@ def _reason(lists: list[dict], min_zipf: float) -> str:
 def label_feature(lists: dict[str, list[str]], embed_z: dict[str, float], s: SemanticSettings) -> tuple:
     """(text, kind, score, evidence) of one feature from its token lists (name -> tokens) and their embed_z."""
     judged = [(name, judge_list(lists[name][: s.n_tokens], embed_z[name], s)) for name in lists]
-    # the judged tokens are the feature's token_scores rows: keep the sub-scores only (atlas size)
-    evidence = {
-        name: {k: v for k, v in ev.items() if k not in ("tokens", "words")} | {"n_words": len(ev["words"])}
-        for name, ev in judged
-    }
+    # the judged tokens are the feature's token_scores rows, and a list's verdict and score follow from these
+    # four numbers: keep only them (atlas size: four lists of every feature)
+    evidence = {name: {k: ev[k] for k in EVIDENCE_KEYS} for name, ev in judged}
     sem = [(name, ev) for name, ev in judged if ev["semantic"]]
     if sem:
         _, best = max(sem, key=lambda p: p[1]["score"])
