@@ -207,7 +207,8 @@ def exp2_tables(data: ReportData) -> list[Table]:
             p = d.roles[role]
             row.append(f"{_f(p.mean[i])} / {_f(p.median[i])} / {_f(p.p75[i])}")
         row.append(" / ".join(_pct(d.roles[r].frac_above[i]) for r in stats.ROLES))
-        row.append(_baseline_words(data.baselines.get(name)))
+        scored = any(d.roles[r].n[i] for r in stats.ROLES)  # no attention layer reads it (the last layer): no baseline
+        row.append(_baseline_words(data.baselines.get(name)) if scored else "–")
         rows.append(row)
     tables = [
         Table(
