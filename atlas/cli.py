@@ -615,7 +615,7 @@ def edges(
     \b
     Example:
         sae-atlas edges L14.res/1234
-        sae-atlas edges L14.res/4018 --kind qk --in --csv
+        sae-atlas edges L14.res/1336 --kind qk --in --csv
     """
     directions = [d for d, on in (("out", outgoing), ("in", incoming)) if on] or ["out", "in"]
     rows = []

@@ -161,7 +161,7 @@ def test_the_readme_sql_example_returns_rows(runner: CliRunner) -> None:
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
     assert rows and all(row["rank"] < 5 for row in rows)
-    assert any(row["feature"] == "L26.res/260" for row in rows)
+    assert any(row["feature"] == "L29.res/598" for row in rows)  # the rebuilt example's " king" feature
 
 
 def test_the_readme_card_excerpt_is_what_show_prints(runner: CliRunner) -> None:
