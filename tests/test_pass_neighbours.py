@@ -90,7 +90,7 @@ def test_semantic_labels_planted_lists():
     rows = semantic_pass(m, {"du+": du_ids}, s, base)
     kinds = [r[1] for r in rows]
     assert kinds == ["semantic", "non_semantic", "non_semantic", "non_semantic"]
-    assert rows[0][0].startswith("semantic: ") and rows[0][3]["du+"]["embed_z"] > s.min_embed_z
+    assert rows[0][0].startswith("semantic: ") and rows[0][3]["du+"][3] > s.min_embed_z
     assert rows[2][0] == "non-semantic: punctuation"
     assert rows[3][0] == "non-semantic: sub-word fragments"
     assert rows[1][0] == "non-semantic: incoherent words"
@@ -104,12 +104,13 @@ def test_semantic_labels_planted_lists():
         toks[i] = w
     lists = {"du+": du_ids[1:2], "ee-": np.array([stems + pad(punct)[:6]])}
     rows = semantic_pass(m, lists, s, base)
-    assert rows[0][3]["ee-"]["stem_frac"] == 0.75 and rows[0][3]["ee-"]["word_frac"] == 0.4  # runs: stem "runs"
+    word_frac, n_content, stem_frac, embed_z = rows[0][3]["ee-"]  # EVIDENCE_KEYS order
+    assert stem_frac == 0.75 and word_frac == 0.4  # runs: stem "runs"
     assert rows[0][1] == "non_semantic"  # 4 words in 10 is below min_word_frac
     rows = semantic_pass(m, {"du+": du_ids[1:2], "ee-": np.array([stems + incoherent[:6]])}, s, base)
-    assert rows[0][1] == "semantic" and rows[0][3]["ee-"]["stem_frac"] == 0.3  # 3 of 10 content words
+    assert rows[0][1] == "semantic" and rows[0][3]["ee-"][2] == 0.3  # stem_frac: 3 of 10 content words
     # one word in two cases is one content word: no shared stem
     for i, w in zip(stems, (" garden", " Garden", " river", " River"), strict=True):
         toks[i] = w
     rows = semantic_pass(m, {"du+": np.array([stems + pad(punct)[:1]])}, s, base)
-    assert rows[0][3]["du+"]["n_content"] == 2 and rows[0][3]["du+"]["stem_frac"] == 0.0
+    assert rows[0][3]["du+"][1:3] == [2, 0.0]  # n_content, stem_frac

@@ -28,7 +28,8 @@ its four lists is; its label names the best list's words. Otherwise the label
 says what dominates the tokens of all four lists that are not words:
 punctuation, whitespace, digits, short (function) words such as " to" or
 " of", sub-word fragments, or incoherent words. Evidence (JSON) holds, per
-list, the four numbers the verdict follows from (``EVIDENCE_KEYS``). The agreement of these labels with hand labels of 100
+list, the four numbers the verdict follows from, in ``EVIDENCE_KEYS`` order:
+``{"du+": [word_frac, n_content, stem_frac, embed_z], ...}``. The agreement of these labels with hand labels of 100
 example features is measured by tests/test_semantic_labels.py.
 """
 
@@ -183,8 +184,9 @@ def label_feature(lists: dict[str, list[str]], embed_z: dict[str, float], s: Sem
     """(text, kind, score, evidence) of one feature from its token lists (name -> tokens) and their embed_z."""
     judged = [(name, judge_list(lists[name][: s.n_tokens], embed_z[name], s)) for name in lists]
     # the judged tokens are the feature's token_scores rows, and a list's verdict and score follow from these
-    # four numbers: keep only them (atlas size: four lists of every feature)
-    evidence = {name: {k: ev[k] for k in EVIDENCE_KEYS} for name, ev in judged}
+    # four numbers: keep only them, as a list in EVIDENCE_KEYS order (atlas size: four lists of every feature;
+    # the order is recorded in provenance["conventions"])
+    evidence = {name: [ev[k] for k in EVIDENCE_KEYS] for name, ev in judged}
     sem = [(name, ev) for name, ev in judged if ev["semantic"]]
     if sem:
         _, best = max(sem, key=lambda p: p[1]["score"])
@@ -256,4 +258,5 @@ PASS = Pass(
     steps=(Step("semantic", _run),),
     writes=("labels",),
     label_source=HEURISTIC_SOURCE,
+    conventions={"semantic evidence": "per token list (du+, du-, ee+, ee-): [" + ", ".join(EVIDENCE_KEYS) + "]"},
 )

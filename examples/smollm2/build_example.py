@@ -74,7 +74,7 @@ EXAMPLE_BUILD: dict[str, Any] = {
     "qk_cap": 1,  # strongest QK edge kept per feature across heads
     "ov_k": 4,  # OV target features per (source feature, head) before the cap
     "ov_cap": 1,  # strongest OV edge kept per feature across heads
-    "neighbour_k": 2,  # decoder-cosine neighbours per feature
+    "neighbour_k": 1,  # decoder-cosine neighbour per feature (2 put the 15-dictionary atlas over 80 MB)
     "flow_k": 1,  # best flow match per feature into the next SAE
 }
 
