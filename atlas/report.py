@@ -832,8 +832,8 @@ METHOD = """\
   Shapes name the per-layer mean divided by its average: *flat* when every layer is within 5% of it; *inverted-U*
   (*U-shaped*) when the highest (lowest) layer is inside the range, stands out from both ends by more than 5%, and
   the curve is monotone up to it and after it; *increasing* / *decreasing* when the whole curve is monotone;
-  otherwise *flat* if it spans at most 10%, else *no clear trend*. Monotone: Kendall's tau-b with depth of at least
-  0.6 in that direction, at most a third of the steps going the other way by more than 5%, and the last layer
+  otherwise *flat* if it spans at most 10%, else *no clear trend*. Monotone: Kendall's tau-b with depth (layers
+  within 5% of each other tied) of at least 0.6 in that direction, at most a third of the steps going the other way by more than 5%, and the last layer
   beyond the first by more than 5%.
   Variability: coefficient of variation across layers of the per-layer means, key minus query; p-value from a
   paired sign-flip permutation test over layers (exact up to 14 layers), CI from a parametric bootstrap of the

@@ -529,10 +529,15 @@ SHAPE_TAU = 0.6  # |Kendall's tau-b| a monotone stretch needs
 SHAPE_MAX_AGAINST = 1 / 3  # at most this fraction of its steps may go against the trend by more than tol
 
 
-def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
-    """Kendall's tau-b of two short 1-D arrays (ties in either counted as tau-b does); NaN when undefined."""
+def kendall_tau_b(x: np.ndarray, y: np.ndarray, tol: float = 0.0) -> float:
+    """Kendall's tau-b of two short 1-D arrays, ties counted as tau-b does; NaN when undefined.
+
+    Two y values within ``tol`` of each other count as tied: a step smaller than the shape rule's tolerance is
+    noise, neither for nor against a trend.
+    """
     i, j = np.triu_indices(len(x), 1)
-    sx, sy = np.sign(x[j] - x[i]), np.sign(y[j] - y[i])
+    dy = y[j] - y[i]
+    sx, sy = np.sign(x[j] - x[i]), np.where(np.abs(dy) <= tol, 0.0, np.sign(dy))
     n0 = len(i)
     denom = math.sqrt((n0 - int((sx == 0).sum())) * (n0 - int((sy == 0).sum())))
     return float((sx * sy).sum() / denom) if denom > 0 else math.nan
@@ -543,7 +548,7 @@ def _monotone(x: np.ndarray, y: np.ndarray, sign: int, tol: float) -> bool:
     if len(y) < 2:
         return False
     steps = sign * np.diff(y)
-    tau = kendall_tau_b(x, y)
+    tau = kendall_tau_b(x, y, tol)
     return (
         not math.isnan(tau)
         and sign * tau >= SHAPE_TAU
@@ -565,8 +570,9 @@ def profile_shape(layers: np.ndarray, values: np.ndarray, *, tol: float = 0.05) 
     * **flat** again if none of these holds but the curve spans at most 2 * ``tol``;
     * otherwise **no clear trend**: the curve zigzags.
 
-    Monotone (each arm, or the whole curve): Kendall's tau-b with depth at
-    least ``SHAPE_TAU`` (0.6) in the trend's direction, at most
+    Monotone (each arm, or the whole curve): Kendall's tau-b with depth (two
+    layers within ``tol`` of each other counting as tied) at least
+    ``SHAPE_TAU`` (0.6) in the trend's direction, at most
     ``SHAPE_MAX_AGAINST`` (1/3) of its steps going against it by more than
     ``tol``, and the last point beyond the first by more than ``tol``. So
     q = (0.81, 0.97, 0.75, 0.92, 0.96) is no clear trend (tau-b 0.2).

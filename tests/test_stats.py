@@ -162,6 +162,8 @@ def test_variability_test_holds_its_size_under_the_null():
         ([2, 1, 2, 1, 2, 1, 2], "no clear trend"),  # lowest point inside, but the arms zigzag: not a U
         # mostly monotone, one small step back (within tol): still a trend
         ([1, 1.5, 2, 1.98, 2.5, 3], "increasing"),
+        # a step down between nearly level stretches: small wiggles within 5% are ties, not evidence against it
+        ([1.075, 1.098, 0.927, 0.945], "decreasing"),
         # peaked
         ([1, 2, 3, 2, 1], "inverted-U"),
         ([1, 1.2, 1.4, 3, 1.3], "inverted-U"),
@@ -182,6 +184,10 @@ def test_kendall_tau_b_against_a_direct_count():
     x, y = np.arange(5.0), np.array([0.81, 0.97, 0.75, 0.92, 0.96])
     assert stats.kendall_tau_b(x, y) == pytest.approx((6 - 4) / 10)
     assert stats.kendall_tau_b(x, np.array([1.0, 1, 2, 2, 3])) == pytest.approx(8 / np.sqrt(10 * 8))
+    # with a tolerance, differences within it are ties
+    assert stats.kendall_tau_b(np.arange(4.0), np.array([1.0, 1.02, 0.8, 0.81]), tol=0.05) == pytest.approx(
+        -4 / np.sqrt(6 * 4)
+    )
 
 
 # ---------------------------------------------------------------- experiment 3
