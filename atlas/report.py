@@ -596,7 +596,9 @@ def _fig_exp1(data: ReportData) -> Any:
                 xytext=(3, 3), textcoords="offset points", fontsize=8)  # fmt: skip
     ax.set_xlabel("layer of the SAE")
     ax.set_ylabel("fraction of features")
-    ax.set_ylim(0, max(0.5, float(np.nanmax([t.frac_predicts.max(initial=0), t.frac_reads.max(initial=0)])) * 1.15))
+    shown = [t.frac_predicts, t.frac_reads] + ([o.frac_agree] if o is not None else [])  # every curve drawn fits
+    top = max((float(np.nanmax(v)) for v in shown if np.isfinite(v).any()), default=0.0)
+    ax.set_ylim(0, min(1.0, max(0.5, top * 1.15)))
     _layer_ticks(ax, t.saes.layer)
     ax.set_title("Experiment 1: features that directly predict / read tokens")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

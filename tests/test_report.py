@@ -220,3 +220,12 @@ def test_report_names_the_baseline_of_each_sae(tmp_path):
     assert rows["L0.res"].endswith("| residual |")
     assert rows["L1.res"].endswith("| hook_z through W_O |")
     assert rows["L2.res"].endswith("| residual (old) |")  # not recorded: an atlas from before
+
+
+def test_exp1_figure_shows_every_curve_whole(planted_path):
+    """Token agreement (75% planted) above every predicts/reads fraction: the y axis reaches it, not 0.5."""
+    with open_atlas(planted_path) as atlas:
+        data = report.compute_report(atlas)
+    assert np.nanmax(data.overlap.frac_agree) > 0.5 > np.nanmax(data.predicts.frac_predicts)
+    ax = report._fig_exp1(data).axes[0]
+    assert ax.get_ylim()[1] >= np.nanmax(data.overlap.frac_agree)
