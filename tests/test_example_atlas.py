@@ -69,7 +69,9 @@ def test_example_has_every_pass_on_every_sae(example):
     conn = example.conn
     for s in saes:
         assert s.d_sae >= 2048
-        assert s.fve is not None and s.fve >= 0.70, (s.name, s.fve)
+        # a transcoder's FVE is of its MLP's output (examples/smollm2/README.md: 0.59-0.70); an SAE's of its input
+        bar = 0.55 if getattr(s, "sae_kind", "sae") != "sae" else 0.70
+        assert s.fve is not None and s.fve >= bar, (s.name, s.fve)
         n_du, n_ee, n_attn = conn.execute(
             "SELECT COUNT(du_top1_z), COUNT(ee_top1_z), COUNT(attn_q_mean) FROM features WHERE sae_id = ?",
             (s.sae_id,),
