@@ -265,6 +265,73 @@ def read_tokens(
     return {fid: tuple(t for _, t in sorted(toks)) for fid, toks in out.items()}
 
 
+# ---------------------------------------------------------------- one level at a time (the browser)
+@dataclass(frozen=True)
+class Hop:
+    """One edge out of a frontier feature with what a tree node shows of the feature it reaches."""
+
+    step: Step
+    feature_id: int  # the feature reached
+    name: str
+    layer: int
+    pair: str  # "SRC_SAE -> DST_SAE", forward direction
+    tokens: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A feature as a tree's root shows it."""
+
+    feature_id: int
+    name: str
+    layer: int
+    site: str
+    tokens: tuple[str, ...]
+
+
+def root_stop(conn: sqlite3.Connection, feature_id: int, direction: str, n_tokens: int = 6) -> Stop:
+    check_traceable(conn)
+    info = read_infos(conn, [feature_id])
+    if feature_id not in info:
+        raise DamagedAtlas(f"feature #{feature_id} has no readable SAE row; `sae-atlas validate` checks the atlas")
+    i = info[feature_id]
+    phase, sign = TOKEN_LIST[direction]
+    tokens = read_tokens(conn, [feature_id], phase, sign, n_tokens).get(feature_id, ())
+    return Stop(feature_id, i.name, i.layer, i.site, tokens)
+
+
+def expand(
+    conn: sqlite3.Connection,
+    feature_ids: Sequence[int],
+    direction: str,
+    *,
+    top: int = 5,
+    min_percentile: float = 0.0,
+    n_tokens: int = 6,
+) -> dict[int, list[Hop]]:
+    """The next level under every feature of a frontier, in one batch of queries (edges, names, tokens)."""
+    steps = read_steps(conn, feature_ids, direction, top, min_percentile)
+    ends = {f for ss in steps.values() for s in ss for f in (s.src_feature, s.dst_feature)}
+    info = read_infos(conn, sorted(ends))
+    phase, sign = TOKEN_LIST[direction]
+    reached = sorted({s.other(direction) for ss in steps.values() for s in ss})
+    tokens = read_tokens(conn, reached, phase, sign, n_tokens)
+    out: dict[int, list[Hop]] = {}
+    for fid, ss in steps.items():
+        for s in ss:
+            other = s.other(direction)
+            if other not in info or s.src_feature not in info or s.dst_feature not in info:
+                raise DamagedAtlas(
+                    f"an edge #{s.src_feature} -> #{s.dst_feature} names a feature with no readable row; "
+                    "`sae-atlas validate` checks the atlas"
+                )
+            pair = f"{info[s.src_feature].sae} -> {info[s.dst_feature].sae}"
+            out.setdefault(fid, []).append(
+                Hop(s, other, info[other].name, info[other].layer, pair, tokens.get(other, ()))
+            )
+    return out
+
+
 # ---------------------------------------------------------------- the tree
 def trace(
     conn: sqlite3.Connection,
