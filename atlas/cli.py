@@ -396,7 +396,7 @@ def show(feature: str, db: Path | None, k: int, edge_limit: int, as_json: bool) 
 def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = None, neuronpedia: Any = None) -> str:
     f = card.feature
     m = f.metrics
-    out = [f"{f.name}  (#{f.feature_id})  layer {f.layer} {f.site}"]
+    out = [f"{f.name}  (#{f.feature_id})  layer {f.layer} {f.site}" + _dictionary_kind(card)]
     if card.labels:
         for lab in card.labels:
             score = f" {lab.score:.2f}" if lab.score is not None else ""
@@ -429,6 +429,11 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
         width = max(len(t.token) for t in scores)
         for t in scores:
             out.append(f"  {t.token:<{min(width, 24)}}  {t.value:+9.4f}  {_bar(abs(t.value) / top)}")
+    if getattr(card, "spread", None):  # a CLT feature: where its decoder writes
+        out.append("\ndecoder spread (a cross-layer transcoder: ||W_dec[f, layer]|| per layer it writes)")
+        top = max(s.norm for s in card.spread) or 1.0
+        for s in card.spread:
+            out.append(f"  L{s.out_layer:<3} {s.norm:9.4f}  {_bar(s.norm / top)}")
     if neuronpedia is not None:  # its URL, its logit table's agreement with du, activation examples
         from atlas.neuronpedia import card_lines
 
@@ -459,8 +464,21 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
             for e in es:
                 other = e.dst if direction == "out" else e.src
                 head = f"  via L{e.head_layer}.H{e.head}" if e.head is not None else ""
-                out.append(f"  {arrow} {other:<16} {e.score:+9.4f}{head}")
+                pct = f"  ({e.percentile:.1f}%)" if getattr(e, "percentile", None) is not None else ""
+                out.append(f"  {arrow} {other:<16} {e.score:+9.4f}{head}{pct}")
     return "\n".join(out)
+
+
+_KIND_WORDS = {"transcoder": "transcoder", "skip_transcoder": "skip transcoder", "clt": "cross-layer transcoder"}
+
+
+def _dictionary_kind(card: Any) -> str:
+    """`` · transcoder -> blocks.11.hook_mlp_out`` for a feature of a transcoder or CLT; empty for an SAE's."""
+    kind = getattr(card, "sae_kind", "sae")
+    if kind == "sae":
+        return ""
+    writes = getattr(card, "writes", None)
+    return f"  · {_KIND_WORDS.get(kind, kind)}" + (f" -> {writes}" if writes else "")
 
 
 def _verdict(what: str, flag: Any, metric: str, value: Any) -> str:

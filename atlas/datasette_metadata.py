@@ -42,6 +42,9 @@ TITLES: dict[str, str] = {
     "edges_view": "Edges, readable", "labels_view": "Labels with feature names", "sae_summary": "Per-SAE summary",
     "neuronpedia_view": "Neuronpedia agreement, readable",
     "activation_examples_view": "Activation examples with feature names",
+    "virtual_baselines": "Random baselines of virtual weights, per dictionary pair",
+    "decoder_spread": "Cross-layer transcoders: decoder norm per layer written",
+    "virtual_edges_view": "Virtual weights (writer -> reader) with layers and percentiles",
 }  # fmt: skip
 
 # Columns the schema has no comment for, by name (in any table), or by what the name ends in.

@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from atlas.db import Atlas, create_atlas
-
-# The kinds drawn at random for every feature; the virtual kinds are drawn per pair of SAEs (_write_virtual).
-_RANDOM_EDGE_KINDS = ("qk", "ov", "cosine", "flow")
+from atlas.domain import EDGE_KINDS, VIRTUAL_EDGE_KINDS
 
 _WORDS = (
     "the of and to in is was for on that with as by at from his her they this it be are not or "
@@ -228,7 +226,7 @@ def _write_chunk(
         atlas.add_token_score_block(fids, blocks)
         f_h, h_h, r_h, s_h, p_h = _draw_heads(rng, fids, shape)
         atlas.add_head_scores(f_h, h_h, r_h, s_h, p_h)
-        kinds = _RANDOM_EDGE_KINDS
+        kinds = tuple(k for k in EDGE_KINDS if k not in VIRTUAL_EDGE_KINDS)  # the kinds of schema 1-3: same draws
         per_kind = max(1, shape.n_edges // len(kinds))
         head_pk = shape.head_pk
         for kind in kinds:

@@ -15,14 +15,10 @@ from typing import Any
 
 import torch
 
-from atlas.domain import SITES
+from atlas.domain import READ_SITES, SITES, TRANSCODER_SITES  # noqa: F401 (re-exported to the builders)
 from builders.errors import LoadError
 
-# Sites a transcoder reads besides the atlas's SITES: the MLP's input after the pre-MLP norm, gain included
-# (circuit-tracer's mlp.hook_in; Gemma Scope 2's pre_feedforward_layernorm.output), and the same
-# before the gain (TransformerLens's ln2.hook_normalized: unit RMS; Gemma Scope 1 transcoders).
-TRANSCODER_SITES = ("mlp_in", "ln2_normalized")
-READ_SITES = SITES + TRANSCODER_SITES
+# READ_SITES and TRANSCODER_SITES are atlas/domain.py's (one vocabulary), imported from here by the builders
 # What a dictionary is: an SAE reads and writes one hook; a transcoder reads one hook and writes
 # another; a cross-layer transcoder (CLT) reads one layer and writes that layer and every later one.
 DICTIONARY_KINDS = ("sae", "transcoder", "clt")
