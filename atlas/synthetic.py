@@ -253,8 +253,14 @@ def _write_chunk(
 
 
 def _write_virtual(
-    atlas: Atlas, rng: np.random.Generator, sae_ids: list[int], bases: list[int], per_sae: int, n: int,
-    chunk: int, progress: bool,
+    atlas: Atlas,
+    rng: np.random.Generator,
+    sae_ids: list[int],
+    bases: list[int],
+    per_sae: int,
+    n: int,
+    chunk: int,
+    progress: bool,
 ) -> None:
     """``virtual`` edges out of each feature of SAE i into SAE j > i, ``virtual_in`` edges into each
     feature of SAE j from SAE i < j: ranks 0..n-1 by |score|, percentiles falling with rank."""

@@ -85,7 +85,8 @@ def write_trace_file(tr: Trace, text: str, path: Path) -> None:
 
 def draw_trace(tr: Trace):  # -> matplotlib Figure
     """One box per node, placed at its layer (x) in tree order (y); edges drawn thicker the higher their
-    percentile; each box holds the feature's name, score, percentile and top tokens."""
+    percentile (p90 and below thinnest), red when the virtual weight is negative; each box holds the
+    feature's name, score, percentile and top tokens."""
     from matplotlib.figure import Figure
 
     kids = tr.children()
@@ -109,9 +110,11 @@ def draw_trace(tr: Trace):  # -> matplotlib Figure
         x, y = col[n.layer], -row[n.node]
         if n.parent is not None:
             p = by_id[n.parent]
-            pct = n.percentile if n.percentile is not None else 50.0
-            ax.plot([col[p.layer] + 0.12, x - 0.12], [-row[p.node], y], color="#4c72b0",
-                    linewidth=0.5 + 2.5 * max(0.0, pct - 50) / 50, alpha=0.8, zorder=1)  # fmt: skip
+            pct = n.percentile if n.percentile is not None else 90.0
+            width = 0.5 + 3.0 * min(1.0, max(0.0, (pct - 90.0) / 10.0))  # p90 thin .. p100 thick
+            colour = "#c44e52" if (n.score or 0.0) < 0 else "#4c72b0"  # red: the edge inhibits
+            ax.plot([col[p.layer] + 0.12, x - 0.12], [-row[p.node], y], color=colour, linewidth=width, alpha=0.8,
+                    zorder=1)  # fmt: skip
         head = n.name if n.score is None else f"{n.name}  {n.score:+.3f}" + (
             f"  p{n.percentile:.1f}" if n.percentile is not None else "")  # fmt: skip
         body = ("(seen above)  " if n.seen else "") + " ".join(n.tokens[:5])

@@ -175,14 +175,18 @@ def test_an_atlas_without_virtual_edges_is_told_what_to_build(own: Path) -> None
 
 
 def test_an_old_schema_is_told_what_to_build(own: Path) -> None:
-    """An atlas whose edges have no percentile column (schema 3 and older)."""
-    c = sqlite3.connect(own, isolation_level=None)
-    c.execute("DROP VIEW IF EXISTS edges_view")
-    c.execute("DROP VIEW IF EXISTS virtual_edges_view")
-    c.execute("ALTER TABLE edges DROP COLUMN percentile")
+    """A schema 3 file (no percentile column, no virtual kinds): one line, exit 1, and the file untouched."""
+    from tests.schema_versions import as_v3
+
+    c = sqlite3.connect(own)
+    with c:
+        c.execute("DELETE FROM edges WHERE kind IN ('virtual', 'virtual_in')")  # kinds a schema 3 file cannot hold
     c.close()
-    with open_atlas(own, readonly=True) as a, pytest.raises(NeedsVirtualEdges, match="schema 4 or later"):
-        trace(a.conn, 0)
+    as_v3(own)
+    before = own.read_bytes()
+    line = _one_error_line(CliRunner().invoke(cli, ["--db", str(own), "trace", "L1.res/0"]))
+    assert "trace needs an atlas built with the `virtual` pass (schema 4 or later; this one is schema 3)" in line
+    assert own.read_bytes() == before
 
 
 @pytest.mark.parametrize(
