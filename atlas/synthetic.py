@@ -265,10 +265,6 @@ def _write_virtual(
     """``virtual`` edges out of each feature of SAE i into SAE j > i, ``virtual_in`` edges into each
     feature of SAE j from SAE i < j: ranks 0..n-1 by |score|, percentiles falling with rank."""
     n = min(n, per_sae)
-    sql = (
-        "INSERT INTO edges (src_feature, dst_feature, head_pk, kind, score, rank, percentile) "
-        "VALUES (?, ?, NULL, ?, ?, ?, ?)"
-    )
     for i in range(len(sae_ids)):
         for j in range(i + 1, len(sae_ids)):
             for kind, own, other in (("virtual", i, j), ("virtual_in", j, i)):
@@ -281,24 +277,14 @@ def _write_virtual(
                     pct = np.sort(rng.uniform(80.0, 100.0, (m, n)), axis=1)[:, ::-1]  # (m, n)
                     mine = np.repeat(fids, n)
                     src, dst = (mine, others.reshape(-1)) if kind == "virtual" else (others.reshape(-1), mine)
-                    ranks = np.tile(np.arange(n), m)
                     with atlas.transaction():
-                        atlas.conn.executemany(
-                            sql,
-                            zip(src.tolist(), dst.tolist(), [kind] * len(src), scores.reshape(-1).tolist(),
-                                ranks.tolist(), np.round(pct.reshape(-1), 3).tolist(), strict=True),
-                        )  # fmt: skip
-            has_baselines = atlas.conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'virtual_baselines'"
-            ).fetchone()
-            if has_baselines:
-                with atlas.transaction():
-                    atlas.conn.execute(
-                        "INSERT OR REPLACE INTO virtual_baselines (src_sae_id, dst_sae_id, n_samples, mean, std, "
-                        "p50, p90, p99, p999, max, n_pairs, frac_above_p99, frac_above_p999) "
-                        "VALUES (?, ?, 4096, 0.02, 0.01, 0.02, 0.035, 0.05, 0.065, 0.08, ?, ?, ?)",
-                        (sae_ids[i], sae_ids[j], per_sae * per_sae, float(rng.uniform(0.01, 0.1)),
-                         float(rng.uniform(0.001, 0.02))),
-                    )  # fmt: skip
+                        atlas.add_edges(kind, src, dst, scores.reshape(-1), np.tile(np.arange(n), m),
+                                        percentiles=np.round(pct.reshape(-1), 3))  # fmt: skip
+            with atlas.transaction():
+                atlas.add_virtual_baseline(
+                    sae_ids[i], sae_ids[j], n_samples=4096, mean=0.02, std=0.01, p50=0.02, p90=0.035, p99=0.05,
+                    p999=0.065, max=0.08, n_pairs=per_sae * per_sae, frac_above_p99=float(rng.uniform(0.01, 0.1)),
+                    frac_above_p999=float(rng.uniform(0.001, 0.02)),
+                )  # fmt: skip
             if progress:
                 print(f"  virtual edges SAE {sae_ids[i]} -> {sae_ids[j]}: {2 * per_sae * n:,}", flush=True)

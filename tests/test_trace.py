@@ -224,3 +224,60 @@ def test_usage_errors_are_one_line(planted: Path, tmp_path: Path) -> None:
         assert line.startswith("Error:")
     r = CliRunner().invoke(cli, ["trace", "-h"])
     assert r.exit_code == 0 and "Example:" in r.output and "sae-atlas trace L3.tc/120" in r.output
+
+
+# ---------------------------------------------------------------- bounded work on a big atlas
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> Path:
+    """Four SAEs with virtual edges between every pair: the shape of a real graph, big enough for plans to matter."""
+    from atlas.synthetic import build_synthetic_atlas
+
+    return build_synthetic_atlas(tmp_path_factory.mktemp("trace_big") / "big.db", n_features=12_000,
+                                 layers=(1, 3, 5, 7), d_vocab=2000, k=8, n_head_scores=3, n_edges=4, label_every=0,
+                                 n_virtual=8)  # fmt: skip
+
+
+def _statements(conn: sqlite3.Connection, fn) -> list[str]:
+    seen: list[str] = []
+    conn.set_trace_callback(seen.append)
+    try:
+        fn()
+    finally:
+        conn.set_trace_callback(None)
+    return seen
+
+
+def _scans(conn: sqlite3.Connection, statements: list[str]) -> list[str]:
+    """Every step of every SELECT's plan that reads a table or index from end to end."""
+    out = []
+    for s in statements:
+        if s.lstrip().upper().startswith("SELECT"):
+            out += [f"{r[3]}  <- {s[:80]}" for r in conn.execute("EXPLAIN QUERY PLAN " + s) if "SCAN" in r[3]]
+    return out
+
+
+@pytest.mark.parametrize("direction", ["down", "up"])
+def test_trace_reads_by_index_in_a_bounded_number_of_queries(big: Path, direction: str) -> None:
+    from atlas.trace import expand, root_stop
+
+    with open_atlas(big) as a:
+        first, last = a.conn.execute("SELECT MIN(feature_id), MAX(feature_id) FROM features").fetchone()
+        root = first if direction == "down" else last
+        depth = 3
+        holder = {}
+        stmts = _statements(a.conn, lambda: holder.update(tr=trace(a.conn, root, direction=direction, depth=depth,
+                                                                   top=4)))  # fmt: skip
+        tr = holder["tr"]
+        assert max(n.depth for n in tr.nodes) == depth  # the tree really is three levels deep
+        assert len(tr.nodes) > 20
+        # per level: the frontier's edges, then the names of what they reach; the tokens once at the end
+        assert len(stmts) <= 2 + 2 * depth + 1 + 1, stmts
+        assert _scans(a.conn, stmts) == []
+        # the browser: the root, then one level under a whole frontier, three queries whatever its width
+        stmts = _statements(a.conn, lambda: root_stop(a.conn, root, direction))
+        assert len(stmts) <= 4 and _scans(a.conn, stmts) == []
+        frontier = [n.feature_id for n in tr.nodes if n.depth == 1]
+        stmts = _statements(a.conn, lambda: holder.update(hops=expand(a.conn, frontier, direction, top=5)))
+        assert len(stmts) == 3 and _scans(a.conn, stmts) == []
+        end_layer = 7 if direction == "down" else 1  # the last dictionary has no edges onward
+        assert set(holder["hops"]) == {n.feature_id for n in tr.nodes if n.depth == 1 and n.layer != end_layer}

@@ -97,17 +97,12 @@ def build_trace_atlas(path: Path) -> Path:
                         "VALUES (?, ?, 1, ?, ?, ?)",
                         [(fid[n], phase, r, token_id[t], 3.0 - r) for r, t in enumerate(toks)],
                     )
-            sql = (
-                "INSERT INTO edges (src_feature, dst_feature, head_pk, kind, score, rank, percentile) "
-                "VALUES (?, ?, NULL, ?, ?, ?, ?)"
-            )
             for kind, rows in (("virtual", VIRTUAL), ("virtual_in", virtual_in_ranks())):
-                atlas.conn.executemany(sql, [(fid[s], fid[d], kind, sc, rk, p) for s, d, sc, p, rk in rows])
+                src, dst, score, pct, rank = zip(*rows, strict=True)
+                atlas.add_edges(kind, [fid[s] for s in src], [fid[d] for d in dst], score, rank, percentiles=pct)
             for a, b in ((1, 3), (1, 5), (3, 5)):
-                atlas.conn.execute(
-                    "INSERT INTO virtual_baselines (src_sae_id, dst_sae_id, n_samples, mean, std, p50, p90, p99, "
-                    "p999, max, n_pairs, frac_above_p99, frac_above_p999) "
-                    "VALUES (?, ?, 1000, 0.1, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 64, 0.05, 0.01)",
-                    (sae_ids[a], sae_ids[b]),
-                )
+                atlas.add_virtual_baseline(
+                    sae_ids[a], sae_ids[b], n_samples=1000, mean=0.1, std=0.05, p50=0.1, p90=0.2, p99=0.3,
+                    p999=0.4, max=0.5, n_pairs=64, frac_above_p99=0.05, frac_above_p999=0.01,
+                )  # fmt: skip
     return Path(path)
