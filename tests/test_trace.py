@@ -281,3 +281,47 @@ def test_trace_reads_by_index_in_a_bounded_number_of_queries(big: Path, directio
         assert len(stmts) == 3 and _scans(a.conn, stmts) == []
         end_layer = 7 if direction == "down" else 1  # the last dictionary has no edges onward
         assert set(holder["hops"]) == {n.feature_id for n in tr.nodes if n.depth == 1 and n.layer != end_layer}
+
+
+# ---------------------------------------------------------------- the report's graph section
+def test_graph_section_reads_the_planted_pairs(planted: Path, tmp_path: Path) -> None:
+    from atlas import report_graph
+
+    with open_atlas(planted) as a:
+        section = report_graph.graph_section(a.conn)
+    got = [(p.src, p.dst, p.distance, p.n_rank0, p.median_rank0_percentile, p.frac_rank0_above_p99, p.frac_above_p99)
+           for p in section.pairs]  # fmt: skip
+    assert got == [
+        ("L1.res", "L3.res", 2, 1, 99.5, 1.0, 0.05),  # L1/0's strongest edge into L3 is L3/2
+        ("L1.res", "L5.res", 4, 1, 99.9, 1.0, 0.05),
+        ("L3.res", "L5.res", 2, 3, 95.0, 0.0, 0.05),  # rank-0 edges of L3/2, L3/5, L3/1: 98, 95, 30
+    ]
+    assert section.pairs[0].chance_rank0_percentile == pytest.approx(100 * 0.5 ** (1 / 8), abs=1e-9)
+    assert section.pairs[0].enrichment == pytest.approx(5.0)
+    assert section.by_distance() == [
+        {"distance": 2, "pairs": 2, "median_frac_above_p99": 0.05, "median_rank0_percentile": 97.25},
+        {"distance": 4, "pairs": 1, "median_frac_above_p99": 0.05, "median_rank0_percentile": 99.9},
+    ]
+    md = "\n".join(report_graph.markdown(section, report_graph.plot(section, tmp_path)))
+    assert "## Graph: how strongly features connect across layers" in md
+    assert "5.0% at distance 2 (2 pairs); 5.0% at distance 4 (1 pair)" in md
+    assert "| L3.res | L5.res | 2 | 64 | 5.0% | 5.0× | 3 | 95.00 | 91.70 | 0.0% |" in md
+    assert (tmp_path / "graph_distance.png").read_bytes()[:4] == b"\x89PNG"
+    assert "layer distance" in report_graph.terminal_plot(section, width=80)
+
+
+def test_report_has_a_graph_section_only_with_virtual_edges(tmp_path: Path) -> None:
+    from atlas.synthetic import build_synthetic_atlas
+
+    for n_virtual, shown in ((0, False), (4, True)):
+        db = build_synthetic_atlas(tmp_path / f"syn{n_virtual}.db", n_features=300, d_vocab=300, n_virtual=n_virtual)
+        out = tmp_path / f"report{n_virtual}"
+        r = CliRunner().invoke(cli, ["--db", str(db), "report", "-o", str(out), "--no-plots"])
+        assert r.exit_code == 0, r.output
+        md = (out / "report.md").read_text()
+        assert ("## Graph: how strongly" in md) is shown
+        assert (out / "graph_distance.png").exists() is shown
+        graph = json.loads((out / "report.json").read_text())["graph"]
+        assert (graph is not None) is shown
+        if shown:
+            assert [p["distance"] for p in graph["pairs"]] == [4]  # the synthetic SAEs sit at layers 2 and 6
