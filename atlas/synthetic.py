@@ -63,6 +63,7 @@ def build_synthetic_atlas(
     token_skew: float = 0.0,
     throwaway: bool = False,
     n_virtual: int = 0,
+    virtual_span: int | None = None,
 ) -> Path:
     """Write a synthetic atlas with ``n_features`` split evenly over one SAE per layer.
 
@@ -75,7 +76,8 @@ def build_synthetic_atlas(
     virtual edges as the `virtual` pass stores them (schema 4): for every
     ordered pair of SAEs, ``n_virtual`` ``virtual`` edges out of each feature
     of the earlier one and ``n_virtual`` ``virtual_in`` edges into each
-    feature of the later one, with percentiles, and a baseline row per pair.
+    feature of the later one, with percentiles, and a baseline row per pair;
+    ``virtual_span`` keeps only pairs at most that many SAEs apart (1: adjacent).
     """
     rng = np.random.default_rng(seed)
     atlas = create_atlas(path, overwrite=overwrite, provenance={"synthetic": {"seed": seed}})
@@ -128,7 +130,8 @@ def build_synthetic_atlas(
                     )
         if n_virtual > 0:
             bases = [atlas.feature_id_base(sae_id) for sae_id in sae_ids]
-            _write_virtual(atlas, rng, sae_ids, bases, per_sae, n_virtual, chunk, progress)
+            span = virtual_span or len(sae_ids)
+            _write_virtual(atlas, rng, sae_ids, bases, per_sae, n_virtual, span, chunk, progress)
         if progress:
             print("  rebuilding indexes and running ANALYZE ...", flush=True)
     return Path(path)
@@ -259,6 +262,7 @@ def _write_virtual(
     bases: list[int],
     per_sae: int,
     n: int,
+    span: int,
     chunk: int,
     progress: bool,
 ) -> None:
@@ -266,7 +270,7 @@ def _write_virtual(
     feature of SAE j from SAE i < j: ranks 0..n-1 by |score|, percentiles falling with rank."""
     n = min(n, per_sae)
     for i in range(len(sae_ids)):
-        for j in range(i + 1, len(sae_ids)):
+        for j in range(i + 1, min(len(sae_ids), i + 1 + span)):
             for kind, own, other in (("virtual", i, j), ("virtual_in", j, i)):
                 for start in range(0, per_sae, chunk):
                     m = min(per_sae, start + chunk) - start
