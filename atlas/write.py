@@ -203,7 +203,7 @@ class AtlasWriter:
         unknown = set(fields) - set(SAE_COLUMNS)
         if unknown:
             raise TypeError(f"unknown SAE fields: {sorted(unknown)}")
-        fields.setdefault("name", default_sae_name(fields["layer"], fields["site"]))
+        fields.setdefault("name", default_sae_name(fields["layer"], fields["site"], fields.get("sae_kind", "sae")))
         if isinstance(fields.get("out_layers"), (list, tuple)):  # stored as a JSON list
             fields["out_layers"] = json.dumps([int(x) for x in fields["out_layers"]])
         cols = [c for c in SAE_COLUMNS if c in fields]

@@ -113,14 +113,14 @@ def test_write_and_read_transcoders_clts_spread_baselines_and_virtual_edges(tmp_
     tc, clt = _clt_and_transcoder(path)
     with open_atlas(path) as atlas:
         kinds = {s.name: (s.sae_kind, s.out_site, s.write_layers, s.d_out) for s in atlas.saes()}
-        assert kinds == {"L1.mlp_in": ("transcoder", "mlp_out", (1,), 8), "L2.clt": ("clt", "mlp_out", (2, 3), 8)}
+        assert kinds == {"L1.tc": ("transcoder", "mlp_out", (1,), 8), "L2.clt": ("clt", "mlp_out", (2, 3), 8)}
         assert json.loads(atlas.sae("L2.clt").out_layers) == [2, 3]
         spread = atlas.decoder_spread(atlas.resolve_feature("L2.clt/1"))
         assert [(s.out_layer, s.norm) for s in spread] == [(2, 0.5), (3, 2.0)]
         (b,) = atlas.virtual_baselines()
-        assert (b.src, b.dst, b.n_samples, b.p99, b.n_pairs) == ("L1.mlp_in", "L2.clt", 1000, 0.3, None)
+        assert (b.src, b.dst, b.n_samples, b.p99, b.n_pairs) == ("L1.tc", "L2.clt", 1000, 0.3, None)
         assert atlas.virtual_baselines(src_sae_id=clt) == []
-        out = atlas.edges(atlas.resolve_feature("L1.mlp_in/0"), "out")
+        out = atlas.edges(atlas.resolve_feature("L1.tc/0"), "out")
         assert [(e.kind, e.dst, e.score, e.rank, e.percentile) for e in out] == [
             ("virtual", "L2.clt/0", -0.7, 0, 99.9),
             ("virtual_in", "L2.clt/0", -0.7, 0, 99.9),
@@ -134,7 +134,7 @@ def test_write_and_read_transcoders_clts_spread_baselines_and_virtual_edges(tmp_
     assert "cross-layer transcoder -> blocks.2.hook_mlp_out" in r.output
     spread_lines = [line for line in r.output.splitlines() if line.startswith("  L2 ") or line.startswith("  L3 ")]
     assert len(spread_lines) == 2 and spread_lines[1].count("█") == 12 and spread_lines[0].count("█") == 3
-    r = runner.invoke(cli, ["--db", str(path), "show", "L1.mlp_in/0"])
+    r = runner.invoke(cli, ["--db", str(path), "show", "L1.tc/0"])
     assert (
         "transcoder -> blocks.1.hook_mlp_out" in r.output and "(99.9%)" in r.output and "decoder spread" not in r.output
     )
