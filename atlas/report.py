@@ -726,7 +726,7 @@ def report_markdown(data: ReportData, figures: list[str]) -> str:
             lines += [f"**{tab.title}**", "", tab.markdown(), ""]
         if fig == "exp2_depth" and data.depth is not None and data.depth.builder:
             lines += _builder_details(data.depth)
-    lines += report_graph.markdown(data.graph, figures)
+    lines += report_graph.markdown(data.graph, figures, [Table(*t) for t in report_graph.table_rows(data.graph)])
     lines += ["## Method", "", METHOD, ""]
     return "\n".join(lines)
 
@@ -873,7 +873,7 @@ def report(
         raise click.ClickException(str(e)) from None
     for note in caveats(data):
         click.echo("note: " + note.replace("**", ""), err=True)
-    for tables in (exp1_tables(data), exp2_tables(data), exp3_tables(data), report_graph.tables(data.graph)):
+    for tables in (exp1_tables(data), exp2_tables(data), exp3_tables(data), [Table(*t) for t in report_graph.table_rows(data.graph)]):
         for tab in tables:
             click.echo(tab.text().replace("**", "") + "\n")
     if terminal:

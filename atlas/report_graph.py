@@ -145,9 +145,18 @@ def _rank0_percentiles(
 
 
 # ---------------------------------------------------------------- laid out
-def tables(section: GraphSection | None) -> list[Any]:
-    from atlas.report import Table, _f, _pct
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{int(x):,}" if isinstance(x, (int, np.integer)) else f"{float(x):.{digits}f}"
 
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or math.isnan(x) else f"{100 * float(x):.1f}%"
+
+
+def table_rows(section: GraphSection | None) -> list[tuple[str, list[str], list[list[str]], tuple[int, ...]]]:
+    """The section's table as (title, headers, rows, text columns): atlas.report.Table's fields."""
     if section is None:
         return []
     rows = [
@@ -158,7 +167,7 @@ def tables(section: GraphSection | None) -> list[Any]:
     ]  # fmt: skip
     heads = ["source", "destination", "layer distance", "pairs scored", "above P99", "vs chance (1%)",
              "rank-0 edges", "median rank-0 pct", "chance", "rank-0 ≥ P99"]  # fmt: skip
-    return [Table("Graph: virtual weights against the random baseline, per dictionary pair", heads, rows, left=(0, 1))]
+    return [("Graph: virtual weights against the random baseline, per dictionary pair", heads, rows, (0, 1))]
 
 
 def paragraph(section: GraphSection | None) -> str:
@@ -183,13 +192,14 @@ def paragraph(section: GraphSection | None) -> str:
     )
 
 
-def markdown(section: GraphSection | None, figures: list[str]) -> list[str]:
+def markdown(section: GraphSection | None, figures: list[str], tables: list[Any]) -> list[str]:
+    """The section's Markdown; ``tables`` are atlas.report.Table objects made from table_rows()."""
     if section is None:
         return []
     lines = ["## Graph: how strongly features connect across layers", "", paragraph(section), ""]
     if FIGURE in figures:
         lines += [f"![graph by layer distance]({FIGURE}.png)", "", f"([SVG]({FIGURE}.svg))", ""]
-    for tab in tables(section):
+    for tab in tables:
         lines += [f"**{tab.title}**", "", tab.markdown(), ""]
     return lines
 

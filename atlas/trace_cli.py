@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from atlas.cli import CONTEXT_SETTINGS, db_option, open_ro
+from atlas.dbpath import resolve_db_path
+from atlas.neuronpedia.cli import CONTEXT_SETTINGS, db_option  # not atlas.cli: a lazy command must not import it
 from atlas.output import dump_json
 from atlas.trace import TOKEN_WORDS, Trace, render_tree, trace
 
@@ -56,7 +57,9 @@ def trace_command(
     """
     if out_file is not None and out_file.suffix.lower() not in OUT_SUFFIXES:
         raise click.BadParameter(f"{out_file.name}: write .txt, .svg or .png", param_hint="--out")
-    with open_ro(db) as atlas:
+    from atlas.db import open_atlas
+
+    with open_atlas(resolve_db_path(db), readonly=True) as atlas:
         fid = atlas.resolve_feature(feature)
         tr = trace(atlas.conn, fid, direction=direction, depth=depth, top=top, min_percentile=min_percentile,
                    n_tokens=n_tokens)  # fmt: skip

@@ -302,7 +302,10 @@ def test_graph_section_reads_the_planted_pairs(planted: Path, tmp_path: Path) ->
         {"distance": 2, "pairs": 2, "median_frac_above_p99": 0.05, "median_rank0_percentile": 97.25},
         {"distance": 4, "pairs": 1, "median_frac_above_p99": 0.05, "median_rank0_percentile": 99.9},
     ]
-    md = "\n".join(report_graph.markdown(section, report_graph.plot(section, tmp_path)))
+    from atlas.report import Table
+
+    tables = [Table(*t) for t in report_graph.table_rows(section)]
+    md = "\n".join(report_graph.markdown(section, report_graph.plot(section, tmp_path), tables))
     assert "## Graph: how strongly features connect across layers" in md
     assert "5.0% at distance 2 (2 pairs); 5.0% at distance 4 (1 pair)" in md
     assert "| L3.res | L5.res | 2 | 64 | 5.0% | 5.0× | 3 | 95.00 | 91.70 | 0.0% |" in md
