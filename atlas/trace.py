@@ -238,9 +238,10 @@ def read_infos(conn: sqlite3.Connection, feature_ids: Sequence[int]) -> dict[int
         )
         for fid, sae, idx, layer, site in conn.execute(sql, chunk):
             where = f"features row {fid}"
-            if not isinstance(sae, str):
-                raise damage(where, "its SAE's name", sae, "text")
-            out[fid] = _Info(f"{sae}/{_integer(idx, where, 'idx')}", sae, _integer(layer, where, "layer"), str(site))
+            for what, value in (("its SAE's name", sae), ("its SAE's site", site)):
+                if not isinstance(value, str):
+                    raise damage(where, what, value, "text")
+            out[fid] = _Info(f"{sae}/{_integer(idx, where, 'idx')}", sae, _integer(layer, where, "layer"), site)
     return out
 
 

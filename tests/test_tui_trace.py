@@ -54,7 +54,9 @@ def test_t_opens_a_trace_that_expands_and_shares_the_card_history(planted: Path)
             # all five of the root's edges (TOP = 5), strongest by percentile
             assert names(tree.root) == ["L5.res/4", "L3.res/2", "L3.res/5", "L3.res/1", "L5.res/6"]
             first = str(tree.root.children[1].label)
-            assert "+0.900" in first and "p99.5" in first and "p3_2a p3_2b p3_2c" in first and "L1.res -> L3.res" in first
+            assert (
+                "+0.900" in first and "p99.5" in first and "p3_2a p3_2b p3_2c" in first and "L1.res -> L3.res" in first
+            )
             # space on L3.res/2 reads its level: L5/4 again (seen), then L5/7
             await pilot.press("down", "down", "space")
             await settle(pilot)
@@ -115,5 +117,30 @@ def test_a_feature_without_edges_says_so(planted: Path) -> None:
             assert [str(c.label) for c in tree.root.children] == [
                 "no virtual edges to later layers; its direct tokens are shown above"
             ]
+
+    asyncio.run(journey())
+
+
+def test_p_raises_the_percentile_an_edge_needs(planted: Path) -> None:
+    async def journey() -> None:
+        app = make_app(planted)
+        async with app.run_test(size=(140, 36)) as pilot:
+            await settle(pilot)
+            app.open_feature(fid(planted, "L1.res/0"))
+            await settle(pilot)
+            await pilot.press("t")
+            await settle(pilot)
+            tree = app.screen.query_one("#trace-tree", Tree)
+            assert len(tree.root.children) == 5
+            await pilot.press("p", "p")  # 90, then 99
+            await settle(pilot)
+            assert app.screen.min_percentile == 99.0
+            assert names(tree.root) == ["L5.res/4", "L3.res/2", "L3.res/5"]
+            await pilot.press("down", "down", "space")  # L3.res/2's edges are at 98 and 97: none left
+            await settle(pilot)
+            assert "no further edges" in str(tree.root.children[1].label)
+            await pilot.press("p", "p")  # 99.9, then all again
+            await settle(pilot)
+            assert len(tree.root.children) == 5
 
     asyncio.run(journey())

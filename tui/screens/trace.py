@@ -26,6 +26,7 @@ from tui.widgets.key_bar import KeyBar
 
 TOP = 5  # edges per node
 N_TOKENS = 5  # tokens per node
+PERCENTILE_STEPS = (0.0, 90.0, 99.0, 99.9)  # `p` cycles the lowest percentile an edge needs to be shown
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class TraceScreen(AtlasScreen):
         Binding("alt+right", "forward", "Forward", id="trace.forward"),
         Binding("x", "expand_level", "Expand a level", id="trace.expand_level"),
         Binding("d", "toggle_direction", "Up/down", id="trace.direction"),
+        Binding("p", "cycle_percentile", "Min percentile", id="trace.min_percentile"),
         Binding("escape,q", "close", "Close", id="trace.close"),
     ]
 
@@ -57,7 +59,7 @@ class TraceScreen(AtlasScreen):
         self.stop: TraceStop | None = None
         self.generation = 0  # answers to an older stop are dropped
         self.pending: set[int] = set()  # tree node ids whose children are being read
-        self.note: str | None = None
+        self.min_percentile = 0.0
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -86,7 +88,7 @@ class TraceScreen(AtlasScreen):
         tree.clear()
         tree.root.set_label(Text("loading…", style="dim"))
         self.query_one("#trace-title", Static).update(Text("Loading…", style="dim"))
-        self.load_root(self.generation, stop)
+        self.load_root(self.generation, stop, self.min_percentile)
 
     @property
     def card_history(self):
@@ -122,6 +124,14 @@ class TraceScreen(AtlasScreen):
             stop = TraceStop(self.stop.feature_id, other)
             self.card_history.visit(stop)
             self.enter(stop)
+
+    def action_cycle_percentile(self) -> None:
+        """Show only edges at or above the next percentile step (0, 90, 99, 99.9, then 0 again); reread the tree."""
+        i = PERCENTILE_STEPS.index(self.min_percentile) if self.min_percentile in PERCENTILE_STEPS else -1
+        self.min_percentile = PERCENTILE_STEPS[(i + 1) % len(PERCENTILE_STEPS)]
+        self.notify(f"edges at or above percentile {self.min_percentile:g}" if self.min_percentile else "all edges")
+        if self.stop is not None:
+            self._load(self.stop)
 
     def open_feature(self, feature_id: int) -> None:
         self.card_history.visit(feature_id)
@@ -168,13 +178,14 @@ class TraceScreen(AtlasScreen):
         ids = [n.id for n in nodes]
         self.pending.update(ids)
         fids = {n.id: n.data.feature_id for n in nodes}
-        self.load_level(self.generation, self.stop.direction, fids)
+        self.load_level(self.generation, self.stop.direction, fids, self.min_percentile)
 
     @work(thread=True, exclusive=True, group="trace-root")
-    def load_root(self, generation: int, stop: TraceStop) -> None:
+    def load_root(self, generation: int, stop: TraceStop, min_percentile: float) -> None:
         def read(atlas):
             root = root_stop(atlas.conn, stop.feature_id, stop.direction, N_TOKENS)
-            hops = expand(atlas.conn, [stop.feature_id], stop.direction, top=TOP, n_tokens=N_TOKENS)
+            hops = expand(atlas.conn, [stop.feature_id], stop.direction, top=TOP, min_percentile=min_percentile,
+                          n_tokens=N_TOKENS)  # fmt: skip
             hops = hops.get(stop.feature_id, [])
             note = None
             if not hops and not has_virtual_edges(atlas.conn):
@@ -186,9 +197,9 @@ class TraceScreen(AtlasScreen):
             self.post_message(TraceLoaded(generation, *got))
 
     @work(thread=True, group="trace-level")
-    def load_level(self, generation: int, direction: str, fids: dict[int, int]) -> None:
+    def load_level(self, generation: int, direction: str, fids: dict[int, int], min_percentile: float) -> None:
         got = self.read("trace", lambda atlas: expand(atlas.conn, list(fids.values()), direction, top=TOP,
-                                                      n_tokens=N_TOKENS))  # fmt: skip
+                                                      min_percentile=min_percentile, n_tokens=N_TOKENS))  # fmt: skip
         if got is not None:
             self.post_message(TraceExpanded(generation, list(fids), {nid: got.get(f, []) for nid, f in fids.items()}))
 
@@ -199,8 +210,9 @@ class TraceScreen(AtlasScreen):
         root, direction = msg.root, self.stop.direction
         arrow = "what it writes into, later layers" if direction == "down" else "what writes into it, earlier layers"
         words = TOKEN_WORDS[direction]
-        title = Text.assemble(("trace " + direction, "bold"), f" from {root.name}: {arrow}  ",
-                              ("(enter opens a card · space expands · x expands a level · d turns around)", "dim"))  # fmt: skip
+        cut = f", percentile ≥ {self.min_percentile:g}" if self.min_percentile else ""
+        title = Text.assemble(("trace " + direction, "bold"), f" from {root.name}: {arrow} (top {TOP}{cut})  ",
+                              ("enter opens a card · space expands · x a whole level · d turns around", "dim"))  # fmt: skip
         self.query_one("#trace-title", Static).update(title)
         self.sub_title = f"trace {direction} {root.name}"
         tree = self.query_one("#trace-tree", Tree)
@@ -210,7 +222,8 @@ class TraceScreen(AtlasScreen):
         tree.root.data = NodeData(root.feature_id, loaded=True)
         if not msg.hops:
             where = "to later layers" if direction == "down" else "from earlier layers"
-            text = msg.note or f"no virtual edges {where}; its direct tokens are shown above"
+            above = f" at or above percentile {self.min_percentile:g}" if self.min_percentile else ""
+            text = msg.note or f"no virtual edges {where}{above}; its direct tokens are shown above"
             tree.root.add_leaf(Text(text, style="dim"))
         self._add_children(tree.root, msg.hops, direction)
         tree.root.expand()
