@@ -69,6 +69,8 @@ SHOWS_THE_DAMAGE = {
         "search --driven-by the",
         "search --token city --phase ee --sign -1",
         "search --promotes par",  # partial matches only
+        f"trace {FEATURE}",  # the tokens of L6.res's features, whose model is gone, shown by id (#123)
+        f"trace {FEATURE} --json",
     },
     "no_atlas_info_row": {f"show {FEATURE}", f"show {FEATURE} --json"},  # no provenance row: no verdict rule
     # FEATURE's label text is gone from the index's matches; deleting the user label says its stored bytes
