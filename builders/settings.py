@@ -50,7 +50,7 @@ class BuildConfig:
     virtual_pairs: tuple[tuple[str, str], ...] | None = None  # (source, destination) names; None = all with a path
     virtual_max_layers: int | None = None  # only pairs at most this many layers apart; None = no limit
     virtual_baseline_samples: int = 1 << 22  # |V| values per pair's random baseline (directions x features)
-    virtual_sample: int = 2048  # source features (evenly spaced) scored against all for frac_above_p99/p999
+    virtual_sample: int = 1024  # source features (evenly spaced) scored against all for frac_above_p99/p999
     semantic: SemanticSettings = field(default_factory=SemanticSettings)  # the semantic labels' heuristic
     unit_size: int = 4096  # features per unit of work: one committed chunk, the resume granularity
     block_rows: int | None = None  # features per matmul block; None = 256 on CPU, 2048 on GPU (memory-capped)
