@@ -134,8 +134,12 @@ def main() -> int:
     right = dest_rows(m, dst, 0, args.d_sae, fold_norms=True).T.contiguous()  # (d_model, d_sae)
     t_bare = best(lambda: bare_matmul(left, right, block_rows, key_block))
     del left, right
-    out |= {"virtual_s": round(t_pass, 3), "bare_matmul_s": round(t_bare, 3), "virtual_ratio": round(t_pass / t_bare, 3)}
-    del cols
+    out |= {
+        "virtual_s": round(t_pass, 3),
+        "bare_matmul_s": round(t_bare, 3),
+        "virtual_ratio": round(t_pass / t_bare, 3),
+    }
+    cols = None  # freed before virtual_in (the lambda above is done with it)
     release_freed_blocks()
     reset_peak_rss()
     # virtual_in: n destination features against every source feature
