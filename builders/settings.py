@@ -47,18 +47,10 @@ class BuildConfig:
     flow_k: int = 5  # flow matches per feature into the next SAE
     virtual_k: int = 10  # virtual weights kept per feature and later dictionary (strongest |V| out; kind virtual)
     virtual_in_k: int = 10  # virtual weights kept per feature and earlier dictionary (strongest |V| in; virtual_in)
-    virtual_pairs: tuple[tuple[str, str], ...] | None = (
-        None  # (source, destination) names; None = every pair with a path
-    )
-    virtual_max_layers: int | None = (
-        None  # only pairs whose destination layer is at most this after the source's; None = all
-    )
-    virtual_baseline_samples: int = (
-        1 << 22
-    )  # |V| values per pair's random baseline (n_random directions x sampled features)
-    virtual_sample: int = (
-        2048  # source features (evenly spaced) whose every V is compared with the baseline (frac_above)
-    )
+    virtual_pairs: tuple[tuple[str, str], ...] | None = None  # (source, destination) names; None = all with a path
+    virtual_max_layers: int | None = None  # only pairs at most this many layers apart; None = no limit
+    virtual_baseline_samples: int = 1 << 22  # |V| values per pair's random baseline (directions x features)
+    virtual_sample: int = 1024  # source features (evenly spaced) scored against all for frac_above_p99/p999
     semantic: SemanticSettings = field(default_factory=SemanticSettings)  # the semantic labels' heuristic
     unit_size: int = 4096  # features per unit of work: one committed chunk, the resume granularity
     block_rows: int | None = None  # features per matmul block; None = 256 on CPU, 2048 on GPU (memory-capped)

@@ -74,7 +74,7 @@ def test_cli_build_every_pass_then_validate(files, tmp_path):
         c = a.conn
         assert c.execute("SELECT COUNT(*) FROM token_scores").fetchone()[0] == 94 * 5 * 4
         kinds = dict(c.execute("SELECT kind, COUNT(*) FROM edges GROUP BY kind").fetchall())
-        assert set(kinds) == {"qk", "ov", "cosine", "flow"}
+        assert set(kinds) == {"qk", "ov", "cosine", "flow", "virtual", "virtual_in"}
         assert c.execute("SELECT COUNT(*) FROM features WHERE top_head IS NOT NULL").fetchone()[0] == 24
         assert c.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 94
         prov = a.provenance()

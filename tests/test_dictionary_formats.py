@@ -459,7 +459,7 @@ def test_transcoders_are_stored_in_an_atlas(tmp_path):
     tiny_model("llama").save_pretrained(tmp_path / "model")
     out = tmp_path / "out.db"
     r = CliRunner().invoke(cli, ["build", "--model", str(tmp_path / "model"), "--sae", str(tmp_path / "tc"), "-o", str(out),
-                                 "--device", "cpu", "--no-progress", "--passes", "du,ee"])  # fmt: skip
+                                 "--device", "cpu", "--no-progress", "--passes", "du,ee", "--no-tokenizer"])  # fmt: skip
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["--db", str(out), "show", "L1.tc/0"])
     assert r.exit_code == 0 and "transcoder -> blocks.1.hook_mlp_out" in r.output, r.output

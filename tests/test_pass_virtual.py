@@ -310,3 +310,27 @@ def test_an_explicit_pair_without_a_path_is_refused_in_one_line(tmp_path) -> Non
     assert not [u for u in units if {u.sae, u.other} == {1, 2}]
     saes[2].meta["model_name"] = "smollm2-135m"  # the same model spelled without its owner
     assert [u for u in plan_units(m, saes, names, config()) if (u.sae, u.other) == (1, 2)]
+
+
+def test_circuit_tracer_clt_files_give_its_direct_residual_path(tmp_path) -> None:
+    """On circuit-tracer's own CLT files (W_enc_i: (d_sae, d_model) reading hook_resid_mid of i; W_dec_i:
+    (d_sae, n_layers - i, d_model) writing hook_mlp_out of i, i+1, ...), V between a layer-i and a layer-j
+    feature is its direct path: the decoders of i written into the MLP outputs of layers i..j-1 (added to
+    the residual stream before resid_mid of j), dotted with W_enc_j. No norm: it reads the raw residual."""
+    from builders.saes import load_sae
+    from tests.builders_fixtures import write_circuit_tracer_clt
+
+    n, d_model, d_sae = 4, 32, 16
+    raw = write_circuit_tracer_clt(tmp_path / "clt", n_layers=n, d_model=d_model, d_sae=d_sae)
+    m = tiny_model(n_layers=n, d_model=d_model)
+    layers = [load_sae(tmp_path / "clt" / f"W_enc_{i}.safetensors") for i in range(n)]
+    out = build_atlas(m, layers, tmp_path / "clt.db", config=config(virtual_k=d_sae), progress=False)
+    got = {(s, si, d, di): score for s, si, d, di, score, _, _ in _edges(out, "virtual")}
+    for i in range(n):
+        for j in range(i + 1, n):
+            W_dec = raw[i][f"W_dec_{i}"].double().numpy()  # (d_sae, n - i, d_model): output layers i..n-1
+            V = W_dec[:, : j - i].sum(1) @ raw[j][f"W_enc_{j}"].double().numpy().T  # outputs i..j-1 reach j
+            for f in range(d_sae):
+                for g in range(d_sae):
+                    assert got[(f"L{i}.clt", f, f"L{j}.clt", g)] == pytest.approx(V[f, g], rel=SCORE_RTOL, abs=1e-6)
+    assert not [k for k in got if int(k[0][1]) >= int(k[2][1])]  # nothing into the same or an earlier layer

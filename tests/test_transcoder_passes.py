@@ -119,3 +119,21 @@ def test_clt_decoder_spread_is_its_per_layer_decoder_norms(built, runner) -> Non
     r = runner.invoke(cli, ["--db", str(out), "show", "L1.clt/0"])
     assert r.exit_code == 0 and "decoder spread" in r.output and "cross-layer transcoder" in r.output
     assert validate(out).ok
+
+
+@pytest.mark.parametrize("layer", [11, 14, 17, 20])
+def test_the_example_transcoders_load_as_topk_transcoders(layer: int) -> None:
+    """examples/smollm2's transcoders (SAELens cfg, architecture topk_transcoder) read the MLP input after
+    its norm's gain and write the MLP output of their layer."""
+    from pathlib import Path
+
+    from builders.saes import load_sae
+
+    folder = Path(__file__).resolve().parent.parent / "examples" / "smollm2" / "dictionaries"
+    s = load_sae(folder / f"layer_{layer}_transcoder")
+    assert (s.kind, s.atlas_kind, s.architecture, s.k, s.site, s.out_site) == (
+        "transcoder", "transcoder", "topk", 32, "mlp_in", "mlp_out",
+    )  # fmt: skip
+    assert (s.hook_name, s.out_hook_name, s.d_in, s.d_out) == (
+        f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.hook_mlp_out", 576, 576,
+    )  # fmt: skip

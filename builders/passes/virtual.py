@@ -384,7 +384,7 @@ CONVENTIONS = {
 
 PASS = Pass(
     name="virtual",
-    order=84,
+    order=82,
     help="virtual weights: each feature's strongest direct-path connections into every later dictionary",
     reads="pair",
     targets=targets,

@@ -105,7 +105,7 @@ def _run(ctx: Context, u: Unit) -> Rows:
 
 PASS = Pass(
     name="virtual_in",
-    order=85,
+    order=83,
     help="incoming virtual weights: each feature's strongest direct-path inputs from every earlier dictionary",
     reads="pair",
     targets=targets,
