@@ -250,7 +250,7 @@ def terminal_plot(section: GraphSection | None, *, width: int = 90, color: bool 
     plt.clear_figure()
     plt.plotsize(width, 15)
     plt.theme("pro" if color else "clear")
-    plt.title("Graph: % of pairs above the baseline's P99, by layer distance (flat line: random, 1%)")
+    plt.title("Graph: % of pairs above the baseline P99 (line: random, 1%)")
     plt.scatter([d for d, _ in pts], [v for _, v in pts], marker="dot")
     plt.hline(100 * CHANCE_ABOVE_P99)
     plt.xticks(sorted({d for d, _ in pts}))
