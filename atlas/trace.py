@@ -135,7 +135,7 @@ def check_traceable(conn: sqlite3.Connection) -> None:
     if "percentile" not in cols or (isinstance(version, int) and version < MIN_SCHEMA):
         raise NeedsVirtualEdges(
             f"trace needs an atlas built with the `virtual` pass (schema {MIN_SCHEMA} or later; this one is schema "
-            f"{version}): rebuild it with `sae-atlas build ... --passes virtual`"
+            f"{version}): rebuild it with `sae-atlas build` (its default passes include virtual and virtual_in)"
         )
 
 
@@ -427,7 +427,7 @@ def _no_edges_note(conn: sqlite3.Connection, tr: Trace) -> str:
     if not has_virtual_edges(conn):
         raise NeedsVirtualEdges(
             "trace needs an atlas built with the `virtual` pass, and this one has no virtual edges: "
-            "rebuild it with `sae-atlas build ... --passes virtual`"
+            "rebuild it with `sae-atlas build --passes ...,virtual,virtual_in`"
         )
     where = "to later layers" if tr.direction == "down" else "from earlier layers"
     above = f" at or above percentile {tr.min_percentile:g}" if tr.min_percentile > 0 else ""
