@@ -46,7 +46,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "registry": ("builders.registry_cli", "registry", "Show or update SAELens's registry of pretrained dictionaries.", "the build extra: pip install 'sae-atlas[build]'"),
     "import": ("atlas.neuronpedia.cli", "import_group", "Import Neuronpedia's public exports.", "sae-atlas"),
     "serve": ("atlas.serve", "serve", "Serve the atlas read-only in Datasette on 127.0.0.1.", "Datasette: pip install 'sae-atlas[web]'"),
-    "trace": ("atlas.trace_cli", "trace_command", "The strongest paths from a feature through later or earlier layers.", "matplotlib: pip install 'sae-atlas'"),
+    "trace": ("atlas.trace_cli", "trace_command", "Strongest paths from a feature through later or earlier layers.", "matplotlib: pip install 'sae-atlas'"),
 }  # fmt: skip
 
 

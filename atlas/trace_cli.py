@@ -12,7 +12,7 @@ import click
 from atlas.dbpath import resolve_db_path
 from atlas.neuronpedia.cli import CONTEXT_SETTINGS, db_option  # not atlas.cli: a lazy command must not import it
 from atlas.output import dump_json
-from atlas.trace import TOKEN_WORDS, Trace, render_tree, trace
+from atlas.trace import TOKEN_WORDS, Trace, check_traceable, render_tree, trace
 
 OUT_SUFFIXES = (".txt", ".svg", ".png")
 
@@ -60,6 +60,7 @@ def trace_command(
     from atlas.db import open_atlas
 
     with open_atlas(resolve_db_path(db), readonly=True) as atlas:
+        check_traceable(atlas.conn)  # an atlas without virtual edges is told so whatever FEATURE is
         fid = atlas.resolve_feature(feature)
         tr = trace(atlas.conn, fid, direction=direction, depth=depth, top=top, min_percentile=min_percentile,
                    n_tokens=n_tokens)  # fmt: skip
