@@ -138,6 +138,10 @@ def test_write_and_read_transcoders_clts_spread_baselines_and_virtual_edges(tmp_
     assert (
         "transcoder -> blocks.1.hook_mlp_out" in r.output and "(99.9%)" in r.output and "decoder spread" not in r.output
     )
+    # each kind from the side it is ranked for: virtual out of the writer, virtual_in into the reader
+    assert r.output.count("virtual weights (percentile) out") == 1 and "virtual weights (percentile) in" not in r.output
+    r = runner.invoke(cli, ["--db", str(path), "show", "L2.clt/0"])
+    assert r.output.count("virtual weights (percentile) in") == 1 and "-0.7000  (99.9%)" in r.output
     r = runner.invoke(cli, ["--db", str(path), "validate"])
     assert r.exit_code == 0, r.output
 
