@@ -456,9 +456,9 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
             by_kind.setdefault(e.kind, []).append(e)
         for kind in EDGE_KINDS:
             es = by_kind.get(kind, [])[:edge_limit]
-            if not es:
+            if not es or (kind, direction) in _MIRRORED:
                 continue
-            title = "neighbours" if kind == "cosine" else f"{kind} edges"
+            title = _EDGE_TITLES.get(kind, "neighbours" if kind == "cosine" else f"{kind} edges")
             arrow = "->" if direction == "out" else "<-"
             out.append(f"\n{title} {direction}")
             for e in es:
@@ -468,6 +468,11 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
                 out.append(f"  {arrow} {other:<16} {e.score:+9.4f}{head}{pct}")
     return "\n".join(out)
 
+
+# Virtual weights are ranked per source (virtual) or per destination (virtual_in): a card shows each from the
+# side it was ranked for (the strongest into later dictionaries out, from earlier ones in); --json has all.
+_MIRRORED = {("virtual", "in"), ("virtual_in", "out")}
+_EDGE_TITLES = {"virtual": "virtual weights (percentile)", "virtual_in": "virtual weights (percentile)"}
 
 _KIND_WORDS = {"transcoder": "transcoder", "skip_transcoder": "skip transcoder", "clt": "cross-layer transcoder"}
 

@@ -57,6 +57,15 @@ def stream_position(site: str, layer: int) -> int:
     return 8 * layer + _STREAM_OFFSET[site]
 
 
+def reaches(src_site: str, write_layers: tuple[int, ...], dst_site: str, dst_layer: int) -> bool:
+    """Whether a dictionary writing ``src_site`` at ``write_layers`` reaches, along the residual stream, one
+    that reads ``dst_site`` of ``dst_layer`` (which must read the stream: a residual or transcoder site)."""
+    if dst_site not in RESIDUAL_SITES + TRANSCODER_SITES:
+        return False
+    read = stream_position(dst_site, dst_layer)
+    return any(stream_position(src_site, u) < read for u in write_layers)
+
+
 def site_order(site: str) -> int:
     """Index of a site within its block, for listing SAEs of one layer (unknown sites last)."""
     return FORWARD_SITES.index(site) if site in FORWARD_SITES else len(FORWARD_SITES)

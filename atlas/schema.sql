@@ -264,7 +264,7 @@ CREATE TABLE IF NOT EXISTS virtual_baselines (
     dst_sae_id      INTEGER NOT NULL REFERENCES saes (sae_id) ON DELETE CASCADE,
     n_samples       INTEGER NOT NULL CHECK (n_samples > 0),  -- random directions x destination features
     mean REAL, std REAL,                                    -- of |V| for unit random directions
-    p50 REAL, p90 REAL, p99 REAL, p999 REAL, max REAL,
+    p50 REAL, p90 REAL, p99 REAL, p999 REAL, max REAL,     -- quantiles and maximum of that |V|
     n_pairs         INTEGER,                                -- real (f, g) pairs scored
     frac_above_p99  REAL,                                   -- fraction of real pairs, normalised as above, beyond p99 (0.01 if random)
     frac_above_p999 REAL,                                   -- same beyond p999 (0.001 if random)

@@ -138,6 +138,10 @@ def test_write_and_read_transcoders_clts_spread_baselines_and_virtual_edges(tmp_
     assert (
         "transcoder -> blocks.1.hook_mlp_out" in r.output and "(99.9%)" in r.output and "decoder spread" not in r.output
     )
+    # each kind from the side it is ranked for: virtual out of the writer, virtual_in into the reader
+    assert r.output.count("virtual weights (percentile) out") == 1 and "virtual weights (percentile) in" not in r.output
+    r = runner.invoke(cli, ["--db", str(path), "show", "L2.clt/0"])
+    assert r.output.count("virtual weights (percentile) in") == 1 and "-0.7000  (99.9%)" in r.output
     r = runner.invoke(cli, ["--db", str(path), "validate"])
     assert r.exit_code == 0, r.output
 
@@ -156,3 +160,17 @@ def test_the_schema_refuses_an_unknown_kind_or_site(tmp_path: Path) -> None:
         with pytest.raises(sqlite3.IntegrityError):
             conn.execute(sql)
     conn.close()
+
+
+def test_validate_finds_a_virtual_edge_against_the_stream(tmp_path: Path, runner: CliRunner) -> None:
+    path = tmp_path / "tc.db"
+    _clt_and_transcoder(path)
+    atlas = open_atlas(path, readonly=False)
+    try:
+        clt, tc = atlas.resolve_feature("L2.clt/0"), atlas.resolve_feature("L1.tc/1")
+        with atlas.transaction():  # the CLT reads layer 2: nothing it writes reaches the transcoder of layer 1
+            atlas.add_edges("virtual", np.array([clt]), np.array([tc]), np.array([0.5]), np.array([0]))
+    finally:
+        atlas.close()
+    r = runner.invoke(cli, ["--db", str(path), "validate"])
+    assert r.exit_code == 1 and "no residual path for L2.clt -> L1.tc" in r.output, r.output

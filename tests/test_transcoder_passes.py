@@ -137,3 +137,48 @@ def test_the_example_transcoders_load_as_topk_transcoders(layer: int) -> None:
     assert (s.hook_name, s.out_hook_name, s.d_in, s.d_out) == (
         f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.hook_mlp_out", 576, 576,
     )  # fmt: skip
+
+
+def test_export_and_merge_carry_baselines_spread_and_virtual_edges(built, runner, tmp_path) -> None:
+    from atlas.cli import cli
+
+    _, _, out = built
+
+    def rows(path) -> dict[str, list]:
+        conn = sqlite3.connect(path)
+        got = {
+            "baselines": conn.execute(
+                "SELECT s.name, d.name, b.n_samples, b.p99, b.frac_above_p99 FROM virtual_baselines b "
+                "JOIN saes s ON s.sae_id = b.src_sae_id JOIN saes d ON d.sae_id = b.dst_sae_id ORDER BY 1, 2"
+            ).fetchall(),
+            "spread": conn.execute(
+                "SELECT fn.name, s.out_layer, s.norm FROM decoder_spread s JOIN feature_names fn USING (feature_id) "
+                "ORDER BY 1, 2"
+            ).fetchall(),
+            "virtual": conn.execute(
+                "SELECT kind, src, dst, score, rank, percentile FROM virtual_edges_view ORDER BY 1, 2, 3"
+            ).fetchall(),
+        }
+        conn.close()
+        return got
+
+    tcs, clt, both = tmp_path / "tcs.db", tmp_path / "clt.db", tmp_path / "both.db"
+    for names, path in ((["L1.tc", "L2.stc"], tcs), (["L1.clt"], clt)):
+        args = ["--db", str(out), "export", str(path)] + [x for n in names for x in ("--sae", n)]
+        assert runner.invoke(cli, args).exit_code == 0
+    assert runner.invoke(cli, ["merge", str(clt), str(tcs), "-o", str(both)]).exit_code == 0
+    want, got = rows(out), rows(both)
+    keep = {"L1.tc", "L2.stc", "L1.clt"}
+
+    def kept(r: tuple) -> bool:  # rows whose dictionaries were all exported together
+        names = [x.split("/")[0] for x in r[:3] if isinstance(x, str) and x not in ("virtual", "virtual_in")]
+        return set(names) <= {"L1.tc", "L2.stc"} or set(names) <= {"L1.clt"}
+
+    assert got["spread"] == want["spread"] and len(got["spread"]) == 13 * 3
+    assert (
+        got["baselines"]
+        == [r for r in want["baselines"] if kept(r)]
+        == [r for r in want["baselines"] if r[:2] == ("L1.tc", "L2.stc")]
+    )
+    assert got["virtual"] == [r for r in want["virtual"] if kept(r)] and got["virtual"]
+    assert keep == {r[0] for r in sqlite3.connect(both).execute("SELECT name FROM saes")}

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from atlas.domain import RESIDUAL_SITES, TRANSCODER_SITES, stream_position
+from atlas.domain import RESIDUAL_SITES, TRANSCODER_SITES, reaches, stream_position
 from builders.errors import BuildError
 from builders.passes.base import Context, EdgeRows, Pass, Rows, Step, Target, Unit
 from builders.passes.common import (
@@ -86,9 +86,10 @@ def read_point(sae: SAEWeights) -> int | None:
 
 
 def has_path(src: SAEWeights, dst: SAEWeights) -> bool:
-    """Whether some decoder of ``src`` is written before ``dst`` reads (dst reads the residual stream)."""
-    read = read_point(dst)
-    return read is not None and any(pos < read for pos, _ in write_points(src))
+    """Whether some decoder of ``src`` is written before ``dst`` reads (dst reads the residual stream);
+    the same rule ``sae-atlas validate`` checks stored edges by (:func:`atlas.domain.reaches`)."""
+    out_site = src.site if src.kind == "sae" else src.out_site
+    return reaches(out_site, src.write_layers, dst.site, dst.layer)
 
 
 def why_no_path(src: SAEWeights, dst: SAEWeights, names: tuple[str, str]) -> str:
