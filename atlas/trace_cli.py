@@ -104,20 +104,23 @@ def draw_trace(tr: Trace):  # -> matplotlib Figure
     walk(0)
     row = {n: i for i, n in enumerate(order)}
     by_id = {n.node: n for n in tr.nodes}
-    layers = sorted({n.layer for n in tr.nodes})
-    col = {layer: i for i, layer in enumerate(layers)}
+    # one column per point of the forward pass a dictionary reads (a transcoder at L14 before L14's resid_post)
+    where = {n.node: _read_position(n.site, n.layer) for n in tr.nodes}
+    points = sorted(set(where.values()))
+    col = {n.node: points.index(where[n.node]) for n in tr.nodes}
+    names = {points.index(where[n.node]): f"L{n.layer} {n.site}" for n in tr.nodes}
     height = max(2.0, 0.42 * len(order) + 1.0)
-    fig = Figure(figsize=(max(6.0, 3.3 * len(layers)), height), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 3.3 * len(points)), height), layout="constrained")
     ax = fig.add_subplot()
     words = TOKEN_WORDS[tr.direction]
     for n in tr.nodes:
-        x, y = col[n.layer], -row[n.node]
+        x, y = col[n.node], -row[n.node]
         if n.parent is not None:
             p = by_id[n.parent]
             pct = n.percentile if n.percentile is not None else 90.0
             width = 0.5 + 3.0 * min(1.0, max(0.0, (pct - 90.0) / 10.0))  # p90 thin .. p100 thick
             colour = "#c44e52" if (n.score or 0.0) < 0 else "#4c72b0"  # red: the edge inhibits
-            ax.plot([col[p.layer] + 0.12, x - 0.12], [-row[p.node], y], color=colour, linewidth=width, alpha=0.8,
+            ax.plot([col[p.node] + 0.12 * (1 if col[p.node] < x else -1), x - 0.12 * (1 if col[p.node] < x else -1)], [-row[p.node], y], color=colour, linewidth=width, alpha=0.8,
                     zorder=1)  # fmt: skip
         head = n.name if n.score is None else f"{n.name}  {n.score:+.3f}" + (
             f"  p{n.percentile:.1f}" if n.percentile is not None else "")  # fmt: skip
@@ -125,8 +128,8 @@ def draw_trace(tr: Trace):  # -> matplotlib Figure
         ax.text(x, y, f"{head}\n{body}", ha="center", va="center", fontsize=7, zorder=2,
                 bbox={"boxstyle": "round,pad=0.3", "fc": "#fff7e6" if n.node == 0 else "white",
                       "ec": "#999999" if n.seen else "#333333"})  # fmt: skip
-    ax.set_xticks(range(len(layers)), [f"layer {layer}" for layer in layers])
-    ax.set_xlim(-0.6, len(layers) - 0.4)
+    ax.set_xticks(range(len(points)), [names[i] for i in range(len(points))])
+    ax.set_xlim(-0.6, len(points) - 0.4)
     ax.set_ylim(-len(order) + 0.4, 0.6)
     ax.set_yticks([])
     for side in ("left", "right", "top"):
@@ -135,3 +138,13 @@ def draw_trace(tr: Trace):  # -> matplotlib Figure
     ax.set_title(f"trace {arrow} from {by_id[0].name} (node text: name, score, percentile; {words} tokens)",
                  fontsize=9)  # fmt: skip
     return fig
+
+
+def _read_position(site: str, layer: int) -> tuple[int, int]:
+    """Where in the forward pass a dictionary reads: sortable, unknown sites after the known ones of a layer."""
+    from atlas.domain import stream_position
+
+    try:
+        return (stream_position(site, layer), 0)
+    except KeyError:
+        return (8 * layer + 7, 1)
