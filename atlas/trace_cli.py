@@ -50,10 +50,10 @@ def trace_command(
 
     \b
     Example:
-        sae-atlas trace L3.tc/120
-        sae-atlas trace L3.tc/120 --depth 4 --top 2 --min-percentile 99
-        sae-atlas trace L9.tc/7 --up --json
-        sae-atlas trace L3.tc/120 --out trace.svg
+        sae-atlas trace L11.tc/540
+        sae-atlas trace L11.tc/540 --depth 4 --top 2 --min-percentile 99
+        sae-atlas trace L14.res/5 --up --json
+        sae-atlas trace L11.tc/540 --out trace.svg
     """
     if out_file is not None and out_file.suffix.lower() not in OUT_SUFFIXES:
         raise click.BadParameter(f"{out_file.name}: write .txt, .svg or .png", param_hint="--out")

@@ -223,7 +223,7 @@ def test_usage_errors_are_one_line(planted: Path, tmp_path: Path) -> None:
         line = _one_error_line(CliRunner().invoke(cli, ["--db", str(planted), "trace", *args]))
         assert line.startswith("Error:")
     r = CliRunner().invoke(cli, ["trace", "-h"])
-    assert r.exit_code == 0 and "Example:" in r.output and "sae-atlas trace L3.tc/120" in r.output
+    assert r.exit_code == 0 and "Example:" in r.output and "sae-atlas trace L11.tc/540" in r.output
 
 
 # ---------------------------------------------------------------- bounded work on a big atlas
