@@ -464,8 +464,19 @@ def render_tree(tr: Trace, *, color: bool = False) -> str:
     return "\n".join(head + lines + (foot if lines else []))
 
 
+def format_percentile(p: float | None) -> str:
+    """``p99.5``, ``p99.98``, ``p99.9996``: enough decimals that a percentile short of 100 never shows as 100."""
+    if p is None:
+        return "p?"
+    if p >= 100.0:
+        return "p100"
+    decimals = min(6, max(1, math.ceil(-math.log10(100.0 - p) - 1e-9)))
+    text = f"{p:.{decimals}f}"
+    return f"p>{100 - 10**-decimals:.{decimals}f}" if float(text) >= 100.0 else f"p{text}"
+
+
 def _node_line(n: TraceNode, words: str) -> str:
-    pct = f"p{n.percentile:.1f}" if n.percentile is not None else "p?"
+    pct = format_percentile(n.percentile)
     seen = "  (seen)" if n.seen else ""
     toks = f"  {words}: {_tokens(n.tokens)}" if n.tokens else ""
     return f"{n.name}  L{n.layer}  {n.score:+.4f}  {pct}{seen}{toks}"

@@ -12,7 +12,7 @@ import click
 from atlas.dbpath import resolve_db_path
 from atlas.neuronpedia.cli import CONTEXT_SETTINGS, db_option  # not atlas.cli: a lazy command must not import it
 from atlas.output import dump_json
-from atlas.trace import TOKEN_WORDS, Trace, check_traceable, render_tree, trace
+from atlas.trace import TOKEN_WORDS, Trace, check_traceable, format_percentile, render_tree, trace
 
 OUT_SUFFIXES = (".txt", ".svg", ".png")
 
@@ -123,7 +123,7 @@ def draw_trace(tr: Trace):  # -> matplotlib Figure
             ax.plot([col[p.node] + 0.12 * (1 if col[p.node] < x else -1), x - 0.12 * (1 if col[p.node] < x else -1)], [-row[p.node], y], color=colour, linewidth=width, alpha=0.8,
                     zorder=1)  # fmt: skip
         head = n.name if n.score is None else f"{n.name}  {n.score:+.3f}" + (
-            f"  p{n.percentile:.1f}" if n.percentile is not None else "")  # fmt: skip
+            f"  {format_percentile(n.percentile)}" if n.percentile is not None else "")  # fmt: skip
         body = ("(seen above)  " if n.seen else "") + " ".join(n.tokens[:5])
         ax.text(x, y, f"{head}\n{body}", ha="center", va="center", fontsize=7, zorder=2,
                 bbox={"boxstyle": "round,pad=0.3", "fc": "#fff7e6" if n.node == 0 else "white",

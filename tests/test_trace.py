@@ -328,3 +328,14 @@ def test_report_has_a_graph_section_only_with_virtual_edges(tmp_path: Path) -> N
         assert (graph is not None) is shown
         if shown:
             assert [p["distance"] for p in graph["pairs"]] == [4]  # the synthetic SAEs sit at layers 2 and 6
+
+
+@pytest.mark.parametrize(
+    ("p", "shown"),
+    [(None, "p?"), (100.0, "p100"), (99.9996156, "p99.9996"), (99.98293, "p99.98"), (99.5, "p99.5"), (99.9, "p99.9"),
+     (60.0, "p60.0"), (0.0, "p0.0"), (99.99999999, "p>99.999999")],
+)  # fmt: skip
+def test_a_percentile_short_of_100_never_shows_as_100(p, shown) -> None:
+    from atlas.trace import format_percentile
+
+    assert format_percentile(p) == shown

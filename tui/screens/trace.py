@@ -19,7 +19,7 @@ from textual.binding import Binding
 from textual.widgets import Header, Static, Tree
 from textual.widgets.tree import UnknownNodeID
 
-from atlas.trace import DIRECTIONS, TOKEN_WORDS, Hop, expand, has_virtual_edges, root_stop
+from atlas.trace import DIRECTIONS, TOKEN_WORDS, Hop, expand, format_percentile, has_virtual_edges, root_stop
 from tui.messages import TraceExpanded, TraceLoaded
 from tui.screens._base import AtlasScreen
 from tui.widgets.key_bar import KeyBar
@@ -271,7 +271,7 @@ class TraceScreen(AtlasScreen):
 
 def _hop_label(h: Hop, repeat: bool, direction: str) -> Text:
     s = h.step
-    pct = f"p{s.percentile:.1f}" if s.percentile is not None else "p?"
+    pct = format_percentile(s.percentile)
     t = Text.assemble((h.name, "bold"), f"  L{h.layer}  ", (f"{s.score:+.3f}", "cyan"), f"  {pct}  ")
     if repeat:
         t.append("(seen) ", style="dim")
