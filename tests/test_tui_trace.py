@@ -78,7 +78,12 @@ def test_t_opens_a_trace_that_expands_and_shares_the_card_history(planted: Path)
             await pilot.press("backspace")
             await settle(pilot)
             assert app.screen is trace and trace.stop == TraceStop(root_id, "down")
-            assert names(trace.query_one("#trace-tree", Tree).root)[0] == "L5.res/4"
+            again = trace.query_one("#trace-tree", Tree)  # as it was left, from memory
+            assert names(again.root) == ["L5.res/4", "L3.res/2", "L3.res/5", "L3.res/1", "L5.res/6"]
+            assert again.root.children[1].is_expanded and names(again.root.children[1]) == ["L5.res/4", "L5.res/7"]
+            assert "(seen)" in str(again.root.children[1].children[0].label)
+            assert names(again.root.children[2]) == ["L5.res/3"] and again.root.children[2].is_expanded
+            assert "no further edges" in str(again.root.children[0].label)
             await pilot.press("backspace")
             await settle(pilot)
             assert app.screen is card and card.card.feature.feature_id == root_id

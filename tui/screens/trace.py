@@ -10,7 +10,8 @@ card's history: back and forward walk through cards and traces alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from rich.text import Text
 from textual import on, work
@@ -42,6 +43,18 @@ class NodeData:
     feature_id: int
     loaded: bool = False  # its children have been read
     seen: bool = False  # the feature appears earlier in the tree
+    path: tuple[int, ...] = ()  # feature ids from the root to this node: its place in a TraceMemory
+
+
+@dataclass
+class TraceMemory:
+    """What a trace has read and how it was left: back and forward redraw it as it was, without a query."""
+
+    root: Any  # atlas.trace.Stop
+    hops: list[Hop]
+    note: str | None
+    children: dict[tuple[int, ...], list[Hop]] = field(default_factory=dict)  # by node path
+    expanded: set[tuple[int, ...]] = field(default_factory=set)
 
 
 class TraceScreen(AtlasScreen):
@@ -60,6 +73,7 @@ class TraceScreen(AtlasScreen):
         self.generation = 0  # answers to an older stop are dropped
         self.pending: set[int] = set()  # tree node ids whose children are being read
         self.min_percentile = 0.0
+        self.memory: dict[tuple[TraceStop, float], TraceMemory] = {}  # every trace seen, by stop and percentile
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -88,7 +102,11 @@ class TraceScreen(AtlasScreen):
         tree.clear()
         tree.root.set_label(Text("loading…", style="dim"))
         self.query_one("#trace-title", Static).update(Text("Loading…", style="dim"))
-        self.load_root(self.generation, stop, self.min_percentile)
+        known = self.memory.get((stop, self.min_percentile))
+        if known is not None:
+            self._draw(known)
+        else:
+            self.load_root(self.generation, stop, self.min_percentile)
 
     @property
     def card_history(self):
@@ -147,8 +165,22 @@ class TraceScreen(AtlasScreen):
     @on(Tree.NodeExpanded, "#trace-tree")
     def node_expanded(self, event: Tree.NodeExpanded) -> None:
         data = event.node.data
-        if isinstance(data, NodeData) and not data.loaded and event.node.id not in self.pending:
+        if not isinstance(data, NodeData):
+            return
+        mem = self._memory()
+        if mem is not None:
+            mem.expanded.add(data.path)
+        if not data.loaded and event.node.id not in self.pending:
             self._read_under([event.node])
+
+    @on(Tree.NodeCollapsed, "#trace-tree")
+    def node_collapsed(self, event: Tree.NodeCollapsed) -> None:
+        mem = self._memory()
+        if mem is not None and isinstance(event.node.data, NodeData):
+            mem.expanded.discard(event.node.data.path)
+
+    def _memory(self) -> TraceMemory | None:
+        return None if self.stop is None else self.memory.get((self.stop, self.min_percentile))
 
     def action_expand_level(self) -> None:
         """Expand every open leaf of the tree: the next level, read in one batch."""
@@ -207,7 +239,13 @@ class TraceScreen(AtlasScreen):
     def trace_loaded(self, msg: TraceLoaded) -> None:
         if msg.generation != self.generation or self.stop is None:
             return
-        root, direction = msg.root, self.stop.direction
+        mem = self.memory[(self.stop, self.min_percentile)] = TraceMemory(msg.root, msg.hops, msg.note)
+        self._draw(mem)
+
+    def _draw(self, mem: TraceMemory) -> None:
+        """The tree of a trace as its memory has it: the first level, and every level read and left open since."""
+        assert self.stop is not None
+        root, direction = mem.root, self.stop.direction
         arrow = "what it writes into, later layers" if direction == "down" else "what writes into it, earlier layers"
         words = TOKEN_WORDS[direction]
         cut = f", percentile ≥ {self.min_percentile:g}" if self.min_percentile else ""
@@ -219,13 +257,22 @@ class TraceScreen(AtlasScreen):
         label = Text.assemble((root.name, "bold"), f"  L{root.layer} {root.site}  ")
         label.append(f"{words}: {' '.join(root.tokens)}" if root.tokens else "", style="green")
         tree.root.set_label(label)
-        tree.root.data = NodeData(root.feature_id, loaded=True)
-        if not msg.hops:
+        tree.root.data = NodeData(root.feature_id, loaded=True, path=(root.feature_id,))
+        if not mem.hops:
             where = "to later layers" if direction == "down" else "from earlier layers"
             above = f" at or above percentile {self.min_percentile:g}" if self.min_percentile else ""
-            text = msg.note or f"no virtual edges {where}{above}; its direct tokens are shown above"
+            text = mem.note or f"no virtual edges {where}{above}; its direct tokens are shown above"
             tree.root.add_leaf(Text(text, style="dim"))
-        self._add_children(tree.root, msg.hops, direction)
+        self._add_children(tree.root, mem.hops, direction)
+        stack = list(tree.root.children)
+        while stack:  # levels read before: drawn again from memory, in the order they were first drawn
+            node = stack.pop(0)
+            data = node.data
+            if isinstance(data, NodeData) and data.path in mem.children:
+                self._fill(node, mem.children[data.path], direction)
+                stack.extend(node.children)
+                if data.path in mem.expanded:
+                    node.expand()
         tree.root.expand()
         tree.move_cursor(tree.root)
 
@@ -243,19 +290,28 @@ class TraceScreen(AtlasScreen):
             if not isinstance(node.data, NodeData):
                 continue
             hops = msg.hops.get(nid, [])
-            node.data.loaded = True
-            if not hops:
-                node.allow_expand = False
-                node.set_label(node.label + Text("  · no further edges", style="dim"))
-                continue
-            self._add_children(node, hops, self.stop.direction)
-            node.expand()
+            mem = self._memory()
+            if mem is not None:
+                mem.children[node.data.path] = hops
+            self._fill(node, hops, self.stop.direction)
+            if hops:
+                node.expand()
+
+    def _fill(self, node, hops: list[Hop], direction: str) -> None:
+        """A node's children, now read: added, or the node marked as going no further."""
+        node.data.loaded = True
+        if not hops:
+            node.allow_expand = False
+            node.set_label(node.label + Text("  · no further edges", style="dim"))
+            return
+        self._add_children(node, hops, direction)
 
     def _add_children(self, node, hops: list[Hop], direction: str) -> None:
         seen = self._features_in_tree()
         for h in hops:
             repeat = h.feature_id in seen
-            node.add(_hop_label(h, repeat, direction), data=NodeData(h.feature_id, seen=repeat), allow_expand=True)
+            data = NodeData(h.feature_id, seen=repeat, path=(*node.data.path, h.feature_id))
+            node.add(_hop_label(h, repeat, direction), data=data, allow_expand=True)
             seen.add(h.feature_id)
 
     def _features_in_tree(self) -> set[int]:
