@@ -28,7 +28,7 @@ from typing import Any
 import click
 import numpy as np
 
-from atlas import stats
+from atlas import report_graph, stats
 from atlas.errors import AtlasError
 from atlas.provenance import read_provenance, verdict_criteria
 from atlas.same_index import SameIndexCheck, same_index_check
@@ -57,6 +57,7 @@ class ReportData:
     semantic: stats.SemanticSplit | None = None
     same_index: SameIndexCheck | None = None
     baselines: dict[str, str] = field(default_factory=dict)  # SAE -> the random directions its percentiles use
+    graph: report_graph.GraphSection | None = None  # virtual weights against the baseline (atlas/report_graph.py)
     missing: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
@@ -114,6 +115,7 @@ def compute_report(
     if data.depth is not None:
         data.variability = run("qk_variability", lambda: stats.qk_variability(data.depth))
     data.semantic = run("experiment_3", lambda: stats.semantic_split(conn))
+    data.graph = report_graph.graph_section_if_built(conn, progress)  # None without virtual edges: no section
     if data.predicts is None and data.depth is None and data.semantic is None:
         raise AtlasError("nothing to report: " + "; ".join(data.missing[k] for k in sorted(data.missing)))
     data.same_index = run("same_index", lambda: same_index_check(conn))
@@ -523,6 +525,7 @@ def report_json(data: ReportData) -> dict[str, Any]:
             "experiment_2": {"depth": data.depth, "qk_variability": data.variability},
             "experiment_3": data.semantic,
             "same_index": data.same_index.as_dict() if data.same_index is not None else None,
+            "graph": {"pairs": data.graph.pairs, "by_distance": data.graph.by_distance()} if data.graph else None,
             "missing": data.missing,
             "seconds": data.seconds,
         }
@@ -554,6 +557,7 @@ def plot_figures(data: ReportData, out_dir: Path) -> list[str]:
             fig.set_layout_engine("none")  # keep the layout just solved; solving it again costs as much as drawing
             fig.savefig(out_dir / f"{name}.svg", metadata={"Date": None})
             written.append(name)
+        written += report_graph.plot(data.graph, out_dir)
     return written
 
 
@@ -782,6 +786,7 @@ def report_markdown(data: ReportData, figures: list[str]) -> str:
             lines += [f"**{tab.title}**", "", tab.markdown(), ""]
         if fig == "exp2_depth" and data.depth is not None and data.depth.builder:
             lines += _builder_details(data.depth)
+    lines += report_graph.markdown(data.graph, figures, [Table(*t) for t in report_graph.table_rows(data.graph)])
     if data.same_index is not None:
         lines += ["## Edges between dictionaries: same-index check", "", *same_index_markdown(data.same_index)]
     lines += ["## Method", "", METHOD, ""]
@@ -938,10 +943,11 @@ def report(
         raise click.ClickException(str(e)) from None
     for note in caveats(data):
         click.echo("note: " + note.replace("**", ""), err=True)
-    for tables in (exp1_tables(data), exp2_tables(data), exp3_tables(data)):
+    for tables in (exp1_tables(data), exp2_tables(data), exp3_tables(data), [Table(*t) for t in report_graph.table_rows(data.graph)]):
         for tab in tables:
             click.echo(tab.text().replace("**", "") + "\n")
     if terminal:
         width = min(100, shutil.get_terminal_size((100, 30)).columns)
         click.echo(terminal_plots(data, width=width, color=click.get_text_stream("stdout").isatty()))
+        click.echo(report_graph.terminal_plot(data.graph, width=width, color=click.get_text_stream("stdout").isatty()))
     click.echo(f"wrote {len(written)} files to {out_dir}/ in {time.perf_counter() - t0:.1f} s")
