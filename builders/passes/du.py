@@ -73,7 +73,7 @@ def _run(ctx: Context, u: Unit) -> Rows:
         fold_norms=cfg.fold_norms,
         block_rows=ctx.block_rows,
         vocab_tile=ctx.vocab_tile,
-        moments=ctx.cached(("vocab_moments", "du"), lambda: du_moments(ctx.model)),
+        moments=predicts.vocab_moments_of(ctx, "du"),
     )
     return predicts.vocab_rows(ctx, "du", r)
 

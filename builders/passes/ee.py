@@ -81,7 +81,7 @@ def _run(ctx: Context, u: Unit) -> Rows:
         fold_norms=cfg.fold_norms,
         block_rows=ctx.block_rows,
         vocab_tile=ctx.vocab_tile,
-        moments=ctx.cached(("vocab_moments", "ee"), lambda: ee_moments(ctx.model)),
+        moments=predicts.vocab_moments_of(ctx, "ee"),
     )
     return predicts.vocab_rows(ctx, "ee", r)
 

@@ -25,7 +25,15 @@ import numpy as np
 import torch
 
 from builders.passes.base import Context, Rows
-from builders.passes.common import COMPUTE_DTYPE, VocabScores, fold_direction, random_unit_directions, vocab_scores
+from builders.passes.common import (
+    COMPUTE_DTYPE,
+    VocabMoments,
+    VocabScores,
+    fold_direction,
+    random_unit_directions,
+    vocab_moments,
+    vocab_scores,
+)
 from builders.weights import ModelWeights
 
 
@@ -68,6 +76,7 @@ def token_criterion(
     fold_norms: bool = True,
     block_rows: int = 256,
     vocab_tile: int = 4096,
+    moments: VocabMoments | None = None,
 ) -> TokenCriterion:
     """The predicts (phase 'du') or reads (phase 'ee') criterion for this model."""
     column = f"{phase}_top1_z"
@@ -81,7 +90,7 @@ def token_criterion(
     else:
         dirs = r * model.embed_scale  # isotropic already; the gain would only rescale axes of noise
         W = model.W_E.to(dtype).T  # (d_model, d_vocab)
-    scores = vocab_scores(dirs, W, 1, block_rows=block_rows, vocab_tile=vocab_tile)
+    scores = vocab_scores(dirs, W, 1, block_rows=block_rows, vocab_tile=vocab_tile, moments=moments)
     tau = float(np.quantile(scores.stats["top1_z"], quantile))
     return TokenCriterion(column, round(tau, 6), "random-quantile", quantile, n_random, seed)
 
@@ -104,8 +113,16 @@ def criterion(ctx: Context, phase: str) -> TokenCriterion:
             fold_norms=cfg.fold_norms,
             block_rows=ctx.block_rows,
             vocab_tile=ctx.vocab_tile,
+            moments=vocab_moments_of(ctx, phase),
         ),
     )
+
+
+def vocab_moments_of(ctx: Context, phase: str) -> VocabMoments:
+    """W_U's (du) or W_E's (ee) closed-form moments, computed once per build and shared by the passes."""
+    if phase == "du":
+        return ctx.cached(("vocab_moments", "du"), lambda: vocab_moments(ctx.model.W_U.to(COMPUTE_DTYPE)))
+    return ctx.cached(("vocab_moments", "ee"), lambda: vocab_moments(ctx.model.W_E.to(COMPUTE_DTYPE).T))
 
 
 VERDICT_COLUMN = {"du": "predicts_tokens", "ee": "reads_tokens"}
