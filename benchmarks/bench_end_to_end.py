@@ -73,17 +73,17 @@ def write_sae(folder: Path, *, d_model: int, d_sae: int, layer: int) -> None:
     save_file(tensors, str(folder / "sae_weights.safetensors"))
 
 
-def bare_matmul(d_model: int, vocab: int, d_sae: int, block: int = 256) -> float:
-    """Seconds for the du pass's unavoidable FLOPs: every block of decoder rows times W_U."""
+def bare_matmul(d_model: int, vocab: int, d_sae: int, block: int = 256) -> tuple[float, float]:
+    """(wall, CPU) seconds of the du pass's unavoidable FLOPs: every block of decoder rows times W_U."""
     gen = torch.Generator().manual_seed(2)
     W_U = torch.randn(d_model, vocab, generator=gen)  # (d_model, d_vocab)
     X = torch.randn(d_sae, d_model, generator=gen)  # (d_sae, d_model)
     out = torch.empty(block, vocab)  # (block, d_vocab)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for r0 in range(0, d_sae, block):
         r1 = min(r0 + block, d_sae)
         torch.mm(X[r0:r1], W_U, out=out[: r1 - r0])
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def run_build(model: Path, sae: Path, out: Path, passes: str, extra: list[str]) -> dict:
@@ -132,20 +132,23 @@ def main() -> None:
         write_sae(sae, d_model=args.d_model, d_sae=args.d_sae, layer=args.layers // 2)
     res: dict = {"shape": vars(args), "load": " ".join(f"{x:.2f}" for x in os.getloadavg()), "builds": {}}
     res["import_s"] = {m: import_seconds(m) for m in ("atlas.cli", "builders.cli", "torch", "transformers")}
-    res["bare_matmul_s"] = bare_matmul(args.d_model, args.vocab, args.d_sae)
+    res["bare_matmul_s"], res["bare_matmul_cpu_s"] = bare_matmul(args.d_model, args.vocab, args.d_sae)
     for p in passes:
         r = run_build(model, sae, folder / "bench.db", p, args.build_args.split())
         r["ratio"] = r["seconds"] / res["bare_matmul_s"]
+        r["cpu_ratio"] = r["cpu_seconds"] / res["bare_matmul_cpu_s"]  # steadier than wall time on a shared machine
         res["builds"][p] = r
-    res["bare_matmul_s_after"] = bare_matmul(args.d_model, args.vocab, args.d_sae)  # the machine may have changed
+    res["bare_matmul_s_after"], _ = bare_matmul(args.d_model, args.vocab, args.d_sae)  # the machine may have changed
 
     print(f"shapes: d_model {args.d_model}, vocab {args.vocab:,}, d_sae {args.d_sae:,}, {args.layers} layers; "
           f"load {res['load']}")  # fmt: skip
     print(f"imports (fresh interpreter): {', '.join(f'{m} {s:.2f}s' for m, s in res['import_s'].items())}")
-    print(f"bare matmul: {res['bare_matmul_s']:.2f}s (again after the builds: {res['bare_matmul_s_after']:.2f}s)")
+    print(f"bare matmul: {res['bare_matmul_s']:.2f}s wall, {res['bare_matmul_cpu_s']:.2f}s CPU "
+          f"(again after the builds: {res['bare_matmul_s_after']:.2f}s wall)")  # fmt: skip
     for p, r in res["builds"].items():
         print(f"  sae-atlas build --passes {p}: {r['seconds']:.2f}s wall, {r['cpu_seconds']:.2f}s CPU, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB, atlas {r['file_mb']:.1f} MB: {r['ratio']:.2f}x the bare matmul")  # fmt: skip
+              f"peak RSS {r['peak_rss_mb']:.0f} MB, atlas {r['file_mb']:.1f} MB: {r['ratio']:.2f}x the bare matmul "
+              f"(CPU time: {r['cpu_ratio']:.2f}x)")  # fmt: skip
     out = REPO / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "end_to_end.json").write_text(json.dumps(res, indent=2) + "\n")
