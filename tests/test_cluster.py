@@ -118,3 +118,50 @@ def test_cluster_and_shard_together_is_a_usage_error(files, tmp_path):
     r = CliRunner().invoke(cli, ["build", *common(files), "-o", str(tmp_path / "x.db"), "--cluster", "local:2",
                                  "--shard", "0/2"])  # fmt: skip
     assert r.exit_code == 2 and "drop --shard" in r.output
+
+
+def test_killed_client_resumes_without_redoing_finished_units(files, cluster, one_process, tmp_path):
+    """Shard files as a killed client leaves them (shard 0 complete, shard 1 one unit in): --resume runs
+    only what is missing. Finished units are marked with a sentinel time that a redone unit would overwrite."""
+    import sqlite3
+
+    from builders.cli import _build, config_from_options
+    from builders.cli import build as build_cmd
+    from builders.shards import shard_path
+
+    out = tmp_path / "r.db"
+    params = build_cmd.make_context("build", [*common(files), "-o", str(out)]).params
+    kwargs = dict(
+        model_source=params["model_source"], gguf_file=None, no_tokenizer=False, sae_paths=params["sae_paths"],
+        sae_format=None, sae_hooks=(), out=str(out), overwrite=False,
+        config=config_from_options({k: v for k, v in params.items() if k not in _NOT_SETTINGS}),
+    )  # fmt: skip
+
+    class Killed(Exception):
+        pass
+
+    def die_after_one(u):
+        raise Killed
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _build(**kwargs, resume=False, shard=(0, 2), progress=False)
+        with pytest.raises(Killed):
+            _build(**kwargs, resume=False, shard=(1, 2), progress=False, after_unit=die_after_one)
+    finally:
+        torch.set_num_threads(threads)
+    sentinel = "2000-01-01T00:00:00+00:00"
+    done = 0
+    for i in range(2):
+        with sqlite3.connect(shard_path(out, i, 2)) as conn:
+            done += conn.execute("UPDATE build_units SET finished_at = ?", (sentinel,)).rowcount
+    r = CliRunner().invoke(
+        cli, ["build", *common(files), "-o", str(out), "--cluster", cluster.scheduler_address, "--resume"]
+    )
+    assert r.exit_code == 0, r.output
+    assert dump(out) == one_process
+    with sqlite3.connect(out) as conn:
+        kept = conn.execute("SELECT COUNT(*) FROM build_units WHERE finished_at = ?", (sentinel,)).fetchone()[0]
+        total = conn.execute("SELECT COUNT(*) FROM build_units").fetchone()[0]
+    assert kept == done and total > done  # every finished unit kept, the rest run now
