@@ -350,7 +350,9 @@ def vocab_scores(
         shift = X @ w_mean32  # (b,) the fp32 centre of the tiles; the moments are corrected for its rounding
         # one tile's centred logits c, c^2 and exp(c - m), side by side so that one batched Gram matrix
         # (b, 3, 3) gives sum c^3, sum c^4 and sum exp(c - m) c: a GEMM, 4x cheaper than three mul+sum
-        P = torch.empty(b, 3, tile, device=X.device, dtype=X.dtype)  # (b, 3, tile)
+        # (3, b, tile): each plane is contiguous, so the matmul writes straight into the first (a (b, 3, tile)
+        # layout makes torch.mm write through a strided view: measured 2x the matmul's time with 2 threads)
+        P = torch.empty(3, b, tile, device=X.device, dtype=X.dtype)  # (3, b, tile)
         acc = torch.zeros(3, b, device=X.device, dtype=torch.float64)  # s3, s4 (around shift), and sum exp
         T = torch.zeros(b, device=X.device, dtype=torch.float64)  # sum exp(c - m) * c
         m = torch.full((b,), float("-inf"), device=X.device, dtype=torch.float64)  # running max of c
@@ -358,20 +360,20 @@ def vocab_scores(
         lo = ChunkTopK(k, largest=False)
         for v0, v1 in chunks(0, d_vocab, tile):
             t = v1 - v0
-            Pt = P[:, :, :t]  # (b, 3, t)
-            L = torch.mm(X, W[:, v0:v1], out=Pt[:, 0])  # (b, t)
+            Pt = P[:, :, :t]  # (3, b, t)
+            L = torch.mm(X, W[:, v0:v1], out=Pt[0])  # (b, t)
             tmax = hi.update(L, v0)  # (b,) row max of the tile
             lo.update(L, v0)
             L.sub_(shift[:, None])  # (b, t) centred
-            torch.mul(L, L, out=Pt[:, 1])  # (b, t)
+            torch.mul(L, L, out=Pt[1])  # (b, t)
             # online log-sum-exp over the centred values (entropy is shift-invariant)
             new_m = torch.maximum(m, (tmax - shift).double())  # (b,)
             rescale = torch.exp(m - new_m)
             acc[2] *= rescale
             T *= rescale
             m = new_m
-            E = torch.sub(L, m.to(L.dtype)[:, None], out=Pt[:, 2]).exp_()  # (b, t)
-            G = torch.bmm(Pt, Pt.transpose(1, 2)).double()  # (b, 3, 3) Gram of (c, c^2, exp(c - m))
+            E = torch.sub(L, m.to(L.dtype)[:, None], out=Pt[2]).exp_()  # (b, t)
+            G = torch.bmm(Pt.permute(1, 0, 2), Pt.permute(1, 2, 0)).double()  # (b, 3, 3) Gram of (c, c^2, exp(c - m))
             acc[0] += G[:, 0, 1]
             acc[1] += G[:, 1, 1]
             acc[2] += E.sum(1)
