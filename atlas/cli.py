@@ -46,6 +46,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "registry": ("builders.registry_cli", "registry", "Show or update SAELens's registry of pretrained dictionaries.", "the build extra: pip install 'sae-atlas[build]'"),
     "import": ("atlas.neuronpedia.cli", "import_group", "Import Neuronpedia's public exports.", "sae-atlas"),
     "serve": ("atlas.serve", "serve", "Serve the atlas read-only in Datasette on 127.0.0.1.", "Datasette: pip install 'sae-atlas[web]'"),
+    "trace": ("atlas.trace_cli", "trace_command", "Strongest paths from a feature through later or earlier layers.", "matplotlib: pip install 'sae-atlas'"),
 }  # fmt: skip
 
 
@@ -395,7 +396,7 @@ def show(feature: str, db: Path | None, k: int, edge_limit: int, as_json: bool) 
 def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = None, neuronpedia: Any = None) -> str:
     f = card.feature
     m = f.metrics
-    out = [f"{f.name}  (#{f.feature_id})  layer {f.layer} {f.site}"]
+    out = [f"{f.name}  (#{f.feature_id})  layer {f.layer} {f.site}" + _dictionary_kind(card)]
     if card.labels:
         for lab in card.labels:
             score = f" {lab.score:.2f}" if lab.score is not None else ""
@@ -428,6 +429,11 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
         width = max(len(t.token) for t in scores)
         for t in scores:
             out.append(f"  {t.token:<{min(width, 24)}}  {t.value:+9.4f}  {_bar(abs(t.value) / top)}")
+    if getattr(card, "spread", None):  # a CLT feature: where its decoder writes
+        out.append("\ndecoder spread (a cross-layer transcoder: ||W_dec[f, layer]|| per layer it writes)")
+        top = max(s.norm for s in card.spread) or 1.0
+        for s in card.spread:
+            out.append(f"  L{s.out_layer:<3} {s.norm:9.4f}  {_bar(s.norm / top)}")
     if neuronpedia is not None:  # its URL, its logit table's agreement with du, activation examples
         from atlas.neuronpedia import card_lines
 
@@ -450,16 +456,34 @@ def render_card(card: Any, *, k: int = 10, edge_limit: int = 8, criteria: Any = 
             by_kind.setdefault(e.kind, []).append(e)
         for kind in EDGE_KINDS:
             es = by_kind.get(kind, [])[:edge_limit]
-            if not es:
+            if not es or (kind, direction) in _MIRRORED:
                 continue
-            title = "neighbours" if kind == "cosine" else f"{kind} edges"
+            title = _EDGE_TITLES.get(kind, "neighbours" if kind == "cosine" else f"{kind} edges")
             arrow = "->" if direction == "out" else "<-"
             out.append(f"\n{title} {direction}")
             for e in es:
                 other = e.dst if direction == "out" else e.src
                 head = f"  via L{e.head_layer}.H{e.head}" if e.head is not None else ""
-                out.append(f"  {arrow} {other:<16} {e.score:+9.4f}{head}")
+                pct = f"  ({e.percentile:.1f}%)" if getattr(e, "percentile", None) is not None else ""
+                out.append(f"  {arrow} {other:<16} {e.score:+9.4f}{head}{pct}")
     return "\n".join(out)
+
+
+# Virtual weights are ranked per source (virtual) or per destination (virtual_in): a card shows each from the
+# side it was ranked for (the strongest into later dictionaries out, from earlier ones in); --json has all.
+_MIRRORED = {("virtual", "in"), ("virtual_in", "out")}
+_EDGE_TITLES = {"virtual": "virtual weights (percentile)", "virtual_in": "virtual weights (percentile)"}
+
+_KIND_WORDS = {"transcoder": "transcoder", "skip_transcoder": "skip transcoder", "clt": "cross-layer transcoder"}
+
+
+def _dictionary_kind(card: Any) -> str:
+    """`` · transcoder -> blocks.11.hook_mlp_out`` for a feature of a transcoder or CLT; empty for an SAE's."""
+    kind = getattr(card, "sae_kind", "sae")
+    if kind == "sae":
+        return ""
+    writes = getattr(card, "writes", None)
+    return f"  · {_KIND_WORDS.get(kind, kind)}" + (f" -> {writes}" if writes else "")
 
 
 def _verdict(what: str, flag: Any, metric: str, value: Any) -> str:

@@ -42,6 +42,9 @@ TITLES: dict[str, str] = {
     "edges_view": "Edges, readable", "labels_view": "Labels with feature names", "sae_summary": "Per-SAE summary",
     "neuronpedia_view": "Neuronpedia agreement, readable",
     "activation_examples_view": "Activation examples with feature names",
+    "virtual_baselines": "Random baselines of virtual weights, per dictionary pair",
+    "decoder_spread": "Cross-layer transcoders: decoder norm per layer written",
+    "virtual_edges_view": "Virtual weights (writer -> reader) with layers and percentiles",
 }  # fmt: skip
 
 # Columns the schema has no comment for, by name (in any table), or by what the name ends in.
@@ -64,7 +67,9 @@ COLUMN_WORDS: dict[str, str] = {
     "chunk_end": "last latent index of the unit, exclusive", "finished_at": "when it finished (ISO-8601 UTC)",
     "n": "number of (feature, head) pairs", "mean": "mean participation", "median": "median participation",
     "p75": "75th percentile of participation", "kind": "what kind of row it is (see the table's description)",
-    "site": "where the SAE reads the model: resid_pre, attn_z, attn_out, resid_mid, mlp_out or resid_post",
+    "site": "where the SAE reads the model: resid_pre, attn_z, attn_out, resid_mid, mlp_out or resid_post "
+            "(a transcoder or CLT: mlp_in or ln2_normalized)",
+    "out_site": "where a transcoder or CLT writes (mlp_out); NULL for an SAE, which writes where it reads",
     "idx": "latent index within its SAE", "name": "readable name",
     "label_id": "the label (labels.label_id)", "text": "the label text", "created_at": "when it was made (ISO-8601 UTC)",
     "d_in": "width of the SAE's input", "d_sae": "number of latents", "k": "active latents per token (top-k SAEs)",
@@ -72,6 +77,9 @@ COLUMN_WORDS: dict[str, str] = {
     "dst_feature": "feature the edge reaches", "example_id": "the activation example", "rank": "0 = strongest",
     "schema_version": "schema version the atlas was written at", "sae_atlas_version": "sae-atlas version that wrote it",
     "architecture": "the SAE's activation: relu, jumprelu, topk or gated", "sha256": "sha256 of the weight file(s)",
+    "src_sae_id": "the source dictionary, which writes (saes.sae_id)",
+    "dst_sae_id": "the destination dictionary, which reads (saes.sae_id)",
+    "out_layer": "a layer the CLT feature writes",
     "notes": "free-text notes", "evidence": "JSON: what the label rests on (scores, tokens, the imported row's id)",
 }  # fmt: skip
 
@@ -109,6 +117,8 @@ _STAT_WORDS = {
 _ROLE_WORDS = {"q": "queries", "k": "keys", "v": "values"}
 
 VIEW_COLUMNS: dict[str, str] = {
+    "src_layer": "layer of the source dictionary (a CLT: the layer it reads)", "src_site": "site the source reads",
+    "dst_layer": "layer of the destination dictionary", "dst_site": "site the destination reads",
     "feature": "the feature's name, SAE/INDEX (e.g. L14.res/1234)", "sae": "the SAE's name (saes.name)",
     "label_kind": "kind of the newest heuristic label: semantic, non_semantic or free",
     "token": "the token as shown: whitespace made visible (' Paris' is '␣Paris')",

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas.errors import (
+    AtlasError,
     ForeignSchema,
     NeedsMigration,
     NotAnAtlas,
@@ -501,6 +502,9 @@ def migrate(path: str | os.PathLike) -> list[tuple[int, str]]:
         if not todo:
             return []
         now = utc_now()
+        # SQLite's table-rebuild procedure: foreign keys off while a referenced table (schema 4's saes) is
+        # renamed aside and made again, so no row cascades away; every reference is checked before COMMIT.
+        conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("BEGIN IMMEDIATE")
         try:
             for v, name, step in todo:
@@ -511,6 +515,9 @@ def migrate(path: str | os.PathLike) -> list[tuple[int, str]]:
                 )
             conn.execute("UPDATE atlas_info SET schema_version = ?", (SCHEMA_VERSION,))
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            bad = conn.execute("PRAGMA foreign_key_check").fetchmany(1)
+            if bad:
+                raise AtlasError(f"{p}: migrating would break a reference ({tuple(bad[0])}); the file is unchanged")
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)

@@ -113,6 +113,8 @@ def validate(path: str | os.PathLike, *, quick: bool = False) -> ValidationRepor
         _check(rep, "token ids within the vocabulary", lambda: _check_token_ids(atlas.conn))
         _check(rep, "token score ranks contiguous", lambda: _check_ranks(atlas.conn))
         _check(rep, "heads within the model", lambda: _check_heads(atlas.conn))
+        if atlas.schema_version >= 4 and not quick:
+            _check(rep, "virtual edges run forward", lambda: _check_virtual_paths(atlas))
     finally:
         atlas.close()
     return rep
@@ -394,6 +396,23 @@ def _check_ranks(conn: sqlite3.Connection) -> tuple[bool, str]:
     shown = [f"#{r[0]} {r[1]}{r[2]:+d}" if isinstance(r[2], int) else f"#{r[0]} {r[1]}{r[2]!r}" for r in bad]
     more = " (and more)" if len(bad) > MAX_EXAMPLES else ""
     return (not bad), ("" if not bad else "ranks not 0..k-1 for " + ", ".join(shown[:MAX_EXAMPLES]) + more)
+
+
+def _check_virtual_paths(atlas: Any) -> tuple[bool, str]:
+    """Every virtual / virtual_in edge goes from a dictionary that writes the residual stream before the other reads it."""
+    from atlas.domain import reaches
+
+    pairs = atlas.conn.execute(
+        "SELECT DISTINCT fs.sae_id, fd.sae_id FROM edges e JOIN features fs ON fs.feature_id = e.src_feature "
+        "JOIN features fd ON fd.feature_id = e.dst_feature WHERE e.kind IN ('virtual', 'virtual_in')"
+    ).fetchall()
+    saes = {s.sae_id: s for s in atlas.saes()}
+    wrong = []
+    for a, b in pairs:
+        src, dst = saes.get(a), saes.get(b)
+        if src is None or dst is None or not reaches(src.out_site or src.site, src.write_layers, dst.site, dst.layer):
+            wrong.append(f"{src.name if src else a} -> {dst.name if dst else b}")
+    return (not wrong), ("" if not wrong else "no residual path for " + _examples(wrong))
 
 
 def _check_heads(conn: sqlite3.Connection) -> tuple[bool, str]:

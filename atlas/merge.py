@@ -41,6 +41,13 @@ def columns(conn: sqlite3.Connection, table: str, schema: str = "main") -> list[
     return [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({table})")]
 
 
+def shared_columns(conn: sqlite3.Connection, table: str, other: str) -> list[str]:
+    """main's columns of ``table`` that schema ``other`` also has: an older file lacks the columns a later
+    schema added (schema 4's saes.sae_kind, edges.percentile), which then take their defaults."""
+    theirs = set(columns(conn, table, other))
+    return [c for c in columns(conn, table) if c in theirs]
+
+
 def _not_null(conn: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in conn.execute(f"PRAGMA main.table_info({table})") if r[3]}
 
@@ -176,7 +183,7 @@ def _copy_kept(conn: sqlite3.Connection, table: Table, seed: str | None) -> None
             f"({col} IS NULL OR {col} IN (SELECT {TABLE_BY_NAME[ref].id} FROM main.{ref}))"
             for col, ref in table.refs.items()
         ]
-    cols = ", ".join(columns(conn, table.name))
+    cols = ", ".join(shared_columns(conn, table.name, "src"))
     order = f" ORDER BY {table.id}" if table.id else ""
     conn.execute(
         f"INSERT INTO main.{table.name} ({cols}) SELECT {cols} FROM src.{table.name} "
@@ -393,7 +400,7 @@ def _map_heads(conn: sqlite3.Connection, b: str) -> None:
 def _map_saes(conn: sqlite3.Connection, b: str, path: Path) -> tuple[list[str], list[str]]:
     """New SAEs get new ids; one already present (by name) must carry the same weights."""
     added, shared = [], []
-    sae_cols = [c for c in columns(conn, "saes") if c != "sae_id"]
+    sae_cols = [c for c in shared_columns(conn, "saes", b) if c != "sae_id"]
     for sb in conn.execute(f"SELECT * FROM {b}.saes ORDER BY sae_id").fetchall():
         sa = conn.execute("SELECT * FROM main.saes WHERE name = ?", (sb["name"],)).fetchone()
         if sa is None:
@@ -448,7 +455,7 @@ def _add_mapped(conn: sqlite3.Connection, b: str, table: Table) -> None:
     :data:`_ADD_IF_MISSING`, taken when main has no such row.
     """
     not_null = _not_null(conn, table.name)
-    cols = [c for c in columns(conn, table.name) if c != table.id]
+    cols = [c for c in shared_columns(conn, table.name, b) if c != table.id]
     joins, fresh = [], []
     select = {c: f"t.{c}" for c in cols}
     for col, ref in table.refs.items():

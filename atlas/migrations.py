@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Callable
 from importlib import resources
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 Step = str | Callable[[sqlite3.Connection], None] | None
 
@@ -198,19 +198,57 @@ def index_statement(name: str) -> str:
     raise KeyError(name)
 
 
+# Schema 4's objects: saes and edges rebuilt (new columns and CHECK lists), two new tables, one new view.
+V4_REBUILT = {"saes": ("saes_layer",), "edges": ("edges_src", "edges_dst")}  # table -> its indexes
+V4_TABLES = ("virtual_baselines", "decoder_spread")
+V4_VIEWS = ("virtual_edges_view",)
+
+
+def _to_v4(conn: sqlite3.Connection) -> None:
+    """Transcoders, CLTs and virtual weights: saes gains sae_kind / out_hook_name / out_site / out_layers /
+    d_out and the transcoder sites; edges gains the virtual kinds and percentile; virtual_baselines,
+    decoder_spread and virtual_edges_view are new.
+
+    A CHECK list cannot be altered in place, so saes and edges are rebuilt: each renamed aside with
+    legacy_alter_table on (features keeps referencing "saes" by name, not the renamed table), created
+    again from schema.sql, filled with the old rows (new columns at their defaults), the old one dropped.
+    As in _to_v3, only these objects are taken from schema.sql, by name.
+    """
+    drop_views(conn)  # views name the tables being rebuilt
+    legacy = conn.execute("PRAGMA legacy_alter_table").fetchone()[0]
+    conn.execute("PRAGMA legacy_alter_table = ON")
+    try:
+        for table, indexes in V4_REBUILT.items():
+            old_cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+            conn.execute(f"ALTER TABLE {table} RENAME TO _{table}_v3")
+            conn.execute(table_statement(table))
+            cols = ", ".join(old_cols)
+            conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _{table}_v3")
+            conn.execute(f"DROP TABLE _{table}_v3")  # its indexes go with it
+            for name in indexes:
+                conn.execute(index_statement(name))
+    finally:
+        conn.execute(f"PRAGMA legacy_alter_table = {int(bool(legacy))}")
+    for name in V4_TABLES:
+        conn.execute(table_statement(name))
+    create_views(conn)
+
+
 # (version, name, step run to go from version-1 to version). Version 1 is the base schema.
 MIGRATIONS: list[tuple[int, str, Step]] = [
     (1, "initial schema", None),
     (2, "atlas identity, labels FTS as sqlite-utils declares it, raw token text in token_scores_view", _to_v2),
     (3, "Neuronpedia agreement and activation examples", _to_v3),
+    (4, "transcoders and CLTs in saes, virtual edges with percentiles, virtual baselines, CLT decoder spread", _to_v4),
 ]
 
 assert [v for v, _, _ in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 
-# Versions whose data tables (all but atlas_info and the FTS objects) are the current
-# ones, column for column: export and merge copy rows out of them as they are. A table
-# a later version added (schema 3's) is simply absent from an older file: nothing to copy.
-SAME_DATA_TABLES = frozenset({1, 2, 3})
+# Versions whose data tables (all but atlas_info and the FTS objects) export and merge can
+# copy rows out of as they are: the current ones, column for column, or a subset of them.
+# A table a later version added (schema 3's, 4's) is simply absent from an older file:
+# nothing to copy; a column schema 4 added to saes / edges takes its default (an SAE; no percentile).
+SAME_DATA_TABLES = frozenset({1, 2, 3, 4})
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,9 +11,13 @@ _FEATURE_RE = re.compile(r"^(?P<sae>.+)/(?P<idx>\d+)$")
 _VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 
 
-def default_sae_name(layer: int, site: str) -> str:
-    """``L12.res`` for a resid_post SAE at layer 12."""
-    return f"L{layer}.{SITE_SHORT.get(site, site)}"
+# Short suffix of a transcoder's or CLT's default name (an SAE's says its site): L11.tc, L3.clt
+KIND_SHORT = {"transcoder": "tc", "skip_transcoder": "stc", "clt": "clt"}
+
+
+def default_sae_name(layer: int, site: str, kind: str = "sae") -> str:
+    """``L12.res`` for a resid_post SAE at layer 12; ``L11.tc`` for a transcoder, ``L3.clt`` for a CLT."""
+    return f"L{layer}.{KIND_SHORT.get(kind) or SITE_SHORT.get(site, site)}"
 
 
 def split_feature_name(name: str) -> tuple[str, int] | None:

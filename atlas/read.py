@@ -11,10 +11,23 @@ from typing import TYPE_CHECKING, Any
 
 from atlas.domain import METRIC_COLUMNS, PHASES
 from atlas.errors import DAMAGE_HINT, AtlasError, BadQuery, DamagedAtlas, FeatureNotFound, SAENotFound
+from atlas.migrations import SCHEMA_VERSION
 from atlas.names import split_feature_name, token_key
 from atlas.provenance import describe_criterion, parse_provenance  # noqa: F401 (describe_criterion: re-exported)
 from atlas.rows import damage, json_or_null, number_or_null, typed
-from atlas.types import SAE, Edge, Feature, FeatureCard, HeadScore, Label, Model, TokenHit, TokenScore
+from atlas.types import (
+    SAE,
+    DecoderSpread,
+    Edge,
+    Feature,
+    FeatureCard,
+    HeadScore,
+    Label,
+    Model,
+    TokenHit,
+    TokenScore,
+    VirtualBaseline,
+)
 
 if TYPE_CHECKING:
     from atlas.overlay import LabelOverlay
@@ -53,6 +66,7 @@ def _quote_ident(name: str) -> str:
 
 
 _EDGE_CHECKS = ((1, "kind", str, "text"), (6, "score", (int, float), "a number"), (7, "rank", int, "an integer"))
+# percentile (column 8) may be NULL; typed() checks it as the Edge field float | None
 
 
 def _label(row: Any) -> Label:
@@ -268,8 +282,9 @@ class AtlasReader:
         short command on a freshly opened file.
         """
         where = " AND e.kind = ?2" if kind is not None else ""
+        pct = "e.percentile" if self._schema_at_least(4) else "NULL"
         arms = [
-            f"SELECT '{d}', e.kind, e.src_feature, e.dst_feature, h.layer, h.head, e.score, e.rank "
+            f"SELECT '{d}', e.kind, e.src_feature, e.dst_feature, h.layer, h.head, e.score, e.rank, {pct} "
             f"FROM edges e LEFT JOIN heads h ON h.head_pk = e.head_pk WHERE e.{col} = ?1{where}"
             for d, col in (("out", "src_feature"), ("in", "dst_feature"))
             if d in directions
@@ -294,10 +309,43 @@ class AtlasReader:
             ).fetchall()
         ) if ids else {}  # fmt: skip
         out: dict[str, list[Edge]] = {d: [] for d in directions}
-        for d, k, src, dst, layer, head, score, rank in kept:
-            e = (k, names.get(src, f"#{src}"), names.get(dst, f"#{dst}"), src, dst, layer, head, score, rank)
+        for d, k, src, dst, layer, head, score, rank, pct in kept:
+            e = (k, names.get(src, f"#{src}"), names.get(dst, f"#{dst}"), src, dst, layer, head, score, rank, pct)
             out[d].append(typed(Edge, e, f"edges of #{feature_id}"))
         return out
+
+    def _schema_at_least(self, version: int) -> bool:
+        """Whether the file has schema ``version``'s tables and columns (an older file opens read-only)."""
+        return int(getattr(self, "schema_version", SCHEMA_VERSION)) >= version
+
+    # ------------------------------------------------------------ schema 4: transcoders, CLTs, virtual weights
+    def decoder_spread(self, feature_id: int) -> list[DecoderSpread]:
+        """A CLT feature's decoder norm at each layer it writes, by layer (empty: not a CLT, or an older file)."""
+        if not self._schema_at_least(4):
+            return []
+        rows = self.conn.execute(
+            "SELECT feature_id, out_layer, norm FROM decoder_spread WHERE feature_id = ? ORDER BY out_layer",
+            (int(feature_id),),
+        )
+        return [typed(DecoderSpread, tuple(r), f"decoder_spread of #{feature_id}") for r in rows]
+
+    def virtual_baselines(self, src_sae_id: int | None = None, dst_sae_id: int | None = None) -> list[VirtualBaseline]:
+        """Random baselines of the virtual pass's dictionary pairs, by source then destination (optionally one side)."""
+        if not self._schema_at_least(4):
+            return []
+        where, args = [], []
+        for col, val in (("b.src_sae_id", src_sae_id), ("b.dst_sae_id", dst_sae_id)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(int(val))
+        rows = self.conn.execute(
+            "SELECT b.src_sae_id, b.dst_sae_id, s.name, d.name, b.n_samples, b.mean, b.std, b.p50, b.p90, b.p99, "
+            "b.p999, b.max, b.n_pairs, b.frac_above_p99, b.frac_above_p999 FROM virtual_baselines b "
+            "JOIN saes s ON s.sae_id = b.src_sae_id JOIN saes d ON d.sae_id = b.dst_sae_id "
+            f"WHERE {' AND '.join(where) or '1'} ORDER BY s.layer, s.name, d.layer, d.name",
+            args,
+        )
+        return [typed(VirtualBaseline, tuple(r), "virtual_baselines") for r in rows]
 
     # ------------------------------------------------------------ labels (the file's and the user's overlay)
     use_overlay = True  # read the user's label overlay with the file's labels (atlas/overlay.py)
@@ -348,7 +396,19 @@ class AtlasReader:
             edges_out=edges["out"],
             edges_in=edges["in"],
             labels=self.labels(fid),
+            **self._card_dictionary(f),
         )
+
+    def _card_dictionary(self, f: Feature) -> dict[str, Any]:
+        """What kind of dictionary the feature is in, where it writes, and a CLT feature's decoder spread."""
+        if not self._schema_at_least(4):
+            return {}
+        row = self.conn.execute("SELECT sae_kind, out_hook_name FROM saes WHERE sae_id = ?", (f.sae_id,)).fetchone()
+        kind, writes = (row[0], row[1]) if row is not None else ("sae", None)
+        if not isinstance(kind, str) or not isinstance(writes, (str, type(None))):
+            raise damage(f"saes row {f.sae_id}", "sae_kind", kind, "text")
+        spread = self.decoder_spread(f.feature_id) if kind == "clt" else []
+        return {"sae_kind": kind, "writes": writes, "spread": spread}
 
     # ------------------------------------------------------------ search
     def find_tokens(self, text: str, *, exact: bool = True, limit: int = 50) -> list[tuple[int, int, str]]:

@@ -28,7 +28,7 @@ from typing import Any
 import click
 import numpy as np
 
-from atlas import stats
+from atlas import report_graph, stats
 from atlas.errors import AtlasError
 from atlas.provenance import read_provenance, verdict_criteria
 
@@ -53,6 +53,7 @@ class ReportData:
     depth: stats.DepthProfiles | None = None
     variability: list[stats.VariabilityTest] = field(default_factory=list)
     semantic: stats.SemanticSplit | None = None
+    graph: report_graph.GraphSection | None = None  # virtual weights against the baseline (atlas/report_graph.py)
     missing: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +110,7 @@ def compute_report(
     if data.depth is not None:
         data.variability = run("qk_variability", lambda: stats.qk_variability(data.depth))
     data.semantic = run("experiment_3", lambda: stats.semantic_split(conn))
+    data.graph = report_graph.graph_section_if_built(conn, progress)  # None without virtual edges: no section
     if data.predicts is None and data.depth is None and data.semantic is None:
         raise AtlasError("nothing to report: " + "; ".join(data.missing[k] for k in sorted(data.missing)))
     return data
@@ -465,6 +467,7 @@ def report_json(data: ReportData) -> dict[str, Any]:
             "experiment_1": {"predicts": data.predicts, "token_overlap": data.overlap},
             "experiment_2": {"depth": data.depth, "qk_variability": data.variability},
             "experiment_3": data.semantic,
+            "graph": {"pairs": data.graph.pairs, "by_distance": data.graph.by_distance()} if data.graph else None,
             "missing": data.missing,
             "seconds": data.seconds,
         }
@@ -496,6 +499,7 @@ def plot_figures(data: ReportData, out_dir: Path) -> list[str]:
             fig.set_layout_engine("none")  # keep the layout just solved; solving it again costs as much as drawing
             fig.savefig(out_dir / f"{name}.svg", metadata={"Date": None})
             written.append(name)
+        written += report_graph.plot(data.graph, out_dir)
     return written
 
 
@@ -722,6 +726,7 @@ def report_markdown(data: ReportData, figures: list[str]) -> str:
             lines += [f"**{tab.title}**", "", tab.markdown(), ""]
         if fig == "exp2_depth" and data.depth is not None and data.depth.builder:
             lines += _builder_details(data.depth)
+    lines += report_graph.markdown(data.graph, figures, [Table(*t) for t in report_graph.table_rows(data.graph)])
     lines += ["## Method", "", METHOD, ""]
     return "\n".join(lines)
 
@@ -868,10 +873,11 @@ def report(
         raise click.ClickException(str(e)) from None
     for note in caveats(data):
         click.echo("note: " + note.replace("**", ""), err=True)
-    for tables in (exp1_tables(data), exp2_tables(data), exp3_tables(data)):
+    for tables in (exp1_tables(data), exp2_tables(data), exp3_tables(data), [Table(*t) for t in report_graph.table_rows(data.graph)]):
         for tab in tables:
             click.echo(tab.text().replace("**", "") + "\n")
     if terminal:
         width = min(100, shutil.get_terminal_size((100, 30)).columns)
         click.echo(terminal_plots(data, width=width, color=click.get_text_stream("stdout").isatty()))
+        click.echo(report_graph.terminal_plot(data.graph, width=width, color=click.get_text_stream("stdout").isatty()))
     click.echo(f"wrote {len(written)} files to {out_dir}/ in {time.perf_counter() - t0:.1f} s")

@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS saes (
     release         TEXT,                                   -- e.g. gemma-scope-2b-pt-res
     sae_ref         TEXT,                                   -- release-specific id, e.g. layer_12/width_16k/average_l0_82
     hook_name       TEXT    NOT NULL,                       -- e.g. blocks.12.hook_resid_post
-    site            TEXT    NOT NULL CHECK (site IN ('resid_pre', 'resid_mid', 'resid_post', 'attn_z', 'attn_out', 'mlp_out')),
+    -- where it reads; mlp_in / ln2_normalized: a transcoder's or CLT's input (the normalised MLP input, with / without the gain)
+    site            TEXT    NOT NULL CHECK (site IN ('resid_pre', 'resid_mid', 'resid_post', 'attn_z', 'attn_out', 'mlp_out', 'mlp_in', 'ln2_normalized')),
     layer           INTEGER NOT NULL CHECK (layer >= 0),
     d_in            INTEGER NOT NULL CHECK (d_in > 0),
     d_sae           INTEGER NOT NULL CHECK (d_sae > 0),
@@ -68,7 +69,15 @@ CREATE TABLE IF NOT EXISTS saes (
     fve             REAL,                                   -- fraction of variance explained (held-out), when known
     l0              REAL,                                   -- mean active latents per token (held-out), when known
     dead_fraction   REAL,                                   -- fraction of latents never active (held-out), when known
-    notes           TEXT
+    notes           TEXT,
+    -- Schema 4: what the dictionary is and where it writes. An SAE writes where it reads (out_* NULL);
+    -- a transcoder reads hook_name and writes out_hook_name of its own layer (a skip transcoder also adds
+    -- x @ W_skip); a CLT reads its layer and writes out_site at every layer of out_layers.
+    sae_kind        TEXT    NOT NULL DEFAULT 'sae' CHECK (sae_kind IN ('sae', 'transcoder', 'skip_transcoder', 'clt')),
+    out_hook_name   TEXT,                                   -- e.g. blocks.11.hook_mlp_out (a CLT: at its own layer)
+    out_site        TEXT    CHECK (out_site IN ('resid_pre', 'resid_mid', 'resid_post', 'attn_z', 'attn_out', 'mlp_out', 'mlp_in', 'ln2_normalized')),
+    out_layers      TEXT    CHECK (out_layers IS NULL OR json_valid(out_layers)),  -- JSON list of the layers it writes; NULL = its own layer
+    d_out           INTEGER CHECK (d_out > 0)               -- width of what it writes; NULL = d_in
 );
 CREATE INDEX IF NOT EXISTS saes_layer ON saes (layer, site);
 
@@ -152,14 +161,19 @@ CREATE INDEX IF NOT EXISTS head_scores_head ON head_scores (head_pk, role, score
 
 -- Feature -> feature edges. qk/ov go through a head; cosine (neighbours within
 -- an SAE) and flow (decoder matching across adjacent SAEs) have no head.
+-- Schema 4: virtual / virtual_in are virtual weights along the direct residual path (docs/graph.md),
+-- V(f, g) = (sum of f's decoders written before g reads) . diag(gain of g's norm) . W_enc[:, g], always
+-- stored src = the writer f -> dst = the reader g. virtual: rank among f's edges into one destination
+-- dictionary (top-k out); virtual_in: rank among g's edges from one source dictionary (top-k in).
 CREATE TABLE IF NOT EXISTS edges (
     edge_id     INTEGER PRIMARY KEY,
     src_feature INTEGER NOT NULL REFERENCES features (feature_id) ON DELETE CASCADE,
     dst_feature INTEGER NOT NULL REFERENCES features (feature_id) ON DELETE CASCADE,
     head_pk     INTEGER REFERENCES heads (head_pk) ON DELETE CASCADE,
-    kind        TEXT    NOT NULL CHECK (kind IN ('qk', 'ov', 'cosine', 'flow')),
+    kind        TEXT    NOT NULL CHECK (kind IN ('qk', 'ov', 'cosine', 'flow', 'virtual', 'virtual_in')),
     score       REAL    NOT NULL,
-    rank        INTEGER NOT NULL CHECK (rank >= 0)
+    rank        INTEGER NOT NULL CHECK (rank >= 0),         -- 0 = strongest |score| in its group
+    percentile  REAL    CHECK (percentile BETWEEN 0 AND 100)  -- virtual kinds: in virtual_baselines of the pair; else NULL
 );
 CREATE INDEX IF NOT EXISTS edges_src ON edges (src_feature, kind, head_pk, rank);
 CREATE INDEX IF NOT EXISTS edges_dst ON edges (dst_feature, kind);
@@ -241,6 +255,30 @@ CREATE TABLE IF NOT EXISTS activation_examples (
     UNIQUE (feature_id, source, rank)
 );
 
+-- Schema 4: the random baseline of each (source, destination) dictionary pair of the virtual pass:
+-- quantiles of |V(r, g)| over random unit directions r of the space the source writes into (the residual;
+-- the image of W_O for a hook_z SAE), mapped as real decoder rows are, against every destination feature g.
+-- A virtual edge's percentile compares |V(f, g)| / ||f's summed decoder row|| with these quantiles.
+CREATE TABLE IF NOT EXISTS virtual_baselines (
+    src_sae_id      INTEGER NOT NULL REFERENCES saes (sae_id) ON DELETE CASCADE,
+    dst_sae_id      INTEGER NOT NULL REFERENCES saes (sae_id) ON DELETE CASCADE,
+    n_samples       INTEGER NOT NULL CHECK (n_samples > 0),  -- random directions x destination features
+    mean REAL, std REAL,                                    -- of |V| for unit random directions
+    p50 REAL, p90 REAL, p99 REAL, p999 REAL, max REAL,     -- quantiles and maximum of that |V|
+    n_pairs         INTEGER,                                -- real (f, g) pairs scored
+    frac_above_p99  REAL,                                   -- fraction of real pairs, normalised as above, beyond p99 (0.01 if random)
+    frac_above_p999 REAL,                                   -- same beyond p999 (0.001 if random)
+    PRIMARY KEY (src_sae_id, dst_sae_id)
+) WITHOUT ROWID;
+
+-- Schema 4: how a cross-layer transcoder feature's decoder spreads over the layers it writes.
+CREATE TABLE IF NOT EXISTS decoder_spread (
+    feature_id INTEGER NOT NULL REFERENCES features (feature_id) ON DELETE CASCADE,
+    out_layer  INTEGER NOT NULL CHECK (out_layer >= 0),
+    norm       REAL    NOT NULL,                            -- ||W_dec[f, out_layer]||
+    PRIMARY KEY (feature_id, out_layer)
+) WITHOUT ROWID;
+
 -- ---------------------------------------------------------------- views
 
 CREATE VIEW IF NOT EXISTS feature_names AS
@@ -308,3 +346,13 @@ FROM neuronpedia_agreement a JOIN feature_names fn USING (feature_id) JOIN saes 
 CREATE VIEW IF NOT EXISTS activation_examples_view AS
 SELECT fn.name AS feature, e.*
 FROM activation_examples e JOIN feature_names fn USING (feature_id);
+
+-- Schema 4: virtual edges with the layers and sites of both ends and the percentile.
+CREATE VIEW IF NOT EXISTS virtual_edges_view AS
+SELECT e.edge_id, e.kind, src.name AS src, src.layer AS src_layer, src.site AS src_site,
+       dst.name AS dst, dst.layer AS dst_layer, dst.site AS dst_site,
+       e.score, e.rank, e.percentile, e.src_feature, e.dst_feature
+FROM edges e
+JOIN feature_names src ON src.feature_id = e.src_feature
+JOIN feature_names dst ON dst.feature_id = e.dst_feature
+WHERE e.kind IN ('virtual', 'virtual_in');

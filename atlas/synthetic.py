@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from atlas.db import Atlas, create_atlas
-from atlas.domain import EDGE_KINDS
+from atlas.domain import EDGE_KINDS, VIRTUAL_EDGE_KINDS
 
 _WORDS = (
     "the of and to in is was for on that with as by at from his her they this it be are not or "
@@ -62,6 +62,8 @@ def build_synthetic_atlas(
     unique_heads: bool = False,
     token_skew: float = 0.0,
     throwaway: bool = False,
+    n_virtual: int = 0,
+    virtual_span: int | None = None,
 ) -> Path:
     """Write a synthetic atlas with ``n_features`` split evenly over one SAE per layer.
 
@@ -70,7 +72,12 @@ def build_synthetic_atlas(
     and drops repeats, so slightly fewer). ``token_skew`` is the fraction of
     token draws that land on the 1,000 lowest ids, as common tokens do in a
     real vocabulary. ``throwaway=True`` builds without journal or fsync
-    (benchmarks only: a crash leaves a corrupt file).
+    (benchmarks only: a crash leaves a corrupt file). ``n_virtual > 0`` adds
+    virtual edges as the `virtual` pass stores them (schema 4): for every
+    ordered pair of SAEs, ``n_virtual`` ``virtual`` edges out of each feature
+    of the earlier one and ``n_virtual`` ``virtual_in`` edges into each
+    feature of the later one, with percentiles, and a baseline row per pair;
+    ``virtual_span`` keeps only pairs at most that many SAEs apart (1: adjacent).
     """
     rng = np.random.default_rng(seed)
     atlas = create_atlas(path, overwrite=overwrite, provenance={"synthetic": {"seed": seed}})
@@ -121,6 +128,10 @@ def build_synthetic_atlas(
                         f"({done:,}/{shape.n_total:,} total, {rate:,.0f} features/s)",
                         flush=True,
                     )
+        if n_virtual > 0:
+            bases = [atlas.feature_id_base(sae_id) for sae_id in sae_ids]
+            span = virtual_span or len(sae_ids)
+            _write_virtual(atlas, rng, sae_ids, bases, per_sae, n_virtual, span, chunk, progress)
         if progress:
             print("  rebuilding indexes and running ANALYZE ...", flush=True)
     return Path(path)
@@ -218,7 +229,7 @@ def _write_chunk(
         atlas.add_token_score_block(fids, blocks)
         f_h, h_h, r_h, s_h, p_h = _draw_heads(rng, fids, shape)
         atlas.add_head_scores(f_h, h_h, r_h, s_h, p_h)
-        kinds = EDGE_KINDS
+        kinds = tuple(k for k in EDGE_KINDS if k not in VIRTUAL_EDGE_KINDS)  # the kinds of schema 1-3: same draws
         per_kind = max(1, shape.n_edges // len(kinds))
         head_pk = shape.head_pk
         for kind in kinds:
@@ -242,3 +253,42 @@ def _write_chunk(
                 )
                 for i in lab
             )
+
+
+def _write_virtual(
+    atlas: Atlas,
+    rng: np.random.Generator,
+    sae_ids: list[int],
+    bases: list[int],
+    per_sae: int,
+    n: int,
+    span: int,
+    chunk: int,
+    progress: bool,
+) -> None:
+    """``virtual`` edges out of each feature of SAE i into SAE j > i, ``virtual_in`` edges into each
+    feature of SAE j from SAE i < j: ranks 0..n-1 by |score|, percentiles falling with rank."""
+    n = min(n, per_sae)
+    for i in range(len(sae_ids)):
+        for j in range(i + 1, min(len(sae_ids), i + 1 + span)):
+            for kind, own, other in (("virtual", i, j), ("virtual_in", j, i)):
+                for start in range(0, per_sae, chunk):
+                    m = min(per_sae, start + chunk) - start
+                    fids = bases[own] + start + np.arange(m)  # (m,)
+                    others = bases[other] + rng.integers(0, per_sae, (m, n))  # (m, n)
+                    mags = np.sort(rng.gamma(2.0, 0.05, (m, n)), axis=1)[:, ::-1]  # (m, n) best first
+                    scores = mags * rng.choice((-1.0, 1.0), (m, n), p=(0.2, 0.8))  # (m, n)
+                    pct = np.sort(rng.uniform(80.0, 100.0, (m, n)), axis=1)[:, ::-1]  # (m, n)
+                    mine = np.repeat(fids, n)
+                    src, dst = (mine, others.reshape(-1)) if kind == "virtual" else (others.reshape(-1), mine)
+                    with atlas.transaction():
+                        atlas.add_edges(kind, src, dst, scores.reshape(-1), np.tile(np.arange(n), m),
+                                        percentiles=np.round(pct.reshape(-1), 3))  # fmt: skip
+            with atlas.transaction():
+                atlas.add_virtual_baseline(
+                    sae_ids[i], sae_ids[j], n_samples=4096, mean=0.02, std=0.01, p50=0.02, p90=0.035, p99=0.05,
+                    p999=0.065, max=0.08, n_pairs=per_sae * per_sae, frac_above_p99=float(rng.uniform(0.01, 0.1)),
+                    frac_above_p999=float(rng.uniform(0.001, 0.02)),
+                )  # fmt: skip
+            if progress:
+                print(f"  virtual edges SAE {sae_ids[i]} -> {sae_ids[j]}: {2 * per_sae * n:,}", flush=True)

@@ -51,6 +51,25 @@ class SAE:
     l0: float | None
     dead_fraction: float | None
     notes: str | None
+    # schema 4 (an older file reads as an SAE writing where it reads)
+    sae_kind: str = "sae"  # sae | transcoder | skip_transcoder | clt
+    out_hook_name: str | None = None  # the hook it writes (a CLT: at its own layer); None = hook_name
+    out_site: str | None = None  # the site it writes; None = site
+    out_layers: str | None = None  # JSON list of the layers it writes; None = its own layer
+    d_out: int | None = None  # width of what it writes; None = d_in
+
+    @property
+    def write_layers(self) -> tuple[int, ...]:
+        """The layers it writes: its own, or a CLT's list (an unreadable list reads as its own layer)."""
+        import json
+
+        try:
+            layers = json.loads(self.out_layers) if self.out_layers else None
+        except ValueError:
+            layers = None
+        if isinstance(layers, list) and layers and all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+            return tuple(layers)
+        return (self.layer,)
 
 
 @dataclass(frozen=True)
@@ -104,7 +123,7 @@ class HeadScore:
 
 @dataclass(frozen=True)
 class Edge:
-    kind: str  # qk | ov | cosine | flow
+    kind: str  # qk | ov | cosine | flow | virtual | virtual_in
     src: str
     dst: str
     src_feature: int
@@ -113,6 +132,37 @@ class Edge:
     head: int | None
     score: float
     rank: int
+    percentile: float | None = None  # virtual kinds: |score| in the pair's random baseline (schema 4)
+
+
+@dataclass(frozen=True)
+class VirtualBaseline:
+    """The random baseline of one (source, destination) dictionary pair of the virtual pass (docs/graph.md)."""
+
+    src_sae_id: int
+    dst_sae_id: int
+    src: str  # source dictionary's name
+    dst: str
+    n_samples: int
+    mean: float | None
+    std: float | None
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    p999: float | None
+    max: float | None
+    n_pairs: int | None
+    frac_above_p99: float | None
+    frac_above_p999: float | None
+
+
+@dataclass(frozen=True)
+class DecoderSpread:
+    """A CLT feature's decoder norm at one layer it writes."""
+
+    feature_id: int
+    out_layer: int
+    norm: float
 
 
 @dataclass(frozen=True)
@@ -141,3 +191,6 @@ class FeatureCard:
     edges_out: list[Edge]
     edges_in: list[Edge]
     labels: list[Label]
+    sae_kind: str = "sae"  # of the feature's dictionary: sae | transcoder | skip_transcoder | clt (schema 4)
+    writes: str | None = None  # the hook its dictionary writes, when not the one it reads (a CLT: at its own layer)
+    spread: list[DecoderSpread] = field(default_factory=list)  # a CLT feature: its decoder norm per layer written

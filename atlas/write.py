@@ -43,6 +43,13 @@ SAE_COLUMNS = (
     "name", "model_id", "release", "sae_ref", "hook_name", "site", "layer", "d_in", "d_sae",
     "architecture", "k", "source", "source_format", "sha256", "neuronpedia_id", "fve", "l0",
     "dead_fraction", "notes",
+    "sae_kind", "out_hook_name", "out_site", "out_layers", "d_out",  # schema 4: transcoders and CLTs
+)  # fmt: skip
+
+
+# Statistics columns of virtual_baselines, after its key (src_sae_id, dst_sae_id).
+VIRTUAL_BASELINE_STATS = (
+    "n_samples", "mean", "std", "p50", "p90", "p99", "p999", "max", "n_pairs", "frac_above_p99", "frac_above_p999",
 )  # fmt: skip
 
 
@@ -255,7 +262,9 @@ class AtlasWriter:
         unknown = set(fields) - set(SAE_COLUMNS)
         if unknown:
             raise TypeError(f"unknown SAE fields: {sorted(unknown)}")
-        fields.setdefault("name", default_sae_name(fields["layer"], fields["site"]))
+        fields.setdefault("name", default_sae_name(fields["layer"], fields["site"], fields.get("sae_kind", "sae")))
+        if isinstance(fields.get("out_layers"), (list, tuple)):  # stored as a JSON list
+            fields["out_layers"] = json.dumps([int(x) for x in fields["out_layers"]])
         cols = [c for c in SAE_COLUMNS if c in fields]
         with self.transaction():  # type: ignore[attr-defined]
             cur = self.conn.execute(
@@ -381,11 +390,16 @@ class AtlasWriter:
         scores: np.ndarray,
         ranks: np.ndarray,
         head_pks: np.ndarray | None = None,
+        percentiles: np.ndarray | None = None,
     ) -> None:
-        """Flat, equal-length arrays of feature ids (atlas-wide), scores and ranks."""
+        """Flat, equal-length arrays of feature ids (atlas-wide), scores and ranks.
+
+        ``percentiles`` (virtual kinds only): each |score|'s percentile in its pair's virtual_baselines row.
+        """
         self.require_writable()
         n = len(src)
         heads = [None] * n if head_pks is None else np.asarray(head_pks, dtype=np.int64).reshape(-1).tolist()
+        pct = [None] * n if percentiles is None else np.asarray(percentiles, dtype=np.float64).tolist()
         columns = [
             np.asarray(src, dtype=np.int64).tolist(),
             np.asarray(dst, dtype=np.int64).tolist(),
@@ -393,8 +407,38 @@ class AtlasWriter:
             [kind] * n,
             np.asarray(scores, dtype=np.float64).tolist(),
             np.asarray(ranks, dtype=np.int64).tolist(),
+            pct,
         ]
-        _insert_columns(self.conn, "edges (src_feature, dst_feature, head_pk, kind, score, rank)", columns)
+        _insert_columns(self.conn, "edges (src_feature, dst_feature, head_pk, kind, score, rank, percentile)", columns)
+
+    def add_virtual_baseline(self, src_sae_id: int, dst_sae_id: int, **stats: float | int | None) -> None:
+        """One (source, destination) pair's random baseline (columns of virtual_baselines); replaces any earlier."""
+        self.require_writable()
+        unknown = set(stats) - set(VIRTUAL_BASELINE_STATS)
+        if unknown:
+            raise TypeError(f"unknown virtual baseline fields: {sorted(unknown)}")
+        if "n_samples" not in stats:
+            raise TypeError("a virtual baseline needs n_samples")
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO virtual_baselines (src_sae_id, dst_sae_id, {', '.join(VIRTUAL_BASELINE_STATS)}) "
+            f"VALUES (?, ?, {', '.join('?' * len(VIRTUAL_BASELINE_STATS))})",
+            (int(src_sae_id), int(dst_sae_id), *(_py(stats.get(k)) for k in VIRTUAL_BASELINE_STATS)),
+        )
+
+    def add_decoder_spread(self, feature_ids: np.ndarray, out_layers: Sequence[int], norms: np.ndarray) -> None:
+        """A CLT's per-layer decoder norms: ``norms`` is (n_features, len(out_layers)), ``feature_ids`` atlas-wide."""
+        self.require_writable()
+        fids = np.asarray(feature_ids, dtype=np.int64)
+        norms = np.asarray(norms, dtype=np.float64).reshape(len(fids), len(out_layers))
+        self.conn.executemany(
+            "INSERT INTO decoder_spread (feature_id, out_layer, norm) VALUES (?, ?, ?)",
+            zip(
+                np.repeat(fids, len(out_layers)).tolist(),
+                np.tile(np.asarray(out_layers, dtype=np.int64), len(fids)).tolist(),
+                norms.reshape(-1).tolist(),
+                strict=True,
+            ),
+        )
 
     def add_depth_profile(self, sae_id: int, layer: int, role: str, **stats: float) -> None:
         self.require_writable()

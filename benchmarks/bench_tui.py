@@ -13,8 +13,11 @@ conservative figure waits for that, then asks for one more full repaint and
 waits for it: the card's frame plus up to one frame interval and a repaint.
 plus the launch time of a fresh process (Python start and imports included),
 when the overview's plots arrive (they aggregate every feature, in a worker),
-and raw atlas.listing page times (first and deep pages). Figures go to stdout
-and benchmarks/out/tui.json.
+and raw atlas.listing page times (first and deep pages). On an atlas with
+virtual edges (the build below adds them between adjacent SAEs), the trace
+view too: `t` on a card -> the tree's first level drawn, space on a node ->
+its level drawn, `x` -> a whole level drawn, and atlas.trace.trace() alone
+(depth 3, top 5). Figures go to stdout and benchmarks/out/tui.json.
 """
 
 from __future__ import annotations
@@ -181,6 +184,75 @@ async def measure_card_and_search(path: Path, repeat: int, queries: list[str]) -
     }
 
 
+async def measure_trace(path: Path, repeat: int) -> dict:
+    """`t` on a card -> first level drawn; space -> one node's level; `x` -> the next level under every leaf."""
+    from textual.widgets import Tree
+
+    from tui.app import make_app
+    from tui.screens.feature_card import FeatureCardScreen
+    from tui.screens.trace import TraceScreen
+
+    with open_atlas(path) as a:  # roots spread over the first SAE (the one with edges into the next)
+        sae_id, d_sae = a.conn.execute("SELECT sae_id, d_sae FROM saes ORDER BY layer, sae_id LIMIT 1").fetchone()
+        base = a.conn.execute("SELECT MIN(feature_id) FROM features WHERE sae_id = ?", (sae_id,)).fetchone()[0]
+    roots = [base + (i * 7919) % d_sae for i in range(repeat)]
+    app = make_app(path)
+    open_ms, node_ms, level_ms, level_nodes = [], [], [], []
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.screen.query_one("#sae-table").row_count > 0)
+        for fid in roots:
+            app.open_feature(fid)
+            await wait_until(pilot, lambda: isinstance(app.screen, FeatureCardScreen) and app.screen.card is not None
+                             and app.screen.card.feature.feature_id == fid)  # noqa: B023  # fmt: skip
+            t0 = time.perf_counter()
+            app.simulate_key("t")
+
+            def tree() -> Tree:
+                return app.screen.query_one("#trace-tree", Tree)
+
+            t1 = await wait_until(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen.stop.feature_id == fid  # noqa: B023
+                                  and len(tree().root.children) > 0 and tree().root.data is not None
+                                  and tree().root.data.feature_id == fid)  # noqa: B023  # fmt: skip
+            open_ms.append((t1 - t0) * 1e3)
+            first = tree().root.children[0]
+            tree().move_cursor(first)
+            t0 = time.perf_counter()
+            app.simulate_key("space")
+            t1 = await wait_until(pilot, lambda: first.data.loaded)  # noqa: B023
+            node_ms.append((t1 - t0) * 1e3)
+            t0 = time.perf_counter()
+            app.simulate_key("x")
+            t1 = await wait_until(pilot, lambda: not app.screen.pending and all(
+                c.data.loaded for c in tree().root.children if not c.data.seen))  # fmt: skip
+            level_ms.append((t1 - t0) * 1e3)
+            level_nodes.append(sum(len(c.children) for c in tree().root.children))
+            await pilot.press("escape")  # back to the card
+            await wait_until(pilot, lambda: isinstance(app.screen, FeatureCardScreen))
+            await pilot.press("escape")
+    lib_ms = []
+    from atlas.trace import trace
+
+    with open_atlas(path) as a:
+        for fid in roots:
+            t0 = time.perf_counter()
+            tr = trace(a.conn, fid, depth=3, top=5)
+            lib_ms.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "t_to_first_level_ms": {"median": statistics.median(open_ms), "max": max(open_ms), "n": len(open_ms)},
+        "space_to_node_level_ms": {"median": statistics.median(node_ms), "max": max(node_ms)},
+        "x_to_whole_level_ms": {
+            "median": statistics.median(level_ms),
+            "max": max(level_ms),
+            "nodes_added_median": statistics.median(level_nodes),
+        },  # fmt: skip
+        "library_trace_depth3_top5_ms": {
+            "median": statistics.median(lib_ms),
+            "max": max(lib_ms),
+            "nodes": len(tr.nodes),
+        },  # fmt: skip
+    }
+
+
 def measure_pages(path: Path) -> dict:
     """atlas.listing alone: first page, next pages, and a page from the middle of the first SAE's ordering."""
     out = {}
@@ -212,6 +284,8 @@ def main() -> None:
     ap.add_argument("--build-features", type=int, default=100_000, help="size to build when no atlas is given/found")
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--queries", default="paris,city,the,L3.res/17,#123456,punctuation")
+    ap.add_argument("--skip-trace", action="store_true", help="skip the trace view's figures")
+    ap.add_argument("--trace-only", action="store_true", help="measure the trace view only")
     ap.add_argument("--child-launch", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_launch:
@@ -225,15 +299,25 @@ def main() -> None:
         if not path.exists():
             print(f"building {path} ({args.build_features:,} features) ...", flush=True)
             build_synthetic_atlas(path, n_features=args.build_features, layers=tuple(range(10)), n_layers=12,
-                                  d_vocab=49152, progress=True)  # fmt: skip
+                                  d_vocab=49152, progress=True, n_virtual=6, virtual_span=1)  # fmt: skip
     with open_atlas(path) as a:
         n = a.conn.execute("SELECT COUNT(*) FROM features").fetchone()[0]
     print(f"atlas {path}: {n:,} features")
     res: dict = {"atlas": str(path), "n_features": n}
+    if args.trace_only:
+        res["trace"] = asyncio.run(measure_trace(path, args.repeat))
+        print(json.dumps(res, indent=2))
+        return
     res.update(asyncio.run(measure_launch(path)))
     res["cold_process_launch_to_overview_ms"] = measure_cold_launch(path)
     res.update(asyncio.run(measure_card_and_search(path, args.repeat, args.queries.split(","))))
     res["listing"] = measure_pages(path)
+    with open_atlas(path) as a:
+        from atlas.trace import has_virtual_edges
+
+        traceable = a.schema_version >= 4 and has_virtual_edges(a.conn)
+    if traceable and not args.skip_trace:
+        res["trace"] = asyncio.run(measure_trace(path, args.repeat))
     print(json.dumps(res, indent=2))
     checks = {
         "launch_to_overview": res["launch_to_overview_ms"],

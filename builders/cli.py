@@ -31,7 +31,11 @@ from builders.saes import SAE_FORMATS
 from builders.settings import ALL_PASSES, BuildConfig
 
 # Fields whose option is not simply --field-name with the field's type.
-_MULTIPLE = {"qk_pairs": ("--qk-pair", "QUERY:KEY"), "sae_names": ("--sae-name", "NAME")}  # one per use, in order
+_MULTIPLE = {
+    "qk_pairs": ("--qk-pair", "QUERY:KEY"),
+    "virtual_pairs": ("--virtual-pair", "SOURCE:DEST"),
+    "sae_names": ("--sae-name", "NAME"),
+}  # one per use, in order
 
 
 # ---------------------------------------------------------------- parameter types
@@ -169,6 +173,8 @@ def config_from_options(values: dict[str, Any], cls: type = BuildConfig, prefix:
             kwargs[f.name] = config_from_options(values, hints[f.name], prefix=f"{prefix}{f.name}_")
         elif prefix == "" and f.name == "qk_pairs":
             kwargs[f.name] = tuple(_qk_pair(p) for p in values[f.name]) or None
+        elif prefix == "" and f.name == "virtual_pairs":
+            kwargs[f.name] = tuple(_qk_pair(p, "--virtual-pair", "SOURCE:DEST") for p in values[f.name]) or None
         elif prefix == "" and f.name == "sae_names":
             kwargs[f.name] = tuple(values[f.name]) or None
         else:
@@ -176,10 +182,10 @@ def config_from_options(values: dict[str, Any], cls: type = BuildConfig, prefix:
     return cls(**kwargs)
 
 
-def _qk_pair(text: str) -> tuple[str, str]:
+def _qk_pair(text: str, hint: str = "--qk-pair", form: str = "QUERY_SAE:KEY_SAE") -> tuple[str, str]:
     pair = tuple(text.split(":", 1))
     if len(pair) != 2 or not all(pair):
-        raise click.BadParameter(f"{text!r}: use QUERY_SAE:KEY_SAE", param_hint="--qk-pair")
+        raise click.BadParameter(f"{text!r}: use {form}", param_hint=hint)
     return pair  # type: ignore[return-value]
 
 

@@ -24,7 +24,8 @@ def sae_names(saes: list[SAEWeights], given: tuple[str | None, ...] | None = Non
     """Atlas names: given ones, else ``L12.res``; collisions get the width, then a counter."""
     given = tuple(given or ())
     base = [
-        (given[i] if i < len(given) and given[i] else default_sae_name(s.layer, s.site)) for i, s in enumerate(saes)
+        (given[i] if i < len(given) and given[i] else default_sae_name(s.layer, s.site, s.atlas_kind))
+        for i, s in enumerate(saes)
     ]
     names: list[str] = []
     for i, (name, s) in enumerate(zip(base, saes, strict=True)):
@@ -82,11 +83,17 @@ def plan_rows(plan: list[Unit], names: list[str]) -> list[dict[str, Any]]:
             "other": None if u.other is None else names[u.other],
             "start": u.start,
             "end": u.end,
-            "edges": passes[u.pass_name].edge_kind,
-            "labels": passes[u.pass_name].label_source,
+            "edges": passes[u.pass_name].edge_kind if _fills(u, "edges") else None,
+            "labels": passes[u.pass_name].label_source if _fills(u, "labels") else None,
+            **({"reversed": True} if passes[u.pass_name].edges_reversed else {}),  # edges other -> unit's SAE
         }
         for u in plan
     ]
+
+
+def _fills(u: Unit, table: str) -> bool:
+    p = registry()[u.pass_name]
+    return p.step(u.step).fills(p, table)
 
 
 def check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:

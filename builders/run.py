@@ -206,7 +206,14 @@ class Writer:
             dst_base = self.fid_base[u.sae if u.other is None else u.other]
             heads = None if e.head is None else self.head_pk[e.layer, e.head]
             src, dst = base + np.asarray(e.src, np.int64), dst_base + np.asarray(e.dst, np.int64)
-            db.add_edges(p.edge_kind, src, dst, e.score, e.rank, heads)
+            if p.edges_reversed:  # the unit's features are the destinations (virtual_in)
+                src, dst = dst, src
+            db.add_edges(p.edge_kind, src, dst, e.score, e.rank, heads, e.percentile)
+        if rows.virtual_baselines:
+            db.add_virtual_baseline(self.sae_id[u.sae], self.sae_id[u.other], **rows.virtual_baselines)
+        if rows.decoder_spread is not None:
+            layers, norms = rows.decoder_spread
+            db.add_decoder_spread(base + idx, layers, norms)
         if rows.labels:
             db.add_labels(
                 (int(f), text, kind, p.label_source, score, ev)

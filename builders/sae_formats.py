@@ -34,7 +34,10 @@ def _target(opts: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------ SAELens
 
-_SAELENS_TRANSCODERS = ("transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder")
+_SAELENS_TRANSCODERS = (
+    "transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder", "topk_transcoder",
+    "topk_skip_transcoder",
+)  # fmt: skip
 
 
 def load_saelens(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +66,8 @@ def load_saelens(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
         arch = arch_raw
     elif arch_raw in ("jumprelu_transcoder", "jumprelu_skip_transcoder"):
         arch = "jumprelu"
+    elif arch_raw in ("topk_transcoder", "topk_skip_transcoder"):  # SAELens' TopK transcoders; the example's
+        arch = "topk"
     elif arch_raw in ("batchtopk", "matryoshka_batchtopk"):
         # BatchTopK SAEs are used at inference as JumpReLU with their learned threshold when saved with one.
         arch = "jumprelu" if ("threshold" in st or "log_threshold" in st) else "topk"

@@ -481,12 +481,8 @@ def _check_tensors(t: dict[str, torch.Tensor | None], wfile: Path, raw: dict[str
             finite_blockwise(x, wfile, name)
 
 
-def check_sae_fits(sae: SAEWeights, model: ModelWeights, *, for_atlas: bool = True) -> None:
-    """Raise SAEMismatch (one line, naming the dictionary) unless it reads and writes hooks this model has.
-
-    ``for_atlas``: also refuse what an atlas cannot store yet (transcoders and CLTs load and are
-    checked, but their passes and schema are the next step); pass False to check the fit alone.
-    """
+def check_sae_fits(sae: SAEWeights, model: ModelWeights) -> None:
+    """Raise SAEMismatch (one line, naming the dictionary) unless it reads and writes hooks this model has."""
     src = sae.source
     try:
         layer, site = site_of_hook(sae.hook_name)
@@ -523,9 +519,4 @@ def check_sae_fits(sae: SAEWeights, model: ModelWeights, *, for_atlas: bool = Tr
     if sae.kind != "sae" and sae.d_out != model.hook_d_in(sae.write_hooks[0]):
         raise SAEMismatch(
             f"{src}: d_out {sae.d_out} does not match the model's width {model.hook_d_in(sae.write_hooks[0])} at {sae.write_hooks[0]}"
-        )
-    if for_atlas and sae.kind != "sae":
-        what = "a cross-layer transcoder" if sae.kind == "clt" else "a transcoder"
-        raise SAEMismatch(
-            f"{src}: {what} ({sae.hook_name} -> {sae.write_hooks[-1]}); sae-atlas reads it but does not build atlases of transcoders yet"
         )

@@ -45,6 +45,12 @@ class BuildConfig:
     attribution_floor: float = 0.01  # hook_z head shares below this are not stored as head_scores
     neighbour_k: int = 10  # decoder-cosine neighbours per feature (within its SAE)
     flow_k: int = 5  # flow matches per feature into the next SAE
+    virtual_k: int = 10  # virtual weights kept per feature and later dictionary (strongest |V| out; kind virtual)
+    virtual_in_k: int = 10  # virtual weights kept per feature and earlier dictionary (strongest |V| in; virtual_in)
+    virtual_pairs: tuple[tuple[str, str], ...] | None = None  # (source, destination) names; None = all with a path
+    virtual_max_layers: int | None = None  # only pairs at most this many layers apart; None = no limit
+    virtual_baseline_samples: int = 1 << 22  # |V| values per pair's random baseline (directions x features)
+    virtual_sample: int = 1024  # source features (evenly spaced) scored against all for frac_above_p99/p999
     semantic: SemanticSettings = field(default_factory=SemanticSettings)  # the semantic labels' heuristic
     unit_size: int = 4096  # features per unit of work: one committed chunk, the resume granularity
     block_rows: int | None = None  # features per matmul block; None = 256 on CPU, 2048 on GPU (memory-capped)
@@ -68,9 +74,16 @@ class BuildConfig:
             raise BuildError(
                 f"ov_target must be {', '.join(OV_TARGETS[:-1])} or {OV_TARGETS[-1]}, not {self.ov_target!r}"
             )
-        for name in ("top_k", "reach", "n_random", "qk_k", "ov_k", "neighbour_k", "flow_k", "unit_size"):
+        for name in (
+            "top_k", "reach", "n_random", "qk_k", "ov_k", "neighbour_k", "flow_k", "unit_size", "virtual_k",
+            "virtual_in_k", "virtual_baseline_samples", "virtual_sample",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise BuildError(f"{name} must be at least 1")
+        if self.virtual_max_layers is not None and self.virtual_max_layers < 0:
+            raise BuildError("virtual_max_layers must be at least 0")
+        if self.virtual_pairs is not None:
+            self.virtual_pairs = tuple((str(a), str(b)) for a, b in self.virtual_pairs)
         if self.store_percentile is not None and not self.percentile <= self.store_percentile <= 100:
             raise BuildError("store_percentile must be between percentile and 100")
         if not 0 <= self.percentile <= 100:

@@ -93,7 +93,8 @@ def _picks(plan: list[dict[str, Any]], count: int, bases: dict[str, tuple[int, i
         rows = {"src": (first + u["start"], first + u["end"] - 1)}
         if u["edges"] is not None:
             dst_first, dst_n = bases[u["other"] or u["sae"]]
-            between = {"src_feature": rows["src"], "dst_feature": (dst_first, dst_first + dst_n - 1)}
+            ends = ("dst_feature", "src_feature") if u.get("reversed") else ("src_feature", "dst_feature")
+            between = {ends[0]: rows["src"], ends[1]: (dst_first, dst_first + dst_n - 1)}
             out.append((pos % count, Pick("edges", {"kind": u["edges"]}, between)))
         if u["labels"] is not None:
             out.append((pos % count, Pick("labels", {"source": u["labels"]}, {"feature_id": rows["src"]})))

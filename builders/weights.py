@@ -15,14 +15,9 @@ from typing import Any
 
 import torch
 
-from atlas.domain import SITES
-from builders.errors import LoadError
+from atlas.domain import READ_SITES, SITES, TRANSCODER_SITES  # noqa: F401 (re-exported to the builders)
 
-# Sites a transcoder reads besides the atlas's SITES: the MLP's input after the pre-MLP norm, gain included
-# (circuit-tracer's mlp.hook_in; Gemma Scope 2's pre_feedforward_layernorm.output), and the same
-# before the gain (TransformerLens's ln2.hook_normalized: unit RMS; Gemma Scope 1 transcoders).
-TRANSCODER_SITES = ("mlp_in", "ln2_normalized")
-READ_SITES = SITES + TRANSCODER_SITES
+# READ_SITES and TRANSCODER_SITES are atlas/domain.py's (one vocabulary), imported from here by the builders
 # What a dictionary is: an SAE reads and writes one hook; a transcoder reads one hook and writes
 # another; a cross-layer transcoder (CLT) reads one layer and writes that layer and every later one.
 DICTIONARY_KINDS = ("sae", "transcoder", "clt")
@@ -420,16 +415,23 @@ class SAEWeights:
             mv["W_dec_layers"] = self.W_dec_layers.to(device=device, dtype=dtype)
         return replace(self, **mv)
 
+    @property
+    def atlas_kind(self) -> str:
+        """saes.sae_kind: sae | transcoder | skip_transcoder | clt."""
+        if self.kind == "transcoder" and self.W_skip is not None:
+            return "skip_transcoder"
+        return self.kind
+
     def atlas_sae_fields(self, model_id: int) -> dict[str, Any]:
-        """Row for atlas.add_sae(). Transcoders and CLTs load, but the atlas stores SAEs only so far."""
-        if self.kind != "sae":
-            raise LoadError(
-                f"{self.source}: a {'cross-layer transcoder' if self.kind == 'clt' else 'transcoder'} "
-                f"({self.hook_name} -> {self.out_hook_name}); sae-atlas reads it but cannot store it in an atlas yet"
-            )
-        return dict(
+        """Row for atlas.add_sae(); a transcoder or CLT also says what it writes (schema 4)."""
+        out = dict(
             model_id=model_id, release=self.release, sae_ref=self.sae_ref, hook_name=self.hook_name,
             site=self.site, layer=self.layer, d_in=self.d_in, d_sae=self.d_sae,
             architecture=self.architecture, k=self.k, source=self.source, source_format=self.source_format,
-            sha256=self.sha256, neuronpedia_id=self.neuronpedia_id, notes=self.notes,
+            sha256=self.sha256, neuronpedia_id=self.neuronpedia_id, notes=self.notes, sae_kind=self.atlas_kind,
         )  # fmt: skip
+        if self.kind != "sae":
+            out.update(out_hook_name=self.out_hook_name, out_site=self.out_site, d_out=self.d_out)
+            if self.kind == "clt":
+                out["out_layers"] = list(self.write_layers)
+        return out

@@ -71,3 +71,35 @@ def tiny_sae(
         hook_name=f"blocks.{layer}.{hook}", site=site, layer=layer, source=f"tiny/{site}/{layer}",
         source_format="saelens",
     )  # fmt: skip
+
+
+def tiny_transcoder(
+    model: ModelWeights, *, layer: int = 1, d_sae: int = 29, seed: int = 5, skip: bool = False, site: str = "mlp_in"
+) -> SAEWeights:
+    """A transcoder reading layer ``layer``'s MLP input (``mlp_in``: after the norm's gain) and writing its MLP output."""
+    g = torch.Generator().manual_seed(seed)
+    d = model.d_model
+    hook = {"mlp_in": "mlp.hook_in", "ln2_normalized": "ln2.hook_normalized"}[site]
+    return SAEWeights(
+        W_enc=torch.randn(d, d_sae, generator=g) / d**0.5, W_dec=torch.randn(d_sae, d, generator=g) / d**0.5,
+        b_enc=torch.randn(d_sae, generator=g) * 0.1, b_dec=torch.zeros(d), architecture="relu",
+        hook_name=f"blocks.{layer}.{hook}", site=site, layer=layer, source=f"tiny/transcoder/{layer}",
+        source_format="saelens", kind="transcoder", out_hook_name=f"blocks.{layer}.hook_mlp_out",
+        W_skip=torch.randn(d, d, generator=g) / d if skip else None,
+    )  # fmt: skip
+
+
+def tiny_clt(model: ModelWeights, *, layer: int = 1, d_sae: int = 23, seed: int = 6) -> SAEWeights:
+    """A cross-layer transcoder reading layer ``layer``'s MLP input and writing the MLP output of it and every later layer."""
+    g = torch.Generator().manual_seed(seed)
+    d = model.d_model
+    out_layers = tuple(range(layer, model.n_layers))
+    W_dec_layers = torch.randn(d_sae, len(out_layers), d, generator=g) / d**0.5  # (d_sae, J, d_model)
+    W_dec_layers *= torch.rand(d_sae, len(out_layers), 1, generator=g) * 2  # uneven spread over layers
+    return SAEWeights(
+        W_enc=torch.randn(d, d_sae, generator=g) / d**0.5, W_dec=W_dec_layers.sum(1),
+        b_enc=torch.randn(d_sae, generator=g) * 0.1, b_dec=torch.zeros(d), architecture="relu",
+        hook_name=f"blocks.{layer}.mlp.hook_in", site="mlp_in", layer=layer, source=f"tiny/clt/{layer}",
+        source_format="circuit_tracer", kind="clt", out_hook_name=f"blocks.{layer}.hook_mlp_out",
+        out_layers=out_layers, W_dec_layers=W_dec_layers,
+    )  # fmt: skip

@@ -383,5 +383,12 @@ def test_provenance_records_what_the_shipped_atlas_records(built):
     with open_atlas(example) as shipped_atlas:
         shipped = shipped_atlas.provenance()
     prov = dump(out)["provenance"]
-    assert prov["folding"] == shipped["folding"] and prov["conventions"] == shipped["conventions"]
-    assert set(prov["build"]["config"]) == set(shipped["build"]["config"])  # no setting added or lost
+    # issue 15's passes and settings (virtual weights, CLT spread) are newer than a shipped atlas may be
+    new = {"virtual", "virtual_in", "spread"}
+
+    def older(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in new and not k.startswith("virtual_")}
+
+    assert older(prov["folding"]) == older(shipped["folding"])
+    assert older(prov["conventions"]) == older(shipped["conventions"])
+    assert set(older(prov["build"]["config"])) == set(older(shipped["build"]["config"]))  # no setting added or lost

@@ -74,7 +74,7 @@ def test_cli_build_every_pass_then_validate(files, tmp_path):
         c = a.conn
         assert c.execute("SELECT COUNT(*) FROM token_scores").fetchone()[0] == 94 * 5 * 4
         kinds = dict(c.execute("SELECT kind, COUNT(*) FROM edges GROUP BY kind").fetchall())
-        assert set(kinds) == {"qk", "ov", "cosine", "flow"}
+        assert set(kinds) == {"qk", "ov", "cosine", "flow", "virtual", "virtual_in"}
         assert c.execute("SELECT COUNT(*) FROM features WHERE top_head IS NOT NULL").fetchone()[0] == 24
         assert c.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 94
         prov = a.provenance()
@@ -369,3 +369,25 @@ def test_every_setting_is_an_option(monkeypatch, tmp_path):
         device="cpu+fp32",
     )
     assert seen["config"] == want
+
+
+@pytest.mark.parametrize(
+    ("pair", "why"),
+    [
+        ("L0.res:L0.res_pre", "no path from L0.res (writes blocks.0.hook_resid_post) to L0.res_pre"),
+        ("L0.res_pre:L1.z", "L1.z reads blocks.1.attn.hook_z, a sublayer's output, not the residual stream"),
+        ("L0.res_pre:L9.res", "virtual pair names a dictionary not in this build: L9.res"),
+        ("L0.res_pre", "'L0.res_pre': use SOURCE:DEST"),
+    ],
+)
+def test_cli_refuses_a_virtual_pair_without_a_path_in_one_line(files, tmp_path, pair, why):
+    out = tmp_path / "v.db"
+    args = ["build", "--model", str(files / "model"), "-o", str(out), "--passes", "virtual", "--virtual-pair", pair,
+            "--device", "cpu", "--no-progress"]  # fmt: skip
+    for name in ("res0", "res1", "z1"):
+        args += ["--sae", str(files / name)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code != 0 and why in r.output, r.output
+    if "SOURCE:DEST" not in why:  # a usage error shows click's usage line too
+        assert r.output.strip().count("\n") == 0, r.output
+    assert not list(tmp_path.glob("v.db*"))

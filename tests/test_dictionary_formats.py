@@ -405,63 +405,61 @@ def test_transcoders_fit_the_model(tmp_path):
     gemma2 = from_hf_model(tiny_model("gemma2"), source="tiny-gemma2", source_kind="path")  # 2 layers, d_model 32
     llama = from_hf_model(tiny_model("llama"), source="tiny-llama", source_kind="path")  # d_model 48
     folder, _ = write_gemma_scope_2(tmp_path / "gs2", kind="transcoder", affine=True)
-    check_sae_fits(load_sae(folder), gemma2, for_atlas=False)
+    check_sae_fits(load_sae(folder), gemma2)
     folder, _ = write_gemma_scope_2(tmp_path / "clt", kind="clt", layer=0, n_layers=2)
-    check_sae_fits(load_sae(folder), gemma2, for_atlas=False)
+    check_sae_fits(load_sae(folder), gemma2)
 
     write_saelens_transcoder(tmp_path / "wide", d_out=40)
     with pytest.raises(SAEMismatch, match="d_out 40 does not match the model's width 32 at blocks.1.hook_mlp_out") as e:
-        check_sae_fits(load_sae(tmp_path / "wide"), gemma2, for_atlas=False)
+        check_sae_fits(load_sae(tmp_path / "wide"), gemma2)
     assert "wide" in one_line(e)
     write_saelens_transcoder(tmp_path / "deep", hook_name="blocks.1.mlp.hook_in", hook_name_out="blocks.5.hook_mlp_out")
     with pytest.raises(
         SAEMismatch, match=r"layer 5 is past the model's depth \(2 layers: 0\.\.1\); it writes blocks.5"
     ):
-        check_sae_fits(load_sae(tmp_path / "deep"), gemma2, for_atlas=False)
+        check_sae_fits(load_sae(tmp_path / "deep"), gemma2)
     # circuit-tracer's mlp.hook_out is hook_mlp_out on Llama, not on Gemma (post-feedforward norm)
     write_circuit_tracer_transcoders(tmp_path / "ct", n_layers=2, d_model=48)
-    check_sae_fits(load_sae(tmp_path / "ct" / "layer_1.safetensors"), llama, for_atlas=False)
+    check_sae_fits(load_sae(tmp_path / "ct" / "layer_1.safetensors"), llama)
     write_circuit_tracer_transcoders(tmp_path / "ct32", n_layers=2, d_model=32)
     with pytest.raises(
         SAEMismatch,
         match="writes blocks.1.mlp.hook_out, the MLP's output before Gemma2ForCausalLM's post-feedforward norm",
     ):
-        check_sae_fits(load_sae(tmp_path / "ct32" / "layer_1.safetensors"), gemma2, for_atlas=False)
+        check_sae_fits(load_sae(tmp_path / "ct32" / "layer_1.safetensors"), gemma2)
     # a CLT made for a deeper model
     write_circuit_tracer_clt(tmp_path / "clt3", n_layers=3)
     with pytest.raises(
         SAEMismatch, match=r"writing layers 1\.\.2; this model's last layer is 1|past the model's depth"
     ):
-        check_sae_fits(load_sae(tmp_path / "clt3" / "W_enc_1.safetensors"), gemma2, for_atlas=False)
+        check_sae_fits(load_sae(tmp_path / "clt3" / "W_enc_1.safetensors"), gemma2)
     # a transcoder reading resid_mid of a parallel-attention model (no such hook)
     neox = from_hf_model(tiny_model("neox"), source="tiny-neox", source_kind="path")
     write_saelens_transcoder(
         tmp_path / "mid", hook_name="blocks.0.hook_resid_mid", hook_name_out="blocks.0.hook_mlp_out"
     )
     with pytest.raises(SAEMismatch, match="blocks.0.hook_resid_mid does not exist in GPTNeoXForCausalLM"):
-        check_sae_fits(load_sae(tmp_path / "mid"), neox, for_atlas=False)
+        check_sae_fits(load_sae(tmp_path / "mid"), neox)
 
 
-def test_transcoders_are_not_stored_in_an_atlas_yet(tmp_path):
+def test_transcoders_are_stored_in_an_atlas(tmp_path):
     from click.testing import CliRunner
 
     from atlas.cli import cli
 
     write_saelens_transcoder(tmp_path / "tc", d_in=48, d_out=48)
     tc = load_sae(tmp_path / "tc")
-    with pytest.raises(LoadError, match="a transcoder .*cannot store it in an atlas yet"):
-        tc.atlas_sae_fields(1)
+    row = tc.atlas_sae_fields(1)
+    assert (row["sae_kind"], row["out_hook_name"], row["out_site"], row["d_out"]) == (
+        "transcoder", "blocks.1.hook_mlp_out", "mlp_out", 48,
+    )  # fmt: skip
     llama = from_hf_model(tiny_model("llama"), source="tiny-llama", source_kind="path")
-    check_sae_fits(tc, llama, for_atlas=False)
-    with pytest.raises(
-        SAEMismatch,
-        match=r"a transcoder \(blocks.1.mlp.hook_in -> blocks.1.hook_mlp_out\); .* does not build atlases of transcoders yet",
-    ):
-        check_sae_fits(tc, llama)
-    # through the CLI: one line, nothing written
+    check_sae_fits(tc, llama)
+    # through the CLI: an atlas whose dictionary says what it is
     tiny_model("llama").save_pretrained(tmp_path / "model")
     out = tmp_path / "out.db"
     r = CliRunner().invoke(cli, ["build", "--model", str(tmp_path / "model"), "--sae", str(tmp_path / "tc"), "-o", str(out),
-                                 "--device", "cpu", "--no-progress"])  # fmt: skip
-    assert r.exit_code == 1 and r.output.count("\n") == 1 and "does not build atlases of transcoders yet" in r.output
-    assert not list(tmp_path.glob("out.db*"))
+                                 "--device", "cpu", "--no-progress", "--passes", "du,ee", "--no-tokenizer"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["--db", str(out), "show", "L1.tc/0"])
+    assert r.exit_code == 0 and "transcoder -> blocks.1.hook_mlp_out" in r.output, r.output

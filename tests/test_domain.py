@@ -23,7 +23,9 @@ def _check_lists(sql: str) -> dict[tuple[str, str], tuple]:
 
 
 CHECKED = {
-    ("saes", "site"): domain.SITES,
+    ("saes", "site"): domain.READ_SITES,
+    ("saes", "out_site"): domain.READ_SITES,
+    ("saes", "sae_kind"): domain.SAE_KINDS,
     ("saes", "architecture"): domain.SAE_ARCHITECTURES,
     ("models", "source_kind"): domain.MODEL_SOURCE_KINDS,
     ("models", "norm_kind"): domain.NORM_KINDS,
@@ -77,12 +79,19 @@ def test_tables_are_every_table_of_rows_with_its_references(fresh) -> None:
 
 
 def test_site_order_and_stream_position() -> None:
-    assert [domain.site_order(s) for s in domain.SITES] == list(range(len(domain.SITES)))
+    assert [domain.site_order(s) for s in domain.FORWARD_SITES] == list(range(len(domain.FORWARD_SITES)))
+    # the order a writer must precede a reader in: resid_pre L < attn_out L < resid_mid L < mlp_in L < mlp_out L
+    # < resid_post L == resid_pre L + 1
+    order = ["resid_pre", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post"]
+    assert [domain.stream_position(s, 5) for s in order] == sorted({domain.stream_position(s, 5) for s in order})
+    assert domain.stream_position("mlp_in", 5) == domain.stream_position("ln2_normalized", 5)
+    assert domain.stream_position("mlp_out", 5) < domain.stream_position("mlp_in", 6)
     assert domain.stream_position("resid_post", 3) == domain.stream_position("resid_pre", 4)
     assert domain.stream_position("attn_z", 2) == domain.stream_position("attn_out", 2)
-    positions = [domain.stream_position(s, 5) for s in domain.SITES]
-    assert positions == sorted(positions)  # SITES is in forward-pass order
-    assert set(domain.SITE_SHORT) == set(domain.SITES)
+    for sites in (domain.SITES, domain.FORWARD_SITES):
+        positions = [domain.stream_position(s, 5) for s in sites]
+        assert positions == sorted(positions)  # SITES is in forward-pass order
+    assert set(domain.SITE_SHORT) == set(domain.READ_SITES) == set(domain.FORWARD_SITES)
 
 
 def test_the_tui_names_only_kinds_the_domain_has() -> None:

@@ -69,6 +69,8 @@ SHOWS_THE_DAMAGE = {
         "search --driven-by the",
         "search --token city --phase ee --sign -1",
         "search --promotes par",  # partial matches only
+        f"trace {FEATURE}",  # the tokens of L6.res's features, whose model is gone, shown by id (#123)
+        f"trace {FEATURE} --json",
     },
     "no_atlas_info_row": {f"show {FEATURE}", f"show {FEATURE} --json"},  # no provenance row: no verdict rule
     # FEATURE's label text is gone from the index's matches; deleting the user label says its stored bytes
@@ -86,6 +88,7 @@ READS: list[list[str]] = [
     ["search", "--token", "city", "--phase", "ee", "--sign", "-1"], ["search", "--promotes", "par"],
     ["search", "--label", "synthetic"], ["search", "--metric", "du_top1_z", "--min", "0"],
     ["top", "du_top1_z"], ["edges", FEATURE], ["label", "--list", FEATURE], ["stats"],
+    ["trace", FEATURE], ["trace", FEATURE, "--json"],
     ["sql", "SELECT name, d_sae FROM saes ORDER BY name", "--timeout", SQL_TIMEOUT],
     ["sql", "SELECT * FROM sae_summary ORDER BY name", "--timeout", SQL_TIMEOUT],
     ["sql", "SELECT * FROM labels ORDER BY label_id", "--limit", "0", "--csv", "--timeout", SQL_TIMEOUT],
@@ -109,7 +112,8 @@ def small_value_cap(monkeypatch: pytest.MonkeyPatch) -> None:
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small clean atlas (2 SAEs x 60 features): the cases are about shapes, not sizes, and ~900 commands run."""
     folder = tmp_path_factory.mktemp("hostile-base")
-    clean = build_synthetic_atlas(folder / "clean.db", n_features=120, layers=(2, 6), d_vocab=300, k=10, seed=0)
+    clean = build_synthetic_atlas(folder / "clean.db", n_features=120, layers=(2, 6), d_vocab=300, k=10, seed=0,
+                                  n_virtual=2)  # fmt: skip
     return make_base(clean, folder / "base.db")
 
 

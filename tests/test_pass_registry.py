@@ -15,7 +15,9 @@ from tests.passes_fixtures import tiny_model, tiny_sae
 
 def test_every_pass_describes_itself():
     passes = registry()
-    assert list(passes) == ["du", "ee", "attn", "attribution", "qk", "ov", "neighbours", "flow", "semantic"]
+    assert list(passes) == [
+        "du", "spread", "ee", "attn", "attribution", "qk", "ov", "neighbours", "flow", "virtual", "virtual_in", "semantic",
+    ]  # fmt: skip
     assert [p.order for p in passes.values()] == sorted(p.order for p in passes.values())
     for p in passes.values():
         assert p.help and p.steps and set(p.writes) <= set(base.ROW_TABLES)
@@ -23,7 +25,7 @@ def test_every_pass_describes_itself():
         assert p.label_source in (None, domain.HEURISTIC_SOURCE)
     kinds = [p.edge_kind for p in passes.values() if p.edge_kind]
     assert len(kinds) == len(set(kinds))  # the shard merge tells units apart by their edge kind
-    assert {p.name for p in passes.values() if p.reads == "pair"} == {"qk", "ov", "flow"}
+    assert {p.name for p in passes.values() if p.reads == "pair"} == {"qk", "ov", "flow", "virtual", "virtual_in"}
 
 
 def test_pair_passes_plan_ordered_pairs():

@@ -30,6 +30,7 @@ from tui.screens.label_editor import LabelEditor, LabelRequest
 from tui.screens.overview import OverviewScreen
 from tui.screens.search import SearchScreen
 from tui.screens.sql_console import SqlConsoleScreen
+from tui.screens.trace import TraceScreen, TraceStop
 from tui.source import AtlasSource
 
 # For the help screen: every screen whose bindings are listed, in order.
@@ -37,6 +38,7 @@ SCREEN_CLASSES = (
     ("overview", OverviewScreen),
     ("feature list", FeatureListScreen),
     ("feature card", FeatureCardScreen),
+    ("trace", TraceScreen),
     ("search", SearchScreen),
     ("SQL console", SqlConsoleScreen),
     ("label editor", LabelEditor),
@@ -111,6 +113,18 @@ class SaeAtlasApp(App):
             return
         card.enter(feature_id, loaded)
         self.push_screen(card)
+
+    def open_trace(self, stop: TraceStop, *, record: bool = True) -> None:
+        """Open the trace view over the card; the card's history records it, so back and forward cross both."""
+        card = self.card_screen
+        if record:
+            card.history.visit(stop)
+        if not self.is_screen_installed("trace"):
+            self.install_screen(TraceScreen(), name="trace")
+        trace = self.get_screen("trace")
+        trace.enter(stop)  # type: ignore[attr-defined]
+        if self.screen is not trace:
+            self.push_screen(trace)
 
     def open_list(self, flt: FeatureFilter) -> None:
         self.push_screen(FeatureListScreen(flt))

@@ -107,3 +107,22 @@ class LabelNotSaved(_Msg):
     text: str
     kind: str
     error: str
+
+
+@dataclass
+class TraceLoaded(_Msg):
+    """A trace view's root (atlas.trace.Stop) and its first level, read in a worker."""
+
+    generation: int
+    root: Any
+    hops: list[Any]  # atlas.trace.Hop
+    note: str | None = None  # e.g. why there is nothing to show
+
+
+@dataclass
+class TraceExpanded(_Msg):
+    """The next level under some tree nodes: {node id: [atlas.trace.Hop]}; node ids not in it have no edges."""
+
+    generation: int
+    node_ids: list[int]
+    hops: dict[int, list[Any]]

@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     from builders.settings import BuildConfig
     from builders.weights import ModelWeights, SAEWeights
 
-ROW_TABLES = ("features", "token_scores", "head_scores", "edges", "labels", "depth_profiles")
+ROW_TABLES = (
+    "features", "token_scores", "head_scores", "edges", "labels", "depth_profiles", "virtual_baselines",
+    "decoder_spread",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,11 @@ class Step:
     name: str  # build_units.pass of its units
     run: Callable[[Context, Unit], Rows]
     whole: bool = False  # one unit over the whole SAE instead of unit_size chunks
+    writes: tuple[str, ...] | None = None  # the tables its units fill, when only some of the pass's
+
+    def fills(self, p: Pass, table: str) -> bool:
+        """Whether this step's units write rows of ``table`` (of pass ``p``)."""
+        return table in (p.writes if self.writes is None else self.writes)
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ class Pass:
     folding: Callable[[bool], dict[str, str]] | None = None  # provenance["folding"] entries, given fold_norms
     criteria: Callable[[Context], dict[str, dict[str, Any]]] | None = None  # provenance["criteria"] entries
     check: Callable[[BuildConfig, list[str]], object] | None = None  # refuse bad settings, given the SAE names
+    edges_reversed: bool = False  # its units split the edges' destinations: edges go from ``other`` to the unit's SAE
 
     def __post_init__(self) -> None:
         unknown = set(self.writes) - set(ROW_TABLES)
@@ -125,6 +134,7 @@ class EdgeRows:
     score: np.ndarray  # (m,)
     rank: np.ndarray  # (m,) 0 = strongest within (src, head)
     layer: int | None = None
+    percentile: np.ndarray | None = None  # (m,) virtual kinds: |score|'s percentile in the pair's random baseline
 
     def __len__(self) -> int:
         return len(self.src)
@@ -142,6 +152,8 @@ class Rows:
     labels: list[tuple[str, str, float | None, Any]] = field(default_factory=list)
     # ^ one (text, kind, score, evidence) per feature of [start, end)
     depth_profiles: list[tuple[int, str, dict[str, float]]] = field(default_factory=list)  # (layer, role, stats)
+    virtual_baselines: dict[str, float | int | None] = field(default_factory=dict)  # the unit's pair's baseline
+    decoder_spread: tuple[tuple[int, ...], np.ndarray] | None = None  # (out layers, norms (end - start, n_layers))
 
     def tables(self) -> set[str]:
         """The tables these rows fill."""
@@ -152,6 +164,8 @@ class Rows:
             "edges": self.edges is not None,
             "labels": bool(self.labels),
             "depth_profiles": bool(self.depth_profiles),
+            "virtual_baselines": bool(self.virtual_baselines),
+            "decoder_spread": self.decoder_spread is not None,
         }
         return {t for t, full in filled.items() if full}
 

@@ -34,13 +34,39 @@ COMPUTE_DTYPE = torch.float32
 
 
 def reading_attention_layer(sae: SAEWeights, n_layers: int) -> int | None:
-    """The first attention layer that reads what this SAE's site writes or holds."""
+    """The first attention layer that reads what this SAE's site writes or holds.
+
+    A transcoder writes the MLP output of its layer L, read by attention L + 1 on. A CLT writes
+    a different decoder at every layer from L on, so no one direction reaches an attention layer:
+    the attention, QK and OV passes leave CLTs out (docs/graph.md).
+    """
+    if sae.kind == "clt":
+        return None
     layer = sae.layer if sae.site == "resid_pre" else sae.layer + 1
     return layer if layer < n_layers else None
 
 
+def mlp_input_norm(model: ModelWeights, layer: int) -> Norm:
+    """The norm that reads the residual stream into layer ``layer``'s MLP (ln1 where attention and MLP share it)."""
+    lw = model.layers[layer]
+    return lw.ln2 if lw.ln2 is not None else lw.ln1
+
+
+def unit_gain(norm: Norm) -> Norm:
+    """The same norm without its gain: what ln2.hook_normalized (before the gain) is read through."""
+    return Norm(norm.kind, torch.ones_like(norm.weight), None, norm.eps)
+
+
 def site_reader_norm(model: ModelWeights, site: str, layer: int) -> Norm:
-    """The norm that next reads the residual stream at a site (used to fold encoders, ``ee``)."""
+    """The norm that next reads the residual stream at a site (used to fold encoders, ``ee``).
+
+    A transcoder's site is already behind its norm: mlp_in (after the gain) is read through
+    layer ``layer``'s MLP-input norm, ln2_normalized (before the gain) through it without its gain.
+    """
+    if site == "mlp_in":
+        return mlp_input_norm(model, layer)
+    if site == "ln2_normalized":
+        return unit_gain(mlp_input_norm(model, layer))
     if site == "resid_pre":
         return model.layers[layer].ln1
     if site in ("resid_mid", "attn_out", "attn_z") and model.layers[layer].ln2 is not None:

@@ -43,9 +43,12 @@ def flow_pass(
 
 
 def targets(ctx: Context) -> list[Target]:
-    """(earlier, next) SAE pairs along the forward pass."""
+    """(earlier, next) SAE pairs along the forward pass (SAEs only: transcoders and CLTs have virtual edges)."""
     saes = ctx.saes
-    order = sorted(range(len(saes)), key=lambda i: (stream_position(saes[i].site, saes[i].layer), i))
+    order = sorted(
+        (i for i in range(len(saes)) if saes[i].kind == "sae"),
+        key=lambda i: (stream_position(saes[i].site, saes[i].layer), i),
+    )
     return [Target(a, b) for a, b in zip(order[:-1], order[1:], strict=True)]
 
 

@@ -69,6 +69,13 @@ EXAMPLE_BUILD: dict[str, Any] = {
     "ov_cap": 1,  # strongest OV edge kept per feature across heads
     "neighbour_k": 2,  # decoder-cosine neighbours per feature
     "flow_k": 1,  # best flow match per feature into the next SAE
+    # virtual weights (docs/graph.md) between dictionaries at most 3 layers apart: about 28 pairs of the 15
+    # (each residual SAE into the next, TC11 -> TC14 -> TC17 -> TC20, each transcoder into the residual SAEs of
+    # its layer and 3 later, the hook_z SAE into both at 14 and 17), 2 out + 1 in per feature and pair:
+    # about 28 x 2,048 x 3 = 172k edges, ~8 MB
+    "virtual_k": 2,  # strongest virtual weights kept per feature into each later dictionary
+    "virtual_in_k": 1,  # strongest virtual weight kept per feature from each earlier dictionary
+    "virtual_max_layers": 3,  # pairs at most 3 layers apart (a trace hops 3 layers at a time)
 }
 
 # Residual SAEs every third layer from 2 to 29 (10 depths: enough for a permutation test of a depth trend),

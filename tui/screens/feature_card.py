@@ -23,6 +23,7 @@ from atlas.types import FeatureCard
 from tui.history import History
 from tui.messages import CardLoaded
 from tui.screens._base import AtlasScreen
+from tui.screens.trace import TraceStop
 from tui.widgets.bars import fmt
 from tui.widgets.head_bars import HeadBars
 from tui.widgets.key_bar import KeyBar
@@ -38,13 +39,14 @@ class FeatureCardScreen(AtlasScreen):
         Binding("alt+right", "forward", "Forward", id="card.forward"),
         Binding("l", "label", "Label", id="card.label"),
         Binding("e", "focus_edges", "Edges", id="card.edges"),
+        Binding("t", "trace", "Trace", id="card.trace"),
         Binding("u", "copy_url", "Copy URL", id="card.copy_url"),  # shown when the feature's Neuronpedia URL is known
         Binding("escape,q", "close", "Close", id="card.close"),
     ]
 
     def __init__(self, feature_id: int | None = None) -> None:
         super().__init__()
-        self.history: History[int] = History()
+        self.history: History[int | TraceStop] = History()  # features and traces (tui/screens/trace.py)
         self.pending = feature_id  # shown when the screen is next mounted or resumed
         self.base = 0  # history position this visit of the screen started at
         self.card: FeatureCard | None = None
@@ -97,7 +99,10 @@ class FeatureCardScreen(AtlasScreen):
         self._show_loaded(fid, loaded)
 
     # ------------------------------------------------------------ navigation
-    def show(self, feature_id: int, *, record: bool = True, loaded: CardLoaded | None = None) -> None:
+    def show(self, feature_id: int | TraceStop, *, record: bool = True, loaded: CardLoaded | None = None) -> None:
+        if isinstance(feature_id, TraceStop):  # a trace in the history: its view opens over this card
+            self.atlas_app.open_trace(feature_id, record=record)
+            return
         if record:
             self.history.visit(feature_id)
         self._show_loaded(feature_id, loaded)
@@ -123,6 +128,10 @@ class FeatureCardScreen(AtlasScreen):
 
     def action_close(self) -> None:
         self.dismiss()
+
+    def action_trace(self) -> None:
+        if self.card is not None:
+            self.atlas_app.open_trace(TraceStop(self.card.feature.feature_id, "down"))
 
     def action_label(self) -> None:
         if self.card is not None:
@@ -155,7 +164,7 @@ class FeatureCardScreen(AtlasScreen):
             self.post_message(msg)
 
     def reload(self) -> None:
-        if self.history.current is not None:
+        if isinstance(self.history.current, int):
             self.load_card(self.history.current)
 
     @on(CardLoaded)
