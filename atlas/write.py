@@ -1,8 +1,9 @@
 """The write API used by the builders: bulk inserts inside transactions.
 
-Arrays come in as numpy and go out through ``executemany`` over plain tuples,
-which keeps writing far from being the bottleneck of a build (see
-``benchmarks/bench_atlas.py``). Every method needs a writable atlas.
+Arrays come in as numpy and go out as multi-row ``INSERT ... VALUES (...), (...)``
+statements, hundreds of rows each, which keeps writing far from being the
+bottleneck of a build (``benchmarks/bench_write.py``: over a million token rows
+a second). Every method needs a writable atlas.
 """
 
 from __future__ import annotations
@@ -79,6 +80,55 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+# Rows per INSERT statement. Binding is per value either way, but each statement
+# step costs far more than a row: ~100 rows a statement is 2-3x executemany's
+# rate (benchmarks/bench_write.py). SQLite 3.32+ allows 32,766 parameters a statement.
+ROWS_PER_STATEMENT = 256
+FEATURES_PER_STATEMENT = 32
+MAX_PARAMS = 32766
+
+
+def _insert_blocks(conn: Any, params: np.ndarray, sql: Any, per_statement: int) -> None:
+    """Run ``sql(g)`` (a statement for g groups) over ``params`` (n_groups, width), ``per_statement`` groups at a time,
+    in order: full statements through one executemany, the rest in one more statement."""
+    n, width = params.shape
+    g = max(1, min(per_statement, MAX_PARAMS // max(1, width), n))
+    full = n // g
+    if full:
+        conn.executemany(sql(g), params[: full * g].reshape(full, g * width).tolist())
+    if n - full * g:
+        conn.execute(sql(n - full * g), params[full * g :].reshape(-1).tolist())
+
+
+def _insert_columns(conn: Any, target: str, columns: Sequence[Sequence[Any]]) -> None:
+    """INSERT INTO ``target`` one row per position of the equal-length ``columns``, many rows a statement."""
+    n = len(columns[0])
+    if any(len(c) != n for c in columns):
+        raise ValueError("columns of unequal length")
+    if n == 0:
+        return
+    params = np.empty((n, len(columns)), dtype=object)
+    for j, c in enumerate(columns):
+        params[:, j] = c
+    row = "(" + ", ".join("?" * len(columns)) + ")"
+    _insert_blocks(conn, params, lambda g: f"INSERT INTO {target} VALUES " + ", ".join([row] * g), ROWS_PER_STATEMENT)
+
+
+def _token_rows(keys: Sequence[tuple[str, int]], k: int, n_features: int) -> str:
+    """VALUES rows of ``n_features`` features' token scores: per feature ?id once, then (?token, ?value) per row.
+    ``keys`` were checked against the schema's phases and signs, so they are safe as literals."""
+    per_feature = 1 + 2 * len(keys) * k
+    out = []
+    for f in range(n_features):
+        fid = f * per_feature + 1
+        j = fid + 1
+        for phase, sign in keys:
+            for rank in range(k):
+                out.append(f"(?{fid},'{phase}',{sign},{rank},?{j},?{j + 1})")
+                j += 2
+    return ",".join(out)
+
+
 class AtlasWriter:
     """Mixin over ``self.conn``; see atlas.db.Atlas."""
 
@@ -122,20 +172,29 @@ class AtlasWriter:
         if throwaway:
             conn.execute("PRAGMA synchronous = OFF")
             conn.execute("PRAGMA journal_mode = OFF")
-        indexes = schema_indexes()
-        for name, _ in indexes:
-            conn.execute(f"DROP INDEX IF EXISTS {name}")
+        self.drop_bulk_indexes()
         try:
             yield
         finally:
             # Rebuild even on error so that the file never lacks its indexes.
-            for _, create in indexes:
-                conn.execute(create)
+            self.create_indexes()
             conn.execute("PRAGMA foreign_keys = ON")
             if throwaway:
                 conn.execute("PRAGMA journal_mode = DELETE")
                 conn.execute("PRAGMA synchronous = FULL")
         self.analyze()
+
+    def drop_bulk_indexes(self) -> None:
+        """Drop the secondary indexes of the row tables (a build's partial file has none until it ends)."""
+        self.require_writable()
+        for name, _ in schema_indexes():
+            self.conn.execute(f"DROP INDEX IF EXISTS {name}")
+
+    def create_indexes(self) -> None:
+        """Create every schema index the file lacks: one sort per index, far cheaper than row-by-row upkeep."""
+        self.require_writable()
+        for _, create in schema_indexes():
+            self.conn.execute(create)
 
     def analyze(self) -> None:
         """Refresh sqlite_stat1: the query planner and `sae-atlas info` row counts read it."""
@@ -253,24 +312,7 @@ class AtlasWriter:
         self, feature_ids: np.ndarray, phase: str, sign: int, token_ids: np.ndarray, values: np.ndarray
     ) -> None:
         """Top-k tokens: ``token_ids`` and ``values`` are (n_features, k), best first."""
-        self.require_writable()
-        token_ids = np.asarray(token_ids)
-        values = np.asarray(values, dtype=np.float64)
-        n, k = token_ids.shape
-        fids = np.repeat(np.asarray(feature_ids, dtype=np.int64), k).tolist()
-        ranks = np.tile(np.arange(k), n).tolist()
-        self.conn.executemany(
-            "INSERT INTO token_scores (feature_id, phase, sign, rank, token_id, value) VALUES (?, ?, ?, ?, ?, ?)",
-            zip(
-                fids,
-                [phase] * len(fids),
-                [int(sign)] * len(fids),
-                ranks,
-                token_ids.reshape(-1).tolist(),
-                values.reshape(-1).tolist(),
-                strict=True,
-            ),
-        )
+        self.add_token_score_block(feature_ids, {(phase, int(sign)): (token_ids, values)})
 
     def add_token_score_block(
         self, feature_ids: np.ndarray, blocks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]
@@ -280,28 +322,40 @@ class AtlasWriter:
         ``blocks[(phase, sign)] = (token_ids, values)``, each (n_features, k).
         Rows arrive sorted by (feature_id, phase, sign, rank), so SQLite appends
         to the end of the table's B-tree instead of splitting pages all over it.
+        One statement writes the rows of ``FEATURES_PER_STATEMENT`` features:
+        phase, sign and rank are part of its text, and each feature binds its id
+        once, then (token_id, value) per row (see ``benchmarks/bench_write.py``).
         """
         self.require_writable()
-        fids = np.asarray(feature_ids, dtype=np.int64)
+        fids = np.asarray(feature_ids, dtype=np.int64).reshape(-1)
         n = len(fids)
-        keys = sorted(blocks)  # ('du', -1) < ('du', 1) < ('ee', -1) < ('ee', 1): the primary-key order
+        keys = sorted((str(p), int(s)) for p, s in blocks)  # ('du', -1) < ('du', 1) < ('ee', -1) < ...
+        if n == 0 or not keys:
+            return
+        for p, s in keys:
+            if p not in ("du", "ee") or s not in (1, -1):  # the same refusal as the table's CHECK, before any SQL
+                raise ValueError(f"not a token_scores (phase, sign): {(p, s)!r}")
         toks = np.stack([np.asarray(blocks[key][0], dtype=np.int64).reshape(n, -1) for key in keys], 1)  # (n, B, k)
         vals = np.stack([np.asarray(blocks[key][1], dtype=np.float64).reshape(n, -1) for key in keys], 1)  # (n, B, k)
-        _, n_blocks, k = toks.shape
-        phase = np.array([p for p, _ in keys], dtype=object)
-        sign = np.array([int(s) for _, s in keys], dtype=np.int64)
-        self.conn.executemany(
-            "INSERT INTO token_scores (feature_id, phase, sign, rank, token_id, value) VALUES (?, ?, ?, ?, ?, ?)",
-            zip(
-                np.repeat(fids, n_blocks * k).tolist(),
-                np.tile(np.repeat(phase, k), n).tolist(),
-                np.tile(np.repeat(sign, k), n).tolist(),
+        n_blocks, k = toks.shape[1:]
+        per_row = n_blocks * k
+        if 1 + 2 * per_row > MAX_PARAMS:  # a huge top_k: one row per VALUES tuple, every column bound
+            columns = [
+                np.repeat(fids, per_row).tolist(),
+                np.tile(np.repeat([p for p, _ in keys], k), n).tolist(),
+                np.tile(np.repeat([s for _, s in keys], k), n).tolist(),
                 np.tile(np.arange(k), n * n_blocks).tolist(),
                 toks.reshape(-1).tolist(),
                 vals.reshape(-1).tolist(),
-                strict=True,
-            ),
-        )
+            ]
+            _insert_columns(self.conn, "token_scores (feature_id, phase, sign, rank, token_id, value)", columns)
+            return
+        params = np.empty((n, 1 + 2 * per_row), dtype=object)  # (n, 1 + 2 B k): id, then (token, value) pairs
+        params[:, 0] = fids.tolist()
+        params[:, 1::2] = toks.reshape(n, per_row).tolist()
+        params[:, 2::2] = vals.reshape(n, per_row).tolist()
+        head = "INSERT INTO token_scores (feature_id, phase, sign, rank, token_id, value) VALUES "
+        _insert_blocks(self.conn, params, lambda g: head + _token_rows(keys, k, g), FEATURES_PER_STATEMENT)
 
     def add_head_scores(
         self,
@@ -319,17 +373,14 @@ class AtlasWriter:
         n = len(scores)
         pct = [None] * n if percentiles is None else np.asarray(percentiles, dtype=np.float64).tolist()
         roles = [role] * n if isinstance(role, str) else np.asarray(role).astype(str).tolist()
-        self.conn.executemany(
-            "INSERT INTO head_scores (feature_id, head_pk, role, score, percentile) VALUES (?, ?, ?, ?, ?)",
-            zip(
-                np.asarray(feature_ids, dtype=np.int64).tolist(),
-                np.asarray(head_pks, dtype=np.int64).tolist(),
-                roles,
-                np.asarray(scores, dtype=np.float64).tolist(),
-                pct,
-                strict=True,
-            ),
-        )
+        columns = [
+            np.asarray(feature_ids, dtype=np.int64).tolist(),
+            np.asarray(head_pks, dtype=np.int64).reshape(-1).tolist(),
+            roles,
+            np.asarray(scores, dtype=np.float64).tolist(),
+            pct,
+        ]
+        _insert_columns(self.conn, "head_scores (feature_id, head_pk, role, score, percentile)", columns)
 
     def add_edges(
         self,
@@ -347,22 +398,18 @@ class AtlasWriter:
         """
         self.require_writable()
         n = len(src)
-        heads = [None] * n if head_pks is None else np.asarray(head_pks, dtype=np.int64).tolist()
+        heads = [None] * n if head_pks is None else np.asarray(head_pks, dtype=np.int64).reshape(-1).tolist()
         pct = [None] * n if percentiles is None else np.asarray(percentiles, dtype=np.float64).tolist()
-        self.conn.executemany(
-            "INSERT INTO edges (src_feature, dst_feature, head_pk, kind, score, rank, percentile) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            zip(
-                np.asarray(src, dtype=np.int64).tolist(),
-                np.asarray(dst, dtype=np.int64).tolist(),
-                heads,
-                [kind] * n,
-                np.asarray(scores, dtype=np.float64).tolist(),
-                np.asarray(ranks, dtype=np.int64).tolist(),
-                pct,
-                strict=True,
-            ),
-        )
+        columns = [
+            np.asarray(src, dtype=np.int64).tolist(),
+            np.asarray(dst, dtype=np.int64).tolist(),
+            heads,
+            [kind] * n,
+            np.asarray(scores, dtype=np.float64).tolist(),
+            np.asarray(ranks, dtype=np.int64).tolist(),
+            pct,
+        ]
+        _insert_columns(self.conn, "edges (src_feature, dst_feature, head_pk, kind, score, rank, percentile)", columns)
 
     def add_virtual_baseline(self, src_sae_id: int, dst_sae_id: int, **stats: float | int | None) -> None:
         """One (source, destination) pair's random baseline (columns of virtual_baselines); replaces any earlier."""

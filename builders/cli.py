@@ -218,6 +218,13 @@ _RUN = [
         help="Combine the finished OUT.shardI-of-N.partial files into OUT (no model or SAE needed).",
     ),
     click.Option(["--progress/--no-progress"], default=True, help="Progress bars on stderr."),
+    click.Option(
+        ["--cluster"],
+        metavar="SPEC",
+        help="Run the shards on Dask: local[:N] (one worker per GPU, else N CPU workers), slurm[:N] or "
+        "tcp://HOST:PORT; merged into OUT at the end (needs sae-atlas[cluster]).",
+    ),
+    click.Option(["--cluster-config"], type=click.Path(dir_okay=False), help="SLURMCluster settings (YAML or JSON)."),
 ]
 _PASSES_HELP = "\n".join(f"  {name:<12} {p.help}" for name, p in registry().items())
 
@@ -240,6 +247,8 @@ def run_build(
     shard: tuple[int, int] | None,
     merge_out: str | None,
     progress: bool,
+    cluster: str | None = None,
+    cluster_config: str | None = None,
     **settings: Any,
 ) -> None:
     """Build an atlas from a model and its SAEs, from the weights alone.
@@ -276,6 +285,14 @@ def run_build(
             f"more names ({len(settings['sae_names'])}) than --sae ({len(sae_paths)})", param_hint="--sae-name"
         )
     t0 = time.perf_counter()
+    if cluster is not None:
+        if shard is not None:
+            raise click.UsageError("--cluster makes its own shards: drop --shard")
+        _cluster(cluster, cluster_config, model_source, gguf_file, no_tokenizer, sae_paths, sae_format, sae_hooks,
+                 out, resume, overwrite, progress, settings)  # fmt: skip
+        if progress:
+            click.echo(f"built in {time.perf_counter() - t0:.1f}s", err=True)
+        return
     try:
         path = _build(
             model_source,
@@ -301,6 +318,27 @@ def run_build(
     sys.stdout.flush()
 
 
+def _cluster(cluster, cluster_config, model_source, gguf_file, no_tokenizer, sae_paths, sae_format, sae_hooks,
+             out, resume, overwrite, progress, settings) -> None:  # fmt: skip
+    """--cluster: every shard a Dask task running :func:`_build`, then the merge (builders/cluster.py)."""
+    from builders.cluster import cluster_build
+
+    kwargs = dict(
+        model_source=model_source, gguf_file=gguf_file, no_tokenizer=no_tokenizer, sae_paths=sae_paths,
+        sae_format=sae_format, sae_hooks=sae_hooks, out=out, overwrite=overwrite, config=config_from_options(settings),
+    )  # fmt: skip
+    try:
+        path = cluster_build(
+            _build, kwargs, out=out, cluster=cluster, cluster_config=cluster_config, resume=resume,
+            overwrite=overwrite, progress=progress, say=lambda line: click.echo(line, err=True),
+        )  # fmt: skip
+    except AtlasError as e:
+        raise click.ClickException(_one_line(e)) from None
+    except (OSError, TimeoutError) as e:
+        raise click.ClickException(f"cluster: {_one_line(e)}") from None
+    click.echo(str(path))
+
+
 def _build(
     model_source,
     gguf_file,
@@ -314,6 +352,7 @@ def _build(
     shard,
     progress,
     config,
+    after_unit=None,
 ) -> Path:
     """Check every argument, then load (SAEs first: a bad SAE file fails before the slower model), then build."""
     from builders.device import resolve_device
@@ -361,6 +400,7 @@ def _build(
         progress=progress,
         overwrite=overwrite,
         shard=shard,
+        after_unit=after_unit,
         say=lambda line: click.echo(line, err=True),
     )
 

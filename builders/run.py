@@ -99,6 +99,7 @@ def build_atlas(
             _run_units(db, plan, model, saes, names, config, shard, progress, after_unit)
             if shard:
                 return partial
+            db.create_indexes()
             db.analyze()
             db.vacuum()
         finally:
@@ -148,6 +149,9 @@ def _run_units(
     progress: bool,
     after_unit: Callable[[Unit], None] | None,
 ) -> None:
+    # The partial has no secondary indexes (made once at the end) and no per-row foreign-key lookup: the
+    # writer only writes ids it read from the file; `sae-atlas validate` checks them (benchmarks/bench_write.py).
+    db.conn.execute("PRAGMA foreign_keys = OFF")
     writer = Writer(db, names)
     ctx = Context(model, saes, names, cfg, stored_top_ids=writer.stored_top_ids)
     passes = registry()
@@ -251,6 +255,7 @@ def _init_atlas(
 ) -> Atlas:
     """A new partial with the rows every unit shares: model, vocabulary, heads, SAEs, features and their norms."""
     db = create_atlas(path, provenance=prov, overwrite=True)
+    db.drop_bulk_indexes()
     with db.transaction():
         model_id = db.add_model(**model.atlas_model_fields())
         db.add_vocab(model_id, model.tokens)

@@ -132,6 +132,7 @@ def merge_shards(
         finally:
             conn.close()
         with open_atlas(tmp, readonly=False) as db:
+            db.create_indexes()  # the shards have none (see builders.run)
             with db.transaction():
                 db.set_provenance(prov)
                 crit = prov.get("criteria", {})

@@ -18,7 +18,15 @@ import torch
 
 from builders.passes import predicts
 from builders.passes.base import Context, Pass, Rows, Step, Unit, each_sae
-from builders.passes.common import COMPUTE_DTYPE, VocabScores, fold_direction, resid_directions, vocab_scores
+from builders.passes.common import (
+    COMPUTE_DTYPE,
+    VocabMoments,
+    VocabScores,
+    fold_direction,
+    resid_directions,
+    vocab_moments,
+    vocab_scores,
+)
 from builders.weights import ModelWeights, SAEWeights
 
 
@@ -41,11 +49,17 @@ def du_pass(
     fold_norms: bool = True,
     block_rows: int = 256,
     vocab_tile: int = 4096,
+    moments: VocabMoments | None = None,
 ) -> VocabScores:
     """Top-k promoted / suppressed tokens and logit statistics of features [start, end)."""
     dirs = du_directions(model, sae, start, end, fold_norms=fold_norms)  # (n, d_model)
     W_U = model.W_U.to(COMPUTE_DTYPE)  # (d_model, d_vocab); no copy when already fp32
-    return vocab_scores(dirs, W_U, k, block_rows=block_rows, vocab_tile=vocab_tile)
+    return vocab_scores(dirs, W_U, k, block_rows=block_rows, vocab_tile=vocab_tile, moments=moments)
+
+
+def du_moments(model: ModelWeights) -> VocabMoments:
+    """Mean and covariance of W_U's columns: every du feature's logit mean and variance in closed form."""
+    return vocab_moments(model.W_U.to(COMPUTE_DTYPE))
 
 
 def _run(ctx: Context, u: Unit) -> Rows:
@@ -59,6 +73,7 @@ def _run(ctx: Context, u: Unit) -> Rows:
         fold_norms=cfg.fold_norms,
         block_rows=ctx.block_rows,
         vocab_tile=ctx.vocab_tile,
+        moments=predicts.vocab_moments_of(ctx, "du"),
     )
     return predicts.vocab_rows(ctx, "du", r, u.sae)
 

@@ -16,7 +16,15 @@ import torch
 
 from builders.passes import predicts
 from builders.passes.base import Context, Pass, Rows, Step, Unit, each_sae
-from builders.passes.common import COMPUTE_DTYPE, VocabScores, encoder_columns, site_reader_norm, vocab_scores
+from builders.passes.common import (
+    COMPUTE_DTYPE,
+    VocabMoments,
+    VocabScores,
+    encoder_columns,
+    site_reader_norm,
+    vocab_moments,
+    vocab_scores,
+)
 from builders.weights import ModelWeights, SAEWeights
 
 
@@ -65,11 +73,17 @@ def ee_pass(
     fold_norms: bool = True,
     block_rows: int = 256,
     vocab_tile: int = 4096,
+    moments: VocabMoments | None = None,
 ) -> VocabScores:
     """Top-k driving tokens (both signs) and score statistics of features [start, end)."""
     dirs = ee_directions(model, sae, start, end, fold_norms=fold_norms)  # (n, d_model)
     W_Et = model.W_E.to(COMPUTE_DTYPE).T  # (d_model, d_vocab) view
-    return vocab_scores(dirs, W_Et, k, block_rows=block_rows, vocab_tile=vocab_tile)
+    return vocab_scores(dirs, W_Et, k, block_rows=block_rows, vocab_tile=vocab_tile, moments=moments)
+
+
+def ee_moments(model: ModelWeights) -> VocabMoments:
+    """Mean and covariance of W_E's rows: every ee feature's score mean and variance in closed form."""
+    return vocab_moments(model.W_E.to(COMPUTE_DTYPE).T)
 
 
 def _run(ctx: Context, u: Unit) -> Rows:
@@ -83,6 +97,7 @@ def _run(ctx: Context, u: Unit) -> Rows:
         fold_norms=cfg.fold_norms,
         block_rows=ctx.block_rows,
         vocab_tile=ctx.vocab_tile,
+        moments=predicts.vocab_moments_of(ctx, "ee"),
     )
     return predicts.vocab_rows(ctx, "ee", r, u.sae)
 

@@ -32,10 +32,12 @@ import torch
 from builders.passes.base import Context, Rows
 from builders.passes.common import (
     COMPUTE_DTYPE,
+    VocabMoments,
     VocabScores,
     fold_direction,
     random_unit_directions,
     random_write_directions,
+    vocab_moments,
     vocab_scores,
     write_space,
 )
@@ -83,6 +85,7 @@ def token_criterion(
     block_rows: int = 256,
     vocab_tile: int = 4096,
     sae: SAEWeights | None = None,
+    moments: VocabMoments | None = None,
 ) -> TokenCriterion:
     """The predicts (phase 'du') or reads (phase 'ee') criterion of ``sae``'s features.
 
@@ -112,7 +115,7 @@ def token_criterion(
             r = random_unit_directions(n_random, sae.W_enc.shape[0], seed_, model.device).to(dtype)  # (n, d_in)
             dirs, baseline = ee_fold(model, sae, r, fold_norms=fold_norms), read_space(sae)  # as ee_directions
         W = model.W_E.to(dtype).T  # (d_model, d_vocab)
-    scores = vocab_scores(dirs, W, 1, block_rows=block_rows, vocab_tile=vocab_tile)
+    scores = vocab_scores(dirs, W, 1, block_rows=block_rows, vocab_tile=vocab_tile, moments=moments)
     tau = float(np.quantile(scores.stats["top1_z"], quantile))
     return TokenCriterion(column, round(tau, 6), "random-quantile", quantile, n_random, seed, baseline)
 
@@ -142,8 +145,16 @@ def criterion(ctx: Context, phase: str, i: int) -> TokenCriterion:
             block_rows=ctx.block_rows,
             vocab_tile=ctx.vocab_tile,
             sae=ctx.saes[i],
+            moments=vocab_moments_of(ctx, phase),
         ),
     )
+
+
+def vocab_moments_of(ctx: Context, phase: str) -> VocabMoments:
+    """W_U's (du) or W_E's (ee) closed-form moments, computed once per build and shared by the passes."""
+    if phase == "du":
+        return ctx.cached(("vocab_moments", "du"), lambda: vocab_moments(ctx.model.W_U.to(COMPUTE_DTYPE)))
+    return ctx.cached(("vocab_moments", "ee"), lambda: vocab_moments(ctx.model.W_E.to(COMPUTE_DTYPE).T))
 
 
 VERDICT_COLUMN = {"du": "predicts_tokens", "ee": "reads_tokens"}
