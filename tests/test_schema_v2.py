@@ -14,7 +14,9 @@ from atlas.migrations import label_fts_sql, v1_atlas_id
 from atlas.overlay import LabelOverlay, atlas_identity
 from tests.conftest import query, sha256_of
 
-EXAMPLE = Path(__file__).resolve().parent / "data" / "example_v1.db"  # a slice of the schema-1 example atlas as it was written
+EXAMPLE = (
+    Path(__file__).resolve().parent / "data" / "example_v1.db"
+)  # a slice of the schema-1 example atlas as it was written
 
 
 def schema_of(path: Path) -> list[tuple]:

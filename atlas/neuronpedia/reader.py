@@ -93,7 +93,8 @@ class SourceFolder:
 
 
 def find_sources(path: Path) -> list[SourceFolder]:
-    """The source folders at ``path``: the folder itself, or each folder below it (a model's folder)."""
+    """The source folders at ``path``: the folder itself, each folder below it (a model's folder), or each
+    one two levels below (the root `sae-atlas export --format neuronpedia OUT` writes: OUT/<model>/<source>)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such export folder")
     if not path.is_dir():
@@ -101,6 +102,8 @@ def find_sources(path: Path) -> list[SourceFolder]:
     if _is_source(path):
         return [_source(path)]
     subs = sorted(p for p in path.iterdir() if p.is_dir() and _is_source(p))
+    if not subs:
+        subs = sorted(p for m in path.iterdir() if m.is_dir() for p in m.iterdir() if p.is_dir() and _is_source(p))
     return [_source(p) for p in subs]
 
 

@@ -140,6 +140,32 @@ def write_space(sae: SAEWeights) -> tuple[str, str]:
     return "resid", "random unit residual-stream directions"
 
 
+def read_space(sae: SAEWeights) -> str:
+    """What the ee baseline's random directions are: the SAE's input space, sent through what its encoder sees."""
+    if sae.site == "attn_z":
+        return f"random unit hook_z directions of layer {sae.layer} through W_V and ln1({sae.layer}).gain"
+    return "random unit directions of the SAE's input space times the gain of the norm that reads its site"
+
+
+def ee_fold(model: ModelWeights, sae: SAEWeights, e: torch.Tensor, *, fold_norms: bool = True) -> torch.Tensor:
+    """Encoder-space directions (n, d_in), model units -> directions whose product with W_E^T gives ee scores.
+
+    The same map for the encoder columns and for the random directions of the reads criterion's baseline
+    (:func:`builders.passes.predicts.token_criterion`), so both carry the same gain.
+    """
+    if sae.site == "attn_z":
+        lw = model.layers[sae.layer]
+        eh = e.view(e.shape[0], model.n_heads, model.d_head)  # (n, H, d_head)
+        u = torch.einsum("nhd,hmd->nm", eh, lw.W_V.to(e))  # (n, d_model)
+        g = lw.ln1.gain.to(u) if fold_norms else None
+    else:
+        u = e
+        g = site_reader_norm(model, sae.site, sae.layer).gain.to(u) if fold_norms else None
+    if g is not None:
+        u = u * g
+    return u * model.embed_scale
+
+
 def random_write_directions(
     model: ModelWeights, sae: SAEWeights, n: int, seed: int, *, fold_norms: bool
 ) -> torch.Tensor:

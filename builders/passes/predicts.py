@@ -11,7 +11,7 @@ SAE's own space, sent through exactly the same path as its features: for
 ``du``, random directions of the space it writes into
 (:func:`builders.passes.common.write_space`: a hook_z SAE's go through
 ``W_O``), then the final norm's gain and W_U; for ``ee``, random directions of
-its input space through :func:`builders.passes.ee.ee_fold` (the gain of the
+its input space through :func:`builders.passes.common.ee_fold` (the gain of the
 norm that reads its site, or a hook_z SAE's ``W_V`` and ``ln1`` gain), then
 W_E. A feature "predicts tokens" when its best token stands out from the rest
 of the vocabulary more than it does for 99% of random directions of its space. Nothing here is
@@ -34,9 +34,11 @@ from builders.passes.common import (
     COMPUTE_DTYPE,
     VocabMoments,
     VocabScores,
+    ee_fold,
     fold_direction,
     random_unit_directions,
     random_write_directions,
+    read_space,
     vocab_moments,
     vocab_scores,
     write_space,
@@ -92,8 +94,6 @@ def token_criterion(
     Without ``sae``: isotropic residual directions (a residual SAE's du baseline; for ee without the gain of
     any norm, which only suits a model whose norms have none).
     """
-    from builders.passes.ee import ee_fold, read_space  # ee imports this module
-
     column = f"{phase}_top1_z"
     if z is not None:
         return TokenCriterion(column, float(z), "fixed", None, None, None)

@@ -20,7 +20,7 @@ from tui.app import make_app  # noqa: E402
 from tui.testing import build_fixture_atlas, settle  # noqa: E402
 
 
-async def shoot(path: Path, size=(120, 36), search: str = "king") -> None:
+async def shoot(path: Path, size=(120, 36), search: str = "king", trace: int | None = None) -> None:
     app = make_app(path)
     app.show_timings = False
     async with app.run_test(size=size) as pilot:
@@ -41,6 +41,15 @@ async def shoot(path: Path, size=(120, 36), search: str = "king") -> None:
         await pilot.press("escape", "question_mark")
         await settle(pilot)
         app.save_screenshot(str(HERE / "help.svg"))
+        if trace is not None:  # the trace view: a card, then t, then x (expand the next level)
+            await pilot.press("escape")
+            app.open_feature(trace)
+            await settle(pilot)
+            await pilot.press("t")
+            await settle(pilot)
+            await pilot.press("x")
+            await settle(pilot)
+            app.save_screenshot(str(HERE / "trace.svg"))
 
 
 if __name__ == "__main__":
@@ -59,5 +68,9 @@ if __name__ == "__main__":
         with tempfile.TemporaryDirectory() as tmp:  # a copy: the browser may write history or labels
             db = Path(tmp) / "atlas.db.example"
             shutil.copyfile(example, db)
-            asyncio.run(shoot(db))
+            from atlas.db import open_atlas
+
+            with open_atlas(db) as atlas:  # the README's downward trace
+                fid = atlas.resolve_feature("L11.tc/540")
+            asyncio.run(shoot(db, trace=fid))
     print("wrote", ", ".join(sorted(p.name for p in HERE.glob("*.svg"))))
