@@ -174,3 +174,39 @@ def test_validate_finds_a_virtual_edge_against_the_stream(tmp_path: Path, runner
         atlas.close()
     r = runner.invoke(cli, ["--db", str(path), "validate"])
     assert r.exit_code == 1 and "no residual path for L2.clt -> L1.tc" in r.output, r.output
+
+
+def test_the_tui_card_shows_a_clt_features_decoder_spread(tmp_path: Path) -> None:
+    """The browser's card draws the spread as `show` prints it (bars scaled to the largest norm); not on a transcoder."""
+    import asyncio
+
+    from textual.widgets import Static
+
+    from tui.app import make_app
+    from tui.screens.feature_card import FeatureCardScreen
+    from tui.testing import settle
+
+    path = tmp_path / "tc.db"
+    _clt_and_transcoder(path)
+    with open_atlas(path) as atlas:
+        clt_f, tc_f = atlas.resolve_feature("L2.clt/1"), atlas.resolve_feature("L1.tc/0")
+
+    async def go() -> tuple[str, bool, bool]:
+        app = make_app(path)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            app.open_feature(clt_f)
+            await settle(pilot)
+            card = app.screen
+            assert isinstance(card, FeatureCardScreen)
+            widget = card.query_one("#card-spread", Static)
+            text, shown = str(widget.render()), widget.display
+            card.show(tc_f)
+            await settle(pilot)
+            return text, shown, card.query_one("#card-spread", Static).display
+
+    text, shown, shown_on_tc = asyncio.run(go())
+    assert shown and not shown_on_tc
+    rows = [line for line in text.splitlines() if line.startswith("  L")]
+    assert [r.split()[0] for r in rows] == ["L2", "L3"]
+    assert rows[0].count("█") == 6 and rows[1].count("█") == 24  # 0.5 and 2.0 of a 24-cell bar

@@ -63,6 +63,7 @@ class FeatureCardScreen(AtlasScreen):
                 yield TokenBars("suppressed", style="red", id="tok-suppressed")
                 yield TokenBars("input tokens (W_E·W_enc)", style="cyan", id="tok-inputs")
             yield Static("", id="card-labels")
+            yield Static("", id="card-spread")  # a CLT feature: where its decoder writes
             yield Static("", id="card-neuronpedia")  # shown when there is something of Neuronpedia to show
             yield Static("[b]heads[/b]", classes="section")
             yield HeadBars(id="card-heads")
@@ -186,6 +187,9 @@ class FeatureCardScreen(AtlasScreen):
         self.query_one("#tok-suppressed", TokenBars).set_scores(card.suppressed)
         self.query_one("#tok-inputs", TokenBars).set_scores(card.inputs)
         self.query_one("#card-labels", Static).update(_labels_text(card))
+        spread = self.query_one("#card-spread", Static)
+        spread.update(spread_text(card) or "")
+        spread.display = bool(card.spread)
         self.neuronpedia = msg.neuronpedia
         np_text = neuronpedia_text(msg.neuronpedia)
         np_widget = self.query_one("#card-neuronpedia", Static)
@@ -258,6 +262,19 @@ def neuronpedia_text(np: NeuronpediaCard | None) -> Text | None:
                     t.append(running_text(tok), style=f"{'bold ' if i == ex.max_index else ''}black on rgb(0,{g},0)")
                 else:
                     t.append(running_text(tok))
+    return t
+
+
+def spread_text(card: FeatureCard) -> Text | None:
+    """A cross-layer transcoder feature's decoder norm per layer it writes, as bars (what `sae-atlas show` prints)."""
+    if not card.spread:
+        return None
+    t = Text("decoder spread", style="bold")
+    t.append("  ||W_dec[f, layer]|| per layer it writes", style="dim")
+    top = max(s.norm for s in card.spread) or 1.0
+    for s in card.spread:
+        t.append(f"\n  L{s.out_layer:<3} {fmt(s.norm, 4):>9}  ")
+        t.append("█" * max(1, round(24 * s.norm / top)) if s.norm > 0 else "", style="magenta")
     return t
 
 
