@@ -198,7 +198,7 @@ def test_the_rule_is_predictable(synthetic_atlas: Path, tmp_path: Path) -> None:
         t = label_target(atlas)
         assert (t.where, t.reason) == ("overlay", "the bundled example is read-only")
     copy = tmp_path / "v1-copy.db"
-    shutil.copyfile(EXAMPLE, copy)
+    shutil.copyfile(ROOT / "tests" / "data" / "example_v1.db", copy)  # a real v1 atlas (a slice of the old example)
     with open_atlas(copy) as atlas:
         t = label_target(atlas)
         assert t.where == "overlay" and "schema version 1" in t.reason

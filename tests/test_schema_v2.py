@@ -169,8 +169,6 @@ def test_every_versions_objects_are_built_from_the_migrations(tmp_path: Path) ->
     )
     conn.close()
     assert versions[SCHEMA_VERSION] == fresh
-    with open_atlas(
-        Path(__file__).resolve().parent.parent / "atlas.db.example"
-    ) as old:  # the shipped v1 example: nothing foreign, nothing shadowed
+    with open_atlas(EXAMPLE) as old:  # a real v1 atlas (a slice of the old example): nothing foreign, nothing shadowed
         assert old.schema_version == 1
         assert (old.schema.refused, old.schema.write_refused, old.schema.changed_views) == ([], [], [])
