@@ -465,7 +465,7 @@ def test_the_browser_card_shows_neuronpedia_and_copies_the_url(synthetic_atlas: 
 
 
 def test_the_copy_of_the_example_takes_an_export_of_itself(runner: CliRunner, tmp_path: Path) -> None:
-    """The bundled example (schema 1) exports; its upgraded copy imports the export back in full."""
+    """The bundled example exports; its upgraded copy imports the export back in full."""
     mine = tmp_path / "mine.db"
     assert runner.invoke(cli, ["migrate", "-o", str(mine)], env={"SAE_ATLAS_DB": None}).exit_code == 0
     out = tmp_path / "np"
