@@ -3,15 +3,15 @@
     python benchmarks/bench_sae_load.py                         # 262,144 x 2304, SAELens layout
     python benchmarks/bench_sae_load.py --format gemma_scope_2  # the same in Gemma Scope 2's layout
     python benchmarks/bench_sae_load.py --d-sae 16384 --keep    # smaller; keep the files in --dir
-    python benchmarks/bench_sae_load.py --compare-main          # also main's load_sae, in the same run
+    python benchmarks/bench_sae_load.py --compare 441c6f1       # also that revision's load_sae (before issue 14)
 
 Writes a random dictionary of ``d_in x d_sae`` (fp32: W_enc and W_dec are 2.4 GB each at
 262,144 x 2304) into ``--dir``, then in a fresh process for each loader measures the peak
 resident memory (``VmHWM``) above the process's memory after imports, and the wall time.
 ``load_sae`` keeps exactly W_enc + W_dec + the vectors; a second full-size copy would show as a
-peak near 2x that. ``--compare-main`` also runs the ``load_sae`` of the ``main`` branch
-(``git show main:builders/saes.py``: ``load_file`` then cast, ``contiguous`` and ``isfinite`` on whole
-tensors) in the same run, for the ratio. The files are deleted at the end unless ``--keep``.
+peak near 2x that. ``--compare REV`` also runs the ``load_sae`` of git revision ``REV`` in the same
+run, for the ratio (``441c6f1``, the last revision before the block-wise loader: ``load_file`` then
+cast, ``contiguous`` and ``isfinite`` on whole tensors). The files are deleted at the end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -84,11 +84,11 @@ def child(folder: str, how: str) -> None:
     sys.path.insert(0, str(ROOT))
     from builders.saes import load_sae
 
-    if how == "main":  # the loader before this change, from git
+    if how.startswith("rev:"):  # another revision's loader, from git
         import importlib.util
 
         src = subprocess.run(
-            ["git", "-C", str(ROOT), "show", "main:builders/saes.py"], capture_output=True, text=True, check=True
+            ["git", "-C", str(ROOT), "show", f"{how[4:]}:builders/saes.py"], capture_output=True, text=True, check=True
         )
         mod_path = Path(folder) / "saes_main.py"  # deleted with the folder
         mod_path.write_text(src.stdout)
@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--d-sae", type=int, default=262144)
     ap.add_argument("--format", choices=["saelens", "gemma_scope_2"], default="saelens")
     ap.add_argument("--dir", default="/tmp/bench_sae_load")
-    ap.add_argument("--compare-main", action="store_true", help="also run main's load_sae")
+    ap.add_argument("--compare", metavar="REV", help="also run the load_sae of this git revision (e.g. 441c6f1)")
     ap.add_argument("--keep", action="store_true", help="keep the written files")
     ap.add_argument("--child", nargs=2, metavar=("FOLDER", "HOW"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -135,7 +135,7 @@ def main() -> None:
         print(
             json.dumps({"d_in": args.d_in, "d_sae": args.d_sae, "format": args.format, "file_gb": round(size / 1e9, 3)})
         )
-        for how in ["load_sae"] + (["main"] if args.compare_main else []):
+        for how in ["load_sae"] + ([f"rev:{args.compare}"] if args.compare else []):
             subprocess.run([sys.executable, __file__, "--child", str(folder), how], check=True)
     finally:
         if not args.keep:
