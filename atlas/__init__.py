@@ -20,6 +20,17 @@ from atlas.errors import (  # noqa: E402
 from atlas.migrations import SCHEMA_VERSION  # noqa: E402
 
 __all__ = [
-    "Atlas", "AtlasError", "BadQuery", "FeatureNotFound", "NeedsMigration", "NotAnAtlas",
-    "ReadOnlyAtlas", "SAENotFound", "SCHEMA_VERSION", "SchemaTooNew", "create_atlas", "migrate", "open_atlas",
-]  # fmt: skip
+    "Atlas",
+    "AtlasError",
+    "BadQuery",
+    "FeatureNotFound",
+    "NeedsMigration",
+    "NotAnAtlas",
+    "ReadOnlyAtlas",
+    "SAENotFound",
+    "SCHEMA_VERSION",
+    "SchemaTooNew",
+    "create_atlas",
+    "migrate",
+    "open_atlas",
+]

@@ -40,14 +40,39 @@ DEBUG_ENV = "SAE_ATLAS_DEBUG"
 
 # name -> (module, attribute, short help, what to install when the import fails)
 LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "build": ("builders.cli", "build", "Build an atlas from model and SAE weights.", "the build extra: pip install 'sae-atlas[build]'"),
+    "build": (
+        "builders.cli",
+        "build",
+        "Build an atlas from model and SAE weights.",
+        "the build extra: pip install 'sae-atlas[build]'",
+    ),
     "browse": ("tui.cli", "browse", "Browse an atlas in the terminal (Textual).", "textual: pip install 'sae-atlas'"),
-    "report": ("atlas.report", "report", "Write the paper-style report of an atlas.", "matplotlib: pip install 'sae-atlas'"),
-    "registry": ("builders.registry_cli", "registry", "Show or update SAELens's registry of pretrained dictionaries.", "the build extra: pip install 'sae-atlas[build]'"),
+    "report": (
+        "atlas.report",
+        "report",
+        "Write the paper-style report of an atlas.",
+        "matplotlib: pip install 'sae-atlas'",
+    ),
+    "registry": (
+        "builders.registry_cli",
+        "registry",
+        "Show or update SAELens's registry of pretrained dictionaries.",
+        "the build extra: pip install 'sae-atlas[build]'",
+    ),
     "import": ("atlas.neuronpedia.cli", "import_group", "Import Neuronpedia's public exports.", "sae-atlas"),
-    "serve": ("atlas.serve", "serve", "Serve the atlas read-only in Datasette on 127.0.0.1.", "Datasette: pip install 'sae-atlas[web]'"),
-    "trace": ("atlas.trace_cli", "trace_command", "Strongest paths from a feature through later or earlier layers.", "matplotlib: pip install 'sae-atlas'"),
-}  # fmt: skip
+    "serve": (
+        "atlas.serve",
+        "serve",
+        "Serve the atlas read-only in Datasette on 127.0.0.1.",
+        "Datasette: pip install 'sae-atlas[web]'",
+    ),
+    "trace": (
+        "atlas.trace_cli",
+        "trace_command",
+        "Strongest paths from a feature through later or earlier layers.",
+        "matplotlib: pip install 'sae-atlas'",
+    ),
+}
 
 
 def _one_line(text: str) -> str:
@@ -135,9 +160,11 @@ class LazyGroup(OneLineUsageGroup):
         except UnicodeDecodeError as e:
             # SQLite stores any bytes as TEXT; a damaged file can hold some that are not UTF-8
             raise click.ClickException(
-                _one_line(f"text in the atlas is not valid UTF-8 ({e.reason} at byte {e.start}): "
-                          "is the atlas damaged? `sae-atlas validate` checks it")
-            ) from None  # fmt: skip
+                _one_line(
+                    f"text in the atlas is not valid UTF-8 ({e.reason} at byte {e.start}): "
+                    "is the atlas damaged? `sae-atlas validate` checks it"
+                )
+            ) from None
         except (FileExistsError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
             raise click.ClickException(_one_line(str(e))) from None
         except OSError as e:
@@ -519,10 +546,23 @@ def _bar(frac: float, width: int = 12) -> str:
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
 @output_options
 def search(
-    db: Path | None, promotes: str | None, suppresses: str | None, driven_by: str | None, token: str | None,
-    phase: str, sign: str, exact_only: bool, max_rank: int | None, label_query: str | None, metric: str | None,
-    lo: float | None, hi: float | None, sae: str | None, limit: int, fmt: str,
-) -> None:  # fmt: skip
+    db: Path | None,
+    promotes: str | None,
+    suppresses: str | None,
+    driven_by: str | None,
+    token: str | None,
+    phase: str,
+    sign: str,
+    exact_only: bool,
+    max_rank: int | None,
+    label_query: str | None,
+    metric: str | None,
+    lo: float | None,
+    hi: float | None,
+    sae: str | None,
+    limit: int,
+    fmt: str,
+) -> None:
     """Find features by token (promotes / suppresses / driven by), by label text, or by metric range.
 
     Token text matches the way you type it: exact matches first (case and
@@ -602,9 +642,16 @@ def _no_token_hits(text: str, matches: Any, exact_only: bool) -> str:
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
 @output_options
 def top(
-    metric: str, db: Path | None, sae: str | None, layer: int | None, ascending: bool, lo: float | None,
-    hi: float | None, limit: int, fmt: str,
-) -> None:  # fmt: skip
+    metric: str,
+    db: Path | None,
+    sae: str | None,
+    layer: int | None,
+    ascending: bool,
+    lo: float | None,
+    hi: float | None,
+    limit: int,
+    fmt: str,
+) -> None:
     """Features ranked by METRIC, a column of the features table (du_top1_z, attn_q_mean, ...).
 
     \b
@@ -689,8 +736,10 @@ def sql(query: str, db: Path | None, params: tuple[tuple[str, str], ...], limit:
     path = resolve_db_path(db)
     if limit == 0 and fmt != "table":  # every row, written as it is read: constant memory
         with stream_sql(path, query, dict(params), timeout_s=timeout or None, hint=" (see --timeout)") as (
-            columns, rows, notes,
-        ):  # fmt: skip
+            columns,
+            rows,
+            notes,
+        ):
             for note in notes:
                 click.echo(f"note: {note}", err=True)
             write_rows(click.get_text_stream("stdout"), columns, rows, fmt)
@@ -828,9 +877,13 @@ WITH_OVERLAY_HELP = "Also copy your label overlay's labels (see `sae-atlas label
 @click.option("--with-overlay", is_flag=True, help=WITH_OVERLAY_HELP)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists")
 @click.option(
-    "--format", "out_format", type=click.Choice(["atlas", "neuronpedia"]), default="atlas", show_default=True,
+    "--format",
+    "out_format",
+    type=click.Choice(["atlas", "neuronpedia"]),
+    default="atlas",
+    show_default=True,
     help="atlas: a new atlas file; neuronpedia: folders OUT/<model>/<source>/ in Neuronpedia's export layout",
-)  # fmt: skip
+)
 @click.option("--model-id", default=None, help="neuronpedia: the model id (default: the model's name, URL-safe)")
 @click.option(
     "--source-set", default=None, help="neuronpedia: sources are <layer>-<set> (default set: sae-atlas-<site>)"
@@ -838,9 +891,17 @@ WITH_OVERLAY_HELP = "Also copy your label overlay's labels (see `sae-atlas label
 @click.option("--labels", "np_labels", is_flag=True, help="neuronpedia: also write the labels as explanations")
 @click.option("--plain", is_flag=True, help="neuronpedia: write .jsonl files, not .jsonl.gz")
 def export(
-    out: Path, db: Path | None, saes: tuple[str, ...], with_overlay: bool, force: bool, out_format: str,
-    model_id: str | None, source_set: str | None, np_labels: bool, plain: bool,
-) -> None:  # fmt: skip
+    out: Path,
+    db: Path | None,
+    saes: tuple[str, ...],
+    with_overlay: bool,
+    force: bool,
+    out_format: str,
+    model_id: str | None,
+    source_set: str | None,
+    np_labels: bool,
+    plain: bool,
+) -> None:
     """Write OUT, a self-contained atlas with only the SAEs named by --sae (all of them by default).
 
     It keeps the model, vocabulary and heads, those SAEs' features and every
@@ -880,15 +941,29 @@ def export(
 
 
 def _export_neuronpedia(
-    src: Path, out: Path, saes: tuple[str, ...], force: bool, model_id: str | None, source_set: str | None,
-    labels: bool, plain: bool,
-) -> None:  # fmt: skip
+    src: Path,
+    out: Path,
+    saes: tuple[str, ...],
+    force: bool,
+    model_id: str | None,
+    source_set: str | None,
+    labels: bool,
+    plain: bool,
+) -> None:
     from atlas.neuronpedia.exporter import export_neuronpedia
 
     _refuse_bundled_output(out)
     with open_ro(src) as atlas:
-        written = export_neuronpedia(atlas, out, list(saes), model_id=model_id, set_name=source_set,
-                                     labels=labels, compress=not plain, force=force)  # fmt: skip
+        written = export_neuronpedia(
+            atlas,
+            out,
+            list(saes),
+            model_id=model_id,
+            set_name=source_set,
+            labels=labels,
+            compress=not plain,
+            force=force,
+        )
     for w in written:
         expl = f", {w.explanations:,} explanations" if labels else ""
         click.echo(f"wrote {w.folder}: {w.sae} as {w.neuronpedia_id}, {w.features:,} features{expl}")
@@ -955,9 +1030,13 @@ def _with_folded(out: Path, force: bool, folding: list | None, write: Callable[[
 @cli.command()
 @db_option
 @click.option(
-    "-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
     help="Write an upgraded copy to OUT and leave the atlas as it is",
-)  # fmt: skip
+)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists")
 def migrate(db: Path | None, out: Path | None, force: bool) -> None:
     """Upgrade an atlas written by an older sae-atlas to this schema version, in place or into a copy (-o).
@@ -1027,12 +1106,20 @@ def stats(db: Path | None, fmt: str) -> None:
         ):
             kinds[(sae_id, kind)] = n
     emit(
+        [(*tuple(r)[1:], *(kinds.get((r[0], k), 0) for k in LABEL_KINDS)) for r in rows],
         [
-            (*tuple(r)[1:], *(kinds.get((r[0], k), 0) for k in LABEL_KINDS))
-            for r in rows
+            "sae",
+            "layer",
+            "site",
+            "d_sae",
+            "features",
+            "predicts_tokens",
+            "reads_tokens",
+            "attn_q_mean",
+            "attn_k_mean",
+            "attn_v_mean",
+            *LABEL_KINDS,
         ],
-        ["sae", "layer", "site", "d_sae", "features", "predicts_tokens", "reads_tokens", "attn_q_mean",
-         "attn_k_mean", "attn_v_mean", *LABEL_KINDS],
         fmt,
         empty="no SAEs in this atlas",
-    )  # fmt: skip
+    )

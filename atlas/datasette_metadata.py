@@ -29,59 +29,102 @@ _CREATE_RE = re.compile(r"CREATE\s+(?:VIRTUAL\s+)?(TABLE|VIEW)\s+IF\s+NOT\s+EXIS
 _COLUMN_RE = re.compile(r"\b([a-z_][a-z0-9_]*)\s+(?:INTEGER|TEXT|REAL|BLOB)\b", re.I)
 
 TITLES: dict[str, str] = {
-    "atlas_info": "About this atlas", "schema_migrations": "Schema migrations applied",
-    "models": "Models", "saes": "SAEs (dictionaries)", "features": "Features (SAE latents)",
-    "vocab": "Vocabulary", "token_scores": "Top tokens per feature", "heads": "Attention heads",
-    "head_scores": "Head scores per feature", "edges": "Feature-to-feature edges", "labels": "Labels",
-    "depth_profiles": "Attention depth profiles", "build_units": "Finished build units",
-    "labels_fts": "Label search index", "vocab_fts": "Token search index",
+    "atlas_info": "About this atlas",
+    "schema_migrations": "Schema migrations applied",
+    "models": "Models",
+    "saes": "SAEs (dictionaries)",
+    "features": "Features (SAE latents)",
+    "vocab": "Vocabulary",
+    "token_scores": "Top tokens per feature",
+    "heads": "Attention heads",
+    "head_scores": "Head scores per feature",
+    "edges": "Feature-to-feature edges",
+    "labels": "Labels",
+    "depth_profiles": "Attention depth profiles",
+    "build_units": "Finished build units",
+    "labels_fts": "Label search index",
+    "vocab_fts": "Token search index",
     "neuronpedia_agreement": "Agreement with Neuronpedia's logit tables",
     "activation_examples": "Activation examples",
-    "feature_names": "Feature names", "features_view": "Features with names and labels",
-    "token_scores_view": "Top tokens per feature, readable", "head_scores_view": "Head scores, readable",
-    "edges_view": "Edges, readable", "labels_view": "Labels with feature names", "sae_summary": "Per-SAE summary",
+    "feature_names": "Feature names",
+    "features_view": "Features with names and labels",
+    "token_scores_view": "Top tokens per feature, readable",
+    "head_scores_view": "Head scores, readable",
+    "edges_view": "Edges, readable",
+    "labels_view": "Labels with feature names",
+    "sae_summary": "Per-SAE summary",
     "neuronpedia_view": "Neuronpedia agreement, readable",
     "activation_examples_view": "Activation examples with feature names",
     "virtual_baselines": "Random baselines of virtual weights, per dictionary pair",
     "decoder_spread": "Cross-layer transcoders: decoder norm per layer written",
     "virtual_edges_view": "Virtual weights (writer -> reader) with layers and percentiles",
-}  # fmt: skip
+}
 
 # Columns the schema has no comment for, by name (in any table), or by what the name ends in.
 COLUMN_WORDS: dict[str, str] = {
-    "model_id": "the model (models.model_id)", "sae_id": "the SAE (saes.sae_id)",
-    "feature_id": "the feature, atlas-wide id (features.feature_id)", "token_id": "token id in the model's vocabulary",
-    "head_pk": "the attention head (heads.head_pk)", "layer": "layer index (0 = first block)",
-    "head": "head index within its layer", "role": "what the score measures (q, k, v, o or attribution)",
+    "model_id": "the model (models.model_id)",
+    "sae_id": "the SAE (saes.sae_id)",
+    "feature_id": "the feature, atlas-wide id (features.feature_id)",
+    "token_id": "token id in the model's vocabulary",
+    "head_pk": "the attention head (heads.head_pk)",
+    "layer": "layer index (0 = first block)",
+    "head": "head index within its layer",
+    "role": "what the score measures (q, k, v, o or attribution)",
     "phase": "du = decoder -> unembedding (what the feature writes); ee = embedding -> encoder (what drives it)",
-    "sign": "+1 = promoted / driven by, -1 = suppressed / inhibited by", "value": "the token's logit (du) or input score (ee)",
-    "score": "strength of the relation", "version": "schema version", "applied_at": "when it was applied (ISO-8601 UTC)",
-    "source_kind": "where the weights came from: hub, path, gguf or synthetic", "n_layers": "number of transformer blocks",
-    "d_model": "width of the residual stream", "n_heads": "attention (query) heads per layer",
+    "sign": "+1 = promoted / driven by, -1 = suppressed / inhibited by",
+    "value": "the token's logit (du) or input score (ee)",
+    "score": "strength of the relation",
+    "version": "schema version",
+    "applied_at": "when it was applied (ISO-8601 UTC)",
+    "source_kind": "where the weights came from: hub, path, gguf or synthetic",
+    "n_layers": "number of transformer blocks",
+    "d_model": "width of the residual stream",
+    "n_heads": "attention (query) heads per layer",
     "n_kv_heads": "key/value heads per layer (fewer than n_heads with grouped-query attention)",
-    "d_head": "width of one attention head", "d_vocab": "vocabulary size",
-    "tied_embeddings": "1 when the unembedding is the embedding transposed", "norm_kind": "layernorm, rmsnorm or gemma_rmsnorm",
+    "d_head": "width of one attention head",
+    "d_vocab": "vocabulary size",
+    "tied_embeddings": "1 when the unembedding is the embedding transposed",
+    "norm_kind": "layernorm, rmsnorm or gemma_rmsnorm",
     "embed_scale": "factor the embeddings are multiplied by (Gemma: sqrt(d_model))",
-    "attn_softcap": "attention logit softcap, if any", "final_softcap": "final logit softcap, if any",
-    "b_enc": "encoder bias of the latent", "pass": "the build pass", "chunk_start": "first latent index of the unit",
-    "chunk_end": "last latent index of the unit, exclusive", "finished_at": "when it finished (ISO-8601 UTC)",
-    "n": "number of (feature, head) pairs", "mean": "mean participation", "median": "median participation",
-    "p75": "75th percentile of participation", "kind": "what kind of row it is (see the table's description)",
+    "attn_softcap": "attention logit softcap, if any",
+    "final_softcap": "final logit softcap, if any",
+    "b_enc": "encoder bias of the latent",
+    "pass": "the build pass",
+    "chunk_start": "first latent index of the unit",
+    "chunk_end": "last latent index of the unit, exclusive",
+    "finished_at": "when it finished (ISO-8601 UTC)",
+    "n": "number of (feature, head) pairs",
+    "mean": "mean participation",
+    "median": "median participation",
+    "p75": "75th percentile of participation",
+    "kind": "what kind of row it is (see the table's description)",
     "site": "where the SAE reads the model: resid_pre, attn_z, attn_out, resid_mid, mlp_out or resid_post "
-            "(a transcoder or CLT: mlp_in or ln2_normalized)",
+    "(a transcoder or CLT: mlp_in or ln2_normalized)",
     "out_site": "where a transcoder or CLT writes (mlp_out); NULL for an SAE, which writes where it reads",
-    "idx": "latent index within its SAE", "name": "readable name",
-    "label_id": "the label (labels.label_id)", "text": "the label text", "created_at": "when it was made (ISO-8601 UTC)",
-    "d_in": "width of the SAE's input", "d_sae": "number of latents", "k": "active latents per token (top-k SAEs)",
-    "kv_group": "key/value head this query head reads", "edge_id": "the edge", "src_feature": "feature the edge leaves",
-    "dst_feature": "feature the edge reaches", "example_id": "the activation example", "rank": "0 = strongest",
-    "schema_version": "schema version the atlas was written at", "sae_atlas_version": "sae-atlas version that wrote it",
-    "architecture": "the SAE's activation: relu, jumprelu, topk or gated", "sha256": "sha256 of the weight file(s)",
+    "idx": "latent index within its SAE",
+    "name": "readable name",
+    "label_id": "the label (labels.label_id)",
+    "text": "the label text",
+    "created_at": "when it was made (ISO-8601 UTC)",
+    "d_in": "width of the SAE's input",
+    "d_sae": "number of latents",
+    "k": "active latents per token (top-k SAEs)",
+    "kv_group": "key/value head this query head reads",
+    "edge_id": "the edge",
+    "src_feature": "feature the edge leaves",
+    "dst_feature": "feature the edge reaches",
+    "example_id": "the activation example",
+    "rank": "0 = strongest",
+    "schema_version": "schema version the atlas was written at",
+    "sae_atlas_version": "sae-atlas version that wrote it",
+    "architecture": "the SAE's activation: relu, jumprelu, topk or gated",
+    "sha256": "sha256 of the weight file(s)",
     "src_sae_id": "the source dictionary, which writes (saes.sae_id)",
     "dst_sae_id": "the destination dictionary, which reads (saes.sae_id)",
     "out_layer": "a layer the CLT feature writes",
-    "notes": "free-text notes", "evidence": "JSON: what the label rests on (scores, tokens, the imported row's id)",
-}  # fmt: skip
+    "notes": "free-text notes",
+    "evidence": "JSON: what the label rests on (scores, tokens, the imported row's id)",
+}
 
 FOREIGN = "not defined by sae-atlas: served as the file has it"
 
@@ -110,22 +153,32 @@ DESCRIPTIONS: dict[str, str] = {
     "activation_examples_view": "activation_examples with the feature's name.",
 }
 _STAT_WORDS = {
-    "max": "maximum", "min": "minimum", "mean": "mean", "std": "standard deviation (population)",
-    "skew": "skewness", "kurtosis": "excess kurtosis (0 for a normal)",
-    "entropy": "entropy (nats) of softmax over the vocabulary", "top1_z": "(max - mean) / std",
-}  # fmt: skip
+    "max": "maximum",
+    "min": "minimum",
+    "mean": "mean",
+    "std": "standard deviation (population)",
+    "skew": "skewness",
+    "kurtosis": "excess kurtosis (0 for a normal)",
+    "entropy": "entropy (nats) of softmax over the vocabulary",
+    "top1_z": "(max - mean) / std",
+}
 _ROLE_WORDS = {"q": "queries", "k": "keys", "v": "values"}
 
 VIEW_COLUMNS: dict[str, str] = {
-    "src_layer": "layer of the source dictionary (a CLT: the layer it reads)", "src_site": "site the source reads",
-    "dst_layer": "layer of the destination dictionary", "dst_site": "site the destination reads",
-    "feature": "the feature's name, SAE/INDEX (e.g. L14.res/1234)", "sae": "the SAE's name (saes.name)",
+    "src_layer": "layer of the source dictionary (a CLT: the layer it reads)",
+    "src_site": "site the source reads",
+    "dst_layer": "layer of the destination dictionary",
+    "dst_site": "site the destination reads",
+    "feature": "the feature's name, SAE/INDEX (e.g. L14.res/1234)",
+    "sae": "the SAE's name (saes.name)",
     "label_kind": "kind of the newest heuristic label: semantic, non_semantic or free",
     "token": "the token as shown: whitespace made visible (' Paris' is '␣Paris')",
     "token_raw": "the token's text itself, whitespace as-is (WHERE token_raw = ' Paris')",
     "token_key": "the token's search key: case-folded, surrounding spaces stripped (WHERE token_key = 'paris')",
-    "src": "name of the feature the edge leaves", "dst": "name of the feature the edge reaches",
-    "head_layer": "layer of the head the edge goes through", "n_features": "features of the SAE in the atlas",
+    "src": "name of the feature the edge leaves",
+    "dst": "name of the feature the edge reaches",
+    "head_layer": "layer of the head the edge goes through",
+    "n_features": "features of the SAE in the atlas",
     "frac_predicts_tokens": "fraction of features that predict tokens (du criterion)",
     "frac_reads_tokens": "fraction of features that read tokens (ee criterion)",
     "sae_summary.attn_q_mean": "mean over the SAE's features of attn_q_mean",
@@ -133,24 +186,35 @@ VIEW_COLUMNS: dict[str, str] = {
     "sae_summary.attn_v_mean": "mean over the SAE's features of attn_v_mean",
     "feature_names.name": "the feature's name, SAE/INDEX (e.g. L14.res/1234)",
     "features_view.name": "the feature's name, SAE/INDEX (e.g. L14.res/1234)",
-    "sae_summary.name": "the SAE's name", "fts_rowid": "the token's row in vocab_fts (what ?_search= matches)",
+    "sae_summary.name": "the SAE's name",
+    "fts_rowid": "the token's row in vocab_fts (what ?_search= matches)",
     "pos_overlap": "pos_shared / pos_n: share of the top promoted tokens both lists hold",
     "neg_overlap": "neg_shared / neg_n: share of the top suppressed tokens both lists hold",
     "neuronpedia_url": "the feature's page on neuronpedia.org (when its SAE's neuronpedia_id is known)",
-}  # fmt: skip
+}
 
 # Datasette shows and filters these with Pint. Entropies are in nats, which their descriptions say: Pint has no
 # unit for that (its `nat` is a pressure), and a custom one breaks Datasette's display of the value.
 UNITS = {"percentile": "percent"}
 
 FACETS: dict[str, list[str]] = {
-    "saes": ["site", "architecture", "layer"], "features": ["sae_id", "predicts_tokens", "reads_tokens"],
-    "features_view": ["sae", "label_kind", "predicts_tokens", "reads_tokens"], "token_scores": ["phase", "sign"],
-    "token_scores_view": ["phase", "sign"], "head_scores": ["role"], "head_scores_view": ["role", "layer"],
-    "edges": ["kind"], "edges_view": ["kind"], "labels": ["kind", "source"], "labels_view": ["kind", "source"],
-    "depth_profiles": ["sae_id", "role"], "neuronpedia_agreement": ["pos_shared", "neg_shared"],
-    "neuronpedia_view": ["sae"], "activation_examples": ["source"], "activation_examples_view": ["source"],
-}  # fmt: skip
+    "saes": ["site", "architecture", "layer"],
+    "features": ["sae_id", "predicts_tokens", "reads_tokens"],
+    "features_view": ["sae", "label_kind", "predicts_tokens", "reads_tokens"],
+    "token_scores": ["phase", "sign"],
+    "token_scores_view": ["phase", "sign"],
+    "head_scores": ["role"],
+    "head_scores_view": ["role", "layer"],
+    "edges": ["kind"],
+    "edges_view": ["kind"],
+    "labels": ["kind", "source"],
+    "labels_view": ["kind", "source"],
+    "depth_profiles": ["sae_id", "role"],
+    "neuronpedia_agreement": ["pos_shared", "neg_shared"],
+    "neuronpedia_view": ["sae"],
+    "activation_examples": ["source"],
+    "activation_examples_view": ["source"],
+}
 
 
 def _comment(line: str) -> tuple[str, str]:
@@ -285,98 +349,143 @@ def canned_queries(tables: set[str]) -> dict[str, dict[str, Any]]:
         "promotes_token": ({"vocab", "token_scores"}, _token_query("du", 1, "promote")),
         "suppresses_token": ({"vocab", "token_scores"}, _token_query("du", -1, "suppress")),
         "driven_by_token": ({"vocab", "token_scores"}, _token_query("ee", 1, "are driven by")),
-        "feature": ({"features_view"}, {
-            "title": "A feature's card: its row", "description": "Every metric of one feature. " + _FEATURE_PARAM,
-            "sql": _FEATURE_CTE + "SELECT v.* FROM features_view v JOIN target USING (feature_id)",
-        }),
-        "feature_tokens": ({"token_scores"}, {
-            "title": "A feature's card: its top tokens",
-            "description": "What the feature promotes and suppresses (du) and what drives it (ee). " + _FEATURE_PARAM,
-            "sql": _FEATURE_CTE + "SELECT ts.phase, ts.sign, ts.rank, v.display AS token, ts.value, v.raw AS token_raw\n"
-            "FROM target JOIN token_scores ts USING (feature_id)\n"
-            "LEFT JOIN vocab v ON v.model_id = target.model_id AND v.token_id = ts.token_id\n"
-            "ORDER BY ts.phase, ts.sign DESC, ts.rank",
-        }),
-        "feature_labels": ({"labels"}, {
-            "title": "A feature's card: its labels", "description": _FEATURE_PARAM,
-            "sql": _FEATURE_CTE + "SELECT l.label_id, l.kind, l.source, l.score, l.text, l.created_at\n"
-            "FROM target JOIN labels l USING (feature_id) ORDER BY l.source = 'user' DESC, l.label_id DESC",
-        }),
-        "feature_heads": ({"head_scores", "heads"}, {
-            "title": "A feature's card: its attention heads", "description": _FEATURE_PARAM,
-            "sql": _FEATURE_CTE + "SELECT hs.role, h.layer, h.head, hs.score, hs.percentile\n"
-            "FROM target JOIN head_scores hs USING (feature_id) JOIN heads h USING (head_pk)\n"
-            "ORDER BY hs.role, hs.score DESC",
-        }),
-        "feature_edges": ({"edges_view"}, {
-            "title": "A feature's card: its edges and neighbours",
-            "description": "Edges out of and into the feature, strongest first within each kind. " + _FEATURE_PARAM,
-            "sql": _FEATURE_CTE + "SELECT CASE WHEN e.src_feature = target.feature_id THEN 'out' ELSE 'in' END AS "
-            "direction, e.kind, e.src, e.dst, e.head_layer, e.head, e.score, e.rank\n"
-            "FROM target JOIN edges_view e ON e.src_feature = target.feature_id OR e.dst_feature = target.feature_id\n"
-            "ORDER BY direction DESC, e.kind, abs(e.score) DESC LIMIT 500",
-        }),
-        "feature_neuronpedia": ({"neuronpedia_view"}, {
-            "title": "A feature's card: Neuronpedia", "description": "Its agreement with Neuronpedia's logit table "
-            "and its neuronpedia.org page. " + _FEATURE_PARAM,
-            "sql": _FEATURE_CTE + "SELECT n.* FROM target JOIN neuronpedia_view n USING (feature_id)",
-        }),
-        "feature_examples": ({"activation_examples"}, {
-            "title": "A feature's card: activation examples", "description": _FEATURE_PARAM,
-            "sql": _FEATURE_CTE + "SELECT e.rank, e.max_value, e.source, e.tokens, e.acts, e.max_index\n"
-            "FROM target JOIN activation_examples e USING (feature_id) ORDER BY e.source, e.rank",
-        }),
-        "top_features": ({"features"}, {
-            "title": "Top features by a metric",
-            "description": "The 100 features highest in a metric column of features (e.g. du_top1_z, attn_k_mean), "
-            "in one SAE or all (sae left empty).",
-            "sql": "SELECT s.name || '/' || f.idx AS feature, s.layer, s.site, CASE :metric\n" + metric_case
-            + "\n  END AS value\nFROM features f JOIN saes s ON s.sae_id = f.sae_id\n"
-            "WHERE (:sae = '' OR s.name = :sae) AND value IS NOT NULL\nORDER BY value DESC LIMIT 100",
-        }),
-        "search_tokens": ({"vocab_fts", "vocab", "token_scores"}, {
-            "title": "Search tokens",
-            "description": "Tokens whose text contains the text (3 characters or more; case and surrounding spaces "
-            "ignored), exact matches first, with how many features promote, suppress or are driven by each.",
-            "sql": "SELECT v.display AS token, v.raw AS token_raw, v.token_id, CASE WHEN v.key = lower(trim(:text)) "
-            "THEN 'exact' ELSE 'partial' END AS match,\n"
-            "  (SELECT COUNT(*) FROM token_scores ts WHERE ts.token_id = v.token_id AND ts.phase = 'du' AND ts.sign = 1)"
-            " AS promoted_by,\n"
-            "  (SELECT COUNT(*) FROM token_scores ts WHERE ts.token_id = v.token_id AND ts.phase = 'du' AND ts.sign = -1)"
-            " AS suppressed_by,\n"
-            "  (SELECT COUNT(*) FROM token_scores ts WHERE ts.token_id = v.token_id AND ts.phase = 'ee' AND ts.sign = 1)"
-            " AS driven_by\n"
-            "FROM vocab_fts f JOIN vocab v ON v.model_id = f.model_id AND v.token_id = f.token_id\n"
-            "WHERE vocab_fts MATCH '\"' || replace(lower(trim(:text)), '\"', '\"\"') || '\"'\n"
-            "ORDER BY match, length(v.key), v.token_id LIMIT 200",
-        }),
-        "search_labels": ({"labels_fts"}, {
-            "title": "Search labels", "description": "Labels matching a full-text query (FTS5: words are AND-ed, "
-            "\"a phrase\", prefix*), best match first.",
-            "sql": "SELECT s.name || '/' || f.idx AS feature, l.text, l.kind, l.source, l.feature_id\n"
-            "FROM labels_fts JOIN labels l ON l.label_id = labels_fts.rowid\n"
-            "JOIN features f ON f.feature_id = l.feature_id JOIN saes s ON s.sae_id = f.sae_id\n"
-            "WHERE labels_fts MATCH :query ORDER BY labels_fts.rank LIMIT 200",
-        }),
-        "virtual_neighbours": ({"edges_view"}, {
-            "title": "A feature's virtual-weight neighbours",
-            "description": "Features this one writes to or reads from through virtual weights (edges of kind "
-            "'virtual', between dictionaries at different depths), strongest first; no rows in an atlas built "
-            "without them. " + _FEATURE_PARAM,
-            "sql": _FEATURE_CTE + "SELECT CASE WHEN e.src_feature = target.feature_id THEN 'out' ELSE 'in' END AS "
-            "direction, e.src, e.dst, e.score, e.rank\n"
-            "FROM target JOIN edges_view e ON (e.src_feature = target.feature_id OR e.dst_feature = target.feature_id)"
-            " AND e.kind = 'virtual'\nORDER BY abs(e.score) DESC LIMIT 200",
-        }),
-        "neuronpedia_agreement_by_sae": ({"neuronpedia_view"}, {
-            "title": "Agreement with Neuronpedia, per SAE",
-            "description": "How far Neuronpedia's logit tables agree with the atlas's du lists, per SAE: "
-            "features compared, mean overlap of the top promoted / suppressed tokens, mean rank correlation.",
-            "sql": "SELECT sae, COUNT(*) AS features, AVG(pos_overlap) AS pos_overlap, AVG(pos_rank_corr) AS "
-            "pos_rank_corr, AVG(neg_overlap) AS neg_overlap, AVG(neg_rank_corr) AS neg_rank_corr\n"
-            "FROM neuronpedia_view GROUP BY sae ORDER BY sae",
-        }),
-    }  # fmt: skip
+        "feature": (
+            {"features_view"},
+            {
+                "title": "A feature's card: its row",
+                "description": "Every metric of one feature. " + _FEATURE_PARAM,
+                "sql": _FEATURE_CTE + "SELECT v.* FROM features_view v JOIN target USING (feature_id)",
+            },
+        ),
+        "feature_tokens": (
+            {"token_scores"},
+            {
+                "title": "A feature's card: its top tokens",
+                "description": "What the feature promotes and suppresses (du) and what drives it (ee). "
+                + _FEATURE_PARAM,
+                "sql": _FEATURE_CTE
+                + "SELECT ts.phase, ts.sign, ts.rank, v.display AS token, ts.value, v.raw AS token_raw\n"
+                "FROM target JOIN token_scores ts USING (feature_id)\n"
+                "LEFT JOIN vocab v ON v.model_id = target.model_id AND v.token_id = ts.token_id\n"
+                "ORDER BY ts.phase, ts.sign DESC, ts.rank",
+            },
+        ),
+        "feature_labels": (
+            {"labels"},
+            {
+                "title": "A feature's card: its labels",
+                "description": _FEATURE_PARAM,
+                "sql": _FEATURE_CTE + "SELECT l.label_id, l.kind, l.source, l.score, l.text, l.created_at\n"
+                "FROM target JOIN labels l USING (feature_id) ORDER BY l.source = 'user' DESC, l.label_id DESC",
+            },
+        ),
+        "feature_heads": (
+            {"head_scores", "heads"},
+            {
+                "title": "A feature's card: its attention heads",
+                "description": _FEATURE_PARAM,
+                "sql": _FEATURE_CTE + "SELECT hs.role, h.layer, h.head, hs.score, hs.percentile\n"
+                "FROM target JOIN head_scores hs USING (feature_id) JOIN heads h USING (head_pk)\n"
+                "ORDER BY hs.role, hs.score DESC",
+            },
+        ),
+        "feature_edges": (
+            {"edges_view"},
+            {
+                "title": "A feature's card: its edges and neighbours",
+                "description": "Edges out of and into the feature, strongest first within each kind. " + _FEATURE_PARAM,
+                "sql": _FEATURE_CTE + "SELECT CASE WHEN e.src_feature = target.feature_id THEN 'out' ELSE 'in' END AS "
+                "direction, e.kind, e.src, e.dst, e.head_layer, e.head, e.score, e.rank\n"
+                "FROM target JOIN edges_view e ON e.src_feature = target.feature_id OR e.dst_feature = target.feature_id\n"
+                "ORDER BY direction DESC, e.kind, abs(e.score) DESC LIMIT 500",
+            },
+        ),
+        "feature_neuronpedia": (
+            {"neuronpedia_view"},
+            {
+                "title": "A feature's card: Neuronpedia",
+                "description": "Its agreement with Neuronpedia's logit table "
+                "and its neuronpedia.org page. " + _FEATURE_PARAM,
+                "sql": _FEATURE_CTE + "SELECT n.* FROM target JOIN neuronpedia_view n USING (feature_id)",
+            },
+        ),
+        "feature_examples": (
+            {"activation_examples"},
+            {
+                "title": "A feature's card: activation examples",
+                "description": _FEATURE_PARAM,
+                "sql": _FEATURE_CTE + "SELECT e.rank, e.max_value, e.source, e.tokens, e.acts, e.max_index\n"
+                "FROM target JOIN activation_examples e USING (feature_id) ORDER BY e.source, e.rank",
+            },
+        ),
+        "top_features": (
+            {"features"},
+            {
+                "title": "Top features by a metric",
+                "description": "The 100 features highest in a metric column of features (e.g. du_top1_z, attn_k_mean), "
+                "in one SAE or all (sae left empty).",
+                "sql": "SELECT s.name || '/' || f.idx AS feature, s.layer, s.site, CASE :metric\n"
+                + metric_case
+                + "\n  END AS value\nFROM features f JOIN saes s ON s.sae_id = f.sae_id\n"
+                "WHERE (:sae = '' OR s.name = :sae) AND value IS NOT NULL\nORDER BY value DESC LIMIT 100",
+            },
+        ),
+        "search_tokens": (
+            {"vocab_fts", "vocab", "token_scores"},
+            {
+                "title": "Search tokens",
+                "description": "Tokens whose text contains the text (3 characters or more; case and surrounding spaces "
+                "ignored), exact matches first, with how many features promote, suppress or are driven by each.",
+                "sql": "SELECT v.display AS token, v.raw AS token_raw, v.token_id, CASE WHEN v.key = lower(trim(:text)) "
+                "THEN 'exact' ELSE 'partial' END AS match,\n"
+                "  (SELECT COUNT(*) FROM token_scores ts WHERE ts.token_id = v.token_id AND ts.phase = 'du' AND ts.sign = 1)"
+                " AS promoted_by,\n"
+                "  (SELECT COUNT(*) FROM token_scores ts WHERE ts.token_id = v.token_id AND ts.phase = 'du' AND ts.sign = -1)"
+                " AS suppressed_by,\n"
+                "  (SELECT COUNT(*) FROM token_scores ts WHERE ts.token_id = v.token_id AND ts.phase = 'ee' AND ts.sign = 1)"
+                " AS driven_by\n"
+                "FROM vocab_fts f JOIN vocab v ON v.model_id = f.model_id AND v.token_id = f.token_id\n"
+                "WHERE vocab_fts MATCH '\"' || replace(lower(trim(:text)), '\"', '\"\"') || '\"'\n"
+                "ORDER BY match, length(v.key), v.token_id LIMIT 200",
+            },
+        ),
+        "search_labels": (
+            {"labels_fts"},
+            {
+                "title": "Search labels",
+                "description": "Labels matching a full-text query (FTS5: words are AND-ed, "
+                '"a phrase", prefix*), best match first.',
+                "sql": "SELECT s.name || '/' || f.idx AS feature, l.text, l.kind, l.source, l.feature_id\n"
+                "FROM labels_fts JOIN labels l ON l.label_id = labels_fts.rowid\n"
+                "JOIN features f ON f.feature_id = l.feature_id JOIN saes s ON s.sae_id = f.sae_id\n"
+                "WHERE labels_fts MATCH :query ORDER BY labels_fts.rank LIMIT 200",
+            },
+        ),
+        "virtual_neighbours": (
+            {"edges_view"},
+            {
+                "title": "A feature's virtual-weight neighbours",
+                "description": "Features this one writes to or reads from through virtual weights (edges of kind "
+                "'virtual', between dictionaries at different depths), strongest first; no rows in an atlas built "
+                "without them. " + _FEATURE_PARAM,
+                "sql": _FEATURE_CTE + "SELECT CASE WHEN e.src_feature = target.feature_id THEN 'out' ELSE 'in' END AS "
+                "direction, e.src, e.dst, e.score, e.rank\n"
+                "FROM target JOIN edges_view e ON (e.src_feature = target.feature_id OR e.dst_feature = target.feature_id)"
+                " AND e.kind = 'virtual'\nORDER BY abs(e.score) DESC LIMIT 200",
+            },
+        ),
+        "neuronpedia_agreement_by_sae": (
+            {"neuronpedia_view"},
+            {
+                "title": "Agreement with Neuronpedia, per SAE",
+                "description": "How far Neuronpedia's logit tables agree with the atlas's du lists, per SAE: "
+                "features compared, mean overlap of the top promoted / suppressed tokens, mean rank correlation.",
+                "sql": "SELECT sae, COUNT(*) AS features, AVG(pos_overlap) AS pos_overlap, AVG(pos_rank_corr) AS "
+                "pos_rank_corr, AVG(neg_overlap) AS neg_overlap, AVG(neg_rank_corr) AS neg_rank_corr\n"
+                "FROM neuronpedia_view GROUP BY sae ORDER BY sae",
+            },
+        ),
+    }
     return {name: query for name, (needs, query) in q.items() if needs <= tables}
 
 

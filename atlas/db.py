@@ -187,9 +187,13 @@ def connect(path: str | os.PathLike, *, readonly: bool = True, deadline_s: float
     resolved = p.resolve().as_posix()
     params, exclusive = _read_params(p) if readonly else ({"mode": "rw"}, False)
     conn = sqlite3.connect(
-        resolved_uri(resolved, params), uri=True, check_same_thread=False, isolation_level=None,
-        timeout=BUSY_TIMEOUT_S, factory=AtlasConnection,
-    )  # fmt: skip
+        resolved_uri(resolved, params),
+        uri=True,
+        check_same_thread=False,
+        isolation_level=None,
+        timeout=BUSY_TIMEOUT_S,
+        factory=AtlasConnection,
+    )
     try:
         conn.budget = Budget(deadline_s)
         conn.set_progress_handler(conn.budget, PROGRESS_STEPS)

@@ -22,8 +22,15 @@ TRANSCODER_SITES: tuple[str, ...] = ("mlp_in", "ln2_normalized")
 READ_SITES: tuple[str, ...] = SITES + TRANSCODER_SITES  # saes.site and saes.out_site
 # Every site in forward-pass order within one block (for listing the dictionaries of one layer).
 FORWARD_SITES: tuple[str, ...] = (
-    "resid_pre", "attn_z", "attn_out", "resid_mid", "mlp_in", "ln2_normalized", "mlp_out", "resid_post",
-)  # fmt: skip
+    "resid_pre",
+    "attn_z",
+    "attn_out",
+    "resid_mid",
+    "mlp_in",
+    "ln2_normalized",
+    "mlp_out",
+    "resid_post",
+)
 
 # Short suffix of a site in default SAE names: L12.res, L5.z, L3.mlp ...
 SITE_SHORT: dict[str, str] = {
@@ -42,9 +49,15 @@ SITE_SHORT: dict[str, str] = {
 # residual stream adds at resid_mid; mlp_in / ln2_normalized read resid_mid through the MLP's norm;
 # mlp_out is what the MLP adds, which resid_post of L includes.
 _STREAM_OFFSET = {
-    "resid_pre": 0, "attn_z": 2, "attn_out": 2, "resid_mid": 4,
-    "mlp_in": 5, "ln2_normalized": 5, "mlp_out": 6, "resid_post": 8,
-}  # fmt: skip
+    "resid_pre": 0,
+    "attn_z": 2,
+    "attn_out": 2,
+    "resid_mid": 4,
+    "mlp_in": 5,
+    "ln2_normalized": 5,
+    "mlp_out": 6,
+    "resid_post": 8,
+}
 
 
 def stream_position(site: str, layer: int) -> int:
@@ -96,13 +109,37 @@ SAE_KINDS: tuple[str, ...] = ("sae", "transcoder", "skip_transcoder", "clt")
 # Columns of `features` a build fills and a user can rank, filter and show: schema order, one line per group
 # of columns as in schema.sql.
 METRIC_COLUMNS: tuple[str, ...] = (
-    "dec_norm", "enc_norm", "b_enc", "threshold",
-    "du_max", "du_min", "du_mean", "du_std", "du_skew", "du_kurtosis", "du_entropy", "du_top1_z",
-    "ee_max", "ee_min", "ee_mean", "ee_std", "ee_skew", "ee_kurtosis", "ee_entropy", "ee_top1_z",
-    "predicts_tokens", "reads_tokens",
-    "attn_q_mean", "attn_k_mean", "attn_v_mean", "attn_q_max", "attn_k_max", "attn_v_max",
-    "top_head", "top_head_share",
-)  # fmt: skip
+    "dec_norm",
+    "enc_norm",
+    "b_enc",
+    "threshold",
+    "du_max",
+    "du_min",
+    "du_mean",
+    "du_std",
+    "du_skew",
+    "du_kurtosis",
+    "du_entropy",
+    "du_top1_z",
+    "ee_max",
+    "ee_min",
+    "ee_mean",
+    "ee_std",
+    "ee_skew",
+    "ee_kurtosis",
+    "ee_entropy",
+    "ee_top1_z",
+    "predicts_tokens",
+    "reads_tokens",
+    "attn_q_mean",
+    "attn_k_mean",
+    "attn_v_mean",
+    "attn_q_max",
+    "attn_k_max",
+    "attn_v_max",
+    "top_head",
+    "top_head_share",
+)
 
 
 # ---------------------------------------------------------------- tables

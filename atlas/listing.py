@@ -230,13 +230,18 @@ def feature_page(
         lab = labels.get(r["feature_id"])
         rows.append(
             FeatureRow(
-                feature_id=r["feature_id"], name=f"{sae_name}/{r['idx']}", sae=sae_name, layer=layer,
-                value=r["value"], metrics={c: r[c] for c in ROW_METRICS},
+                feature_id=r["feature_id"],
+                name=f"{sae_name}/{r['idx']}",
+                sae=sae_name,
+                layer=layer,
+                value=r["value"],
+                metrics={c: r[c] for c in ROW_METRICS},
                 top_tokens=tuple(toks.get(r["feature_id"], ())),
-                label=lab[0] if lab else None, label_kind=lab[1] if lab else None,
+                label=lab[0] if lab else None,
+                label_kind=lab[1] if lab else None,
                 label_source=lab[2] if lab else None,
             )
-        )  # fmt: skip
+        )
     cursor = (rows[-1].value, rows[-1].feature_id) if more and rows else None
     return Page(rows, cursor)
 

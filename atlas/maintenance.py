@@ -272,9 +272,11 @@ def _check_column_types(conn: sqlite3.Connection, quick: bool) -> tuple[bool, st
 
 # Text columns sae-atlas shows, checked for UTF-8 (SQLite stores any bytes as TEXT; reading them fails later).
 _TEXT_COLUMNS = {
-    "models": ("name", "source", "architecture", "norm_kind", "notes"), "saes": ("name", "hook_name", "site", "source"),
-    "vocab": ("raw", "display", "key"), "labels": ("text", "kind", "source"),
-}  # fmt: skip
+    "models": ("name", "source", "architecture", "norm_kind", "notes"),
+    "saes": ("name", "hook_name", "site", "source"),
+    "vocab": ("raw", "display", "key"),
+    "labels": ("text", "kind", "source"),
+}
 
 
 def _check_utf8(conn: sqlite3.Connection, quick: bool) -> tuple[bool, str]:

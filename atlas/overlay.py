@@ -131,9 +131,12 @@ class LabelOverlay:
     def _open(self, *, write: bool) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
-                _file_uri(self.path, "rw" if write else "ro"), uri=True, timeout=BUSY_TIMEOUT_S,
-                isolation_level=None, check_same_thread=False,
-            )  # fmt: skip
+                _file_uri(self.path, "rw" if write else "ro"),
+                uri=True,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
         except sqlite3.Error as e:
             raise OverlayError(f"label overlay {self.path}: cannot open ({e})") from None
         try:
@@ -338,17 +341,34 @@ class LabelOverlay:
 
 _COLUMNS = "label_id, feature_id, text, kind, source, created_at"
 _OBJECTS = frozenset(
-    {"overlay_info", "labels", "labels_feature", "labels_fts", "labels_fts_data", "labels_fts_idx",
-     "labels_fts_docsize", "labels_fts_config", "sqlite_autoindex_labels_fts_idx_1", "sqlite_autoindex_labels_fts_config_1"}
-)  # fmt: skip
+    {
+        "overlay_info",
+        "labels",
+        "labels_feature",
+        "labels_fts",
+        "labels_fts_data",
+        "labels_fts_idx",
+        "labels_fts_docsize",
+        "labels_fts_config",
+        "sqlite_autoindex_labels_fts_idx_1",
+        "sqlite_autoindex_labels_fts_config_1",
+    }
+)
 _COLUMNS_L = "l.label_id, l.feature_id, l.text, l.kind, l.source, l.created_at"
 
 
 def _label(r: tuple) -> Label:
     return Label(
-        label_id=r[0], feature_id=r[1], text=r[2], kind=r[3], source=r[4], score=None, evidence=None,
-        created_at=r[5], stored_in="overlay",
-    )  # fmt: skip
+        label_id=r[0],
+        feature_id=r[1],
+        text=r[2],
+        kind=r[3],
+        source=r[4],
+        score=None,
+        evidence=None,
+        created_at=r[5],
+        stored_in="overlay",
+    )
 
 
 def _trigger_key(sql: str | None) -> str:

@@ -100,8 +100,14 @@ def verdict_criteria(provenance: dict[str, Any]) -> dict[str, dict[str, Any]]:
         at = f"{WHERE}.criteria.{col}"
         if not isinstance(rule, dict):
             raise BadProvenance(f"{at} is a JSON {_json_type(rule)}, not an object; {DAMAGE_HINT}")
-        for key, kinds in (("column", (str,)), ("tau", (int, float)), ("how", (str,)), ("sql", (str,)),
-                           ("quantile", (int, float)), ("n_random", (int,))):  # fmt: skip
+        for key, kinds in (
+            ("column", (str,)),
+            ("tau", (int, float)),
+            ("how", (str,)),
+            ("sql", (str,)),
+            ("quantile", (int, float)),
+            ("n_random", (int,)),
+        ):
             v = rule.get(key)
             if v is not None and (not isinstance(v, kinds) or isinstance(v, bool)):
                 raise BadProvenance(f"{at}.{key} is a JSON {_json_type(v)}, not a {_kind_name(kinds)}; {DAMAGE_HINT}")

@@ -40,11 +40,13 @@ def _join(parts: list[str], sep: str = " · ") -> str:
 
 def _model(m: dict) -> str:
     sha = _s(m.get("sha256"))
-    return _join([
-        _s(m.get("source")) + (f" ({_s(m.get('source_kind'))})" if m.get("source_kind") else ""),
-        f"read as {_s(m.get('dtype'))}" if m.get("dtype") else "",
-        f"sha256 {sha[:12]}…" if len(sha) > 12 else (f"sha256 {sha}" if sha else ""),
-    ])  # fmt: skip
+    return _join(
+        [
+            _s(m.get("source")) + (f" ({_s(m.get('source_kind'))})" if m.get("source_kind") else ""),
+            f"read as {_s(m.get('dtype'))}" if m.get("dtype") else "",
+            f"sha256 {sha[:12]}…" if len(sha) > 12 else (f"sha256 {sha}" if sha else ""),
+        ]
+    )
 
 
 def _saes(saes: list) -> str:

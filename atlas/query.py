@@ -40,12 +40,29 @@ from atlas.schema_check import SchemaReport, view_definitions
 # PRAGMAs that only report, allowed without an argument (or as table-valued functions).
 READ_PRAGMAS = frozenset(
     {
-        "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
-        "foreign_key_list", "user_version", "schema_version", "page_count", "page_size",
-        "freelist_count", "encoding", "application_id", "compile_options", "function_list",
-        "pragma_list", "collation_list", "module_list", "database_list", "data_version",
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "user_version",
+        "schema_version",
+        "page_count",
+        "page_size",
+        "freelist_count",
+        "encoding",
+        "application_id",
+        "compile_options",
+        "function_list",
+        "pragma_list",
+        "collation_list",
+        "module_list",
+        "database_list",
+        "data_version",
     }
-)  # fmt: skip
+)
 
 # PRAGMAs in READ_PRAGMAS that would set a value when given an argument.
 _SETTABLE_PRAGMAS = frozenset({"user_version", "schema_version", "application_id", "page_size", "encoding"})

@@ -301,13 +301,17 @@ class AtlasReader:
         for key in sorted(groups):
             kept.extend(sorted(groups[key], key=lambda r: -abs(r[6]))[:per_kind])
         ids = {r[2] for r in kept} | {r[3] for r in kept}
-        names = dict(
-            self.conn.execute(
-                "SELECT f.feature_id, s.name || '/' || f.idx FROM features f JOIN saes s ON s.sae_id = f.sae_id "
-                f"WHERE f.feature_id IN ({','.join('?' * len(ids))})",
-                list(ids),
-            ).fetchall()
-        ) if ids else {}  # fmt: skip
+        names = (
+            dict(
+                self.conn.execute(
+                    "SELECT f.feature_id, s.name || '/' || f.idx FROM features f JOIN saes s ON s.sae_id = f.sae_id "
+                    f"WHERE f.feature_id IN ({','.join('?' * len(ids))})",
+                    list(ids),
+                ).fetchall()
+            )
+            if ids
+            else {}
+        )
         out: dict[str, list[Edge]] = {d: [] for d in directions}
         for d, k, src, dst, layer, head, score, rank, pct in kept:
             e = (k, names.get(src, f"#{src}"), names.get(dst, f"#{dst}"), src, dst, layer, head, score, rank, pct)

@@ -183,14 +183,30 @@ def exp1_tables(data: ReportData) -> list[Table]:
         headers += ["tokens agree", "mean shared", "chance"]
     rows = []
     for i, name in enumerate(t.saes.name):
-        row = [name, str(t.saes.layer[i]), t.saes.site[i], _f(t.n_features[i]), _pct(t.frac_predicts[i]),
-               _pct(t.frac_reads[i]), _pct(t.frac_both[i]), _f(t.jaccard[i])]  # fmt: skip
+        row = [
+            name,
+            str(t.saes.layer[i]),
+            t.saes.site[i],
+            _f(t.n_features[i]),
+            _pct(t.frac_predicts[i]),
+            _pct(t.frac_reads[i]),
+            _pct(t.frac_both[i]),
+            _f(t.jaccard[i]),
+        ]
         if o is not None:
             row += [_pct(o.frac_agree[i]), _f(o.mean_shared[i], 2), _f(o.chance_shared[i], 2)]
         rows.append(row)
     a = t.overall
-    row = ["**all**", "", "", _f(int(a["n_features"])), _pct(a["frac_predicts"]), _pct(a["frac_reads"]),
-           _pct(a["frac_both"]), _f(a["jaccard"])]  # fmt: skip
+    row = [
+        "**all**",
+        "",
+        "",
+        _f(int(a["n_features"])),
+        _pct(a["frac_predicts"]),
+        _pct(a["frac_reads"]),
+        _pct(a["frac_both"]),
+        _f(a["jaccard"]),
+    ]
     if o is not None:
         b = o.overall
         row += [_pct(b["frac_agree"]), _f(b["mean_shared"], 2), _f(b["chance_shared"], 2)]
@@ -224,7 +240,7 @@ def exp2_tables(data: ReportData) -> list[Table]:
                 "value side",
                 "above baseline q / k / v",
                 "baseline",
-            ],  # fmt: skip
+            ],
             rows,
         )
     ]
@@ -242,7 +258,7 @@ def exp2_tables(data: ReportData) -> list[Table]:
                 _p(v.p_value),
                 _p(v.min_p),
                 f"{v.n_permutations:,}{'' if v.exact else ' (random)'}",
-            ]  # fmt: skip
+            ]
             for v in data.variability
         ]
         tables.append(
@@ -258,7 +274,7 @@ def exp2_tables(data: ReportData) -> list[Table]:
                     "p (permutation)",
                     "smallest p possible",
                     "permutations",
-                ],  # fmt: skip
+                ],
                 vrows,
             )
         )
@@ -280,9 +296,21 @@ def exp3_tables(data: ReportData) -> list[Table]:
     for role in stats.ROLES:
         for r in [x for x in s.rows if x.role == role] + [x for x in s.pooled if x.role == role]:
             name = "**all**" if r.sae == "all" else r.sae
-            rows.append([role, name, _f(r.n_sem), _f(r.n_non), f"{_f(r.mean_sem)} / {_f(r.mean_non)}",
-                         f"{_f(r.median_sem)} / {_f(r.median_non)}", f"{_f(r.p75_sem)} / {_f(r.p75_non)}",
-                         _f(r.cliffs_delta), _f(r.cohens_d), _p(r.p_value), _p(r.p_holm)])  # fmt: skip
+            rows.append(
+                [
+                    role,
+                    name,
+                    _f(r.n_sem),
+                    _f(r.n_non),
+                    f"{_f(r.mean_sem)} / {_f(r.mean_non)}",
+                    f"{_f(r.median_sem)} / {_f(r.median_non)}",
+                    f"{_f(r.p75_sem)} / {_f(r.p75_non)}",
+                    _f(r.cliffs_delta),
+                    _f(r.cohens_d),
+                    _p(r.p_value),
+                    _p(r.p_holm),
+                ]
+            )
     return [
         Table(
             "Experiment 3: semantic against non-semantic features (semantic / non-semantic)",
@@ -411,11 +439,12 @@ def exp2_paragraph(data: ReportData) -> str:
     if not data.variability:
         verdicts.append("no series has query and key scores at two or more layers, so the variability was not tested")
     verdicts.append(
-        "U-shaped or inverted-U profiles: " + (", ".join(curved) if curved else "none here")
+        "U-shaped or inverted-U profiles: "
+        + (", ".join(curved) if curved else "none here")
         + " (the shape rule needs each arm monotone by Kendall's tau-b >= 0.6 with at most a third of its steps "
         "going back by more than 5% of the mean, and says 'no clear trend' when the curve zigzags; see "
         "atlas/stats.py `profile_shape`)"
-    )  # fmt: skip
+    )
     text += (
         f"A paired sign-flip permutation test over L layers can give p no smaller than 2 / 2^L (swapping no layer "
         f"and swapping all of them give the same statistic), so p < {stats.ALPHA:g} needs at least "
@@ -547,8 +576,9 @@ def plot_figures(data: ReportData, out_dir: Path) -> list[str]:
 
     written = []
     # No pyplot: Figure objects need no backend and leave no global state behind.
-    with matplotlib.rc_context({"svg.hashsalt": "sae-atlas", "font.size": 9, "axes.spines.top": False,
-                                "axes.spines.right": False}):  # fmt: skip
+    with matplotlib.rc_context(
+        {"svg.hashsalt": "sae-atlas", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
+    ):
         for name, fn in (("exp1_predicts", _fig_exp1), ("exp2_depth", _fig_exp2), ("exp3_semantic", _fig_exp3)):
             fig = fn(data)
             if fig is None:
@@ -596,8 +626,14 @@ def _fig_exp1(data: ReportData) -> Any:
         if o is not None:
             ax.plot(x, o.frac_agree[idx], ls, marker="d", color="#2ca02c", label="input/output tokens agree" + suffix)
     ax.axhline(stats.PAPER_PREDICTS_FRACTION, color="black", lw=0.8, ls=(0, (4, 3)))
-    ax.annotate("paper: ≈ 1/4 predict", (0.0, stats.PAPER_PREDICTS_FRACTION), xycoords=("axes fraction", "data"),
-                xytext=(3, 3), textcoords="offset points", fontsize=8)  # fmt: skip
+    ax.annotate(
+        "paper: ≈ 1/4 predict",
+        (0.0, stats.PAPER_PREDICTS_FRACTION),
+        xycoords=("axes fraction", "data"),
+        xytext=(3, 3),
+        textcoords="offset points",
+        fontsize=8,
+    )
     ax.set_xlabel("layer of the SAE")
     ax.set_ylabel("fraction of features")
     shown = [t.frac_predicts, t.frac_reads] + ([o.frac_agree] if o is not None else [])  # every curve drawn fits
@@ -661,8 +697,9 @@ def _fig_exp3(data: ReportData) -> Any:
                     continue
                 if len(vals) > VIOLIN_MAX_POINTS:
                     vals = rng.choice(vals, VIOLIN_MAX_POINTS, replace=False)
-                parts = ax.violinplot([vals], positions=[i + offset], widths=0.38, showmedians=True,
-                                      showextrema=False, quantiles=[[0.75]])  # fmt: skip
+                parts = ax.violinplot(
+                    [vals], positions=[i + offset], widths=0.38, showmedians=True, showextrema=False, quantiles=[[0.75]]
+                )
                 for body in parts["bodies"]:
                     body.set_facecolor(GROUP_COLORS[group])
                     body.set_edgecolor(GROUP_COLORS[group])
@@ -685,8 +722,11 @@ def _fig_exp3(data: ReportData) -> Any:
 
     axes[0, 0].legend(
         handles=[Patch(color=GROUP_COLORS[g], alpha=0.55, label=g.replace("_", "-")) for g in GROUP_COLORS],
-        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-    )  # fmt: skip
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+    )
     fig.suptitle(
         "Experiment 3: semantic vs non-semantic participation\n(dot: mean; line: median; thin line: P75; y axis cut at the 1st and 99th percentiles)"
     )
@@ -748,8 +788,12 @@ def terminal_plots(data: ReportData, *, width: int = 90, color: bool = False) ->
             for i, role in enumerate(stats.ROLES):
                 rows = [r for r in s.rows if r.role == role and series[r.sae] == name]
                 tag = "" if len(names) == 1 else f" · {name}"
-                curve(np.array([r.layer for r in rows]), np.array([r.cliffs_delta for r in rows]), role + tag,
-                      markers[(3 * j + i) % 6])  # fmt: skip
+                curve(
+                    np.array([r.layer for r in rows]),
+                    np.array([r.cliffs_delta for r in rows]),
+                    role + tag,
+                    markers[(3 * j + i) % 6],
+                )
         plt.hline(0.0)
         out.append(plt.build())
     plt.clear_figure()
@@ -804,7 +848,7 @@ def _builder_details(d: stats.DepthProfiles) -> list[str]:
             _f(r["median"]),
             _f(r["p75"]),
             _pct(r["frac_above"] if r["frac_above"] is not None else math.nan),
-        ]  # fmt: skip
+        ]
         for r in d.builder
     ]
     tab = Table(
@@ -883,16 +927,42 @@ def write_report(data: ReportData, out_dir: Path, *, figures: bool = True) -> li
 
 @click.command("report", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("atlas_path", metavar="[ATLAS]", required=False, type=click.Path(dir_okay=False))
-@click.option("--db", "db", type=click.Path(dir_okay=False), default=None,
-              help="Atlas file, as the ATLAS argument (default: the group's --db, $SAE_ATLAS_DB, atlas.db.example)")  # fmt: skip
-@click.option("-o", "--out", "out_dir", default="atlas-report", show_default=True, metavar="DIR",
-              help="Folder for report.md, report.json and the figures (created; files in it are replaced)")  # fmt: skip
-@click.option("--min-shared", default=1, show_default=True, type=click.IntRange(1),
-              help="Shared tokens for a feature's input and output tokens to count as agreeing")  # fmt: skip
-@click.option("--top", type=click.IntRange(1), default=None,
-              help="Compare only the top N tokens of each list (default: all stored)")  # fmt: skip
-@click.option("--overlap-max-features", default=200_000, show_default=True, type=click.IntRange(1),
-              help="Above this many features, estimate token agreement on a uniform sample of this size")  # fmt: skip
+@click.option(
+    "--db",
+    "db",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Atlas file, as the ATLAS argument (default: the group's --db, $SAE_ATLAS_DB, atlas.db.example)",
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    default="atlas-report",
+    show_default=True,
+    metavar="DIR",
+    help="Folder for report.md, report.json and the figures (created; files in it are replaced)",
+)
+@click.option(
+    "--min-shared",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Shared tokens for a feature's input and output tokens to count as agreeing",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(1),
+    default=None,
+    help="Compare only the top N tokens of each list (default: all stored)",
+)
+@click.option(
+    "--overlap-max-features",
+    default=200_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Above this many features, estimate token agreement on a uniform sample of this size",
+)
 @click.option("--plots/--no-plots", "terminal", default=True, help="Show the plots in the terminal too")
 @click.option(
     "--figures/--no-figures", default=True, help="Write the PNG and SVG figures (without: tables and JSON only)"

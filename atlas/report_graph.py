@@ -63,11 +63,14 @@ class GraphSection:
             rows = [p for p in self.pairs if p.distance == d]
             above = [p.frac_above_p99 for p in rows if p.frac_above_p99 is not None]
             med = [p.median_rank0_percentile for p in rows if p.median_rank0_percentile is not None]
-            out.append({
-                "distance": d, "pairs": len(rows),
-                "median_frac_above_p99": float(np.median(above)) if above else None,
-                "median_rank0_percentile": float(np.median(med)) if med else None,
-            })  # fmt: skip
+            out.append(
+                {
+                    "distance": d,
+                    "pairs": len(rows),
+                    "median_frac_above_p99": float(np.median(above)) if above else None,
+                    "median_rank0_percentile": float(np.median(med)) if med else None,
+                }
+            )
         return out
 
 
@@ -96,13 +99,21 @@ def graph_section(conn: sqlite3.Connection, *, max_features: int = 50_000) -> Gr
         pct = rank0.get((src_id, dst_id), np.zeros(0))
         section.pairs.append(
             PairRow(
-                src=str(src), dst=str(dst), src_layer=s_layer, dst_layer=d_layer, distance=d_layer - s_layer,
-                d_sae_dst=d_sae, n_pairs=n_pairs, frac_above_p99=_num(above), frac_above_p999=_num(above999),
-                n_rank0=len(pct), median_rank0_percentile=float(np.median(pct)) if len(pct) else None,
+                src=str(src),
+                dst=str(dst),
+                src_layer=s_layer,
+                dst_layer=d_layer,
+                distance=d_layer - s_layer,
+                d_sae_dst=d_sae,
+                n_pairs=n_pairs,
+                frac_above_p99=_num(above),
+                frac_above_p999=_num(above999),
+                n_rank0=len(pct),
+                median_rank0_percentile=float(np.median(pct)) if len(pct) else None,
                 frac_rank0_above_p99=float(np.mean(pct >= 99.0)) if len(pct) else None,
                 chance_rank0_percentile=100.0 * 0.5 ** (1.0 / d_sae),
             )
-        )  # fmt: skip
+        )
     return section
 
 
@@ -160,13 +171,32 @@ def table_rows(section: GraphSection | None) -> list[tuple[str, list[str], list[
     if section is None:
         return []
     rows = [
-        [p.src, p.dst, str(p.distance), _f(p.n_pairs), _pct(p.frac_above_p99),
-         "–" if p.enrichment is None else f"{p.enrichment:.1f}×", _f(p.n_rank0),
-         _f(p.median_rank0_percentile, 2), _f(p.chance_rank0_percentile, 2), _pct(p.frac_rank0_above_p99)]
+        [
+            p.src,
+            p.dst,
+            str(p.distance),
+            _f(p.n_pairs),
+            _pct(p.frac_above_p99),
+            "–" if p.enrichment is None else f"{p.enrichment:.1f}×",
+            _f(p.n_rank0),
+            _f(p.median_rank0_percentile, 2),
+            _f(p.chance_rank0_percentile, 2),
+            _pct(p.frac_rank0_above_p99),
+        ]
         for p in section.pairs
-    ]  # fmt: skip
-    heads = ["source", "destination", "layer distance", "pairs scored", "above P99", "vs chance (1%)",
-             "rank-0 edges", "median rank-0 pct", "chance", "rank-0 ≥ P99"]  # fmt: skip
+    ]
+    heads = [
+        "source",
+        "destination",
+        "layer distance",
+        "pairs scored",
+        "above P99",
+        "vs chance (1%)",
+        "rank-0 edges",
+        "median rank-0 pct",
+        "chance",
+        "rank-0 ≥ P99",
+    ]
     return [("Graph: virtual weights against the random baseline, per dictionary pair", heads, rows, (0, 1))]
 
 

@@ -28,8 +28,20 @@ SQL_TIME_LIMIT_MS = 5000  # the canned queries on a million-feature atlas need m
 
 def datasette_args(path: Path, metadata: Path, port: int, *, open_browser: bool = False) -> list[str]:
     """The `datasette serve` arguments: the atlas immutable, on 127.0.0.1 only."""
-    args = ["serve", "--immutable", str(path), "--metadata", str(metadata), "--host", HOST, "--port", str(port),
-            "--setting", "sql_time_limit_ms", str(SQL_TIME_LIMIT_MS)]  # fmt: skip
+    args = [
+        "serve",
+        "--immutable",
+        str(path),
+        "--metadata",
+        str(metadata),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--setting",
+        "sql_time_limit_ms",
+        str(SQL_TIME_LIMIT_MS),
+    ]
     return args + (["--open"] if open_browser else [])
 
 
@@ -45,8 +57,9 @@ def _port_free(port: int) -> bool:
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("atlas", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @db_option
-@click.option("-p", "--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
-              help="Port on 127.0.0.1")  # fmt: skip
+@click.option(
+    "-p", "--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True, help="Port on 127.0.0.1"
+)
 @click.option("-o", "--open", "open_browser", is_flag=True, help="Open the atlas in a web browser")
 @click.option("--print-metadata", is_flag=True, help="Print the Datasette metadata (JSON) and exit, serving nothing")
 def serve(atlas: Path | None, db: Path | None, port: int, open_browser: bool, print_metadata: bool) -> None:
@@ -80,8 +93,10 @@ def serve(atlas: Path | None, db: Path | None, port: int, open_browser: bool, pr
         metadata = build_metadata(opened)
         others = opened.schema.other_objects
     if others and not print_metadata:
-        click.echo(f"note: {path} also holds objects sae-atlas did not define, served as they are: "
-                   f"{', '.join(others[:5])}", err=True)  # fmt: skip
+        click.echo(
+            f"note: {path} also holds objects sae-atlas did not define, served as they are: {', '.join(others[:5])}",
+            err=True,
+        )
     if print_metadata:
         click.echo(json.dumps(metadata, indent=2, ensure_ascii=False))
         return
@@ -96,7 +111,10 @@ def serve(atlas: Path | None, db: Path | None, port: int, open_browser: bool, pr
         md.write_text(json.dumps(metadata, ensure_ascii=False), encoding="utf-8")
         click.echo(f"serving {path} read-only at http://{HOST}:{port}/ (Ctrl-C stops)", err=True)
         try:
-            datasette_cli.main(datasette_args(path.resolve(), md, port, open_browser=open_browser),
-                               prog_name="datasette", standalone_mode=False)  # fmt: skip
+            datasette_cli.main(
+                datasette_args(path.resolve(), md, port, open_browser=open_browser),
+                prog_name="datasette",
+                standalone_mode=False,
+            )
         except click.exceptions.Abort:
             pass

@@ -291,9 +291,10 @@ def token_overlap(
             ).fetchone()
             which = "du and ee passes" if other_missing else f"{phase} pass"
             raise MissingPass(f"the token overlap needs the {which}: token_scores has no such rows")
-    spans = {int(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in conn.execute(
-        "SELECT sae_id, MIN(feature_id), MAX(feature_id), COUNT(*) FROM features GROUP BY sae_id"
-    )}  # fmt: skip
+    spans = {
+        int(r[0]): (int(r[1]), int(r[2]), int(r[3]))
+        for r in conn.execute("SELECT sae_id, MIN(feature_id), MAX(feature_id), COUNT(*) FROM features GROUP BY sae_id")
+    }
     n_total = sum(n for _, _, n in spans.values())
     frac = 1.0 if n_total <= max_features else max_features / n_total
     rng = np.random.default_rng(seed)

@@ -86,10 +86,19 @@ def build_synthetic_atlas(
     with atlas, atlas.bulk_load(throwaway=throwaway):
         with atlas.transaction():
             model_id = atlas.add_model(
-                name="synthetic", source="synthetic", source_kind="synthetic", architecture="Synthetic",
-                n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                d_head=d_model // n_heads, d_vocab=d_vocab, tied_embeddings=True, norm_kind="rmsnorm",
-            )  # fmt: skip
+                name="synthetic",
+                source="synthetic",
+                source_kind="synthetic",
+                architecture="Synthetic",
+                n_layers=n_layers,
+                d_model=d_model,
+                n_heads=n_heads,
+                n_kv_heads=n_kv_heads,
+                d_head=d_model // n_heads,
+                d_vocab=d_vocab,
+                tied_embeddings=True,
+                norm_kind="rmsnorm",
+            )
             atlas.add_vocab(model_id, synthetic_vocab(d_vocab, seed))
             atlas.add_heads(model_id, n_layers, n_heads, n_kv_heads)
         head_pk = atlas.head_pks(model_id)
@@ -106,14 +115,21 @@ def build_synthetic_atlas(
                 k=32,
                 source="synthetic",
                 source_format="synthetic",
-            )  # fmt: skip
+            )
             for layer in layers
         ]
         shape = _Shape(
-            n_total=per_sae * len(sae_ids), d_vocab=d_vocab, k=k, head_pk=head_pk, n_head_scores=n_head_scores,
-            n_edges=n_edges, label_every=label_every, n_layers=n_layers, unique_heads=unique_heads,
+            n_total=per_sae * len(sae_ids),
+            d_vocab=d_vocab,
+            k=k,
+            head_pk=head_pk,
+            n_head_scores=n_head_scores,
+            n_edges=n_edges,
+            label_every=label_every,
+            n_layers=n_layers,
+            unique_heads=unique_heads,
             token_skew=token_skew,
-        )  # fmt: skip
+        )
         done = 0
         for sae_id, layer in zip(sae_ids, layers, strict=True):
             base = atlas.feature_id_base(sae_id)
@@ -206,20 +222,34 @@ def _write_chunk(
             sae_id,
             idx,
             {
-                "dec_norm": rng.uniform(0.8, 1.2, n), "enc_norm": rng.uniform(0.5, 2.0, n),
-                "du_max": rng.gamma(3.0, 1.0, n), "du_min": -rng.gamma(3.0, 1.0, n),
-                "du_mean": rng.normal(0, 0.01, n), "du_std": rng.uniform(0.2, 0.6, n),
-                "du_skew": rng.normal(0.3, 0.5, n), "du_kurtosis": rng.gamma(2.0, 2.0, n),
-                "du_entropy": rng.uniform(4, np.log(d_vocab), n), "du_top1_z": z,
-                "ee_max": rng.gamma(3.0, 1.0, n), "ee_min": -rng.gamma(3.0, 1.0, n),
-                "ee_mean": rng.normal(0, 0.01, n), "ee_std": rng.uniform(0.2, 0.6, n),
-                "ee_skew": rng.normal(0.3, 0.5, n), "ee_kurtosis": rng.gamma(2.0, 2.0, n),
-                "ee_entropy": rng.uniform(4, np.log(d_vocab), n), "ee_top1_z": rng.gamma(2.0, 2.0, n),
-                "predicts_tokens": (z > 6).astype(int), "reads_tokens": (rng.random(n) < 0.2).astype(int),
-                "attn_q_mean": q, "attn_k_mean": kk, "attn_v_mean": v,
-                "attn_q_max": q * 2, "attn_k_max": kk * 2, "attn_v_max": v * 2,
+                "dec_norm": rng.uniform(0.8, 1.2, n),
+                "enc_norm": rng.uniform(0.5, 2.0, n),
+                "du_max": rng.gamma(3.0, 1.0, n),
+                "du_min": -rng.gamma(3.0, 1.0, n),
+                "du_mean": rng.normal(0, 0.01, n),
+                "du_std": rng.uniform(0.2, 0.6, n),
+                "du_skew": rng.normal(0.3, 0.5, n),
+                "du_kurtosis": rng.gamma(2.0, 2.0, n),
+                "du_entropy": rng.uniform(4, np.log(d_vocab), n),
+                "du_top1_z": z,
+                "ee_max": rng.gamma(3.0, 1.0, n),
+                "ee_min": -rng.gamma(3.0, 1.0, n),
+                "ee_mean": rng.normal(0, 0.01, n),
+                "ee_std": rng.uniform(0.2, 0.6, n),
+                "ee_skew": rng.normal(0.3, 0.5, n),
+                "ee_kurtosis": rng.gamma(2.0, 2.0, n),
+                "ee_entropy": rng.uniform(4, np.log(d_vocab), n),
+                "ee_top1_z": rng.gamma(2.0, 2.0, n),
+                "predicts_tokens": (z > 6).astype(int),
+                "reads_tokens": (rng.random(n) < 0.2).astype(int),
+                "attn_q_mean": q,
+                "attn_k_mean": kk,
+                "attn_v_mean": v,
+                "attn_q_max": q * 2,
+                "attn_k_max": kk * 2,
+                "attn_v_max": v * 2,
             },
-        )  # fmt: skip
+        )
         blocks = {}
         for phase in ("du", "ee"):
             for sign in (1, -1):
@@ -282,13 +312,29 @@ def _write_virtual(
                     mine = np.repeat(fids, n)
                     src, dst = (mine, others.reshape(-1)) if kind == "virtual" else (others.reshape(-1), mine)
                     with atlas.transaction():
-                        atlas.add_edges(kind, src, dst, scores.reshape(-1), np.tile(np.arange(n), m),
-                                        percentiles=np.round(pct.reshape(-1), 3))  # fmt: skip
+                        atlas.add_edges(
+                            kind,
+                            src,
+                            dst,
+                            scores.reshape(-1),
+                            np.tile(np.arange(n), m),
+                            percentiles=np.round(pct.reshape(-1), 3),
+                        )
             with atlas.transaction():
                 atlas.add_virtual_baseline(
-                    sae_ids[i], sae_ids[j], n_samples=4096, mean=0.02, std=0.01, p50=0.02, p90=0.035, p99=0.05,
-                    p999=0.065, max=0.08, n_pairs=per_sae * per_sae, frac_above_p99=float(rng.uniform(0.01, 0.1)),
+                    sae_ids[i],
+                    sae_ids[j],
+                    n_samples=4096,
+                    mean=0.02,
+                    std=0.01,
+                    p50=0.02,
+                    p90=0.035,
+                    p99=0.05,
+                    p999=0.065,
+                    max=0.08,
+                    n_pairs=per_sae * per_sae,
+                    frac_above_p99=float(rng.uniform(0.01, 0.1)),
                     frac_above_p999=float(rng.uniform(0.001, 0.02)),
-                )  # fmt: skip
+                )
             if progress:
                 print(f"  virtual edges SAE {sae_ids[i]} -> {sae_ids[j]}: {2 * per_sae * n:,}", flush=True)

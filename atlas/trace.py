@@ -396,9 +396,18 @@ def trace(
                     next_frontier.append(child["node"])
                 nodes.append(child)
                 tr.edges.append(
-                    TraceEdge(s.src_feature, s.dst_feature, EDGE_KIND[direction], s.score, s.percentile, s.rank,
-                              child["pair"], i, child["node"])
-                )  # fmt: skip
+                    TraceEdge(
+                        s.src_feature,
+                        s.dst_feature,
+                        EDGE_KIND[direction],
+                        s.score,
+                        s.percentile,
+                        s.rank,
+                        child["pair"],
+                        i,
+                        child["node"],
+                    )
+                )
         frontier = next_frontier
         if not frontier:
             break
@@ -415,11 +424,21 @@ def _node_fields(
     node: int, parent: int | None, depth: int, fid: int, info: _Info, step: Step | None, pair: str | None = None
 ) -> dict[str, Any]:
     return {
-        "node": node, "parent": parent, "depth": depth, "feature_id": fid, "name": info.name, "sae": info.sae,
-        "layer": info.layer, "site": info.site,
-        "score": step.score if step else None, "percentile": step.percentile if step else None,
-        "rank": step.rank if step else None, "pair": pair, "seen": False, "cut": None,
-    }  # fmt: skip
+        "node": node,
+        "parent": parent,
+        "depth": depth,
+        "feature_id": fid,
+        "name": info.name,
+        "sae": info.sae,
+        "layer": info.layer,
+        "site": info.site,
+        "score": step.score if step else None,
+        "percentile": step.percentile if step else None,
+        "rank": step.rank if step else None,
+        "pair": pair,
+        "seen": False,
+        "cut": None,
+    }
 
 
 def _no_edges_note(conn: sqlite3.Connection, tr: Trace) -> str:
@@ -458,9 +477,11 @@ def render_tree(tr: Trace, *, color: bool = False) -> str:
 
     walk(root, "  ")
     leaves = "logits" if tr.direction == "down" else "embeddings"
-    foot = [f"  (depth {tr.depth}, top {tr.top} per node"
-            + (f", percentile >= {tr.min_percentile:g}" if tr.min_percentile > 0 else "")
-            + f"; a leaf's tokens are its direct path to the {leaves}; (seen) = expanded elsewhere in this tree)"]  # fmt: skip
+    foot = [
+        f"  (depth {tr.depth}, top {tr.top} per node"
+        + (f", percentile >= {tr.min_percentile:g}" if tr.min_percentile > 0 else "")
+        + f"; a leaf's tokens are its direct path to the {leaves}; (seen) = expanded elsewhere in this tree)"
+    ]
     return "\n".join(head + lines + (foot if lines else []))
 
 

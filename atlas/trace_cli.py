@@ -25,20 +25,35 @@ OUT_SUFFIXES = (".txt", ".svg", ".png")
 @click.option("--depth", type=click.IntRange(1, 12), default=3, show_default=True, help="Hops from FEATURE")
 @click.option("--top", type=click.IntRange(1, 50), default=3, show_default=True, help="Strongest edges kept per node")
 @click.option(
-    "--min-percentile", "min_percentile", type=click.FloatRange(0, 100), default=0.0, show_default=True,
+    "--min-percentile",
+    "min_percentile",
+    type=click.FloatRange(0, 100),
+    default=0.0,
+    show_default=True,
     help="Keep edges whose |score| is at least this percentile of the pair's random baseline",
-)  # fmt: skip
-@click.option("-k", "--tokens", "n_tokens", type=click.IntRange(0, 50), default=6, show_default=True,
-              help="Tokens shown per node")  # fmt: skip
+)
+@click.option(
+    "-k", "--tokens", "n_tokens", type=click.IntRange(0, 50), default=6, show_default=True, help="Tokens shown per node"
+)
 @click.option("--json", "as_json", is_flag=True, help='Output {"nodes": [...], "edges": [...]} as JSON')
 @click.option(
-    "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
     help="Also write the tree to FILE: .txt (the text), .svg or .png (a drawing by layer)",
-)  # fmt: skip
+)
 def trace_command(
-    feature: str, db: Path | None, direction: str, depth: int, top: int, min_percentile: float, n_tokens: int,
-    as_json: bool, out_file: Path | None,
-) -> None:  # fmt: skip
+    feature: str,
+    db: Path | None,
+    direction: str,
+    depth: int,
+    top: int,
+    min_percentile: float,
+    n_tokens: int,
+    as_json: bool,
+    out_file: Path | None,
+) -> None:
     """The strongest paths from FEATURE through later (--down) or earlier (--up) layers.
 
     Follows the virtual edges (the direct residual path between dictionaries,
@@ -62,8 +77,9 @@ def trace_command(
     with open_atlas(resolve_db_path(db), readonly=True) as atlas:
         check_traceable(atlas.conn)  # an atlas without virtual edges is told so whatever FEATURE is
         fid = atlas.resolve_feature(feature)
-        tr = trace(atlas.conn, fid, direction=direction, depth=depth, top=top, min_percentile=min_percentile,
-                   n_tokens=n_tokens)  # fmt: skip
+        tr = trace(
+            atlas.conn, fid, direction=direction, depth=depth, top=top, min_percentile=min_percentile, n_tokens=n_tokens
+        )
     text = render_tree(tr)
     if out_file is not None:
         write_trace_file(tr, text, out_file)
@@ -120,14 +136,35 @@ def draw_trace(tr: Trace):  # -> matplotlib Figure
             pct = n.percentile if n.percentile is not None else 90.0
             width = 0.5 + 3.0 * min(1.0, max(0.0, (pct - 90.0) / 10.0))  # p90 thin .. p100 thick
             colour = "#c44e52" if (n.score or 0.0) < 0 else "#4c72b0"  # red: the edge inhibits
-            ax.plot([col[p.node] + 0.12 * (1 if col[p.node] < x else -1), x - 0.12 * (1 if col[p.node] < x else -1)], [-row[p.node], y], color=colour, linewidth=width, alpha=0.8,
-                    zorder=1)  # fmt: skip
-        head = n.name if n.score is None else f"{n.name}  {n.score:+.3f}" + (
-            f"  {format_percentile(n.percentile)}" if n.percentile is not None else "")  # fmt: skip
+            ax.plot(
+                [col[p.node] + 0.12 * (1 if col[p.node] < x else -1), x - 0.12 * (1 if col[p.node] < x else -1)],
+                [-row[p.node], y],
+                color=colour,
+                linewidth=width,
+                alpha=0.8,
+                zorder=1,
+            )
+        head = (
+            n.name
+            if n.score is None
+            else f"{n.name}  {n.score:+.3f}"
+            + (f"  {format_percentile(n.percentile)}" if n.percentile is not None else "")
+        )
         body = ("(seen above)  " if n.seen else "") + " ".join(n.tokens[:5])
-        ax.text(x, y, f"{head}\n{body}", ha="center", va="center", fontsize=7, zorder=2,
-                bbox={"boxstyle": "round,pad=0.3", "fc": "#fff7e6" if n.node == 0 else "white",
-                      "ec": "#999999" if n.seen else "#333333"})  # fmt: skip
+        ax.text(
+            x,
+            y,
+            f"{head}\n{body}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            zorder=2,
+            bbox={
+                "boxstyle": "round,pad=0.3",
+                "fc": "#fff7e6" if n.node == 0 else "white",
+                "ec": "#999999" if n.seen else "#333333",
+            },
+        )
     ax.set_xticks(range(len(points)), [names[i] for i in range(len(points))])
     ax.set_xlim(-0.6, len(points) - 0.4)
     ax.set_ylim(-len(order) + 0.4, 0.6)
@@ -135,8 +172,7 @@ def draw_trace(tr: Trace):  # -> matplotlib Figure
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
     arrow = "down" if tr.direction == "down" else "up"
-    ax.set_title(f"trace {arrow} from {by_id[0].name} (node text: name, score, percentile; {words} tokens)",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(f"trace {arrow} from {by_id[0].name} (node text: name, score, percentile; {words} tokens)", fontsize=9)
     return fig
 
 

@@ -34,23 +34,68 @@ from atlas.domain import METRIC_COLUMNS
 from atlas.names import default_sae_name, display_token, token_key
 
 MODEL_COLUMNS = (
-    "name", "source", "source_kind", "architecture", "n_layers", "d_model", "n_heads",
-    "n_kv_heads", "d_head", "d_vocab", "tied_embeddings", "norm_kind", "embed_scale",
-    "attn_softcap", "final_softcap", "dtype", "sha256", "notes",
-)  # fmt: skip
+    "name",
+    "source",
+    "source_kind",
+    "architecture",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "n_kv_heads",
+    "d_head",
+    "d_vocab",
+    "tied_embeddings",
+    "norm_kind",
+    "embed_scale",
+    "attn_softcap",
+    "final_softcap",
+    "dtype",
+    "sha256",
+    "notes",
+)
 
 SAE_COLUMNS = (
-    "name", "model_id", "release", "sae_ref", "hook_name", "site", "layer", "d_in", "d_sae",
-    "architecture", "k", "source", "source_format", "sha256", "neuronpedia_id", "fve", "l0",
-    "dead_fraction", "notes",
-    "sae_kind", "out_hook_name", "out_site", "out_layers", "d_out",  # schema 4: transcoders and CLTs
-)  # fmt: skip
+    "name",
+    "model_id",
+    "release",
+    "sae_ref",
+    "hook_name",
+    "site",
+    "layer",
+    "d_in",
+    "d_sae",
+    "architecture",
+    "k",
+    "source",
+    "source_format",
+    "sha256",
+    "neuronpedia_id",
+    "fve",
+    "l0",
+    "dead_fraction",
+    "notes",
+    "sae_kind",
+    "out_hook_name",
+    "out_site",
+    "out_layers",
+    "d_out",  # schema 4: transcoders and CLTs
+)
 
 
 # Statistics columns of virtual_baselines, after its key (src_sae_id, dst_sae_id).
 VIRTUAL_BASELINE_STATS = (
-    "n_samples", "mean", "std", "p50", "p90", "p99", "p999", "max", "n_pairs", "frac_above_p99", "frac_above_p999",
-)  # fmt: skip
+    "n_samples",
+    "mean",
+    "std",
+    "p50",
+    "p90",
+    "p99",
+    "p999",
+    "max",
+    "n_pairs",
+    "frac_above_p99",
+    "frac_above_p999",
+)
 
 
 # Secondary indexes dropped during a bulk load and rebuilt from schema.sql afterwards:

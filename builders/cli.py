@@ -288,8 +288,21 @@ def run_build(
     if cluster is not None:
         if shard is not None:
             raise click.UsageError("--cluster makes its own shards: drop --shard")
-        _cluster(cluster, cluster_config, model_source, gguf_file, no_tokenizer, sae_paths, sae_format, sae_hooks,
-                 out, resume, overwrite, progress, settings)  # fmt: skip
+        _cluster(
+            cluster,
+            cluster_config,
+            model_source,
+            gguf_file,
+            no_tokenizer,
+            sae_paths,
+            sae_format,
+            sae_hooks,
+            out,
+            resume,
+            overwrite,
+            progress,
+            settings,
+        )
         if progress:
             click.echo(f"built in {time.perf_counter() - t0:.1f}s", err=True)
         return
@@ -318,20 +331,47 @@ def run_build(
     sys.stdout.flush()
 
 
-def _cluster(cluster, cluster_config, model_source, gguf_file, no_tokenizer, sae_paths, sae_format, sae_hooks,
-             out, resume, overwrite, progress, settings) -> None:  # fmt: skip
+def _cluster(
+    cluster,
+    cluster_config,
+    model_source,
+    gguf_file,
+    no_tokenizer,
+    sae_paths,
+    sae_format,
+    sae_hooks,
+    out,
+    resume,
+    overwrite,
+    progress,
+    settings,
+) -> None:
     """--cluster: every shard a Dask task running :func:`_build`, then the merge (builders/cluster.py)."""
     from builders.cluster import cluster_build
 
     kwargs = dict(
-        model_source=model_source, gguf_file=gguf_file, no_tokenizer=no_tokenizer, sae_paths=sae_paths,
-        sae_format=sae_format, sae_hooks=sae_hooks, out=out, overwrite=overwrite, config=config_from_options(settings),
-    )  # fmt: skip
+        model_source=model_source,
+        gguf_file=gguf_file,
+        no_tokenizer=no_tokenizer,
+        sae_paths=sae_paths,
+        sae_format=sae_format,
+        sae_hooks=sae_hooks,
+        out=out,
+        overwrite=overwrite,
+        config=config_from_options(settings),
+    )
     try:
         path = cluster_build(
-            _build, kwargs, out=out, cluster=cluster, cluster_config=cluster_config, resume=resume,
-            overwrite=overwrite, progress=progress, say=lambda line: click.echo(line, err=True),
-        )  # fmt: skip
+            _build,
+            kwargs,
+            out=out,
+            cluster=cluster,
+            cluster_config=cluster_config,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            say=lambda line: click.echo(line, err=True),
+        )
     except AtlasError as e:
         raise click.ClickException(_one_line(e)) from None
     except (OSError, TimeoutError) as e:

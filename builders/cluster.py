@@ -143,8 +143,14 @@ def _n_workers(client: Any, wanted: int | None, timeout: float = 600.0) -> int:
     return max(1, len(client.scheduler_info()["workers"]))
 
 
-def run_shard(build: Callable[..., Any], kwargs: dict[str, Any], index: int, count: int, queue: str | None,
-              fault: tuple[int, int, str] | None = None) -> str:  # fmt: skip
+def run_shard(
+    build: Callable[..., Any],
+    kwargs: dict[str, Any],
+    index: int,
+    count: int,
+    queue: str | None,
+    fault: tuple[int, int, str] | None = None,
+) -> str:
     """The task: ``build(**kwargs)`` on shard index/count with resume, reporting each finished unit."""
     import torch
 
@@ -224,8 +230,11 @@ def cluster_build(
     cl, client = start_cluster(spec, cluster_config)
     try:
         n = _n_workers(client, spec.workers)
-        stale = [p for p in out.parent.glob(out.name + ".shard*-of-*.partial") if p.name.split(".shard")[-1]
-                 and not p.name.endswith(f"-of-{n}.partial")]  # fmt: skip
+        stale = [
+            p
+            for p in out.parent.glob(out.name + ".shard*-of-*.partial")
+            if p.name.split(".shard")[-1] and not p.name.endswith(f"-of-{n}.partial")
+        ]
         if stale and resume:
             raise BuildError(
                 f"{out}: shard files of another count ({stale[0].name}); resume with the same number of workers"
@@ -247,7 +256,7 @@ def cluster_build(
                 fault,
                 key=f"sae-atlas-shard-{i}-of-{n}-{uuid.uuid4().hex}",
                 pure=False,
-            )  # fmt: skip
+            )
             for i in range(n)
         ]
         _wait(client, futures, queue, total_features)

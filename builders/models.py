@@ -209,12 +209,18 @@ def _gpt2(model: nn.Module) -> _Body:
                 b_V=bv,
                 b_O=_detach(blk.attn.c_proj.bias),
                 attn_scale=base / (i + 1) if by_layer else None,
-            )  # fmt: skip
+            )
         )
     return _Body(
-        n_heads=n, n_kv_heads=n, d_head=dh, layers=layers, ln_final=_norm(tr.ln_f), embed=tr.wte,
-        W_pos=tr.wpe.weight.detach(), attn_scale=None if base == dh**-0.5 else base,
-    )  # fmt: skip
+        n_heads=n,
+        n_kv_heads=n,
+        d_head=dh,
+        layers=layers,
+        ln_final=_norm(tr.ln_f),
+        embed=tr.wte,
+        W_pos=tr.wpe.weight.detach(),
+        attn_scale=None if base == dh**-0.5 else base,
+    )
 
 
 def _neo(model: nn.Module) -> _Body:
@@ -236,13 +242,19 @@ def _neo(model: nn.Module) -> _Body:
                 b_K=_bias_heads(a.k_proj.bias, n, dh),
                 b_V=_bias_heads(a.v_proj.bias, n, dh),
                 b_O=_detach(a.out_proj.bias),
-            )  # fmt: skip
+            )
         )
     # GPT-Neo does not divide q.k by sqrt(d_head) (a quirk of the Mesh-TensorFlow original).
     return _Body(
-        n_heads=n, n_kv_heads=n, d_head=dh, layers=layers, ln_final=_norm(tr.ln_f), embed=tr.wte,
-        W_pos=tr.wpe.weight.detach(), attn_scale=1.0,
-    )  # fmt: skip
+        n_heads=n,
+        n_kv_heads=n,
+        d_head=dh,
+        layers=layers,
+        ln_final=_norm(tr.ln_f),
+        embed=tr.wte,
+        W_pos=tr.wpe.weight.detach(),
+        attn_scale=1.0,
+    )
 
 
 def _neox(model: nn.Module) -> _Body:
@@ -269,12 +281,17 @@ def _neox(model: nn.Module) -> _Body:
                 b_K=None if b is None else b[:, 1],
                 b_V=None if b is None else b[:, 2],
                 b_O=_detach(a.dense.bias),
-            )  # fmt: skip
+            )
         )
     return _Body(
-        n_heads=n, n_kv_heads=n, d_head=dh, layers=layers, ln_final=_norm(body.final_layer_norm),
-        embed=body.embed_in, parallel_attn_mlp=bool(cfg.use_parallel_residual),
-    )  # fmt: skip
+        n_heads=n,
+        n_kv_heads=n,
+        d_head=dh,
+        layers=layers,
+        ln_final=_norm(body.final_layer_norm),
+        embed=body.embed_in,
+        parallel_attn_mlp=bool(cfg.use_parallel_residual),
+    )
 
 
 def text_model(model: nn.Module) -> nn.Module:
@@ -299,9 +316,11 @@ def _llama_like(model: nn.Module, family: str) -> _Body:
             W_K=_heads_from_linear_out(a.k_proj.weight.detach(), n_kv, dh),
             W_V=_heads_from_linear_out(a.v_proj.weight.detach(), n_kv, dh),
             W_O=_heads_from_linear_in(a.o_proj.weight.detach(), n, dh),
-            b_Q=_bias_heads(a.q_proj.bias, n, dh), b_K=_bias_heads(a.k_proj.bias, n_kv, dh),
-            b_V=_bias_heads(a.v_proj.bias, n_kv, dh), b_O=_detach(a.o_proj.bias),
-        )  # fmt: skip
+            b_Q=_bias_heads(a.q_proj.bias, n, dh),
+            b_K=_bias_heads(a.k_proj.bias, n_kv, dh),
+            b_V=_bias_heads(a.v_proj.bias, n_kv, dh),
+            b_O=_detach(a.o_proj.bias),
+        )
         if getattr(a, "q_norm", None) is not None:
             # Qwen3 / Gemma-3: an RMSNorm over each head's query and key, after the projection.
             lw.q_norm = _norm(a.q_norm, one_plus=gemma)
@@ -318,9 +337,14 @@ def _llama_like(model: nn.Module, family: str) -> _Body:
         layers.append(lw)
     embed = body.embed_tokens
     out = _Body(
-        n_heads=n, n_kv_heads=n_kv, d_head=dh, layers=layers, ln_final=_norm(body.norm, one_plus=gemma),
-        embed=embed, norm_kind="gemma_rmsnorm" if gemma else "rmsnorm",
-    )  # fmt: skip
+        n_heads=n,
+        n_kv_heads=n_kv,
+        d_head=dh,
+        layers=layers,
+        ln_final=_norm(body.norm, one_plus=gemma),
+        embed=embed,
+        norm_kind="gemma_rmsnorm" if gemma else "rmsnorm",
+    )
     if gemma:
         # HF Gemma multiplies by sqrt(d_model) rounded to the model dtype; record that exact value.
         out.embed_scale = float(torch.tensor(d**0.5, dtype=embed.weight.dtype))
@@ -474,9 +498,11 @@ def from_hf_model(
     layers = []
     for i, lw in enumerate(body.layers):
         for name, t, shape in (
-            ("W_Q", lw.W_Q, (n, d_model, dh)), ("W_K", lw.W_K, (n_kv, d_model, dh)),
-            ("W_V", lw.W_V, (n_kv, d_model, dh)), ("W_O", lw.W_O, (n, dh, d_model)),
-        ):  # fmt: skip
+            ("W_Q", lw.W_Q, (n, d_model, dh)),
+            ("W_K", lw.W_K, (n_kv, d_model, dh)),
+            ("W_V", lw.W_V, (n_kv, d_model, dh)),
+            ("W_O", lw.W_O, (n, dh, d_model)),
+        ):
             if tuple(t.shape) != shape:
                 raise CorruptWeights(f"{source}: layer {i} {name} is {tuple(t.shape)}, expected {shape}")
         # Query head h reads key/value head h // group (transformers' repeat_kv), so repeat_interleave.
@@ -498,19 +524,40 @@ def from_hf_model(
                 attn_scale=lw.attn_scale,
                 q_norm=lw.q_norm,
                 k_norm=lw.k_norm,
-            )  # fmt: skip
+            )
         )
 
     weights = ModelWeights(
-        source=source, source_kind=source_kind, architecture=arch, n_layers=len(layers), d_model=d_model,
-        n_heads=n, n_kv_heads=n_kv, d_head=dh, d_vocab=d_vocab, W_E=W_E, W_U=W_U, b_U=b_U,
-        ln_final=body.ln_final, layers=layers, tokens=token_strings(tokenizer, d_vocab),
-        embed_scale=body.embed_scale, attn_scale=body.attn_scale, attn_softcap=body.attn_softcap,
-        final_softcap=body.final_softcap, tied_embeddings=tied, norm_kind=body.norm_kind,
-        dtype=str(W_E.dtype).replace("torch.", ""), sha256=sha256, notes=notes,
-        hook_names=model_hook_names(len(layers), body.parallel_attn_mlp, any(lw.ln_mlp_out is not None for lw in body.layers)),
-        W_pos=body.W_pos, parallel_attn_mlp=body.parallel_attn_mlp,
-    )  # fmt: skip
+        source=source,
+        source_kind=source_kind,
+        architecture=arch,
+        n_layers=len(layers),
+        d_model=d_model,
+        n_heads=n,
+        n_kv_heads=n_kv,
+        d_head=dh,
+        d_vocab=d_vocab,
+        W_E=W_E,
+        W_U=W_U,
+        b_U=b_U,
+        ln_final=body.ln_final,
+        layers=layers,
+        tokens=token_strings(tokenizer, d_vocab),
+        embed_scale=body.embed_scale,
+        attn_scale=body.attn_scale,
+        attn_softcap=body.attn_softcap,
+        final_softcap=body.final_softcap,
+        tied_embeddings=tied,
+        norm_kind=body.norm_kind,
+        dtype=str(W_E.dtype).replace("torch.", ""),
+        sha256=sha256,
+        notes=notes,
+        hook_names=model_hook_names(
+            len(layers), body.parallel_attn_mlp, any(lw.ln_mlp_out is not None for lw in body.layers)
+        ),
+        W_pos=body.W_pos,
+        parallel_attn_mlp=body.parallel_attn_mlp,
+    )
     weights.meta["vocab"] = {"embedding_rows": rows, "tokens_kept": d_vocab}
     if any(lw.q_norm is not None for lw in layers):
         weights.notes = "; ".join(x for x in (weights.notes, QK_NORM_NOTE) if x)
@@ -529,9 +576,11 @@ def _self_check(model: nn.Module, w: ModelWeights, body: _Body) -> None:
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(2, w.d_model, generator=gen).to(ref.device, ref.dtype)  # (2, d_model)
     tol = 1e-4 if ref.dtype == torch.float32 else 3e-2
-    final_norm = {"gpt2": lambda: model.transformer.ln_f, "neo": lambda: model.transformer.ln_f,
-                  "neox": lambda: model.gpt_neox.final_layer_norm}.get(
-        SUPPORTED_ARCHITECTURES[w.architecture], lambda: text_model(model).norm)()  # fmt: skip
+    final_norm = {
+        "gpt2": lambda: model.transformer.ln_f,
+        "neo": lambda: model.transformer.ln_f,
+        "neox": lambda: model.gpt_neox.final_layer_norm,
+    }.get(SUPPORTED_ARCHITECTURES[w.architecture], lambda: text_model(model).norm)()
     want = model.get_output_embeddings()(final_norm(h)).float()[:, : w.d_vocab]  # (2, d_vocab): the kept rows
     if w.final_softcap:
         want = torch.tanh(want / w.final_softcap) * w.final_softcap
@@ -775,9 +824,13 @@ def load_model(
     phases["sha256"] = round(time.perf_counter() - tick, 2)
     tick = time.perf_counter()
     weights = from_hf_model(
-        model, source=source, source_kind=info["source_kind"], tokenizer=tokenizer, sha256=sha,
+        model,
+        source=source,
+        source_kind=info["source_kind"],
+        tokenizer=tokenizer,
+        sha256=sha,
         notes=info.get("notes"),
-    )  # fmt: skip
+    )
     phases["extract"] = round(time.perf_counter() - tick, 2)
     weights.meta["load_phases"] = phases
     if "gguf" in info:

@@ -197,11 +197,18 @@ def resolve(name: str, *, registry: Path | None = None) -> RegistryEntry:
     s = saes[sae_id]
     nsf = s.get("norm_scaling_factor")
     return RegistryEntry(
-        release=release, sae_id=sae_id, repo_id=str(info["repo_id"]), path=str(s.get("path", "")),
-        conversion=info.get("conversion_func"), neuronpedia_id=s.get("neuronpedia"), model=info.get("model"),
-        l0=s.get("l0"), norm_scaling_factor=float(nsf) if isinstance(nsf, (int, float)) else None,
-        config_overrides=dict(info.get("config_overrides") or {}), registry=origin,
-    )  # fmt: skip
+        release=release,
+        sae_id=sae_id,
+        repo_id=str(info["repo_id"]),
+        path=str(s.get("path", "")),
+        conversion=info.get("conversion_func"),
+        neuronpedia_id=s.get("neuronpedia"),
+        model=info.get("model"),
+        l0=s.get("l0"),
+        norm_scaling_factor=float(nsf) if isinstance(nsf, (int, float)) else None,
+        config_overrides=dict(info.get("config_overrides") or {}),
+        registry=origin,
+    )
 
 
 def releases(registry: Path | None = None) -> dict[str, Any]:
@@ -253,6 +260,9 @@ def describe() -> dict[str, Any]:
     path, origin = registry_location()
     data, _ = load_registry(path)
     return {
-        "path": str(path), "origin": origin, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "releases": len(data), "saes": sum(len(v.get("saes") or []) for v in data.values()),
-    }  # fmt: skip
+        "path": str(path),
+        "origin": origin,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "releases": len(data),
+        "saes": sum(len(v.get("saes") or []) for v in data.values()),
+    }

@@ -72,18 +72,28 @@ def list_(release: str | None, as_json: bool) -> None:
         raise _fail(e) from None
     if release is None:
         rows = [
-            {"release": r, "repo_id": v.get("repo_id"), "format": reg.CONVERSIONS.get(v.get("conversion_func"), f"({v.get('conversion_func')}: not read)"),
-             "model": v.get("model"), "saes": len(v.get("saes") or [])}
+            {
+                "release": r,
+                "repo_id": v.get("repo_id"),
+                "format": reg.CONVERSIONS.get(v.get("conversion_func"), f"({v.get('conversion_func')}: not read)"),
+                "model": v.get("model"),
+                "saes": len(v.get("saes") or []),
+            }
             for r, v in sorted(data.items())
-        ]  # fmt: skip
+        ]
     else:
         if release not in data:
             near = difflib.get_close_matches(release, list(data), n=4, cutoff=0.5)
             raise click.ClickException(f"no release {release!r}" + (f"; nearest: {', '.join(near)}" if near else ""))
         rows = [
-            {"name": f"{release}/{s.get('id')}", "path": s.get("path"), "neuronpedia": s.get("neuronpedia"), "l0": s.get("l0")}
+            {
+                "name": f"{release}/{s.get('id')}",
+                "path": s.get("path"),
+                "neuronpedia": s.get("neuronpedia"),
+                "l0": s.get("l0"),
+            }
             for s in data[release].get("saes") or []
-        ]  # fmt: skip
+        ]
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return

@@ -35,9 +35,13 @@ def _target(opts: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------ SAELens
 
 _SAELENS_TRANSCODERS = (
-    "transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder", "topk_transcoder",
+    "transcoder",
+    "skip_transcoder",
+    "jumprelu_transcoder",
+    "jumprelu_skip_transcoder",
+    "topk_transcoder",
     "topk_skip_transcoder",
-)  # fmt: skip
+)
 
 
 def load_saelens(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
@@ -78,14 +82,28 @@ def load_saelens(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
 
     tgt = _target(opts)
     out: dict[str, Any] = dict(
-        W_enc=st.matrix("W_enc", **tgt), W_dec=st.matrix("W_dec", **tgt), b_dec=st.vector("b_dec"),
-        architecture=arch, hook_name=hook, kind=kind, out_hook_name=hook_out if kind != "sae" else None,
-        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", kind == "sae")), weight_files=[weights_path],
-        neuronpedia_id=meta.get("neuronpedia_id") or cfg.get("neuronpedia_id"), release=None,
-        sae_ref=folder.name, cfg_d_in=cfg.get("d_in"), cfg_d_sae=cfg.get("d_sae"), cfg_d_out=cfg.get("d_out"),
-        meta={"sae_lens_version": version or None, "config_style": "pre-6" if pre6 else "6.x",
-              "model_name": meta.get("model_name") or cfg.get("model_name"), "saelens_architecture": arch_raw},
-    )  # fmt: skip
+        W_enc=st.matrix("W_enc", **tgt),
+        W_dec=st.matrix("W_dec", **tgt),
+        b_dec=st.vector("b_dec"),
+        architecture=arch,
+        hook_name=hook,
+        kind=kind,
+        out_hook_name=hook_out if kind != "sae" else None,
+        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", kind == "sae")),
+        weight_files=[weights_path],
+        neuronpedia_id=meta.get("neuronpedia_id") or cfg.get("neuronpedia_id"),
+        release=None,
+        sae_ref=folder.name,
+        cfg_d_in=cfg.get("d_in"),
+        cfg_d_sae=cfg.get("d_sae"),
+        cfg_d_out=cfg.get("d_out"),
+        meta={
+            "sae_lens_version": version or None,
+            "config_style": "pre-6" if pre6 else "6.x",
+            "model_name": meta.get("model_name") or cfg.get("model_name"),
+            "saelens_architecture": arch_raw,
+        },
+    )
     d_sae = out["W_enc"].shape[-1]
     out["b_enc"] = st.vector("b_enc") if "b_enc" in st else torch.zeros(d_sae)  # gated SAEs have no b_enc
     if arch == "jumprelu":
@@ -155,12 +173,22 @@ def load_gemma_scope(path: Path, opts: dict[str, Any]) -> dict[str, Any]:
     parts = [m.group(0) for m in (layer_m, width_m, l0_m) if m]
     release = release_m.group(0).rstrip("/") if release_m else None
     return dict(
-        W_enc=need(t, "W_enc", path), W_dec=need(t, "W_dec", path), b_enc=need(t, "b_enc", path),
-        b_dec=need(t, "b_dec", path), threshold=need(t, "threshold", path), architecture="jumprelu",
-        apply_b_dec_to_input=False, layer=layer, site=site, weight_files=[path], release=release,
-        sae_ref="/".join(parts) or None, kind=kind, out_hook_name=hook_out,
+        W_enc=need(t, "W_enc", path),
+        W_dec=need(t, "W_dec", path),
+        b_enc=need(t, "b_enc", path),
+        b_dec=need(t, "b_dec", path),
+        threshold=need(t, "threshold", path),
+        architecture="jumprelu",
+        apply_b_dec_to_input=False,
+        layer=layer,
+        site=site,
+        weight_files=[path],
+        release=release,
+        sae_ref="/".join(parts) or None,
+        kind=kind,
+        out_hook_name=hook_out,
         meta={"width": width_m.group(1) if width_m else None, "average_l0": int(l0_m.group(1)) if l0_m else None},
-    )  # fmt: skip
+    )
 
 
 # ------------------------------------------------------------------------ Llama Scope
@@ -183,12 +211,19 @@ def load_llama_scope(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
     W_dec = st.matrix("decoder.weight", transpose=True, name="W_dec", **tgt)  # stored (d_in, d_sae)
     d_in, d_sae = W_enc.shape
     out: dict[str, Any] = dict(
-        W_enc=W_enc, W_dec=W_dec, b_enc=st.vector("encoder.bias"),
-        b_dec=st.vector("decoder.bias") if "decoder.bias" in st else torch.zeros(d_in), hook_name=hook_in,
-        apply_b_dec_to_input=bool(hp.get("apply_decoder_bias_to_pre_encoder", False)), weight_files=[weights_path],
-        release=folder.parent.name or None, sae_ref=folder.name, cfg_d_in=hp.get("d_model"), cfg_d_sae=hp.get("d_sae"),
+        W_enc=W_enc,
+        W_dec=W_dec,
+        b_enc=st.vector("encoder.bias"),
+        b_dec=st.vector("decoder.bias") if "decoder.bias" in st else torch.zeros(d_in),
+        hook_name=hook_in,
+        apply_b_dec_to_input=bool(hp.get("apply_decoder_bias_to_pre_encoder", False)),
+        weight_files=[weights_path],
+        release=folder.parent.name or None,
+        sae_ref=folder.name,
+        cfg_d_in=hp.get("d_model"),
+        cfg_d_sae=hp.get("d_sae"),
         meta={"act_fn": hp.get("act_fn"), "norm_activation": hp.get("norm_activation")},
-    )  # fmt: skip
+    )
     act = str(hp.get("act_fn", "jumprelu")).lower()
     if act == "topk":
         out["architecture"], out["k"] = "topk", int(hp["top_k"])
@@ -244,12 +279,21 @@ def load_kissane(path: Path, opts: dict[str, Any]) -> dict[str, Any]:
     cfg_path = kissane_cfg(path)
     cfg = read_json(cfg_path) if cfg_path.is_file() else {}
     out: dict[str, Any] = dict(
-        W_enc=need(t, "W_enc", path), W_dec=need(t, "W_dec", path), b_enc=need(t, "b_enc", path),
-        b_dec=need(t, "b_dec", path), architecture="relu", apply_b_dec_to_input=True, weight_files=[path],
-        hook_name=cfg.get("act_name"), layer=cfg.get("layer"), cfg_d_in=cfg.get("act_size"),
-        cfg_d_sae=cfg.get("dict_size"), release=path.parent.name or None, sae_ref=path.stem,
+        W_enc=need(t, "W_enc", path),
+        W_dec=need(t, "W_dec", path),
+        b_enc=need(t, "b_enc", path),
+        b_dec=need(t, "b_dec", path),
+        architecture="relu",
+        apply_b_dec_to_input=True,
+        weight_files=[path],
+        hook_name=cfg.get("act_name"),
+        layer=cfg.get("layer"),
+        cfg_d_in=cfg.get("act_size"),
+        cfg_d_sae=cfg.get("dict_size"),
+        release=path.parent.name or None,
+        sae_ref=path.stem,
         meta={"model_name": cfg.get("model_name"), "config": cfg_path.name if cfg else None},
-    )  # fmt: skip
+    )
     if out["hook_name"] is None and out["layer"] is not None:
         out["site"] = "attn_z"  # the release is all hook_z SAEs
     return out
@@ -273,13 +317,24 @@ def load_dictionary_learning(path: Path, opts: dict[str, Any]) -> dict[str, Any]
     if "W_enc" in t and ("group_sizes" in t or global_thr):
         # MatryoshkaBatchTopKSAE: SAELens orientation, centres the input; at inference (its default
         # use_threshold=True) relu((x - b_dec) W_enc + b_enc) masked by the global threshold.
-        out.update(W_enc=t["W_enc"], W_dec=need(t, "W_dec", path), b_enc=need(t, "b_enc", path),
-                   b_dec=need(t, "b_dec", path), apply_b_dec_to_input=True)  # fmt: skip
+        out.update(
+            W_enc=t["W_enc"],
+            W_dec=need(t, "W_dec", path),
+            b_enc=need(t, "b_enc", path),
+            b_dec=need(t, "b_dec", path),
+            apply_b_dec_to_input=True,
+        )
         out.update(_batchtopk_activation(t, path))
     elif "W_enc" in t:  # JumpReluAutoEncoder stores SAELens orientation and does not centre the input
-        out.update(W_enc=t["W_enc"], W_dec=need(t, "W_dec", path), b_enc=need(t, "b_enc", path),
-                   b_dec=need(t, "b_dec", path), threshold=need(t, "threshold", path),
-                   architecture="jumprelu", apply_b_dec_to_input=False)  # fmt: skip
+        out.update(
+            W_enc=t["W_enc"],
+            W_dec=need(t, "W_dec", path),
+            b_enc=need(t, "b_enc", path),
+            b_dec=need(t, "b_dec", path),
+            threshold=need(t, "threshold", path),
+            architecture="jumprelu",
+            apply_b_dec_to_input=False,
+        )
     else:
         enc = need(t, "encoder.weight", path)  # (d_sae, d_in)
         dec = need(t, "decoder.weight", path)  # (d_in, d_sae)
@@ -289,8 +344,12 @@ def load_dictionary_learning(path: Path, opts: dict[str, Any]) -> dict[str, Any]
         out.update(W_enc=enc.T, W_dec=dec.T, b_dec=b_dec, apply_b_dec_to_input=True)
         out["b_enc"] = t["encoder.bias"] if "encoder.bias" in t else torch.zeros(enc.shape[0])
         if "r_mag" in t:  # GatedAutoEncoder
-            out.update(architecture="gated", r_mag=t["r_mag"], b_gate=need(t, "gate_bias", path),
-                       b_mag=need(t, "mag_bias", path))  # fmt: skip
+            out.update(
+                architecture="gated",
+                r_mag=t["r_mag"],
+                b_gate=need(t, "gate_bias", path),
+                b_mag=need(t, "mag_bias", path),
+            )
         elif dict_class == "BatchTopKSAE" and global_thr:  # run with its threshold by default, as JumpReLU
             out.update(_batchtopk_activation(t, path))
         elif "k" in t or trainer.get("k") is not None:  # AutoEncoderTopK (top-k at inference)
@@ -313,8 +372,11 @@ def _batchtopk_activation(t: dict[str, torch.Tensor], path: Path) -> dict[str, A
     d_sae = need(t, "b_enc" if "b_enc" in t else "encoder.bias", path).shape[0]
     thr = float(need(t, "threshold", path))
     if thr >= 0:
-        return {"architecture": "jumprelu", "threshold": torch.full((d_sae,), thr),
-                "meta": {"saved_as": "BatchTopK, run as JumpReLU with its global threshold"}}  # fmt: skip
+        return {
+            "architecture": "jumprelu",
+            "threshold": torch.full((d_sae,), thr),
+            "meta": {"saved_as": "BatchTopK, run as JumpReLU with its global threshold"},
+        }
     return {"architecture": "topk", "k": int(need(t, "k", path).item())}
 
 
@@ -352,8 +414,11 @@ def load_sparsify(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
             f"{folder}: a sparsify transcoder on {folder.name!r}; only MLP transcoders (layers.N.mlp) are read"
         )
     if mlp:
-        hook, hook_out = (f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.mlp.hook_out") if transcode else (
-            f"blocks.{layer}.mlp.hook_out", None)  # fmt: skip
+        hook, hook_out = (
+            (f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.mlp.hook_out")
+            if transcode
+            else (f"blocks.{layer}.mlp.hook_out", None)
+        )
     else:
         hook, hook_out = f"blocks.{layer}.hook_resid_post", None
     tgt = _target(opts)
@@ -361,14 +426,23 @@ def load_sparsify(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
     d_in, d_sae = W_enc.shape
     n = cfg.get("num_latents") or (d_in * int(cfg["expansion_factor"]) if cfg.get("expansion_factor") else None)
     out: dict[str, Any] = dict(
-        W_enc=W_enc, W_dec=st.matrix("W_dec", **tgt),
+        W_enc=W_enc,
+        W_dec=st.matrix("W_dec", **tgt),
         b_enc=st.vector("encoder.bias") if "encoder.bias" in st else torch.zeros(d_sae),
-        b_dec=st.vector("b_dec") if "b_dec" in st else torch.zeros(d_in), architecture="topk", k=cfg.get("k"),
-        hook_name=hook, kind="transcoder" if transcode else "sae", out_hook_name=hook_out,
-        apply_b_dec_to_input=not transcode, weight_files=[weights_path], cfg_d_in=cfg.get("d_in"), cfg_d_sae=n or None,
-        release=folder.parent.name or None, sae_ref=folder.name,
+        b_dec=st.vector("b_dec") if "b_dec" in st else torch.zeros(d_in),
+        architecture="topk",
+        k=cfg.get("k"),
+        hook_name=hook,
+        kind="transcoder" if transcode else "sae",
+        out_hook_name=hook_out,
+        apply_b_dec_to_input=not transcode,
+        weight_files=[weights_path],
+        cfg_d_in=cfg.get("d_in"),
+        cfg_d_sae=n or None,
+        release=folder.parent.name or None,
+        sae_ref=folder.name,
         meta={"normalize_decoder": cfg.get("normalize_decoder"), "hookpoint": folder.name},
-    )  # fmt: skip
+    )
     if "W_skip" in st:
         out["W_skip"] = st.matrix("W_skip", transpose=True, **tgt)
     elif cfg.get("skip_connection"):
@@ -395,9 +469,16 @@ def load_goodfire(path: Path, opts: dict[str, Any]) -> dict[str, Any]:
     layer_m = re.search(r"(?:^|[-_.])l(?:ayer)?[-_]?(\d+)(?=\D*$)", path.stem)
     tgt = _target(opts)
     return dict(
-        W_enc=enc.T.to(**tgt).contiguous(), W_dec=dec.T.to(**tgt).contiguous(),
-        b_enc=t.get(f"{prefix}.bias", torch.zeros(enc.shape[0])), b_dec=need(t, f"{dprefix}.bias", path),
-        architecture="relu", apply_b_dec_to_input=False, weight_files=[path], release=path.parent.name or None,
-        sae_ref=path.name, layer=int(layer_m.group(1)) if layer_m else None,
-        site="resid_post" if layer_m else None, meta={"state_dict_prefix": prefix},
-    )  # fmt: skip
+        W_enc=enc.T.to(**tgt).contiguous(),
+        W_dec=dec.T.to(**tgt).contiguous(),
+        b_enc=t.get(f"{prefix}.bias", torch.zeros(enc.shape[0])),
+        b_dec=need(t, f"{dprefix}.bias", path),
+        architecture="relu",
+        apply_b_dec_to_input=False,
+        weight_files=[path],
+        release=path.parent.name or None,
+        sae_ref=path.name,
+        layer=int(layer_m.group(1)) if layer_m else None,
+        site="resid_post" if layer_m else None,
+        meta={"state_dict_prefix": prefix},
+    )

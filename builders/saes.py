@@ -50,9 +50,17 @@ from builders.weights import READ_SITES, SITES, ModelWeights, SAEWeights, hook_n
 
 # The CLI derives --sae-format's choices from this tuple: keep its name.
 SAE_FORMATS = (
-    "saelens", "gemma_scope", "llama_scope", "kissane", "dictionary_learning", "gemma_scope_2",
-    "circuit_tracer", "circuit_tracer_clt", "sparsify", "goodfire",
-)  # fmt: skip
+    "saelens",
+    "gemma_scope",
+    "llama_scope",
+    "kissane",
+    "dictionary_learning",
+    "gemma_scope_2",
+    "circuit_tracer",
+    "circuit_tracer_clt",
+    "sparsify",
+    "goodfire",
+)
 _LOADERS: dict[str, Callable[[Path, dict[str, Any]], dict[str, Any]]] = {
     "saelens": load_saelens,
     "gemma_scope": load_gemma_scope,
@@ -231,8 +239,10 @@ def _from_hub(ref: hub.HubRef, fmt: str | None, layer: int | None) -> tuple[Path
     except UnknownSAEFormat:
         if hub.is_offline():  # the cache holds only part of the folder (or a folder of nothing known)
             have = f" (it holds {', '.join(names[:4])})" if names else ""
-            raise LoadError(f"{ref.uri()}: not a whole dictionary in the Hugging Face cache{have}, "
-                            "and HF_HUB_OFFLINE is set; run once online to fetch it") from None  # fmt: skip
+            raise LoadError(
+                f"{ref.uri()}: not a whole dictionary in the Hugging Face cache{have}, "
+                "and HF_HUB_OFFLINE is set; run once online to fetch it"
+            ) from None
         raise
     local = hub.fetch_many(ref, needed + optional, optional=tuple(optional))
     if found in ("circuit_tracer", "circuit_tracer_clt") and ref.path:
@@ -255,9 +265,14 @@ def _registry_files(entry: registry.RegistryEntry) -> tuple[hub.HubRef, list[str
         folder, _, name = path.rpartition("/")
         needed, optional = companions(name)
         return hub.HubRef(entry.repo_id, folder), needed, optional
-    names = {"saelens": ["cfg.json", "sae_weights.safetensors"], "sparsify": ["cfg.json", "sae.safetensors"],
-             "gemma_scope": ["params.npz"], "gemma_scope_2": ["params.safetensors"], "dictionary_learning": ["ae.pt"],
-             "llama_scope": ["hyperparams.json", "checkpoints/final.safetensors"]}[fmt]  # fmt: skip
+    names = {
+        "saelens": ["cfg.json", "sae_weights.safetensors"],
+        "sparsify": ["cfg.json", "sae.safetensors"],
+        "gemma_scope": ["params.npz"],
+        "gemma_scope_2": ["params.safetensors"],
+        "dictionary_learning": ["ae.pt"],
+        "llama_scope": ["hyperparams.json", "checkpoints/final.safetensors"],
+    }[fmt]
     optional = {"gemma_scope_2": ["config.json"], "dictionary_learning": ["config.json"]}.get(fmt, [])
     return hub.HubRef(entry.repo_id, path), names, optional
 
@@ -272,10 +287,15 @@ def _from_registry(entry: registry.RegistryEntry) -> tuple[Path, str, dict[str, 
     fmt = entry.fmt
     target = local if fmt in ("saelens", "sparsify", "gemma_scope_2", "llama_scope") else local / needed[0]
     hints: dict[str, Any] = {
-        "release": entry.release, "sae_ref": entry.sae_id, "neuronpedia_id": entry.neuronpedia_id,
-        "norm_scaling_factor": entry.norm_scaling_factor, "config_overrides": entry.config_overrides,
-        "registry": f"{entry.release}/{entry.sae_id} ({entry.registry})", "model": entry.model, "l0": entry.l0,
-    }  # fmt: skip
+        "release": entry.release,
+        "sae_ref": entry.sae_id,
+        "neuronpedia_id": entry.neuronpedia_id,
+        "norm_scaling_factor": entry.norm_scaling_factor,
+        "config_overrides": entry.config_overrides,
+        "registry": f"{entry.release}/{entry.sae_id} ({entry.registry})",
+        "model": entry.model,
+        "l0": entry.l0,
+    }
     if entry.conversion == "gemma_2_transcoder":
         hints["gemma_scope_group"] = "transcoders"
     if entry.conversion in _REGISTRY_HOOKS:
@@ -405,15 +425,28 @@ def _assemble(raw: dict[str, Any], fmt: str, *, source: str, opts: dict[str, Any
         if hints.get(key) is not None:
             meta[f"registry_{key}"] = hints[key]
     return SAEWeights(
-        **tensors, architecture=arch, hook_name=hook, site=site, layer=layer, source=source,
-        source_format=fmt, k=raw.get("k"), apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input")),
-        input_scale=float(raw.get("input_scale", 1.0)), normalization=raw.get("normalization"),
-        release=hints.get("release") or raw.get("release"), sae_ref=hints.get("sae_ref") or raw.get("sae_ref"),
-        neuronpedia_id=hints.get("neuronpedia_id") or raw.get("neuronpedia_id"), sha256=_sha256(files),
-        meta=meta, kind=kind, out_hook_name=out_hook if kind != "sae" else None,
-        out_layers=tuple(raw.get("out_layers") or ()), W_dec_layers=raw.get("W_dec_layers"),
+        **tensors,
+        architecture=arch,
+        hook_name=hook,
+        site=site,
+        layer=layer,
+        source=source,
+        source_format=fmt,
+        k=raw.get("k"),
+        apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input")),
+        input_scale=float(raw.get("input_scale", 1.0)),
+        normalization=raw.get("normalization"),
+        release=hints.get("release") or raw.get("release"),
+        sae_ref=hints.get("sae_ref") or raw.get("sae_ref"),
+        neuronpedia_id=hints.get("neuronpedia_id") or raw.get("neuronpedia_id"),
+        sha256=_sha256(files),
+        meta=meta,
+        kind=kind,
+        out_hook_name=out_hook if kind != "sae" else None,
+        out_layers=tuple(raw.get("out_layers") or ()),
+        W_dec_layers=raw.get("W_dec_layers"),
         notes=_notes(source, fmt, hints),
-    )  # fmt: skip
+    )
 
 
 def _sha256(files: list[Path]) -> str:
@@ -457,8 +490,16 @@ def _check_tensors(t: dict[str, torch.Tensor | None], wfile: Path, raw: dict[str
         raise CorruptWeights(f"{wfile}: W_enc must be a matrix (d_in, d_sae) and W_dec (d_sae, d_out)")
     d_in, d_sae = W_enc.shape
     d_out = W_dec.shape[1] if kind != "sae" else d_in
-    want = {"W_dec": (d_sae, d_out), "b_enc": (d_sae,), "b_dec": (d_out,), "threshold": (d_sae,), "r_mag": (d_sae,),
-            "b_mag": (d_sae,), "b_gate": (d_sae,), "W_skip": (d_in, d_out)}  # fmt: skip
+    want = {
+        "W_dec": (d_sae, d_out),
+        "b_enc": (d_sae,),
+        "b_dec": (d_out,),
+        "threshold": (d_sae,),
+        "r_mag": (d_sae,),
+        "b_mag": (d_sae,),
+        "b_gate": (d_sae,),
+        "W_skip": (d_in, d_out),
+    }
     for name, shape in want.items():
         if t[name] is not None and tuple(t[name].shape) != shape:
             raise CorruptWeights(

@@ -75,9 +75,19 @@ class BuildConfig:
                 f"ov_target must be {', '.join(OV_TARGETS[:-1])} or {OV_TARGETS[-1]}, not {self.ov_target!r}"
             )
         for name in (
-            "top_k", "reach", "n_random", "qk_k", "ov_k", "neighbour_k", "flow_k", "unit_size", "virtual_k",
-            "virtual_in_k", "virtual_baseline_samples", "virtual_sample",
-        ):  # fmt: skip
+            "top_k",
+            "reach",
+            "n_random",
+            "qk_k",
+            "ov_k",
+            "neighbour_k",
+            "flow_k",
+            "unit_size",
+            "virtual_k",
+            "virtual_in_k",
+            "virtual_baseline_samples",
+            "virtual_sample",
+        ):
             if getattr(self, name) < 1:
                 raise BuildError(f"{name} must be at least 1")
         if self.virtual_max_layers is not None and self.virtual_max_layers < 0:

@@ -145,22 +145,37 @@ def load_gemma_scope_2(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
 
     tgt = _target(opts)
     out: dict[str, Any] = dict(
-        W_enc=st.matrix("w_enc", name="W_enc", **tgt), b_enc=st.vector("b_enc"), b_dec=st.vector("b_dec"),
-        threshold=st.vector("threshold"), architecture="jumprelu", apply_b_dec_to_input=False, hook_name=hook,
-        kind=kind, out_hook_name=None if kind == "sae" else hook_out, weight_files=[params],
-        checked_files=[cfg_path] if cfg else [], cfg_d_sae=width, sae_ref="/".join(folder.parts[-2:]) if named else folder.name,
-        meta={"l0": cfg.get("l0", named[3] if named else None), "width": named[2] if named else None,
-              "model_name": cfg.get("model_name"), "gemma_scope_2_type": cfg.get("type") or (named[0] if named else None),
-              "hf_hook_point_in": cfg.get("hf_hook_point_in"), "hf_hook_point_out": cfg.get("hf_hook_point_out")},
-    )  # fmt: skip
+        W_enc=st.matrix("w_enc", name="W_enc", **tgt),
+        b_enc=st.vector("b_enc"),
+        b_dec=st.vector("b_dec"),
+        threshold=st.vector("threshold"),
+        architecture="jumprelu",
+        apply_b_dec_to_input=False,
+        hook_name=hook,
+        kind=kind,
+        out_hook_name=None if kind == "sae" else hook_out,
+        weight_files=[params],
+        checked_files=[cfg_path] if cfg else [],
+        cfg_d_sae=width,
+        sae_ref="/".join(folder.parts[-2:]) if named else folder.name,
+        meta={
+            "l0": cfg.get("l0", named[3] if named else None),
+            "width": named[2] if named else None,
+            "model_name": cfg.get("model_name"),
+            "gemma_scope_2_type": cfg.get("type") or (named[0] if named else None),
+            "hf_hook_point_in": cfg.get("hf_hook_point_in"),
+            "hf_hook_point_out": cfg.get("hf_hook_point_out"),
+        },
+    )
     if clt:
         if dec_shape[0] != d_sae or not layer < dec_shape[1]:
             raise CorruptWeights(
                 f"{params}: w_dec is {dec_shape}; a CLT at layer {layer} needs ({d_sae}, n_layers > {layer}, d_out)"
             )
         stored = StoredTensor(params, "w_dec", (d_sae, dec_shape[1] - layer, dec_shape[2]), start=layer)
-        out.update(W_dec=_sum_decoders(stored, tgt, "w_dec"), W_dec_layers=stored,
-                   out_layers=tuple(range(layer, dec_shape[1])))  # fmt: skip
+        out.update(
+            W_dec=_sum_decoders(stored, tgt, "w_dec"), W_dec_layers=stored, out_layers=tuple(range(layer, dec_shape[1]))
+        )
     else:
         out["W_dec"] = st.matrix("w_dec", name="W_dec", **tgt)
     if "affine_skip_connection" in st:
@@ -224,12 +239,21 @@ def load_circuit_tracer(path: Path, opts: dict[str, Any]) -> dict[str, Any]:
     arch, k = _activation(cfg, thr_key in st, k, path)
     tgt = _target(opts)
     out: dict[str, Any] = dict(
-        W_enc=st.matrix("W_enc", transpose=True, **tgt), W_dec=st.matrix("W_dec", **tgt), b_enc=st.vector("b_enc"),
-        b_dec=st.vector("b_dec"), architecture=arch, k=k, apply_b_dec_to_input=False, hook_name=hook,
-        kind="transcoder" if hook_out != hook else "sae", out_hook_name=hook_out if hook_out != hook else None,
-        weight_files=[path], checked_files=[cfg_path] if cfg_path else [], sae_ref=path.name,
+        W_enc=st.matrix("W_enc", transpose=True, **tgt),
+        W_dec=st.matrix("W_dec", **tgt),
+        b_enc=st.vector("b_enc"),
+        b_dec=st.vector("b_dec"),
+        architecture=arch,
+        k=k,
+        apply_b_dec_to_input=False,
+        hook_name=hook,
+        kind="transcoder" if hook_out != hook else "sae",
+        out_hook_name=hook_out if hook_out != hook else None,
+        weight_files=[path],
+        checked_files=[cfg_path] if cfg_path else [],
+        sae_ref=path.name,
         meta={"model_name": cfg.get("model_name"), "config": str(cfg_path) if cfg_path else None},
-    )  # fmt: skip
+    )
     if thr_key in st:
         out["threshold"] = st.vector(thr_key)
     if "W_skip" in st:
@@ -264,13 +288,24 @@ def load_circuit_tracer_clt(path: Path, opts: dict[str, Any]) -> dict[str, Any]:
     tgt = _target(opts)
     stored = StoredTensor(dec_path, f"W_dec_{layer}", tuple(dec_shape))
     out: dict[str, Any] = dict(
-        W_enc=enc.matrix(f"W_enc_{layer}", transpose=True, name="W_enc", **tgt), W_dec=_sum_decoders(stored, tgt, "W_dec"),
-        W_dec_layers=stored, b_enc=enc.vector(f"b_enc_{layer}"), b_dec=enc.vector(f"b_dec_{layer}"),
-        architecture=arch, k=k, apply_b_dec_to_input=False, hook_name=hook, kind="clt", out_hook_name=hook_out,
-        out_layers=tuple(range(layer, layer + dec_shape[1])), weight_files=[enc_path, dec_path],
-        checked_files=[cfg_path] if cfg_path else [], sae_ref=f"layer_{layer}", release=folder.name or None,
+        W_enc=enc.matrix(f"W_enc_{layer}", transpose=True, name="W_enc", **tgt),
+        W_dec=_sum_decoders(stored, tgt, "W_dec"),
+        W_dec_layers=stored,
+        b_enc=enc.vector(f"b_enc_{layer}"),
+        b_dec=enc.vector(f"b_dec_{layer}"),
+        architecture=arch,
+        k=k,
+        apply_b_dec_to_input=False,
+        hook_name=hook,
+        kind="clt",
+        out_hook_name=hook_out,
+        out_layers=tuple(range(layer, layer + dec_shape[1])),
+        weight_files=[enc_path, dec_path],
+        checked_files=[cfg_path] if cfg_path else [],
+        sae_ref=f"layer_{layer}",
+        release=folder.name or None,
         meta={"model_name": cfg.get("model_name"), "b_dec": f"the CLT's output bias at layer {layer}"},
-    )  # fmt: skip
+    )
     if has_thr:
         out["threshold"] = enc.vector(f"threshold_{layer}")
     return out

@@ -234,16 +234,22 @@ class ModelWeights:
                 b_K=mv(lw.b_K),
                 b_V=mv(lw.b_V),
                 b_O=mv(lw.b_O),
-            )  # fmt: skip
+            )
             for lw in self.layers
         ]
         tied_W_U = self.tied_embeddings and self.W_U.data_ptr() == self.W_E.data_ptr()
         W_E = mv(self.W_E)
         W_U = W_E.T if tied_W_U else mv(self.W_U)  # keep one copy when the checkpoint ties them
         return replace(
-            self, W_E=W_E, W_U=W_U, b_U=mv(self.b_U), W_pos=mv(self.W_pos), ln_final=mv_norm(self.ln_final),
-            layers=layers, dtype=str(dtype or self.W_U.dtype).replace("torch.", ""),
-        )  # fmt: skip
+            self,
+            W_E=W_E,
+            W_U=W_U,
+            b_U=mv(self.b_U),
+            W_pos=mv(self.W_pos),
+            ln_final=mv_norm(self.ln_final),
+            layers=layers,
+            dtype=str(dtype or self.W_U.dtype).replace("torch.", ""),
+        )
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Model logits for a final residual state h: final norm, W_U, bias, softcap."""
@@ -261,13 +267,25 @@ class ModelWeights:
     def atlas_model_fields(self) -> dict[str, Any]:
         """Row for atlas.add_model()."""
         return dict(
-            name=self.source.rstrip("/").split("/")[-1], source=self.source, source_kind=self.source_kind,
-            architecture=self.architecture, n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
-            n_kv_heads=self.n_kv_heads, d_head=self.d_head, d_vocab=self.d_vocab,
-            tied_embeddings=self.tied_embeddings, norm_kind=self.norm_kind, embed_scale=self.embed_scale,
-            attn_softcap=self.attn_softcap, final_softcap=self.final_softcap, dtype=self.dtype,
-            sha256=self.sha256, notes=self.notes,
-        )  # fmt: skip
+            name=self.source.rstrip("/").split("/")[-1],
+            source=self.source,
+            source_kind=self.source_kind,
+            architecture=self.architecture,
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            d_head=self.d_head,
+            d_vocab=self.d_vocab,
+            tied_embeddings=self.tied_embeddings,
+            norm_kind=self.norm_kind,
+            embed_scale=self.embed_scale,
+            attn_softcap=self.attn_softcap,
+            final_softcap=self.final_softcap,
+            dtype=self.dtype,
+            sha256=self.sha256,
+            notes=self.notes,
+        )
 
 
 @dataclass
@@ -399,9 +417,13 @@ class SAEWeights:
         if s == 1.0:
             return self
         return replace(
-            self, W_enc=self.W_enc * s, W_dec=self.W_dec / s, b_dec=self.b_dec / s, input_scale=1.0,
+            self,
+            W_enc=self.W_enc * s,
+            W_dec=self.W_dec / s,
+            b_dec=self.b_dec / s,
+            input_scale=1.0,
             meta={**self.meta, "folded_input_scale": s},
-        )  # fmt: skip
+        )
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SAEWeights:
         """A copy with every tensor moved/cast (a decoder left in its file stays there)."""
@@ -425,11 +447,23 @@ class SAEWeights:
     def atlas_sae_fields(self, model_id: int) -> dict[str, Any]:
         """Row for atlas.add_sae(); a transcoder or CLT also says what it writes (schema 4)."""
         out = dict(
-            model_id=model_id, release=self.release, sae_ref=self.sae_ref, hook_name=self.hook_name,
-            site=self.site, layer=self.layer, d_in=self.d_in, d_sae=self.d_sae,
-            architecture=self.architecture, k=self.k, source=self.source, source_format=self.source_format,
-            sha256=self.sha256, neuronpedia_id=self.neuronpedia_id, notes=self.notes, sae_kind=self.atlas_kind,
-        )  # fmt: skip
+            model_id=model_id,
+            release=self.release,
+            sae_ref=self.sae_ref,
+            hook_name=self.hook_name,
+            site=self.site,
+            layer=self.layer,
+            d_in=self.d_in,
+            d_sae=self.d_sae,
+            architecture=self.architecture,
+            k=self.k,
+            source=self.source,
+            source_format=self.source_format,
+            sha256=self.sha256,
+            neuronpedia_id=self.neuronpedia_id,
+            notes=self.notes,
+            sae_kind=self.atlas_kind,
+        )
         if self.kind != "sae":
             out.update(out_hook_name=self.out_hook_name, out_site=self.out_site, d_out=self.d_out)
             if self.kind == "clt":

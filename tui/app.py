@@ -214,12 +214,13 @@ class SaeAtlasApp(App):
             self.post_message(WorkFailed("label", str(e)))
             return
         editor = LabelEditor(
-            feature_id, name,
+            feature_id,
+            name,
             text=text if text is not None else (mine.text if mine else ""),
             kind=kind or (mine.kind if mine else "free"),
             original_text=mine.text if mine else "",
             where=where,
-        )  # fmt: skip
+        )
         self.call_from_thread(self.push_screen, editor, self._label_chosen)
 
     def _label_chosen(self, req: LabelRequest | None) -> None:

@@ -32,8 +32,12 @@ def browse(atlas: Path | None, readonly: bool, keymap_path: Path | None, no_hist
 
     atlas = resolve_db_path(atlas)  # same order as every other command; one line if nothing is found
     try:
-        app = make_app(atlas, readonly=readonly, keymap_path=keymap_path,
-                       history_path=None if no_history else default_history_path())  # fmt: skip
+        app = make_app(
+            atlas,
+            readonly=readonly,
+            keymap_path=keymap_path,
+            history_path=None if no_history else default_history_path(),
+        )
     except AtlasError as e:
         raise click.ClickException(str(e)) from None
     app.run()

@@ -23,9 +23,12 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 def db_option(fn: Callable) -> Callable:
     """atlas.cli's --db: the atlas file, else the group's --db / $SAE_ATLAS_DB, else the bundled example."""
     return click.option(
-        "--db", "db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        "--db",
+        "db",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
         help="Atlas file (default: the group's --db, $SAE_ATLAS_DB, then the bundled atlas.db.example)",
-    )(fn)  # fmt: skip
+    )(fn)
 
 
 def _size(n: float) -> str:
@@ -49,16 +52,37 @@ def import_group() -> None:
 @import_group.command("neuronpedia", context_settings=CONTEXT_SETTINGS)
 @click.argument("path", type=click.Path(path_type=Path))
 @db_option
-@click.option("--sae", default=None, help="The atlas SAE the rows belong to (default: the SAE whose neuronpedia_id "
-              "is the export's <model>/<source>)")  # fmt: skip
-@click.option("--activations", "n_examples", type=click.IntRange(0, 1000), default=0, show_default=True,
-              help="Also import the top N activation examples per feature (0 = none)")  # fmt: skip
-@click.option("--window", type=click.IntRange(1, 4096), default=DEFAULT_WINDOW, show_default=True,
-              help="Tokens kept per activation example, around its most active token")  # fmt: skip
-@click.option("--link", is_flag=True, help="Record the export's <model>/<source> as the SAE's neuronpedia_id "
-              "(the card then shows its neuronpedia.org URL)")  # fmt: skip
-@click.option("--skip-bad-files", is_flag=True, help="Import the rest when a file cannot be read (default: "
-              "an unreadable file leaves the atlas unchanged)")  # fmt: skip
+@click.option(
+    "--sae",
+    default=None,
+    help="The atlas SAE the rows belong to (default: the SAE whose neuronpedia_id is the export's <model>/<source>)",
+)
+@click.option(
+    "--activations",
+    "n_examples",
+    type=click.IntRange(0, 1000),
+    default=0,
+    show_default=True,
+    help="Also import the top N activation examples per feature (0 = none)",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(1, 4096),
+    default=DEFAULT_WINDOW,
+    show_default=True,
+    help="Tokens kept per activation example, around its most active token",
+)
+@click.option(
+    "--link",
+    is_flag=True,
+    help="Record the export's <model>/<source> as the SAE's neuronpedia_id "
+    "(the card then shows its neuronpedia.org URL)",
+)
+@click.option(
+    "--skip-bad-files",
+    is_flag=True,
+    help="Import the rest when a file cannot be read (default: an unreadable file leaves the atlas unchanged)",
+)
 def neuronpedia(
     path: Path, db: Path | None, sae: str | None, n_examples: int, window: int, link: bool, skip_bad_files: bool
 ) -> None:
@@ -80,8 +104,9 @@ def neuronpedia(
     """
     atlas_path = resolve_db_path(db)
     try:
-        report = import_export(atlas_path, path, sae=sae, activations=n_examples, window=window, link=link,
-                               skip_bad_files=skip_bad_files)  # fmt: skip
+        report = import_export(
+            atlas_path, path, sae=sae, activations=n_examples, window=window, link=link, skip_bad_files=skip_bad_files
+        )
     except ImportFailed as e:
         for line in _problem_lines(e.report):
             click.echo(line, err=True)
@@ -106,14 +131,18 @@ def report_lines(report: ImportReport, atlas_path: Path) -> list[str]:
         c = src.counts
         e, f, a = c["explanations"], c["features"], c["activations"]
         if e.files:
-            out.append(f"  explanations: {e.matched:,} matched ({src.labels:,} labels), {e.unmatched:,} unmatched, "
-                       f"{e.skipped:,} skipped")  # fmt: skip
+            out.append(
+                f"  explanations: {e.matched:,} matched ({src.labels:,} labels), {e.unmatched:,} unmatched, "
+                f"{e.skipped:,} skipped"
+            )
         if f.files:
             out.append(f"  logit tables: {f.matched:,} matched, {f.unmatched:,} unmatched, {f.skipped:,} skipped")
         if a.files:
             per = f", {src.example_bytes / src.examples:,.0f} bytes each" if src.examples else ""
-            out.append(f"  activations:  {a.matched:,} matched, {a.unmatched:,} unmatched, {a.skipped:,} skipped; "
-                       f"kept {src.examples:,} examples{per}")  # fmt: skip
+            out.append(
+                f"  activations:  {a.matched:,} matched, {a.unmatched:,} unmatched, {a.skipped:,} skipped; "
+                f"kept {src.examples:,} examples{per}"
+            )
         elif src.activation_files_unread:
             out.append(f"  activations:  {src.activation_files_unread} files not read (--activations N imports them)")
     with open_atlas(atlas_path) as atlas:
@@ -125,8 +154,10 @@ def report_lines(report: ImportReport, atlas_path: Path) -> list[str]:
         out.append(f"{name} is now linked to {np_id} on Neuronpedia")
     rate = report.rows_read / report.seconds if report.seconds > 0 else 0.0
     grew = report.bytes_after - report.bytes_before
-    out.append(f"imported {report.rows_read:,} rows in {report.seconds:.1f} s ({rate:,.0f} rows/s) into "
-               f"{atlas_path} ({'+' if grew >= 0 else '-'}{_size(abs(grew))})")  # fmt: skip
+    out.append(
+        f"imported {report.rows_read:,} rows in {report.seconds:.1f} s ({rate:,.0f} rows/s) into "
+        f"{atlas_path} ({'+' if grew >= 0 else '-'}{_size(abs(grew))})"
+    )
     return out
 
 
@@ -141,8 +172,12 @@ def agreement_summary(atlas: Any, sae: str) -> str | None:
     if not rows:
         return None
     parts = []
-    for i, what in ((0, "promoted overlap"), (1, "promoted rank corr"), (2, "suppressed overlap"),
-                    (3, "suppressed rank corr")):  # fmt: skip
+    for i, what in (
+        (0, "promoted overlap"),
+        (1, "promoted rank corr"),
+        (2, "suppressed overlap"),
+        (3, "suppressed rank corr"),
+    ):
         vals = sorted(r[i] for r in rows if r[i] is not None)
         if vals:
             parts.append(f"{what} median {statistics.median(vals):.2f} (IQR {_q(vals, 0.25):.2f}-{_q(vals, 0.75):.2f})")

@@ -150,22 +150,68 @@ def _write_source(
 ) -> tuple[int, int]:
     model = next(m for m in atlas.models() if m.model_id == s.model_id)
     set_name = source_id.split("-", 1)[1] if "-" in source_id else source_id
-    _jsonl(folder / "model.jsonl", [{
-        "id": model_id, "displayName": model.name, "displayNameShort": model.name, "layers": model.n_layers,
-        "dimension": model.d_model, "neuronsPerLayer": s.d_sae, "owner": model.source, "creatorId": None,
-    }], compress=False)  # fmt: skip
-    _jsonl(folder / "sourceset.jsonl", [{
-        "modelId": model_id, "name": set_name, "description": f"sae-atlas export of {s.name}", "type": "sae",
-        "creatorName": "sae-atlas", "urls": [], "releaseName": s.release, "creatorId": None,
-    }], compress=False)  # fmt: skip
-    _jsonl(folder / "source.jsonl", [{
-        "id": source_id, "modelId": model_id, "setName": set_name, "hasDashboards": True,
-        "saelensRelease": s.release, "saelensSaeId": s.sae_ref, "creatorId": None, "notes": s.notes,
-    }], compress=False)  # fmt: skip
+    _jsonl(
+        folder / "model.jsonl",
+        [
+            {
+                "id": model_id,
+                "displayName": model.name,
+                "displayNameShort": model.name,
+                "layers": model.n_layers,
+                "dimension": model.d_model,
+                "neuronsPerLayer": s.d_sae,
+                "owner": model.source,
+                "creatorId": None,
+            }
+        ],
+        compress=False,
+    )
+    _jsonl(
+        folder / "sourceset.jsonl",
+        [
+            {
+                "modelId": model_id,
+                "name": set_name,
+                "description": f"sae-atlas export of {s.name}",
+                "type": "sae",
+                "creatorName": "sae-atlas",
+                "urls": [],
+                "releaseName": s.release,
+                "creatorId": None,
+            }
+        ],
+        compress=False,
+    )
+    _jsonl(
+        folder / "source.jsonl",
+        [
+            {
+                "id": source_id,
+                "modelId": model_id,
+                "setName": set_name,
+                "hasDashboards": True,
+                "saelensRelease": s.release,
+                "saelensSaeId": s.sae_ref,
+                "creatorId": None,
+                "notes": s.notes,
+            }
+        ],
+        compress=False,
+    )
     if s.release:
-        _jsonl(folder / "release.jsonl", [{
-            "name": s.release, "description": s.release, "creatorName": "sae-atlas", "urls": [], "creatorId": None,
-        }], compress=False)  # fmt: skip
+        _jsonl(
+            folder / "release.jsonl",
+            [
+                {
+                    "name": s.release,
+                    "description": s.release,
+                    "creatorName": "sae-atlas",
+                    "urls": [],
+                    "creatorId": None,
+                }
+            ],
+            compress=False,
+        )
     n_feat = n_expl = 0
     idxs = [r[0] for r in atlas.conn.execute("SELECT idx FROM features WHERE sae_id = ? ORDER BY idx", (s.sae_id,))]
     for b, start in enumerate(range(0, len(idxs), BATCH_SIZE)):
@@ -187,11 +233,21 @@ def _batch(
         "SELECT feature_id, idx FROM features WHERE sae_id = ? AND idx BETWEEN ? AND ? ORDER BY idx", (s.sae_id, lo, hi)
     ).fetchall()
     rows = {
-        fid: {"modelId": model_id, "layer": source_id, "index": str(idx), "sourceSetName": set_name,
-              "hookName": s.hook_name, "pos_str": [], "pos_values": [], "neg_str": [], "neg_values": [],
-              "topkCosSimIndices": [], "topkCosSimValues": []}
+        fid: {
+            "modelId": model_id,
+            "layer": source_id,
+            "index": str(idx),
+            "sourceSetName": set_name,
+            "hookName": s.hook_name,
+            "pos_str": [],
+            "pos_values": [],
+            "neg_str": [],
+            "neg_values": [],
+            "topkCosSimIndices": [],
+            "topkCosSimValues": [],
+        }
         for fid, idx in feats
-    }  # fmt: skip
+    }
     where = "f.sae_id = ? AND f.idx BETWEEN ? AND ?"
     for fid, sign, raw, value in conn.execute(
         "SELECT ts.feature_id, ts.sign, COALESCE(v.raw, ''), ts.value FROM features f "
@@ -218,7 +274,16 @@ def _batch(
             f"WHERE {where} AND substr(l.source, 1, ?) != ? ORDER BY f.idx, l.label_id",
             (s.sae_id, lo, hi, len(LABEL_SOURCE_PREFIX), LABEL_SOURCE_PREFIX),
         ):
-            expl.append({"id": f"sae-atlas-{label_id}", "modelId": model_id, "layer": source_id, "index": str(idx),
-                         "description": text, "typeName": "sae-atlas", "explanationModelName": f"sae-atlas:{source}",
-                         "authorId": None})  # fmt: skip
+            expl.append(
+                {
+                    "id": f"sae-atlas-{label_id}",
+                    "modelId": model_id,
+                    "layer": source_id,
+                    "index": str(idx),
+                    "description": text,
+                    "typeName": "sae-atlas",
+                    "explanationModelName": f"sae-atlas:{source}",
+                    "authorId": None,
+                }
+            )
     return list(rows.values()), expl

@@ -219,9 +219,11 @@ def _target(conn: Any, row: Any) -> _Target:
         "SELECT COUNT(*) FROM features WHERE sae_id = ? AND (feature_id != ? + idx OR idx >= ?)",
         (row["sae_id"], lo, n),
     ).fetchone()[0]
-    ids: Any = (lo, n) if n and not off else dict(
-        conn.execute("SELECT idx, feature_id FROM features WHERE sae_id = ?", (row["sae_id"],))
-    )  # fmt: skip
+    ids: Any = (
+        (lo, n)
+        if n and not off
+        else dict(conn.execute("SELECT idx, feature_id FROM features WHERE sae_id = ?", (row["sae_id"],)))
+    )
     return _Target(row["sae_id"], row["name"], row["d_sae"], row["model_id"], row["neuronpedia_id"], ids)
 
 
@@ -247,13 +249,17 @@ def _import_source(
     in_sae = "feature_id IN (SELECT feature_id FROM features WHERE sae_id = ?)"
     files = {kind: folder.batches(kind) for kind in _KINDS}
     if files["explanations"]:
-        conn.execute(f"DELETE FROM labels WHERE substr(source, 1, ?) = ? AND {in_sae}",
-                     (len(LABEL_SOURCE_PREFIX), LABEL_SOURCE_PREFIX, target.sae_id))  # fmt: skip
+        conn.execute(
+            f"DELETE FROM labels WHERE substr(source, 1, ?) = ? AND {in_sae}",
+            (len(LABEL_SOURCE_PREFIX), LABEL_SOURCE_PREFIX, target.sae_id),
+        )
     if files["features"]:
         conn.execute(f"DELETE FROM neuronpedia_agreement WHERE {in_sae}", (target.sae_id,))
     if files["activations"] and activations > 0:
-        conn.execute(f"DELETE FROM activation_examples WHERE substr(source, 1, ?) = ? AND {in_sae}",
-                     (len(EXAMPLE_SOURCE_PREFIX), EXAMPLE_SOURCE_PREFIX, target.sae_id))  # fmt: skip
+        conn.execute(
+            f"DELETE FROM activation_examples WHERE substr(source, 1, ?) = ? AND {in_sae}",
+            (len(EXAMPLE_SOURCE_PREFIX), EXAMPLE_SOURCE_PREFIX, target.sae_id),
+        )
         conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS np_examples (feature_id INTEGER NOT NULL, max_value REAL NOT NULL, "
             "seq INTEGER NOT NULL, tokens TEXT NOT NULL, acts TEXT NOT NULL, max_index INTEGER NOT NULL)"
@@ -334,8 +340,15 @@ def _explanations(conn: Any, rows: Iterable, src: SourceReport, report: ImportRe
             continue
         model = row.get("explanationModelName") or row.get("typeName") or "unknown"
         evidence = {k: row[key] for k, key in (("id", "id"), ("type", "typeName")) if isinstance(row.get(key), str)}
-        out.append((fid, " ".join(text.split()), LABEL_SOURCE_PREFIX + str(model).strip()[:100],
-                    json.dumps(evidence, separators=(",", ":")) if evidence else None, now))  # fmt: skip
+        out.append(
+            (
+                fid,
+                " ".join(text.split()),
+                LABEL_SOURCE_PREFIX + str(model).strip()[:100],
+                json.dumps(evidence, separators=(",", ":")) if evidence else None,
+                now,
+            )
+        )
         count.matched += 1
     conn.executemany(
         "INSERT INTO labels (feature_id, text, kind, source, evidence, created_at) VALUES (?, ?, 'free', ?, ?, ?)", out
@@ -370,8 +383,7 @@ def _token_list(row: dict, tokens_key: str, values_key: str, descending: bool) -
         return None
     if values is None or values == []:
         return tokens
-    if (not isinstance(values, list) or len(values) != len(tokens)
-            or not all(_finite(v) for v in values)):  # fmt: skip
+    if not isinstance(values, list) or len(values) != len(tokens) or not all(_finite(v) for v in values):
         return None
     order = sorted(range(len(tokens)), key=lambda i: -values[i] if descending else values[i])  # stable on ties
     return [tokens[i] for i in order]
@@ -382,9 +394,14 @@ def _finite(v: Any) -> bool:
 
 
 def _features(
-    conn: Any, rows: Iterable, target: _Target, src: SourceReport, folder: SourceFolder, top_n: int,
+    conn: Any,
+    rows: Iterable,
+    target: _Target,
+    src: SourceReport,
+    folder: SourceFolder,
+    top_n: int,
     report: ImportReport,
-) -> None:  # fmt: skip
+) -> None:
     from atlas.write import utc_now
 
     count, parsed = src.counts["features"], []
@@ -406,8 +423,20 @@ def _features(
             report.problems.add("repeated logit tables of one feature (the last kept)", f"{src.folder} #{fid}")
         p = compare(ours.get((fid, 1), []), pos, top_n)
         n = compare(ours.get((fid, -1), []), neg, top_n)
-        out[fid] = (fid, np_id, top_n, p.n, p.shared, p.rank_corr, n.n, n.shared, n.rank_corr,
-                    _json_list(pos[:top_n]), _json_list(neg[:top_n]), now)  # fmt: skip
+        out[fid] = (
+            fid,
+            np_id,
+            top_n,
+            p.n,
+            p.shared,
+            p.rank_corr,
+            n.n,
+            n.shared,
+            n.rank_corr,
+            _json_list(pos[:top_n]),
+            _json_list(neg[:top_n]),
+            now,
+        )
     conn.executemany(
         "INSERT OR REPLACE INTO neuronpedia_agreement (feature_id, neuronpedia_id, top_n, pos_n, pos_shared, "
         "pos_rank_corr, neg_n, neg_shared, neg_rank_corr, pos_str, neg_str, imported_at) "
@@ -468,9 +497,14 @@ def _activations(
 def _example(row: dict) -> tuple[float, list[str], list[float], int] | None:
     """(max value, tokens, values, index of the max) of an Activation row, or None when malformed."""
     tokens, values = row.get("tokens"), row.get("values")
-    if (not isinstance(tokens, list) or not isinstance(values, list) or not tokens
-            or len(tokens) != len(values) or not all(isinstance(t, str) for t in tokens)
-            or not all(_finite(v) for v in values)):  # fmt: skip
+    if (
+        not isinstance(tokens, list)
+        or not isinstance(values, list)
+        or not tokens
+        or len(tokens) != len(values)
+        or not all(isinstance(t, str) for t in tokens)
+        or not all(_finite(v) for v in values)
+    ):
         return None
     at = row.get("maxValueTokenIndex")
     if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at < len(values):

@@ -26,9 +26,15 @@ if TYPE_CHECKING:
     from builders.weights import ModelWeights, SAEWeights
 
 ROW_TABLES = (
-    "features", "token_scores", "head_scores", "edges", "labels", "depth_profiles", "virtual_baselines",
+    "features",
+    "token_scores",
+    "head_scores",
+    "edges",
+    "labels",
+    "depth_profiles",
+    "virtual_baselines",
     "decoder_spread",
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)

@@ -222,10 +222,15 @@ def virtual_baseline(
     v = np.sort(np.concatenate(vals).astype(np.float64))
     q = np.quantile(v, PERCENTILE_LEVELS / 100)
     stats: dict[str, float | int | None] = {
-        "n_samples": int(v.size), "mean": float(v.mean()), "std": float(v.std()),
-        "p50": float(np.quantile(v, 0.5)), "p90": float(np.quantile(v, 0.9)), "p99": float(np.quantile(v, 0.99)),
-        "p999": float(np.quantile(v, 0.999)), "max": float(v[-1]),
-    }  # fmt: skip
+        "n_samples": int(v.size),
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "p50": float(np.quantile(v, 0.5)),
+        "p90": float(np.quantile(v, 0.9)),
+        "p99": float(np.quantile(v, 0.99)),
+        "p999": float(np.quantile(v, 0.999)),
+        "max": float(v[-1]),
+    }
     # real pairs: an evenly spaced sample of source features against every destination feature
     f_pick = np.unique(np.linspace(0, src.d_sae - 1, min(n_real, src.d_sae)).round().astype(np.int64))
     above = np.zeros(2, dtype=np.int64)
@@ -353,11 +358,17 @@ def baseline_of(ctx: Context, i: int, j: int) -> Baseline:
     return ctx.cached(
         ("virtual_baseline", i, j),
         lambda: virtual_baseline(
-            m, ctx.saes[i], ctx.saes[j], n_random=cfg.n_random, max_samples=cfg.virtual_baseline_samples,
-            n_real=cfg.virtual_sample, seed=cfg.seed + 7919 * i + 104729 * j, fold_norms=cfg.fold_norms,
+            m,
+            ctx.saes[i],
+            ctx.saes[j],
+            n_random=cfg.n_random,
+            max_samples=cfg.virtual_baseline_samples,
+            n_real=cfg.virtual_sample,
+            seed=cfg.seed + 7919 * i + 104729 * j,
+            fold_norms=cfg.fold_norms,
             block=min(4096, cfg.key_columns(m.d_model, ctx.block_rows)),
         ),
-    )  # fmt: skip
+    )
 
 
 def _run_baseline(ctx: Context, u: Unit) -> Rows:
@@ -372,9 +383,17 @@ def _run(ctx: Context, u: Unit) -> Rows:
         lambda block, cache: dest_columns(m, ctx.saes[j], fold_norms=cfg.fold_norms, block=block, cache=cache),
     )
     e = virtual_pass(
-        m, ctx.saes[i], ctx.saes[j], u.start, u.end, cols, baseline_of(ctx, i, j),
-        k=cfg.virtual_k, fold_norms=cfg.fold_norms, block_rows=ctx.block_rows,
-    )  # fmt: skip
+        m,
+        ctx.saes[i],
+        ctx.saes[j],
+        u.start,
+        u.end,
+        cols,
+        baseline_of(ctx, i, j),
+        k=cfg.virtual_k,
+        fold_norms=cfg.fold_norms,
+        block_rows=ctx.block_rows,
+    )
     return Rows(edges=e)
 
 

@@ -97,9 +97,18 @@ def _run(ctx: Context, u: Unit) -> Rows:
     )
     norms = ctx.cached(("virtual_src_norms", i, read), lambda: source_norms(m, src, read, fold_norms=cfg.fold_norms))
     e = virtual_in_pass(
-        m, src, dst, u.start, u.end, cols, baseline_of(ctx, i, j), norms,
-        k=cfg.virtual_in_k, fold_norms=cfg.fold_norms, block_rows=ctx.block_rows,
-    )  # fmt: skip
+        m,
+        src,
+        dst,
+        u.start,
+        u.end,
+        cols,
+        baseline_of(ctx, i, j),
+        norms,
+        k=cfg.virtual_in_k,
+        fold_norms=cfg.fold_norms,
+        block_rows=ctx.block_rows,
+    )
     return Rows(edges=e)
 
 

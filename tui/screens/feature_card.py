@@ -73,8 +73,14 @@ class FeatureCardScreen(AtlasScreen):
 
     def on_mount(self) -> None:
         edges = self.query_one("#card-edges", DataTable)
-        for key, title in (("kind", "kind"), ("dir", "dir"), ("other", "feature"), ("head", "head"),
-                           ("score", "score"), ("rank", "rank")):  # fmt: skip
+        for key, title in (
+            ("kind", "kind"),
+            ("dir", "dir"),
+            ("other", "feature"),
+            ("head", "head"),
+            ("score", "score"),
+            ("rank", "rank"),
+        ):
             edges.add_column(title, key=key)
         # The card scrolls as a whole; `e` (or tab) moves into the edge table to follow an edge.
         self.query_one("#card", VerticalScroll).focus()
@@ -177,9 +183,10 @@ class FeatureCardScreen(AtlasScreen):
         card = self.card = msg.card
         f = card.feature
         title = Text.assemble(
-            (f.name, "bold"), f"  #{f.feature_id} · layer {f.layer} · {f.site} · SAE {f.sae}",
+            (f.name, "bold"),
+            f"  #{f.feature_id} · layer {f.layer} · {f.site} · SAE {f.sae}",
             (f"   history {self.history.position + 1}/{len(self.history)}" if len(self.history) > 1 else "", "dim"),
-        )  # fmt: skip
+        )
         self.query_one("#card-title", Static).update(title)
         self.sub_title = f.name
         self.query_one(StatsPanel).set_feature(f, msg.criteria)
@@ -213,12 +220,20 @@ class FeatureCardScreen(AtlasScreen):
         table.clear()
         for i, e in enumerate(card.edges_out):
             head = f"L{e.head_layer}.H{e.head}" if e.head is not None else ""
-            table.add_row(EDGE_KINDS.get(e.kind, e.kind), "→", e.dst, head, f"{e.score:.3f}", e.rank,
-                          key=f"out{i}:{e.dst_feature}")  # fmt: skip
+            table.add_row(
+                EDGE_KINDS.get(e.kind, e.kind),
+                "→",
+                e.dst,
+                head,
+                f"{e.score:.3f}",
+                e.rank,
+                key=f"out{i}:{e.dst_feature}",
+            )
         for i, e in enumerate(card.edges_in):
             head = f"L{e.head_layer}.H{e.head}" if e.head is not None else ""
-            table.add_row(EDGE_KINDS.get(e.kind, e.kind), "←", e.src, head, f"{e.score:.3f}", e.rank,
-                          key=f"in{i}:{e.src_feature}")  # fmt: skip
+            table.add_row(
+                EDGE_KINDS.get(e.kind, e.kind), "←", e.src, head, f"{e.score:.3f}", e.rank, key=f"in{i}:{e.src_feature}"
+            )
 
     @on(DataTable.RowSelected, "#card-edges")
     def edge_selected(self, event: DataTable.RowSelected) -> None:

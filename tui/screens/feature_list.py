@@ -56,16 +56,31 @@ class FeatureListScreen(AtlasScreen):
                 yield Label("layer")
                 yield Select([("all", ALL)], value=ALL, allow_blank=False, compact=True, id="f-layer")
                 yield Label("label")
-                yield Select([("any", ALL), *((k, k) for k in (*LABEL_KINDS, UNLABELLED))], value=ALL,
-                             allow_blank=False, compact=True, id="f-kind")  # fmt: skip
+                yield Select(
+                    [("any", ALL), *((k, k) for k in (*LABEL_KINDS, UNLABELLED))],
+                    value=ALL,
+                    allow_blank=False,
+                    compact=True,
+                    id="f-kind",
+                )
             with Horizontal(classes="control-row"):
                 yield Label("sort")
-                yield Select([("feature id", ALL), *((m, m) for m in METRIC_COLUMNS)], value=ALL,
-                             allow_blank=False, compact=True, id="f-sort")  # fmt: skip
+                yield Select(
+                    [("feature id", ALL), *((m, m) for m in METRIC_COLUMNS)],
+                    value=ALL,
+                    allow_blank=False,
+                    compact=True,
+                    id="f-sort",
+                )
                 yield Static("↓", id="f-order")
                 yield Label("range on")
-                yield Select([("sort metric", ALL), *((m, m) for m in METRIC_COLUMNS)], value=ALL,
-                             allow_blank=False, compact=True, id="f-range")  # fmt: skip
+                yield Select(
+                    [("sort metric", ALL), *((m, m) for m in METRIC_COLUMNS)],
+                    value=ALL,
+                    allow_blank=False,
+                    compact=True,
+                    id="f-range",
+                )
                 yield Input(placeholder="min", type="number", compact=True, id="f-lo")
                 yield Input(placeholder="max", type="number", compact=True, id="f-hi")
         yield Static("", id="list-status")

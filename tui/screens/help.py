@@ -22,8 +22,14 @@ def binding_rows(app) -> list[tuple[str, str, str, str]]:
             if not isinstance(b, Binding) or not b.id:
                 continue
             keys = keymap.get(b.id, b.key)
-            rows.append((where, ", ".join(app.get_key_display(Binding(k, "")) for k in keys.split(",")), b.id,
-                         b.description or b.action))  # fmt: skip
+            rows.append(
+                (
+                    where,
+                    ", ".join(app.get_key_display(Binding(k, "")) for k in keys.split(",")),
+                    b.id,
+                    b.description or b.action,
+                )
+            )
     return rows
 
 
@@ -48,9 +54,10 @@ class HelpScreen(ModalScreen[None]):
         t.add_row("everywhere", "ctrl+p", "command palette: open a feature, a screen", "")
         t.add_row("everywhere", "ctrl+q", "quit", "")
         foot = Text.assemble(
-            "\nRemap any key: put lines like ", ('"card.back" = "h,backspace"', "bold"),
+            "\nRemap any key: put lines like ",
+            ('"card.back" = "h,backspace"', "bold"),
             f" under [keymap] in {default_keymap_path()} (or pass --keymap FILE). Escape closes this.",
-        )  # fmt: skip
+        )
         from rich.console import Group
 
         return Group(t, foot)

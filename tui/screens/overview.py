@@ -48,9 +48,17 @@ class OverviewScreen(AtlasScreen):
 
     def on_mount(self) -> None:
         table = self.query_one("#sae-table", DataTable)
-        for key, title in (("layer", "layer"), ("name", "SAE"), ("site", "site"), ("d_sae", "features"),
-                           ("arch", "arch"), ("ref", "release / ref"), ("fve", "FVE"), ("l0", "L0"),
-                           ("source", "source")):  # fmt: skip
+        for key, title in (
+            ("layer", "layer"),
+            ("name", "SAE"),
+            ("site", "site"),
+            ("d_sae", "features"),
+            ("arch", "arch"),
+            ("ref", "release / ref"),
+            ("fve", "FVE"),
+            ("l0", "L0"),
+            ("source", "source"),
+        ):
             table.add_column(title, key=key)
         table.focus()
         self.load_overview()
@@ -106,8 +114,18 @@ class OverviewScreen(AtlasScreen):
         table.clear()
         for s in msg.saes:
             ref = "/".join(x for x in (s.release, s.sae_ref) if x) or "—"
-            table.add_row(s.layer, s.name, s.site, f"{s.d_sae:,}", s.architecture + (f" k={s.k}" if s.k else ""), ref,
-                          fmt(s.fve, 2), fmt(s.l0, 1), s.source, key=str(s.sae_id))  # fmt: skip
+            table.add_row(
+                s.layer,
+                s.name,
+                s.site,
+                f"{s.d_sae:,}",
+                s.architecture + (f" k={s.k}" if s.k else ""),
+                ref,
+                fmt(s.fve, 2),
+                fmt(s.l0, 1),
+                s.source,
+                key=str(s.sae_id),
+            )
         table.border_title = f"{len(msg.saes)} SAEs"
         # The plots aggregate every feature (seconds on a million): start only once the first frame is out.
         if not self.query_one(LayerPlots).panels:
@@ -155,17 +173,23 @@ def _info_text(msg: OverviewLoaded, filename: str) -> Table:  # the model line, 
     top.add_column()
     for m in msg.models:
         shape = Text(m.name, style="bold")
-        shape.append(f"  {m.architecture} · {m.n_layers} layers · d_model {m.d_model} · {m.n_heads} heads "
-                     f"({m.n_kv_heads} kv) · d_vocab {m.d_vocab:,}")  # fmt: skip
+        shape.append(
+            f"  {m.architecture} · {m.n_layers} layers · d_model {m.d_model} · {m.n_heads} heads "
+            f"({m.n_kv_heads} kv) · d_vocab {m.d_vocab:,}"
+        )
         top.add_row(shape)
     c = msg.counts
-    grid.add_row("atlas", f"{filename} · schema {msg.info['schema_version']} · {c['features']:,} features · "
-                          f"{c['token_scores']:,} token scores · {c['head_scores']:,} head scores · "
-                          f"{c['edges']:,} edges · {c['labels']:,} labels")  # fmt: skip
+    grid.add_row(
+        "atlas",
+        f"{filename} · schema {msg.info['schema_version']} · {c['features']:,} features · "
+        f"{c['token_scores']:,} token scores · {c['head_scores']:,} head scores · "
+        f"{c['edges']:,} edges · {c['labels']:,} labels",
+    )
     facts = provenance_facts(
-        msg.info.get("provenance"), created_at=msg.info.get("created_at"),
+        msg.info.get("provenance"),
+        created_at=msg.info.get("created_at"),
         sae_atlas_version=msg.info.get("sae_atlas_version"),
-    )  # fmt: skip
+    )
     for f in facts:
         if f.label != "SAEs":  # the table below lists them, with their sources
             grid.add_row(f.label, Text(f.text, style="dim" if f.label in ("settings", "passes") else ""))

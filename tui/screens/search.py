@@ -41,17 +41,26 @@ class SearchScreen(AtlasScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Input(value=self.initial, placeholder="token (paris), label words, or feature (L2.res/5, #17)",
-                    id="search-input")  # fmt: skip
-        yield Static("Type to search: tokens a feature promotes, suppresses or is driven by; label text; ids.",
-                     id="search-status")  # fmt: skip
+        yield Input(
+            value=self.initial, placeholder="token (paris), label words, or feature (L2.res/5, #17)", id="search-input"
+        )
+        yield Static(
+            "Type to search: tokens a feature promotes, suppresses or is driven by; label text; ids.",
+            id="search-status",
+        )
         yield DataTable(id="search-results", cursor_type="row", zebra_stripes=True)
         yield KeyBar()
 
     def on_mount(self) -> None:
         table = self.query_one("#search-results", DataTable)
-        for key, title in (("kind", "kind"), ("feature", "feature"), ("match", "token / label"), ("how", "match"),
-                           ("rank", "rank"), ("value", "value")):  # fmt: skip
+        for key, title in (
+            ("kind", "kind"),
+            ("feature", "feature"),
+            ("match", "token / label"),
+            ("how", "match"),
+            ("rank", "rank"),
+            ("value", "value"),
+        ):
             table.add_column(title, key=key)
         self.query_one("#search-input", Input).focus()
         if self.initial:
@@ -84,8 +93,15 @@ class SearchScreen(AtlasScreen):
         table.clear()
         for i, h in enumerate(msg.hits):
             how = Text(_HOW_SHOWN.get(h.how, h.how), style="dim" if h.how == "partial" else "")
-            table.add_row(Text(h.kind, style=KIND_STYLES.get(h.kind, "")), h.feature, h.match, how,
-                          "" if h.rank is None else h.rank, fmt(h.value, 2), key=f"{i}:{h.feature_id}")  # fmt: skip
+            table.add_row(
+                Text(h.kind, style=KIND_STYLES.get(h.kind, "")),
+                h.feature,
+                h.match,
+                how,
+                "" if h.rank is None else h.rank,
+                fmt(h.value, 2),
+                key=f"{i}:{h.feature_id}",
+            )
         self.last_seconds = msg.seconds
         self.last_query = msg.query
         status = self.query_one("#search-status", Static)

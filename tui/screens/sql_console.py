@@ -48,9 +48,12 @@ class SqlConsoleScreen(AtlasScreen):
         yield Header()
         yield Input(placeholder=f"SQL, read-only · enter runs · ↑/↓ history   e.g. {EXAMPLE}", id="sql-input")
         yield Static("", id="sql-error")
-        yield Static("Tables: features, saes, models, token_scores, edges, labels, vocab, heads, head_scores; "
-                     "views: features_view, token_scores_view, edges_view, labels_view, sae_summary.\n"
-                     + token_sql_hint(self.atlas_app.source.schema_version), id="sql-status")  # fmt: skip
+        yield Static(
+            "Tables: features, saes, models, token_scores, edges, labels, vocab, heads, head_scores; "
+            "views: features_view, token_scores_view, edges_view, labels_view, sae_summary.\n"
+            + token_sql_hint(self.atlas_app.source.schema_version),
+            id="sql-status",
+        )
         yield DataTable(id="sql-results", zebra_stripes=True)
         yield KeyBar()
 

@@ -216,8 +216,9 @@ class TraceScreen(AtlasScreen):
     def load_root(self, generation: int, stop: TraceStop, min_percentile: float) -> None:
         def read(atlas):
             root = root_stop(atlas.conn, stop.feature_id, stop.direction, N_TOKENS)
-            hops = expand(atlas.conn, [stop.feature_id], stop.direction, top=TOP, min_percentile=min_percentile,
-                          n_tokens=N_TOKENS)  # fmt: skip
+            hops = expand(
+                atlas.conn, [stop.feature_id], stop.direction, top=TOP, min_percentile=min_percentile, n_tokens=N_TOKENS
+            )
             hops = hops.get(stop.feature_id, [])
             note = None
             if not hops and not has_virtual_edges(atlas.conn):
@@ -230,8 +231,12 @@ class TraceScreen(AtlasScreen):
 
     @work(thread=True, group="trace-level")
     def load_level(self, generation: int, direction: str, fids: dict[int, int], min_percentile: float) -> None:
-        got = self.read("trace", lambda atlas: expand(atlas.conn, list(fids.values()), direction, top=TOP,
-                                                      min_percentile=min_percentile, n_tokens=N_TOKENS))  # fmt: skip
+        got = self.read(
+            "trace",
+            lambda atlas: expand(
+                atlas.conn, list(fids.values()), direction, top=TOP, min_percentile=min_percentile, n_tokens=N_TOKENS
+            ),
+        )
         if got is not None:
             self.post_message(TraceExpanded(generation, list(fids), {nid: got.get(f, []) for nid, f in fids.items()}))
 
@@ -249,8 +254,11 @@ class TraceScreen(AtlasScreen):
         arrow = "what it writes into, later layers" if direction == "down" else "what writes into it, earlier layers"
         words = TOKEN_WORDS[direction]
         cut = f", percentile ≥ {self.min_percentile:g}" if self.min_percentile else ""
-        title = Text.assemble(("trace " + direction, "bold"), f" from {root.name}: {arrow} (top {TOP}{cut})  ",
-                              ("enter opens a card · space expands · x a whole level · d turns around", "dim"))  # fmt: skip
+        title = Text.assemble(
+            ("trace " + direction, "bold"),
+            f" from {root.name}: {arrow} (top {TOP}{cut})  ",
+            ("enter opens a card · space expands · x a whole level · d turns around", "dim"),
+        )
         self.query_one("#trace-title", Static).update(title)
         self.sub_title = f"trace {direction} {root.name}"
         tree = self.query_one("#trace-tree", Tree)

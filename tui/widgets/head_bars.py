@@ -39,9 +39,11 @@ class HeadBars(SizedText):
             for i, s in enumerate(mine):
                 head = f"L{s.layer}.H{s.head}" + (f" kv{s.kv_group}" if role in ("k", "v") else "")
                 pct = "—" if s.percentile is None else f"{s.percentile:.0f}"
-                out.append([
-                    (f"{title if i == 0 else '':<13}", ROLE_STYLES[role]),
-                    (f"{head:<14}{s.score:>8.3f}{pct:>6}  ", ""),
-                    (bar(s.score, scale, bar_w), ROLE_STYLES[role]),
-                ])  # fmt: skip
+                out.append(
+                    [
+                        (f"{title if i == 0 else '':<13}", ROLE_STYLES[role]),
+                        (f"{head:<14}{s.score:>8.3f}{pct:>6}  ", ""),
+                        (bar(s.score, scale, bar_w), ROLE_STYLES[role]),
+                    ]
+                )
         return out

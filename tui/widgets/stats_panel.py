@@ -15,9 +15,26 @@ EVIDENCE = {
     "predicts_tokens": ("du_top1_z", "du_kurtosis", "du_skew", "du_entropy", "du_max"),
     "reads_tokens": ("ee_top1_z", "ee_kurtosis", "ee_skew", "ee_entropy", "ee_max"),
 }
-OTHER = ("dec_norm", "enc_norm", "b_enc", "threshold", "du_mean", "du_std", "du_min", "ee_mean", "ee_std", "ee_min",
-         "attn_q_mean", "attn_k_mean", "attn_v_mean", "attn_q_max", "attn_k_max", "attn_v_max",
-         "top_head", "top_head_share")  # fmt: skip
+OTHER = (
+    "dec_norm",
+    "enc_norm",
+    "b_enc",
+    "threshold",
+    "du_mean",
+    "du_std",
+    "du_min",
+    "ee_mean",
+    "ee_std",
+    "ee_min",
+    "attn_q_mean",
+    "attn_k_mean",
+    "attn_v_mean",
+    "attn_q_max",
+    "attn_k_max",
+    "attn_v_max",
+    "top_head",
+    "top_head_share",
+)
 
 
 def verdict_text(name: str, value: Any, metrics: dict[str, Any], criterion: Any = None, sae: str | None = None) -> Text:

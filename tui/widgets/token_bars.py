@@ -39,9 +39,11 @@ class TokenBars(SizedText):
             return out
         scale = max(abs(s.value) for s in self.scores)
         for s in self.scores:
-            out.append([
-                (f"{s.rank:>2} ", "dim"),
-                (f"{clip(s.token, tok_w):<{tok_w}}{s.value:>7.2f} ", ""),
-                (bar(s.value, scale, bar_w), self.bar_style),
-            ])  # fmt: skip
+            out.append(
+                [
+                    (f"{s.rank:>2} ", "dim"),
+                    (f"{clip(s.token, tok_w):<{tok_w}}{s.value:>7.2f} ", ""),
+                    (bar(s.value, scale, bar_w), self.bar_style),
+                ]
+            )
         return out
