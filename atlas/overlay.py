@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from atlas.domain import LABEL_KINDS
 from atlas.errors import AtlasError
 from atlas.migrations import label_fts_sql, split_sql, v1_atlas_id
 from atlas.types import Label
@@ -40,7 +41,6 @@ OVERLAY_DIR_ENV = "SAE_ATLAS_OVERLAY_DIR"
 OVERLAY_FORMAT = 1
 # Seconds a writer waits for another to finish (each holds the lock for milliseconds).
 BUSY_TIMEOUT_S = 30.0
-LABEL_KINDS = ("free", "semantic", "non_semantic")
 
 _ATLAS_ID_RE = re.compile(r"[0-9a-f]{32}")
 

@@ -49,6 +49,9 @@ from builders.transcoder_formats import (
 from builders.weights import READ_SITES, SITES, ModelWeights, SAEWeights, hook_name_of, site_of_hook
 
 # The CLI derives --sae-format's choices from this tuple: keep its name.
+# formats whose dictionary is a folder of files (the others are one file, or a file in a folder)
+FOLDER_FORMATS = ("saelens", "sparsify", "gemma_scope_2", "llama_scope")
+
 SAE_FORMATS = (
     "saelens",
     "gemma_scope",
@@ -151,7 +154,7 @@ def detect_format(path: str | Path, *, layer: int | None = None) -> tuple[str, P
         if gemma_scope_2_folder(p) and "params.safetensors" not in names:
             raise LoadError(f"{p}: a Gemma Scope 2 folder without params.safetensors")
         fmt, needed, _ = layout_of(names, layer=layer, where=str(p))
-        if fmt in ("saelens", "sparsify", "gemma_scope_2", "llama_scope"):
+        if fmt in FOLDER_FORMATS:
             return fmt, p
         if fmt == "circuit_tracer_clt":
             return fmt, p / needed[0]
@@ -204,7 +207,7 @@ def detect_format(path: str | Path, *, layer: int | None = None) -> tuple[str, P
 
 def _canonical(fmt: str, path: Path) -> Path:
     """The path a loader takes, when the format was given explicitly."""
-    if fmt in ("saelens", "llama_scope", "sparsify", "gemma_scope_2"):
+    if fmt in FOLDER_FORMATS:
         return path if path.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
     if path.is_dir():
         name = {"gemma_scope": "params.npz", "dictionary_learning": "ae.pt"}.get(fmt)
@@ -247,9 +250,7 @@ def _from_hub(ref: hub.HubRef, fmt: str | None, layer: int | None) -> tuple[Path
     local = hub.fetch_many(ref, needed + optional, optional=tuple(optional))
     if found in ("circuit_tracer", "circuit_tracer_clt") and ref.path:
         hub.fetch(hub.HubRef(ref.repo_id, "config.yaml", ref.revision), optional=True)
-    return (
-        local if found in ("saelens", "sparsify", "gemma_scope_2", "llama_scope") else local / needed[0]
-    ), fmt or found or None
+    return (local if found in FOLDER_FORMATS else local / needed[0]), fmt or found or None
 
 
 def _registry_files(entry: registry.RegistryEntry) -> tuple[hub.HubRef, list[str], list[str]]:
@@ -285,7 +286,7 @@ def _from_registry(entry: registry.RegistryEntry) -> tuple[Path, str, dict[str, 
     folder, needed, optional = _registry_files(entry)
     local = hub.fetch_many(folder, needed + optional, optional=tuple(optional))
     fmt = entry.fmt
-    target = local if fmt in ("saelens", "sparsify", "gemma_scope_2", "llama_scope") else local / needed[0]
+    target = local if fmt in FOLDER_FORMATS else local / needed[0]
     hints: dict[str, Any] = {
         "release": entry.release,
         "sae_ref": entry.sae_id,

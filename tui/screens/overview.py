@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from rich.table import Table
 from rich.text import Text
 from textual import on, work
@@ -14,8 +12,9 @@ from textual.widgets import DataTable, Header, Static
 from textual.worker import get_current_worker
 
 from atlas import listing
-from atlas.errors import error_line
+from atlas.errors import BadProvenance, error_line
 from atlas.listing import FeatureFilter
+from atlas.provenance import parse_provenance
 from atlas.provenance_facts import provenance_facts
 from tui.messages import OverviewLoaded, PlotLoaded, WorkFailed
 from tui.screens._base import AtlasScreen
@@ -205,8 +204,8 @@ def _info_text(msg: OverviewLoaded, filename: str) -> Table:  # the model line, 
 def example_scope(provenance: object) -> str:
     """provenance["example"]["scope"] when it is text (an example's own caveat), else ""."""
     try:
-        prov = json.loads(provenance) if isinstance(provenance, str) else provenance
-        scope = prov.get("example", {}).get("scope") if isinstance(prov, dict) else None
-    except (ValueError, RecursionError, AttributeError):
+        example = parse_provenance(provenance).get("example")
+    except BadProvenance:
         return ""
+    scope = example.get("scope") if isinstance(example, dict) else None
     return " ".join(scope.split())[:600] if isinstance(scope, str) else ""
