@@ -63,19 +63,7 @@ def du_moments(model: ModelWeights) -> VocabMoments:
 
 
 def _run(ctx: Context, u: Unit) -> Rows:
-    cfg = ctx.cfg
-    r = du_pass(
-        ctx.model,
-        ctx.saes[u.sae],
-        u.start,
-        u.end,
-        k=cfg.top_k,
-        fold_norms=cfg.fold_norms,
-        block_rows=ctx.block_rows,
-        vocab_tile=ctx.vocab_tile,
-        moments=predicts.vocab_moments_of(ctx, "du"),
-    )
-    return predicts.vocab_rows(ctx, "du", r, u.sae)
+    return predicts.vocab_rows(ctx, "du", predicts.unit_scores(ctx, u, "du", du_pass), u.sae)
 
 
 PASS = Pass(

@@ -61,19 +61,7 @@ def ee_moments(model: ModelWeights) -> VocabMoments:
 
 
 def _run(ctx: Context, u: Unit) -> Rows:
-    cfg = ctx.cfg
-    r = ee_pass(
-        ctx.model,
-        ctx.saes[u.sae],
-        u.start,
-        u.end,
-        k=cfg.top_k,
-        fold_norms=cfg.fold_norms,
-        block_rows=ctx.block_rows,
-        vocab_tile=ctx.vocab_tile,
-        moments=predicts.vocab_moments_of(ctx, "ee"),
-    )
-    return predicts.vocab_rows(ctx, "ee", r, u.sae)
+    return predicts.vocab_rows(ctx, "ee", predicts.unit_scores(ctx, u, "ee", ee_pass), u.sae)
 
 
 PASS = Pass(

@@ -157,6 +157,26 @@ def vocab_moments_of(ctx: Context, phase: str) -> VocabMoments:
     return ctx.cached(("vocab_moments", "ee"), lambda: vocab_moments(ctx.model.W_E.to(COMPUTE_DTYPE).T))
 
 
+def unit_scores(
+    ctx: Context, u: Any, phase: str, run: Callable[..., VocabScores], *, moments: bool = True
+) -> VocabScores:
+    """The du or ee scores of unit ``u`` (its SAE, features [start, end)) with the build's settings; ``run`` is
+    :func:`builders.passes.du.du_pass` or :func:`builders.passes.ee.ee_pass`. ``moments``: the statistics' mean
+    and variance in closed form (token lists are the same either way)."""
+    cfg = ctx.cfg
+    return run(
+        ctx.model,
+        ctx.saes[u.sae],
+        u.start,
+        u.end,
+        k=cfg.top_k,
+        fold_norms=cfg.fold_norms,
+        block_rows=ctx.block_rows,
+        vocab_tile=ctx.vocab_tile,
+        moments=vocab_moments_of(ctx, phase) if moments else None,
+    )
+
+
 VERDICT_COLUMN = {"du": "predicts_tokens", "ee": "reads_tokens"}
 
 

@@ -44,7 +44,7 @@ import torch
 
 from atlas.domain import HEURISTIC_SOURCE
 from builders.errors import LoadError
-from builders.passes import du, ee
+from builders.passes import du, ee, predicts
 from builders.passes.base import Context, Pass, Rows, Step, Unit, each_sae
 from builders.weights import ModelWeights
 
@@ -223,18 +223,8 @@ def _lists(ctx: Context, u: Unit, phase: str) -> tuple[np.ndarray, np.ndarray]:
     bottom = ctx.stored_top_ids(u.sae, u.start, u.end, phase, -1)
     if top is not None and bottom is not None:
         return top, bottom
-    cfg = ctx.cfg
     run = du.du_pass if phase == "du" else ee.ee_pass
-    r = run(
-        ctx.model,
-        ctx.saes[u.sae],
-        u.start,
-        u.end,
-        k=cfg.top_k,
-        fold_norms=cfg.fold_norms,
-        block_rows=ctx.block_rows,
-        vocab_tile=ctx.vocab_tile,
-    )
+    r = predicts.unit_scores(ctx, u, phase, run, moments=False)
     return r.top_ids, r.bot_ids
 
 
