@@ -185,6 +185,8 @@ def test_sql_console_good_bad_paging_and_export(fixture_db, tmp_path):
             await pilot.press("colon")
             screen = app.screen
             assert isinstance(screen, SqlConsoleScreen)
+            hint = str(screen.query_one("#sql-status", Static).render())  # how to match a token's raw text
+            assert "token_raw = ' king'" in hint and "token_key = 'king'" in hint, hint
             results = screen.query_one("#sql-results", DataTable)
             await pilot.press(*"SELECT feature_id, idx FROM features ORDER BY feature_id", "enter")
             await settle(pilot)
