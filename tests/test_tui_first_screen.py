@@ -75,7 +75,7 @@ def _labels_in_order(row: str, labels: list[str]) -> bool:
 
 
 @pytest.mark.parametrize("size", [(120, 36), (160, 48)])
-def test_wide_every_plot_names_every_sae(size: tuple[int, int]) -> None:
+def test_wide_every_plot_names_the_saes_in_order(size: tuple[int, int]) -> None:
     (lines,) = _screens(size, [])
     rows = _axis_rows(lines)
     assert len(rows) == 1  # the three plots side by side share the row
@@ -86,7 +86,7 @@ def test_wide_every_plot_names_every_sae(size: tuple[int, int]) -> None:
     assert _names_axis(" ".join(words[:third]), names), rows[0]
 
 
-def test_80x24_every_plot_names_every_sae_and_the_legend_is_not_on_the_bars() -> None:
+def test_80x24_every_plot_names_the_saes_in_order_and_the_legend_is_not_on_the_bars() -> None:
     shots = _screens((80, 24), ["p", "p"])  # one plot at a time: p shows the next
     for lines in shots:
         (row,) = _axis_rows(lines)
